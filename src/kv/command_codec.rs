@@ -1,0 +1,55 @@
+//! Commands travel and are stored as prost-encoded `raftkv.Command` messages.
+
+use prost::Message as _;
+
+use crate::proto::kv as pb;
+use crate::raft::log::Command;
+
+pub fn encode_command(command: &Command) -> Vec<u8> {
+    use pb::command::Kind;
+    let kind = match command.clone() {
+        Command::Set {
+            key,
+            value,
+            client_id,
+            sequence,
+        } => Kind::Set(pb::SetCommand {
+            key,
+            value,
+            client_id,
+            sequence,
+        }),
+        Command::Delete {
+            key,
+            client_id,
+            sequence,
+        } => Kind::Delete(pb::DeleteCommand {
+            key,
+            client_id,
+            sequence,
+        }),
+        Command::Noop => Kind::Noop(pb::NoopCommand {}),
+    };
+    pb::Command { kind: Some(kind) }.encode_to_vec()
+}
+
+/// Decode a command; the error says what is wrong with the bytes.
+pub fn decode_command(bytes: &[u8]) -> Result<Command, String> {
+    use pb::command::Kind;
+    let decoded = pb::Command::decode(bytes).map_err(|e| e.to_string())?;
+    match decoded.kind {
+        Some(Kind::Set(c)) => Ok(Command::Set {
+            key: c.key,
+            value: c.value,
+            client_id: c.client_id,
+            sequence: c.sequence,
+        }),
+        Some(Kind::Delete(c)) => Ok(Command::Delete {
+            key: c.key,
+            client_id: c.client_id,
+            sequence: c.sequence,
+        }),
+        Some(Kind::Noop(_)) => Ok(Command::Noop),
+        None => Err("command has no kind".to_string()),
+    }
+}

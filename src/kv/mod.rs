@@ -1,0 +1,188 @@
+//! The key-value state machine that Raft replicates (§2 "replicated state
+//! machines"), with the client session table of dissertation §6.3.
+
+mod command_codec;
+
+pub use command_codec::{decode_command, encode_command};
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+
+use crate::proto::kv as pb;
+use crate::raft::log::Command;
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 4 * 1024;
+/// Longest value accepted, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// Check a key (and value) before anything is proposed: bad input changes nothing.
+pub fn validate(key: &str, value: Option<&str>) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("key must not be empty".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        ));
+    }
+    if let Some(value) = value {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(format!(
+                "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What applying a command produced, returned to the client that proposed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyResult {
+    /// Set done (or a no-op applied).
+    Ok,
+    /// Delete done; whether the key existed.
+    Deleted { existed: bool },
+    /// The command's (client_id, sequence) is older than the latest one this
+    /// client had applied: it was neither applied now nor is its answer kept.
+    StaleSequence,
+}
+
+/// The latest request applied for one client (dissertation §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Session {
+    sequence: u64,
+    existed: bool,
+}
+
+/// A `BTreeMap<String, String>` plus the client sessions. `apply` is
+/// deterministic, so every server that applies the same log holds the same map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateMachine {
+    data: BTreeMap<String, String>,
+    sessions: BTreeMap<u64, Session>,
+}
+
+impl StateMachine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Apply one committed command.
+    pub fn apply(&mut self, command: &Command) -> ApplyResult {
+        match command {
+            Command::Noop => ApplyResult::Ok,
+            Command::Set {
+                key,
+                value,
+                client_id,
+                sequence,
+            } => {
+                let outcome = self.once(*client_id, *sequence, |data| {
+                    data.insert(key.clone(), value.clone());
+                    false
+                });
+                outcome.map_or(ApplyResult::StaleSequence, |_| ApplyResult::Ok)
+            }
+            Command::Delete {
+                key,
+                client_id,
+                sequence,
+            } => {
+                let outcome = self.once(*client_id, *sequence, |data| data.remove(key).is_some());
+                outcome.map_or(ApplyResult::StaleSequence, |existed| ApplyResult::Deleted {
+                    existed,
+                })
+            }
+        }
+    }
+
+    /// Run `op` unless this (client_id, sequence) was already applied; a
+    /// retry gets the recorded answer instead (exactly-once, §6.3). None when
+    /// the sequence is older than the client's latest.
+    fn once(
+        &mut self,
+        client_id: u64,
+        sequence: u64,
+        op: impl FnOnce(&mut BTreeMap<String, String>) -> bool,
+    ) -> Option<bool> {
+        if client_id != 0 {
+            if let Some(session) = self.sessions.get(&client_id) {
+                if sequence == session.sequence {
+                    return Some(session.existed);
+                }
+                if sequence < session.sequence {
+                    return None;
+                }
+            }
+        }
+        let existed = op(&mut self.data);
+        if client_id != 0 {
+            self.sessions
+                .insert(client_id, Session { sequence, existed });
+        }
+        Some(existed)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.data.get(key).map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Encode every key and session, for a snapshot (§7).
+    pub fn snapshot(&self) -> Vec<u8> {
+        pb::StateMachineSnapshot {
+            pairs: self
+                .data
+                .iter()
+                .map(|(key, value)| pb::Pair {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(&client_id, s)| pb::Session {
+                    client_id,
+                    sequence: s.sequence,
+                    existed: s.existed,
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Rebuild the state machine from a snapshot (Figure 13 step 8).
+    pub fn restore(data: &[u8]) -> Result<StateMachine, prost::DecodeError> {
+        let snapshot = pb::StateMachineSnapshot::decode(data)?;
+        Ok(StateMachine {
+            data: snapshot
+                .pairs
+                .into_iter()
+                .map(|p| (p.key, p.value))
+                .collect(),
+            sessions: snapshot
+                .sessions
+                .into_iter()
+                .map(|s| {
+                    let session = Session {
+                        sequence: s.sequence,
+                        existed: s.existed,
+                    };
+                    (s.client_id, session)
+                })
+                .collect(),
+        })
+    }
+}

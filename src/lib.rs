@@ -1,0 +1,23 @@
+//! raft-kv: a Raft-replicated key-value store, written to be read beside the
+//! Raft paper (Ongaro & Ousterhout, "In Search of an Understandable Consensus
+//! Algorithm", extended version).
+//!
+//! - [`raft`]: the consensus core, synchronous and free of I/O (Figure 2).
+//! - [`kv`]: the replicated state machine.
+//! - [`sim`]: a deterministic in-memory cluster for tests and debugging.
+
+pub mod grpc_codec;
+pub mod kv;
+pub mod raft;
+pub mod sim;
+
+/// The prost/tonic types generated from `proto/`. Only the gRPC bridge and
+/// the encoders use them; the core has its own typed messages.
+pub mod proto {
+    pub mod peer {
+        tonic::include_proto!("raftpeer");
+    }
+    pub mod kv {
+        tonic::include_proto!("raftkv");
+    }
+}

@@ -1,0 +1,237 @@
+//! Figure 2 "AppendEntries RPC", the leader's rules for replicating its log
+//! (§5.3), and the commit rule (§5.3, §5.4.2, Figure 8).
+
+use super::message::{AppendEntries, AppendEntriesReply, Message, NodeId};
+use super::state::{RaftNode, Role};
+
+/// Bytes of entries in one AppendEntries (at least one entry is always sent).
+const MAX_BYTES_PER_MESSAGE: usize = 2 << 20;
+
+impl RaftNode {
+    /// Send AppendEntries to every follower. A heartbeat goes to all of them,
+    /// carrying whatever entries each one still needs; otherwise only
+    /// followers with new entries to receive, within their in-flight window.
+    pub(super) fn broadcast_append_entries(&mut self, heartbeat: bool) {
+        if let Role::Leader(leader) = &mut self.role {
+            if heartbeat {
+                leader.heartbeat_elapsed = 0;
+            }
+        }
+        for peer in self.peers() {
+            self.send_append_entries(peer, heartbeat);
+        }
+    }
+
+    /// Leaders: "If last log index ≥ nextIndex for a follower: send
+    /// AppendEntries RPC with log entries starting at nextIndex". With
+    /// `always`, send even if there is nothing new (a heartbeat, a retry).
+    pub(super) fn send_append_entries(&mut self, peer: NodeId, always: bool) {
+        let max_in_flight = self.config.max_in_flight;
+        let max_entries = self.config.max_entries_per_message;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let next_index = leader.next_index[&peer];
+        let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
+        if next_index <= self.log.snapshot_index() {
+            // The entries the follower needs are compacted away (§7).
+            if always || flow.snapshot_offset.is_none() {
+                self.send_snapshot_chunk(peer);
+            }
+            return;
+        }
+        let has_new_entries = next_index <= self.log.last_index();
+        if !always {
+            let window_full = if flow.probing {
+                flow.in_flight > 0
+            } else {
+                flow.in_flight >= max_in_flight
+            };
+            if !has_new_entries || window_full {
+                return;
+            }
+        }
+        let prev_log_index = next_index - 1;
+        let prev_log_term = self
+            .log
+            .term_at(prev_log_index)
+            .expect("prev_log_index is at or after the snapshot");
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for entry in self.log.entries_from(next_index, max_entries) {
+            bytes += entry.command.size();
+            if !entries.is_empty() && bytes > MAX_BYTES_PER_MESSAGE {
+                break;
+            }
+            entries.push(entry.clone());
+        }
+        if let Some(last) = entries.last() {
+            flow.in_flight += 1;
+            if !flow.probing {
+                // Pipelining: assume these arrive and send what follows next
+                // time without waiting; a rejection resets next_index.
+                leader.next_index.insert(peer, last.index + 1);
+            }
+        }
+        let request = AppendEntries {
+            term: self.current_term,
+            leader_id: self.config.id,
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.commit_index,
+            read_round: leader.read_round,
+        };
+        self.outbox.send(peer, Message::AppendEntries(request));
+    }
+
+    /// AppendEntries receiver implementation (Figure 2).
+    pub fn handle_append_entries(&mut self, request: AppendEntries) -> AppendEntriesReply {
+        let mut reply = AppendEntriesReply {
+            term: self.current_term,
+            success: false,
+            match_index: 0,
+            conflict_term: 0,
+            conflict_index: 0,
+            read_round: request.read_round,
+        };
+        // 1. "Reply false if term < currentTerm (§5.1)".
+        if request.term < self.current_term {
+            return reply;
+        }
+        // The sender is the leader of our term. Candidates: "If AppendEntries
+        // RPC received from new leader: convert to follower". Followers: the
+        // election timer restarts on AppendEntries from the current leader.
+        self.become_follower(request.term, Some(request.leader_id));
+        self.reset_election_timer();
+
+        // 2. "Reply false if log doesn't contain an entry at prevLogIndex
+        // whose term matches prevLogTerm (§5.3)". The reply carries the
+        // conflict hint so the leader can skip a whole term per round trip.
+        let prev = request.prev_log_index;
+        if prev > self.log.last_index() {
+            reply.conflict_index = self.log.last_index() + 1;
+            return reply;
+        }
+        if prev >= self.log.snapshot_index() {
+            let term = self.log.term_at(prev).expect("prev is in the log");
+            if term != request.prev_log_term {
+                reply.conflict_term = term;
+                reply.conflict_index = self.log.first_index_of_term(term, prev);
+                return reply;
+            }
+        }
+        // (prev below our snapshot: what the snapshot covers is committed, so
+        // it matches the leader's log by Leader Completeness; skip it.)
+
+        let last_new_index = prev + request.entries.len() as u64;
+        let mut to_append = Vec::new();
+        for entry in request.entries {
+            if entry.index <= self.log.snapshot_index() {
+                continue;
+            }
+            if !to_append.is_empty() {
+                to_append.push(entry);
+                continue;
+            }
+            match self.log.term_at(entry.index) {
+                // Already present: a stale or repeated AppendEntries must not
+                // truncate entries it agrees with.
+                Some(term) if term == entry.term => {}
+                // 3. "If an existing entry conflicts with a new one (same index
+                // but different terms), delete the existing entry and all that
+                // follow it (§5.3)".
+                Some(_) => {
+                    assert!(
+                        entry.index > self.commit_index,
+                        "a committed entry ({}) conflicts with the leader's log",
+                        entry.index
+                    );
+                    self.log.truncate_from(entry.index);
+                    to_append.push(entry);
+                }
+                None => to_append.push(entry),
+            }
+        }
+        // 4. "Append any new entries not already in the log". Durable before
+        // the reply: one fsync for the whole batch.
+        self.log.append(to_append);
+
+        // 5. "If leaderCommit > commitIndex, set commitIndex =
+        // min(leaderCommit, index of last new entry)".
+        if request.leader_commit > self.commit_index {
+            self.commit_index = self
+                .commit_index
+                .max(request.leader_commit.min(last_new_index));
+        }
+        reply.success = true;
+        reply.match_index = last_new_index;
+        reply
+    }
+
+    /// The leader's handling of an AppendEntries reply (Figure 2 "Rules for
+    /// Servers / Leaders").
+    pub(super) fn handle_append_entries_reply(&mut self, from: NodeId, reply: AppendEntriesReply) {
+        if !self.is_current(reply.term) {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        leader.heard_from.insert(from);
+        // Any reply in our term confirms we were still leader when the
+        // follower saw the round it echoes (dissertation §6.4).
+        let acked = leader.acked_read_round.entry(from).or_insert(0);
+        *acked = (*acked).max(reply.read_round);
+        let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
+        flow.in_flight = flow.in_flight.saturating_sub(1);
+        let match_index = leader.match_index.get_mut(&from).expect("every peer");
+        let next_index = leader.next_index.get_mut(&from).expect("every peer");
+        if reply.success {
+            // "If successful: update nextIndex and matchIndex for follower (§5.3)".
+            *match_index = (*match_index).max(reply.match_index);
+            *next_index = (*next_index).max(*match_index + 1);
+            flow.probing = false;
+            self.advance_commit_index();
+            self.send_append_entries(from, false);
+        } else {
+            // "If AppendEntries fails because of log inconsistency: decrement
+            // nextIndex and retry (§5.3)" — by a whole term at a time, using
+            // the follower's conflict hint.
+            let hinted = if reply.conflict_term == 0 {
+                reply.conflict_index
+            } else {
+                match self.log.last_index_of_term(reply.conflict_term) {
+                    Some(index) => index + 1,
+                    None => reply.conflict_index,
+                }
+            };
+            *next_index = hinted.clamp(*match_index + 1, last_index + 1);
+            flow.probing = true;
+            flow.in_flight = 0;
+            flow.snapshot_offset = None;
+            self.send_append_entries(from, true);
+        }
+        self.serve_reads();
+    }
+
+    /// Leaders: "If there exists an N such that N > commitIndex, a majority
+    /// of matchIndex[i] ≥ N, and log[N].term == currentTerm: set commitIndex =
+    /// N (§5.3, §5.4)". The term condition is Figure 8's lesson: an entry of
+    /// an earlier term is never committed by counting replicas, only along
+    /// with an entry of the leader's own term.
+    pub(super) fn advance_commit_index(&mut self) {
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        // The leader counts itself only for entries on its own disk.
+        let mut matched: Vec<_> = leader.match_index.values().copied().collect();
+        matched.push(self.log.durable_index());
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let n = matched[self.majority() - 1];
+        if n > self.commit_index && self.log.term_at(n) == Some(self.current_term) {
+            self.commit_index = n;
+        }
+    }
+}

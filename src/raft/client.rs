@@ -1,0 +1,157 @@
+//! Client interaction (§8, dissertation chapter 6): writes go through the
+//! log; linearizable reads use ReadIndex (dissertation §6.4) and never touch
+//! the log; stale reads are served from the local state machine.
+
+use super::log::Command;
+use super::state::{
+    ClientError, ClientRequest, ClientResponse, ClientResult, PendingRead, RaftNode, RequestId,
+    Role,
+};
+use crate::kv::{self, ApplyResult};
+
+impl RaftNode {
+    /// Handle a batch of client requests: every write in the batch becomes
+    /// one append (one fsync) and one AppendEntries per follower; every
+    /// linearizable read in it shares one heartbeat round.
+    pub fn client_requests(&mut self, requests: Vec<(RequestId, ClientRequest)>) {
+        let mut writes = Vec::new();
+        let mut new_reads = false;
+        for (request, client_request) in requests {
+            let (key, value) = match &client_request {
+                ClientRequest::Set { key, value, .. } => (key, Some(value.as_str())),
+                ClientRequest::Delete { key, .. } | ClientRequest::Get { key, .. } => (key, None),
+            };
+            if let Err(reason) = kv::validate(key, value) {
+                self.outbox
+                    .respond(request, Err(ClientError::InvalidArgument(reason)));
+                continue;
+            }
+            let commit_index = self.commit_index;
+            let not_leader = ClientError::NotLeader {
+                leader: self.leader_id,
+            };
+            match client_request {
+                ClientRequest::Get {
+                    key,
+                    linearizable: false,
+                } => {
+                    let value = self.state_machine.get(&key).map(str::to_owned);
+                    self.outbox
+                        .respond(request, Ok(ClientResponse::Value(value)));
+                }
+                ClientRequest::Get {
+                    key,
+                    linearizable: true,
+                } => {
+                    let Role::Leader(leader) = &mut self.role else {
+                        self.outbox.respond(request, Err(not_leader));
+                        continue;
+                    };
+                    // Dissertation §6.4 step 1: the read index is the commit
+                    // index — but only once an entry of this term (the §8
+                    // no-op) has committed, so waiting for the no-op covers it.
+                    leader.pending_reads.push_back(PendingRead {
+                        request,
+                        key,
+                        round: leader.read_round + 1,
+                        read_index: commit_index.max(leader.noop_index),
+                    });
+                    new_reads = true;
+                }
+                ClientRequest::Set {
+                    key,
+                    value,
+                    client_id,
+                    sequence,
+                } => writes.push((
+                    request,
+                    Command::Set {
+                        key,
+                        value,
+                        client_id,
+                        sequence,
+                    },
+                )),
+                ClientRequest::Delete {
+                    key,
+                    client_id,
+                    sequence,
+                } => writes.push((
+                    request,
+                    Command::Delete {
+                        key,
+                        client_id,
+                        sequence,
+                    },
+                )),
+            }
+        }
+        if !writes.is_empty() {
+            if !self.is_leader() {
+                for (request, _) in writes {
+                    let leader = self.leader_id;
+                    self.outbox
+                        .respond(request, Err(ClientError::NotLeader { leader }));
+                }
+            } else {
+                let (requests, commands): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
+                let first = self.log.last_index() + 1;
+                if let Role::Leader(leader) = &mut self.role {
+                    for (i, request) in requests.into_iter().enumerate() {
+                        leader.pending_writes.insert(first + i as u64, request);
+                    }
+                }
+                self.append_as_leader(commands);
+            }
+        }
+        if new_reads {
+            // §6.4 step 2: one heartbeat round to confirm leadership for
+            // every read in this batch.
+            if let Role::Leader(leader) = &mut self.role {
+                leader.read_round += 1;
+            }
+            self.broadcast_append_entries(true);
+        }
+        self.apply_committed();
+    }
+
+    /// Serve the linearizable reads whose round a majority has acknowledged
+    /// (§6.4 step 3) once the state machine has caught up with their read
+    /// index (step 4). A deposed leader never gets here: stepping down fails
+    /// its pending reads.
+    pub(super) fn serve_reads(&mut self) {
+        let majority = self.majority();
+        let peers = self.peers();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if leader.pending_reads.is_empty() {
+            return;
+        }
+        let mut rounds: Vec<u64> = peers
+            .iter()
+            .map(|p| leader.acked_read_round.get(p).copied().unwrap_or(0))
+            .collect();
+        rounds.push(leader.read_round);
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed_round = rounds[majority - 1];
+        while let Some(read) = leader.pending_reads.front() {
+            if read.round > confirmed_round || read.read_index > self.last_applied {
+                break;
+            }
+            let read = leader.pending_reads.pop_front().expect("front exists");
+            let value = self.state_machine.get(&read.key).map(str::to_owned);
+            self.outbox
+                .respond(read.request, Ok(ClientResponse::Value(value)));
+        }
+    }
+
+    /// The answer to a write, from what applying it produced.
+    pub(super) fn write_response(result: ApplyResult) -> ClientResult {
+        match result {
+            ApplyResult::Ok => Ok(ClientResponse::Set),
+            ApplyResult::Deleted { existed } => Ok(ClientResponse::Deleted { existed }),
+            ApplyResult::StaleSequence => Err(ClientError::StaleSequence),
+        }
+    }
+}

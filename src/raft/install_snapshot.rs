@@ -1,0 +1,189 @@
+//! Log compaction (§7) and Figure 13 "InstallSnapshot RPC".
+
+use log::{info, warn};
+
+use super::message::{InstallSnapshot, InstallSnapshotReply, Message, NodeId};
+use super::state::{RaftNode, Role};
+use super::storage::Snapshot;
+use crate::kv::StateMachine;
+
+impl RaftNode {
+    /// §7: "Each server takes snapshots independently, covering just the
+    /// committed entries in its log." We snapshot what has been applied once
+    /// the log holds more than `snapshot_threshold` entries.
+    pub(super) fn maybe_snapshot(&mut self) {
+        if self.log.len() <= self.config.snapshot_threshold
+            || self.last_applied <= self.log.snapshot_index()
+        {
+            return;
+        }
+        let index = self.last_applied;
+        let term = self
+            .log
+            .term_at(index)
+            .expect("applied entries are in the log");
+        let snapshot = Snapshot {
+            last_included_index: index,
+            last_included_term: term,
+            data: self.state_machine.snapshot(),
+        };
+        info!(
+            "node {} term {}: snapshot through index {index} ({} bytes), log compacted",
+            self.config.id,
+            self.current_term,
+            snapshot.data.len()
+        );
+        self.log.install_snapshot(snapshot, true);
+    }
+
+    /// Send the next chunk of our snapshot to a follower that needs entries
+    /// we have compacted away (§7: "the leader must occasionally send
+    /// snapshots to followers that lag behind").
+    pub(super) fn send_snapshot_chunk(&mut self, peer: NodeId) {
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let snapshot = self.log.snapshot().expect("a compacted log has a snapshot");
+        let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
+        let offset = *flow.snapshot_offset.get_or_insert(0);
+        let start = (offset as usize).min(snapshot.data.len());
+        let end = (start + chunk_bytes).min(snapshot.data.len());
+        let request = InstallSnapshot {
+            term: self.current_term,
+            leader_id: self.config.id,
+            last_included_index: snapshot.last_included_index,
+            last_included_term: snapshot.last_included_term,
+            offset: start as u64,
+            data: snapshot.data[start..end].to_vec(),
+            done: end == snapshot.data.len(),
+        };
+        self.outbox.send(peer, Message::InstallSnapshot(request));
+    }
+
+    /// InstallSnapshot receiver implementation (Figure 13).
+    pub fn handle_install_snapshot(&mut self, request: InstallSnapshot) -> InstallSnapshotReply {
+        let mut reply = InstallSnapshotReply {
+            term: self.current_term,
+            last_included_index: request.last_included_index,
+            next_offset: 0,
+            done: false,
+        };
+        // 1. "Reply immediately if term < currentTerm".
+        if request.term < self.current_term {
+            return reply;
+        }
+        self.become_follower(request.term, Some(request.leader_id));
+        self.reset_election_timer();
+
+        let index = request.last_included_index;
+        if index <= self.commit_index {
+            // We already hold everything this snapshot covers, committed.
+            reply.next_offset = request.offset + request.data.len() as u64;
+            reply.done = true;
+            return reply;
+        }
+        // 2. "Create new snapshot file if first chunk (offset is 0)". The
+        // chunks are gathered in memory; the file is written once, in step 5.
+        if request.offset == 0 {
+            self.incoming_snapshot = Some((index, Vec::new()));
+        }
+        // 3. "Write data into snapshot file at given offset". A chunk that
+        // does not continue what we have is answered with where we are.
+        let Some((incoming_index, data)) = &mut self.incoming_snapshot else {
+            return reply;
+        };
+        if *incoming_index != index || data.len() as u64 != request.offset {
+            reply.next_offset = if *incoming_index == index {
+                data.len() as u64
+            } else {
+                0
+            };
+            return reply;
+        }
+        data.extend_from_slice(&request.data);
+        reply.next_offset = data.len() as u64;
+        // 4. "Reply and wait for more data chunks if done is false".
+        if !request.done {
+            return reply;
+        }
+        let (_, data) = self.incoming_snapshot.take().expect("checked above");
+        let state_machine = match StateMachine::restore(&data) {
+            Ok(state_machine) => state_machine,
+            Err(error) => {
+                warn!(
+                    "node {} term {}: snapshot from leader {} does not decode ({error}); asking for it again",
+                    self.config.id, self.current_term, request.leader_id
+                );
+                reply.next_offset = 0;
+                return reply;
+            }
+        };
+        // 6. "If existing log entry has same index and term as snapshot's last
+        // included entry, retain log entries following it and reply".
+        let keep_suffix = self.log.term_at(index) == Some(request.last_included_term);
+        // 5. "Save snapshot file, discard any existing or partial snapshot
+        // with a smaller index"; 7. otherwise "Discard the entire log".
+        self.log.install_snapshot(
+            Snapshot {
+                last_included_index: index,
+                last_included_term: request.last_included_term,
+                data,
+            },
+            keep_suffix,
+        );
+        // 8. "Reset state machine using snapshot contents".
+        self.state_machine = state_machine;
+        self.commit_index = index;
+        self.last_applied = index;
+        info!(
+            "node {} term {}: installed snapshot through index {index} from leader {}",
+            self.config.id, self.current_term, request.leader_id
+        );
+        reply.done = true;
+        reply
+    }
+
+    /// The leader's handling of an InstallSnapshot reply: send the next
+    /// chunk, or, once installed, continue with AppendEntries after it.
+    pub(super) fn handle_install_snapshot_reply(
+        &mut self,
+        from: NodeId,
+        reply: InstallSnapshotReply,
+    ) {
+        if !self.is_current(reply.term) {
+            return;
+        }
+        let snapshot_index = self.log.snapshot_index();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        leader.heard_from.insert(from);
+        let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
+        if reply.last_included_index != snapshot_index {
+            // An answer about an older snapshot of ours: start over with the current one.
+            if reply.done {
+                let match_index = leader.match_index.get_mut(&from).expect("every peer");
+                *match_index = (*match_index).max(reply.last_included_index);
+                let next_index = leader.next_index.get_mut(&from).expect("every peer");
+                *next_index = (*next_index).max(*match_index + 1);
+            }
+            flow.snapshot_offset = None;
+            self.send_append_entries(from, true);
+            return;
+        }
+        if reply.done {
+            let match_index = leader.match_index.get_mut(&from).expect("every peer");
+            *match_index = (*match_index).max(snapshot_index);
+            leader.next_index.insert(from, *match_index + 1);
+            flow.snapshot_offset = None;
+            flow.probing = false;
+            flow.in_flight = 0;
+            self.advance_commit_index();
+            self.send_append_entries(from, false);
+        } else {
+            flow.snapshot_offset = Some(reply.next_offset);
+            self.send_snapshot_chunk(from);
+        }
+    }
+}

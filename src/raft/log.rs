@@ -1,0 +1,296 @@
+//! The replicated log (Figure 2 "log[]", §5.3) and the commands it carries.
+//!
+//! Indexes are 1-based as in the paper: the first entry has index 1, and
+//! index 0 with term 0 stands for "before the first entry". After a snapshot
+//! (§7) the log starts just after `snapshot_index`.
+//!
+//! The log owns the node's [`Storage`]: every change goes to disk inside the
+//! method that makes it, so no caller can forget to persist (Figure 2:
+//! "updated on stable storage before responding to RPCs").
+
+use super::message::{LogIndex, Term};
+use super::storage::{HardState, Snapshot, Storage};
+
+/// A state machine command, the payload of a log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Set `key` to `value`.
+    Set {
+        key: String,
+        value: String,
+        /// Exactly-once session (dissertation §6.3); 0 = none.
+        client_id: u64,
+        sequence: u64,
+    },
+    /// Remove `key`.
+    Delete {
+        key: String,
+        client_id: u64,
+        sequence: u64,
+    },
+    /// The entry a new leader appends to commit an entry of its own term (§8).
+    Noop,
+}
+
+impl Command {
+    /// Roughly how many bytes the command takes on the wire, for batching.
+    pub fn size(&self) -> usize {
+        match self {
+            Command::Set { key, value, .. } => key.len() + value.len() + 24,
+            Command::Delete { key, .. } => key.len() + 24,
+            Command::Noop => 8,
+        }
+    }
+}
+
+/// One log entry: a command and the term in which the leader received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub index: LogIndex,
+    pub term: Term,
+    pub command: Command,
+}
+
+/// The log: a snapshot of its prefix plus the entries after it, kept in
+/// memory and mirrored on stable storage.
+pub struct Log {
+    storage: Box<dyn Storage>,
+    /// index of the last entry covered by the snapshot (0 = no snapshot)
+    snapshot_index: LogIndex,
+    /// term of that entry
+    snapshot_term: Term,
+    /// the latest snapshot, kept to send to followers that lag behind it
+    snapshot: Option<Snapshot>,
+    /// entries snapshot_index+1 ..= last_index
+    entries: Vec<Entry>,
+    /// entries up to here are on stable storage (see `append_unsynced`)
+    durable_index: LogIndex,
+}
+
+/// An I/O error while persisting leaves the server unable to keep its
+/// promises; it stops rather than answer from state it could not save.
+fn fatal(what: &str, error: std::io::Error) -> ! {
+    panic!("stable storage failed while {what}: {error}; stopping this node")
+}
+
+impl Log {
+    /// Restore the log from what `storage` recovered, returning the hard state
+    /// alongside it.
+    pub fn recover(mut storage: Box<dyn Storage>) -> (Log, HardState) {
+        let recovered = storage.recover().unwrap_or_else(|e| fatal("recovering", e));
+        let (snapshot_index, snapshot_term) = recovered
+            .snapshot
+            .as_ref()
+            .map_or((0, 0), |s| (s.last_included_index, s.last_included_term));
+        let mut entries = recovered.entries;
+        // A crash between saving a snapshot and trimming the log leaves entries
+        // the snapshot covers, or (after InstallSnapshot) entries that conflict
+        // with it. Figure 13 receiver steps 6–7, applied again at recovery:
+        // keep the entries after the snapshot only if the log agrees with it.
+        if let Some(at) = entries.iter().position(|e| e.index == snapshot_index) {
+            if entries[at].term == snapshot_term {
+                entries.drain(..=at);
+            } else {
+                entries.clear();
+            }
+        } else if entries
+            .first()
+            .is_some_and(|e| e.index != snapshot_index + 1)
+        {
+            entries.clear();
+        }
+        if entries.is_empty() {
+            // Make sure the disk agrees with what we keep.
+            storage
+                .truncate_from(snapshot_index + 1)
+                .and_then(|_| storage.sync())
+                .unwrap_or_else(|e| fatal("trimming the log", e));
+        }
+        let durable_index = snapshot_index + entries.len() as u64;
+        let log = Log {
+            storage,
+            snapshot_index,
+            snapshot_term,
+            snapshot: recovered.snapshot,
+            entries,
+            durable_index,
+        };
+        (log, recovered.hard_state)
+    }
+
+    /// Persist `current_term` and `voted_for` (durable when this returns).
+    pub fn save_hard_state(&mut self, hard_state: HardState) {
+        self.storage
+            .save_hard_state(hard_state)
+            .unwrap_or_else(|e| fatal("saving current_term and voted_for", e));
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        self.snapshot_index + self.entries.len() as u64
+    }
+
+    pub fn last_term(&self) -> Term {
+        self.entries.last().map_or(self.snapshot_term, |e| e.term)
+    }
+
+    /// The last index that is on stable storage. A leader counts itself in a
+    /// majority only up to here (dissertation §10.2.1).
+    pub fn durable_index(&self) -> LogIndex {
+        self.durable_index
+    }
+
+    pub fn snapshot_index(&self) -> LogIndex {
+        self.snapshot_index
+    }
+
+    pub fn snapshot_term(&self) -> Term {
+        self.snapshot_term
+    }
+
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// The first index still held as an entry (not compacted into the snapshot).
+    pub fn first_index(&self) -> LogIndex {
+        self.snapshot_index + 1
+    }
+
+    /// The term of the entry at `index`: 0 for index 0, the snapshot's term
+    /// at its last index, None when the entry is compacted away or beyond the end.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.snapshot_index {
+            return Some(self.snapshot_term);
+        }
+        self.get(index).map(|e| e.term)
+    }
+
+    /// The entry at `index`, if the log still holds it.
+    pub fn get(&self, index: LogIndex) -> Option<&Entry> {
+        if index <= self.snapshot_index {
+            return None;
+        }
+        self.entries.get((index - self.snapshot_index - 1) as usize)
+    }
+
+    /// Entries from `from` to the end, at most `max` of them.
+    pub fn entries_from(&self, from: LogIndex, max: usize) -> &[Entry] {
+        assert!(from > self.snapshot_index, "entry {from} is compacted");
+        let start = ((from - self.snapshot_index - 1) as usize).min(self.entries.len());
+        let end = (start + max).min(self.entries.len());
+        &self.entries[start..end]
+    }
+
+    /// Number of entries held outside the snapshot.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The first index of the entries of `term`, searching back from `from`
+    /// (the conflict hint of §5.3).
+    pub fn first_index_of_term(&self, term: Term, from: LogIndex) -> LogIndex {
+        let mut index = from;
+        while index > self.first_index() && self.term_at(index - 1) == Some(term) {
+            index -= 1;
+        }
+        index
+    }
+
+    /// The last index whose entry has `term`, or None (used by the leader to
+    /// apply the conflict hint).
+    pub fn last_index_of_term(&self, term: Term) -> Option<LogIndex> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.term == term)
+            .map(|e| e.index)
+    }
+
+    /// Append entries and make them durable before returning (followers: the
+    /// reply to AppendEntries must not go out before this).
+    pub fn append(&mut self, entries: Vec<Entry>) {
+        self.append_unsynced(entries);
+        self.sync();
+    }
+
+    /// Append entries without waiting for the disk. Only the leader does this,
+    /// so that it can send them to followers while its own write is under way
+    /// (dissertation §10.2.1); it must call `sync` before it counts itself in a
+    /// majority, which `durable_index` enforces.
+    pub fn append_unsynced(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut expected = self.last_index() + 1;
+        for entry in &entries {
+            assert_eq!(entry.index, expected, "log entries must be contiguous");
+            expected += 1;
+        }
+        self.storage
+            .append(&entries)
+            .unwrap_or_else(|e| fatal("appending log entries", e));
+        self.entries.extend(entries);
+    }
+
+    /// Make every entry appended so far durable: one fsync however many were appended.
+    pub fn sync(&mut self) {
+        if self.durable_index == self.last_index() {
+            return;
+        }
+        self.storage
+            .sync()
+            .unwrap_or_else(|e| fatal("syncing the log", e));
+        self.durable_index = self.last_index();
+    }
+
+    /// Delete the entry at `index` and all that follow it (Figure 2,
+    /// AppendEntries receiver step 3). Durable when this returns.
+    pub fn truncate_from(&mut self, index: LogIndex) {
+        assert!(
+            index > self.snapshot_index,
+            "cannot truncate into the snapshot"
+        );
+        if index > self.last_index() {
+            return;
+        }
+        self.storage
+            .truncate_from(index)
+            .and_then(|_| self.storage.sync())
+            .unwrap_or_else(|e| fatal("truncating the log", e));
+        self.entries
+            .truncate((index - self.snapshot_index - 1) as usize);
+        self.durable_index = self.durable_index.min(self.last_index());
+    }
+
+    /// Store a snapshot and discard the entries it covers (§7). With
+    /// `keep_suffix`, entries after the snapshot stay (Figure 13 step 6: the
+    /// log already has the snapshot's last entry); otherwise the whole log is
+    /// discarded (step 7). Durable when this returns.
+    pub fn install_snapshot(&mut self, snapshot: Snapshot, keep_suffix: bool) {
+        let index = snapshot.last_included_index;
+        // The snapshot goes to disk before the log is trimmed: a crash in
+        // between leaves both, and `recover` reconciles them.
+        self.storage
+            .save_snapshot(&snapshot)
+            .unwrap_or_else(|e| fatal("saving a snapshot", e));
+        if keep_suffix && index <= self.last_index() {
+            self.entries.drain(..(index - self.snapshot_index) as usize);
+        } else {
+            self.storage
+                .truncate_from(index + 1)
+                .and_then(|_| self.storage.sync())
+                .unwrap_or_else(|e| fatal("discarding the log", e));
+            self.entries.clear();
+        }
+        self.snapshot_index = index;
+        self.snapshot_term = snapshot.last_included_term;
+        self.snapshot = Some(snapshot);
+        self.durable_index = self
+            .durable_index
+            .clamp(self.snapshot_index, self.last_index());
+    }
+}

@@ -1,0 +1,148 @@
+//! The messages Raft servers exchange (Figure 2 "RequestVote RPC" and
+//! "AppendEntries RPC", Figure 13 "InstallSnapshot RPC").
+//!
+//! Every RPC is two one-way messages: the request and its reply are separate
+//! variants of [`Message`], so the single event-loop thread never waits for an
+//! answer. The gRPC bridge (src/server/bridge.rs) turns these into the proto
+//! types of proto/raft.proto and back; nothing else sees prost.
+
+use super::log::Entry;
+
+/// A server's id, as in `--peers 1=…,2=…`. Never 0 (0 means "none" on the wire).
+pub type NodeId = u64;
+/// A Raft term (§5.1). Terms start at 0 on a new server and only grow.
+pub type Term = u64;
+/// A position in the log. The first entry has index 1; 0 means "before the log".
+pub type LogIndex = u64;
+
+/// One message from one server to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    RequestVote(RequestVote),
+    RequestVoteReply(RequestVoteReply),
+    AppendEntries(AppendEntries),
+    AppendEntriesReply(AppendEntriesReply),
+    InstallSnapshot(InstallSnapshot),
+    InstallSnapshotReply(InstallSnapshotReply),
+}
+
+impl Message {
+    /// The sender's term: every message carries one, and Figure 2 "Rules for
+    /// Servers / All Servers" compares it with our own before anything else.
+    pub fn term(&self) -> Term {
+        match self {
+            Message::RequestVote(m) => m.term,
+            Message::RequestVoteReply(m) => m.term,
+            Message::AppendEntries(m) => m.term,
+            Message::AppendEntriesReply(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
+            Message::InstallSnapshotReply(m) => m.term,
+        }
+    }
+
+    /// True for the three requests, false for the replies.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Message::RequestVote(_) | Message::AppendEntries(_) | Message::InstallSnapshot(_)
+        )
+    }
+}
+
+/// RequestVote RPC arguments: invoked by candidates to gather votes (§5.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVote {
+    /// candidate's term
+    pub term: Term,
+    /// candidate requesting vote
+    pub candidate_id: NodeId,
+    /// index of candidate's last log entry (§5.4)
+    pub last_log_index: LogIndex,
+    /// term of candidate's last log entry (§5.4)
+    pub last_log_term: Term,
+}
+
+/// RequestVote RPC results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVoteReply {
+    /// currentTerm, for candidate to update itself
+    pub term: Term,
+    /// true means candidate received vote
+    pub vote_granted: bool,
+}
+
+/// AppendEntries RPC arguments: invoked by the leader to replicate log entries
+/// (§5.3); also used as heartbeat (§5.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntries {
+    /// leader's term
+    pub term: Term,
+    /// so follower can redirect clients
+    pub leader_id: NodeId,
+    /// index of log entry immediately preceding new ones
+    pub prev_log_index: LogIndex,
+    /// term of prev_log_index entry
+    pub prev_log_term: Term,
+    /// log entries to store (empty for heartbeat)
+    pub entries: Vec<Entry>,
+    /// leader's commit_index
+    pub leader_commit: LogIndex,
+    /// Not in Figure 2: the ReadIndex round this message confirms leadership
+    /// for (dissertation §6.4); echoed in the reply. 0 = none.
+    pub read_round: u64,
+}
+
+/// AppendEntries RPC results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntriesReply {
+    /// currentTerm, for leader to update itself
+    pub term: Term,
+    /// true if follower contained entry matching prev_log_index and prev_log_term
+    pub success: bool,
+    /// On success, the index of the last entry known to match the leader's
+    /// (prev_log_index + entries.len()). A reply to an old, reordered request
+    /// then cannot move match_index backwards.
+    pub match_index: LogIndex,
+    /// On failure, the conflict hint of §5.3 ("the follower can include the term
+    /// of the conflicting entry and the first index it stores for that term"):
+    /// the term at prev_log_index, or 0 when the follower's log is too short.
+    pub conflict_term: Term,
+    /// The first index of conflict_term, or last log index + 1 when conflict_term is 0.
+    pub conflict_index: LogIndex,
+    /// Echo of the request's read_round (dissertation §6.4).
+    pub read_round: u64,
+}
+
+/// InstallSnapshot RPC arguments: invoked by the leader to send chunks of a
+/// snapshot to a follower (§7, Figure 13).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshot {
+    /// leader's term
+    pub term: Term,
+    /// so follower can redirect clients
+    pub leader_id: NodeId,
+    /// the snapshot replaces all entries up through and including this index
+    pub last_included_index: LogIndex,
+    /// term of last_included_index
+    pub last_included_term: Term,
+    /// byte offset where chunk is positioned in the snapshot file
+    pub offset: u64,
+    /// raw bytes of the snapshot chunk, starting at offset
+    pub data: Vec<u8>,
+    /// true if this is the last chunk
+    pub done: bool,
+}
+
+/// InstallSnapshot RPC results. Figure 13 has only `term`; the other fields
+/// tell the leader which chunk to send next without remembering requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshotReply {
+    /// currentTerm, for leader to update itself
+    pub term: Term,
+    /// echo of the request's last_included_index
+    pub last_included_index: LogIndex,
+    /// bytes of the snapshot the follower holds so far: where the next chunk starts
+    pub next_offset: u64,
+    /// true once the follower has installed the whole snapshot
+    pub done: bool,
+}

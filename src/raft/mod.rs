@@ -1,0 +1,33 @@
+//! The Raft core: plain synchronous code that follows Figure 2 of the paper
+//! section by section. It does no I/O and reads no clock (see `state.rs`).
+//!
+//! | Figure 2 / paper section          | file                 |
+//! |-----------------------------------|----------------------|
+//! | State                             | `state.rs`           |
+//! | AppendEntries RPC, commit rule    | `append_entries.rs`  |
+//! | RequestVote RPC, elections        | `request_vote.rs`    |
+//! | Rules for Servers                 | `rules.rs`           |
+//! | Log (§5.3)                        | `log.rs`             |
+//! | InstallSnapshot RPC (Figure 13)   | `install_snapshot.rs`|
+//! | Client interaction (§8, ch. 6)    | `client.rs`          |
+//! | Stable storage boundary           | `storage.rs`         |
+//!
+//! `docs/paper-map.md` maps every rule to its function.
+
+mod append_entries;
+mod client;
+mod install_snapshot;
+pub mod log;
+pub mod message;
+mod request_vote;
+mod rules;
+pub mod state;
+pub mod storage;
+
+pub use self::log::{Command, Entry, Log};
+pub use message::*;
+pub use state::{
+    ClientError, ClientRequest, ClientResponse, ClientResult, NodeStatus, Outbox, RaftConfig,
+    RaftNode, RequestId, Role,
+};
+pub use storage::{HardState, MemStorage, Recovered, Snapshot, Storage};

@@ -1,0 +1,114 @@
+//! Figure 2 "RequestVote RPC" and the candidate's rules (§5.2, §5.4.1).
+
+use std::collections::BTreeSet;
+
+use log::info;
+
+use super::message::{Message, NodeId, RequestVote, RequestVoteReply};
+use super::state::{RaftNode, Role};
+
+impl RaftNode {
+    /// Candidates (§5.2): "On conversion to candidate, start election:
+    /// increment currentTerm, vote for self, reset election timer, send
+    /// RequestVote RPCs to all other servers".
+    pub(super) fn start_election(&mut self) {
+        let old_role = self.role.name();
+        let me = self.config.id;
+        // Term and self-vote are persisted together before any RequestVote
+        // leaves, so a crash cannot make us vote twice in this term.
+        self.set_term(self.current_term + 1, Some(me));
+        if let Role::Leader(_) = self.role {
+            unreachable!("a leader does not time out");
+        }
+        self.role = Role::Candidate {
+            votes: BTreeSet::from([me]),
+        };
+        info!(
+            "node {me} term {}: {old_role} -> candidate",
+            self.current_term
+        );
+        self.reset_election_timer();
+        if self.has_majority_of_votes() {
+            // A cluster of one elects itself.
+            self.become_leader();
+            return;
+        }
+        let request = RequestVote {
+            term: self.current_term,
+            candidate_id: me,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        for peer in self.peers() {
+            self.outbox
+                .send(peer, Message::RequestVote(request.clone()));
+        }
+    }
+
+    /// RequestVote receiver implementation (Figure 2).
+    pub fn handle_request_vote(&mut self, request: RequestVote) -> RequestVoteReply {
+        // 1. "Reply false if term < currentTerm (§5.1)". (A newer term was
+        // already adopted by `step`.)
+        let term_ok = request.term == self.current_term;
+        // 2. "If votedFor is null or candidateId, and candidate's log is at
+        // least as up-to-date as receiver's log, grant vote (§5.2, §5.4)".
+        let not_voted_for_another = self.voted_for.is_none_or(|v| v == request.candidate_id);
+        let log_ok = self.candidate_log_is_up_to_date(&request);
+        let vote_granted = term_ok && not_voted_for_another && log_ok;
+        if vote_granted {
+            self.set_voted_for(request.candidate_id);
+            // Followers: the timer restarts on "granting vote to candidate".
+            self.reset_election_timer();
+        }
+        info!(
+            "node {} term {}: vote for {} in term {}: {}",
+            self.config.id,
+            self.current_term,
+            request.candidate_id,
+            request.term,
+            if vote_granted {
+                "granted"
+            } else if !term_ok {
+                "refused, stale term"
+            } else if !not_voted_for_another {
+                "refused, already voted"
+            } else {
+                "refused, candidate's log is behind (§5.4.1)"
+            }
+        );
+        RequestVoteReply {
+            term: self.current_term,
+            vote_granted,
+        }
+    }
+
+    /// §5.4.1: "If the logs have last entries with different terms, then the
+    /// log with the later term is more up-to-date. If the logs end with the
+    /// same term, then whichever log is longer is more up-to-date."
+    fn candidate_log_is_up_to_date(&self, request: &RequestVote) -> bool {
+        let (my_last_term, my_last_index) = (self.log.last_term(), self.log.last_index());
+        request.last_log_term > my_last_term
+            || (request.last_log_term == my_last_term && request.last_log_index >= my_last_index)
+    }
+
+    /// Candidates (§5.2): "If votes received from majority of servers: become leader".
+    pub(super) fn handle_request_vote_reply(&mut self, from: NodeId, reply: RequestVoteReply) {
+        // Votes count only in the term they were cast for.
+        if !self.is_current(reply.term) || !reply.vote_granted {
+            return;
+        }
+        if let Role::Candidate { votes } = &mut self.role {
+            votes.insert(from);
+            if self.has_majority_of_votes() {
+                self.become_leader();
+            }
+        }
+    }
+
+    fn has_majority_of_votes(&self) -> bool {
+        match &self.role {
+            Role::Candidate { votes } => votes.len() >= self.majority(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The stable-storage boundary of the Raft core.
+//!
+//! Figure 2 marks `current_term`, `voted_for` and `log[]` as persistent:
+//! "updated on stable storage before responding to RPCs". The core never
+//! touches files itself; it calls a [`Storage`]. `src/storage/` implements it on
+//! files with fsync, and [`MemStorage`] is the simulated disk of the test
+//! harness, which forgets everything not yet synced when a node crashes.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use super::log::Entry;
+use super::message::{LogIndex, NodeId, Term};
+
+/// The persistent state of Figure 2 besides the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    /// latest term server has seen (initialized to 0 on first boot, increases monotonically)
+    pub current_term: Term,
+    /// candidate_id that received vote in current term (None if none)
+    pub voted_for: Option<NodeId>,
+}
+
+/// A snapshot of the state machine (§7): it replaces every log entry up
+/// through `last_included_index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// the snapshot replaces all entries up through and including this index
+    pub last_included_index: LogIndex,
+    /// term of last_included_index
+    pub last_included_term: Term,
+    /// the state machine, encoded by `kv::StateMachine::snapshot`
+    pub data: Vec<u8>,
+}
+
+/// Everything a node had made durable when it stopped.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    pub snapshot: Option<Snapshot>,
+    /// The log entries after the snapshot (or from index 1), in index order.
+    /// Entries at or below the snapshot's index may still be present if the
+    /// node crashed while compacting; the core drops them.
+    pub entries: Vec<Entry>,
+}
+
+/// Stable storage for one Raft server.
+///
+/// Contract: a method that says "durable" has fsynced before it returns.
+/// `append` and `truncate_from` only write; the caller makes them durable with
+/// `sync`, so that all entries appended in one event-loop turn cost one fsync
+/// (group commit). An I/O error is returned; the core treats it as fatal,
+/// because a server that cannot persist must not answer RPCs.
+pub trait Storage: Send {
+    /// What was durable when the node last stopped (empty on first boot).
+    fn recover(&mut self) -> io::Result<Recovered>;
+    /// Replace `current_term` and `voted_for`. Durable (atomically: a reader
+    /// sees the old or the new state, never a mix).
+    fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()>;
+    /// Append entries whose indexes follow the last stored entry. Not durable until `sync`.
+    fn append(&mut self, entries: &[Entry]) -> io::Result<()>;
+    /// Remove the entry at `index` and every entry after it. Not durable until `sync`.
+    fn truncate_from(&mut self, index: LogIndex) -> io::Result<()>;
+    /// Make every `append` and `truncate_from` so far durable.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Store `snapshot` durably, replacing any older one, then discard the log
+    /// entries it covers (index <= last_included_index).
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()>;
+}
+
+/// The simulated disk of the test harness: what `sync` (or a durable method)
+/// has made durable survives [`MemStorage::crash`]; anything else is lost.
+///
+/// Cloning gives another handle to the same disk, so the harness keeps one
+/// handle while a node owns the other, and hands it to the node's next
+/// incarnation after a crash.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    disk: Arc<Mutex<MemDisk>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MemDisk {
+    durable: Recovered,
+    /// the state as written, including what is not yet synced
+    written: Recovered,
+    fsyncs: u64,
+}
+
+impl MemStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Power loss: everything written but not synced is gone.
+    pub fn crash(&self) {
+        let mut disk = self.disk.lock().unwrap();
+        disk.written = disk.durable.clone();
+    }
+
+    /// How many fsyncs this disk has seen (the group-commit tests count them).
+    pub fn fsyncs(&self) -> u64 {
+        self.disk.lock().unwrap().fsyncs
+    }
+
+    /// The durable log entries (for tests).
+    pub fn durable_entries(&self) -> Vec<Entry> {
+        self.disk.lock().unwrap().durable.entries.clone()
+    }
+
+    /// The durable snapshot (for tests).
+    pub fn durable_snapshot(&self) -> Option<Snapshot> {
+        self.disk.lock().unwrap().durable.snapshot.clone()
+    }
+}
+
+impl Storage for MemStorage {
+    fn recover(&mut self) -> io::Result<Recovered> {
+        Ok(self.disk.lock().unwrap().durable.clone())
+    }
+
+    fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        disk.written.hard_state = hard_state;
+        disk.durable.hard_state = hard_state;
+        disk.fsyncs += 1;
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        if let (Some(last), Some(first)) = (disk.written.entries.last(), entries.first()) {
+            assert_eq!(
+                first.index,
+                last.index + 1,
+                "append must follow the last entry"
+            );
+        }
+        disk.written.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn truncate_from(&mut self, index: LogIndex) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        disk.written.entries.retain(|e| e.index < index);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        disk.durable.entries = disk.written.entries.clone();
+        disk.fsyncs += 1;
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        let covered = snapshot.last_included_index;
+        disk.written.snapshot = Some(snapshot.clone());
+        disk.written.entries.retain(|e| e.index > covered);
+        // The snapshot is durable; the compaction of the log only of what was synced.
+        disk.durable.snapshot = Some(snapshot.clone());
+        disk.durable.entries.retain(|e| e.index > covered);
+        disk.fsyncs += 1;
+        Ok(())
+    }
+}
