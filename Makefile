@@ -29,4 +29,4 @@ clean:
 
 ## Three nodes on 127.0.0.1:7001-7003, data under ./data/node{1,2,3}; Ctrl-C stops them all.
 cluster: release
-	@scripts/cluster.sh ./target/release/raft-kv "$(PEERS)"
+	./target/release/raft-kv cluster --peers "$(PEERS)" --data-dir data

@@ -6,10 +6,14 @@
 //! - [`kv`]: the replicated state machine.
 //! - [`sim`]: a deterministic in-memory cluster for tests and debugging.
 
+pub mod cli;
+pub mod config;
 pub mod grpc_codec;
 pub mod kv;
 pub mod raft;
+pub mod server;
 pub mod sim;
+pub mod storage;
 
 /// The prost/tonic types generated from `proto/`. Only the gRPC bridge and
 /// the encoders use them; the core has its own typed messages.

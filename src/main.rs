@@ -1,1 +1,40 @@
-fn main() {}
+//! The `raft-kv` binary: run a node, a local cluster, or talk to a cluster.
+
+use clap::{Parser, Subcommand};
+
+/// A Raft-replicated key-value store, written to be read beside the Raft paper.
+#[derive(Parser)]
+#[command(name = "raft-kv", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one Raft node (serves the peer and the client gRPC services).
+    Node(raft_kv::server::NodeArgs),
+    /// Run a local cluster of nodes as child processes, each line prefixed with its node.
+    Cluster(raft_kv::server::ClusterArgs),
+    /// Store a value: raft-kv set KEY VALUE
+    Set(raft_kv::cli::SetArgs),
+    /// Read a value: raft-kv get KEY [--stale]
+    Get(raft_kv::cli::GetArgs),
+    /// Remove a key: raft-kv delete KEY
+    Delete(raft_kv::cli::DeleteArgs),
+    /// Show every node's role, term, leader, commit and applied index.
+    Status(raft_kv::cli::StatusArgs),
+}
+
+fn main() {
+    let args = Args::parse();
+    let code = match args.command {
+        Command::Node(a) => raft_kv::server::run_node(a),
+        Command::Cluster(a) => raft_kv::server::run_cluster(a),
+        Command::Set(a) => raft_kv::cli::set(a),
+        Command::Get(a) => raft_kv::cli::get(a),
+        Command::Delete(a) => raft_kv::cli::delete(a),
+        Command::Status(a) => raft_kv::cli::status(a),
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,1 @@
+//! Cluster membership and node settings: `--peers`, `--config FILE`. (Being built.)

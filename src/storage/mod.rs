@@ -1,0 +1,1 @@
+//! File-backed stable storage for a node (docs/storage.md). (Being built.)
