@@ -1,1 +1,584 @@
-//! placeholder
+//! A deterministic, single-threaded cluster for tests and debugging.
+//!
+//! Every node is a real [`RaftNode`] with a simulated disk ([`MemStorage`]);
+//! the network is a queue that can drop, delay, reorder and partition
+//! messages; time advances only when the test calls [`Cluster::tick`]. All
+//! randomness comes from one seed, so a failing run replays exactly:
+//! `RAFT_SEED=1234 cargo test name`. After every step the harness checks the
+//! safety properties of Figure 3 (see [`Cluster::check_invariants`]) and, on
+//! any panic, prints the seed and the trace of the run.
+
+mod invariants;
+mod trace;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::raft::{
+    ClientRequest, ClientResult, LogIndex, MemStorage, Message, NodeId, Outbox, RaftConfig,
+    RaftNode, RequestId, Term,
+};
+pub use invariants::Invariants;
+pub use trace::describe;
+
+/// How the simulated cluster behaves.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// number of nodes, with ids 1..=nodes
+    pub nodes: usize,
+    pub seed: u64,
+    /// probability that a message is lost
+    pub drop_rate: f64,
+    /// each message is delivered after 0..=max_delay ticks; > 0 reorders messages
+    pub max_delay: u64,
+    pub election_timeout_ticks: (u64, u64),
+    pub heartbeat_ticks: u64,
+    pub snapshot_threshold: usize,
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl SimConfig {
+    /// A reliable network of `nodes` nodes.
+    pub fn new(nodes: usize, seed: u64) -> Self {
+        SimConfig {
+            nodes,
+            seed,
+            drop_rate: 0.0,
+            max_delay: 0,
+            election_timeout_ticks: (15, 30),
+            heartbeat_ticks: 5,
+            snapshot_threshold: 10_000,
+            snapshot_chunk_bytes: 1 << 20,
+        }
+    }
+
+    /// Lose `drop_rate` of messages and delay each by up to `max_delay` ticks.
+    pub fn unreliable(mut self, drop_rate: f64, max_delay: u64) -> Self {
+        self.drop_rate = drop_rate;
+        self.max_delay = max_delay;
+        self
+    }
+
+    pub fn snapshot_threshold(mut self, entries: usize, chunk_bytes: usize) -> Self {
+        self.snapshot_threshold = entries;
+        self.snapshot_chunk_bytes = chunk_bytes;
+        self
+    }
+}
+
+/// What a node's outbox collected during one call into the core.
+#[derive(Default)]
+struct Collected {
+    sent: Vec<(NodeId, Message)>,
+    responses: Vec<(RequestId, ClientResult)>,
+}
+
+/// The outbox of a simulated node: the harness drains it after every call.
+#[derive(Clone, Default)]
+struct SimOutbox(Arc<Mutex<Collected>>);
+
+impl Outbox for SimOutbox {
+    fn send(&mut self, to: NodeId, message: Message) {
+        self.0.lock().unwrap().sent.push((to, message));
+    }
+    fn respond(&mut self, request: RequestId, result: ClientResult) {
+        self.0.lock().unwrap().responses.push((request, result));
+    }
+}
+
+struct SimNode {
+    /// None while crashed
+    node: Option<RaftNode>,
+    disk: MemStorage,
+    outbox: SimOutbox,
+    restarts: u64,
+}
+
+/// A message on the simulated network.
+#[derive(Clone, Debug)]
+struct InFlight {
+    deliver_at: u64,
+    /// tie-breaker among messages due at the same tick (random when reordering)
+    order: u64,
+    from: NodeId,
+    to: NodeId,
+    message: Message,
+}
+
+/// The simulated cluster.
+pub struct Cluster {
+    pub config: SimConfig,
+    rng: StdRng,
+    nodes: BTreeMap<NodeId, SimNode>,
+    network: Vec<InFlight>,
+    /// groups of nodes that can talk to each other; empty = no partition
+    partition: Vec<BTreeSet<NodeId>>,
+    /// links that drop everything, as (from, to)
+    cut_links: BTreeSet<(NodeId, NodeId)>,
+    now: u64,
+    next_order: u64,
+    next_request: RequestId,
+    /// answers to client requests, by request id
+    responses: BTreeMap<RequestId, ClientResult>,
+    /// every message and event of the run, one line each
+    trace: Vec<String>,
+    invariants: Invariants,
+    /// messages delivered (sent by a node and not dropped), for RPC-count tests
+    pub delivered: u64,
+    /// messages sent by nodes, and the bytes of entries and snapshots in them
+    pub sent: u64,
+    pub sent_bytes: u64,
+}
+
+impl Cluster {
+    /// Start `config.nodes` nodes, all followers in term 0.
+    pub fn new(config: SimConfig) -> Cluster {
+        let mut cluster = Cluster {
+            rng: StdRng::seed_from_u64(config.seed),
+            config,
+            nodes: BTreeMap::new(),
+            network: Vec::new(),
+            partition: Vec::new(),
+            cut_links: BTreeSet::new(),
+            now: 0,
+            next_order: 0,
+            next_request: 1,
+            responses: BTreeMap::new(),
+            trace: Vec::new(),
+            invariants: Invariants::default(),
+            delivered: 0,
+            sent: 0,
+            sent_bytes: 0,
+        };
+        for id in cluster.ids_all() {
+            let sim = SimNode {
+                node: None,
+                disk: MemStorage::new(),
+                outbox: SimOutbox::default(),
+                restarts: 0,
+            };
+            cluster.nodes.insert(id, sim);
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    fn ids_all(&self) -> Vec<NodeId> {
+        (1..=self.config.nodes as u64).collect()
+    }
+
+    /// The ids of every node, running or crashed.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let members = self.ids_all();
+        let sim = self.nodes.get_mut(&id).expect("node exists");
+        let mut config = RaftConfig::new(id, members);
+        config.election_timeout_ticks = self.config.election_timeout_ticks;
+        config.heartbeat_ticks = self.config.heartbeat_ticks;
+        config.snapshot_threshold = self.config.snapshot_threshold;
+        config.snapshot_chunk_bytes = self.config.snapshot_chunk_bytes;
+        // Each node, and each restart of it, draws different timeouts.
+        config.seed = self.config.seed ^ (id << 32) ^ (sim.restarts << 48);
+        sim.outbox = SimOutbox::default();
+        let node = RaftNode::new(
+            config,
+            Box::new(sim.disk.clone()),
+            Box::new(sim.outbox.clone()),
+        );
+        sim.node = Some(node);
+        self.invariants.node_started(id);
+    }
+
+    /// Logical time: ticks since the start.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn node(&self, id: NodeId) -> &RaftNode {
+        self.nodes[&id]
+            .node
+            .as_ref()
+            .unwrap_or_else(|| panic!("n{id} is down"))
+    }
+
+    /// Mutable access to a node, for tests that call the core directly.
+    /// The harness collects what it sends afterwards.
+    pub fn with_node<R>(&mut self, id: NodeId, f: impl FnOnce(&mut RaftNode) -> R) -> R {
+        let sim = self.nodes.get_mut(&id).expect("node exists");
+        let result = f(sim.node.as_mut().unwrap_or_else(|| panic!("n{id} is down")));
+        self.collect(id);
+        self.check();
+        result
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes[&id].node.is_some()
+    }
+
+    /// The simulated disk of a node (it survives crashes).
+    pub fn disk(&self, id: NodeId) -> &MemStorage {
+        &self.nodes[&id].disk
+    }
+
+    pub fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    /// Add a line to the trace (tests use it to mark their own steps).
+    pub fn note(&mut self, text: impl AsRef<str>) {
+        let line = format!("t={} -- {}", self.now, text.as_ref());
+        self.trace.push(line);
+    }
+
+    /// Advance time by one tick: every running node ticks, then every
+    /// message due by now is delivered.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        for id in self.ids() {
+            if let Some(node) = self.nodes.get_mut(&id).unwrap().node.as_mut() {
+                node.tick();
+                self.collect(id);
+                self.check();
+            }
+        }
+        self.deliver_due();
+    }
+
+    pub fn ticks(&mut self, n: u64) {
+        for _ in 0..n {
+            self.tick();
+        }
+    }
+
+    /// Tick until `done` holds, at most `max_ticks`; true if it did.
+    pub fn run_until(&mut self, max_ticks: u64, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+        for _ in 0..max_ticks {
+            if done(self) {
+                return true;
+            }
+            self.tick();
+        }
+        done(self)
+    }
+
+    /// Deliver every message due by now, including replies that fall due
+    /// while doing so (with no delay a whole round trip fits in one tick).
+    fn deliver_due(&mut self) {
+        loop {
+            let due = self
+                .network
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.deliver_at <= self.now)
+                .min_by_key(|(_, m)| (m.deliver_at, m.order))
+                .map(|(i, _)| i);
+            let Some(i) = due else { break };
+            let message = self.network.swap_remove(i);
+            self.deliver(message);
+        }
+    }
+
+    fn deliver(&mut self, m: InFlight) {
+        if !self.can_talk(m.from, m.to) {
+            self.trace.push(format!(
+                "t={} n{} -> n{} {} (lost: partitioned)",
+                self.now,
+                m.from,
+                m.to,
+                describe(&m.message)
+            ));
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&m.to).unwrap().node.as_mut() else {
+            self.trace.push(format!(
+                "t={} n{} -> n{} {} (lost: n{} is down)",
+                self.now,
+                m.from,
+                m.to,
+                describe(&m.message),
+                m.to
+            ));
+            return;
+        };
+        self.delivered += 1;
+        self.trace.push(format!(
+            "t={} n{} -> n{}@{} {}",
+            self.now,
+            m.from,
+            m.to,
+            node.current_term(),
+            describe(&m.message)
+        ));
+        let reply = node.step(m.from, m.message);
+        let term = node.current_term();
+        if let Some(reply) = reply {
+            self.send(m.to, term, m.from, reply);
+        }
+        self.collect(m.to);
+        self.check();
+    }
+
+    /// Move what node `id` sent and answered into the network and the
+    /// response table.
+    fn collect(&mut self, id: NodeId) {
+        let sim = &self.nodes[&id];
+        let collected = std::mem::take(&mut *sim.outbox.0.lock().unwrap());
+        let term = sim.node.as_ref().map_or(0, |n| n.current_term());
+        for (to, message) in collected.sent {
+            self.send(id, term, to, message);
+        }
+        for (request, result) in collected.responses {
+            self.trace.push(format!(
+                "t={} n{id} answers request {request}: {result:?}",
+                self.now
+            ));
+            let previous = self.responses.insert(request, result);
+            assert!(previous.is_none(), "request {request} answered twice");
+        }
+    }
+
+    fn send(&mut self, from: NodeId, term: Term, to: NodeId, message: Message) {
+        self.sent += 1;
+        self.sent_bytes += trace::payload_bytes(&message);
+        let lost = self.config.drop_rate > 0.0 && self.rng.gen_bool(self.config.drop_rate);
+        let delay = if self.config.max_delay > 0 {
+            self.rng.gen_range(0..=self.config.max_delay)
+        } else {
+            0
+        };
+        // Replies and requests may overtake each other when delays vary.
+        let order = if self.config.max_delay > 0 {
+            self.rng.gen()
+        } else {
+            self.next_order += 1;
+            self.next_order
+        };
+        self.trace.push(format!(
+            "t={} n{from}@{term} -> n{to} {}{}",
+            self.now,
+            describe(&message),
+            if lost { " (dropped)" } else { "" }
+        ));
+        if lost {
+            return;
+        }
+        self.network.push(InFlight {
+            deliver_at: self.now + delay,
+            order,
+            from,
+            to,
+            message,
+        });
+    }
+
+    fn can_talk(&self, from: NodeId, to: NodeId) -> bool {
+        if self.cut_links.contains(&(from, to)) {
+            return false;
+        }
+        self.partition.is_empty()
+            || self
+                .partition
+                .iter()
+                .any(|group| group.contains(&from) && group.contains(&to))
+    }
+
+    /// Split the cluster: nodes talk only within their group. Nodes in no
+    /// group are isolated.
+    pub fn partition(&mut self, groups: &[&[NodeId]]) {
+        self.partition = groups.iter().map(|g| g.iter().copied().collect()).collect();
+        self.note(format!("partition {groups:?}"));
+    }
+
+    /// Cut node `id` off from every other node (both directions).
+    pub fn isolate(&mut self, id: NodeId) {
+        for other in self.ids() {
+            if other != id {
+                self.cut_links.insert((id, other));
+                self.cut_links.insert((other, id));
+            }
+        }
+        self.note(format!("isolate n{id}"));
+    }
+
+    /// Reconnect node `id` to every other node (undoes `isolate`).
+    pub fn reconnect(&mut self, id: NodeId) {
+        self.cut_links.retain(|&(a, b)| a != id && b != id);
+        self.note(format!("reconnect n{id}"));
+    }
+
+    /// Remove every partition and cut link.
+    pub fn heal(&mut self) {
+        self.partition.clear();
+        self.cut_links.clear();
+        self.note("heal");
+    }
+
+    /// Crash node `id`: it stops, and its disk keeps only what was synced.
+    pub fn crash(&mut self, id: NodeId) {
+        let sim = self.nodes.get_mut(&id).unwrap();
+        if sim.node.take().is_some() {
+            sim.disk.crash();
+            sim.restarts += 1;
+            self.note(format!("crash n{id}"));
+        }
+    }
+
+    /// Restart a crashed node from its disk.
+    pub fn restart(&mut self, id: NodeId) {
+        if self.is_up(id) {
+            self.crash(id);
+        }
+        self.note(format!("restart n{id}"));
+        self.start_node(id);
+        self.check();
+    }
+
+    pub fn set_unreliable(&mut self, drop_rate: f64, max_delay: u64) {
+        self.config.drop_rate = drop_rate;
+        self.config.max_delay = max_delay;
+        self.note(format!("network drop={drop_rate} delay<={max_delay}"));
+    }
+
+    /// The running leaders, by term (more than one only if an old leader has
+    /// not heard of the newer term yet).
+    pub fn leaders(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, s)| s.node.as_ref().is_some_and(|n| n.is_leader()))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// The leader with the highest term among running nodes, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leaders()
+            .into_iter()
+            .max_by_key(|&id| self.node(id).current_term())
+    }
+
+    /// Tick until some node is leader and a majority of the running nodes
+    /// agree on its term; panics after `max_ticks`.
+    pub fn elect(&mut self, max_ticks: u64) -> NodeId {
+        let majority = self.config.nodes / 2 + 1;
+        let ok = self.run_until(max_ticks, |c| {
+            c.leader().is_some_and(|l| {
+                let term = c.node(l).current_term();
+                c.ids()
+                    .into_iter()
+                    .filter(|&id| c.is_up(id) && c.node(id).current_term() == term)
+                    .count()
+                    >= majority
+            })
+        });
+        assert!(ok, "no leader elected within {max_ticks} ticks");
+        self.leader().expect("checked")
+    }
+
+    /// Submit a client request to node `to`; returns its id.
+    pub fn request(&mut self, to: NodeId, request: ClientRequest) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.note(format!("client request {id} to n{to}: {request:?}"));
+        self.with_node(to, |node| node.client_requests(vec![(id, request)]));
+        id
+    }
+
+    /// Submit several client requests to node `to` in one batch.
+    pub fn requests(&mut self, to: NodeId, requests: Vec<ClientRequest>) -> Vec<RequestId> {
+        let batch: Vec<_> = requests
+            .into_iter()
+            .map(|r| {
+                let id = self.next_request;
+                self.next_request += 1;
+                (id, r)
+            })
+            .collect();
+        let ids = batch.iter().map(|(id, _)| *id).collect();
+        self.note(format!("client batch of {} to n{to}", batch.len()));
+        self.with_node(to, |node| node.client_requests(batch));
+        ids
+    }
+
+    /// The answer to request `id`, if it has come.
+    pub fn response(&self, id: RequestId) -> Option<&ClientResult> {
+        self.responses.get(&id)
+    }
+
+    /// Tick until request `id` is answered; None if not within `max_ticks`.
+    pub fn wait_response(&mut self, id: RequestId, max_ticks: u64) -> Option<ClientResult> {
+        self.run_until(max_ticks, |c| c.response(id).is_some());
+        self.response(id).cloned()
+    }
+
+    /// Highest commit index among running nodes.
+    pub fn max_commit_index(&self) -> LogIndex {
+        self.nodes
+            .values()
+            .filter_map(|s| s.node.as_ref().map(|n| n.commit_index()))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The entries known committed (index → term), as the invariant checker saw them.
+    pub fn committed(&self) -> &BTreeMap<LogIndex, (Term, crate::raft::Command)> {
+        self.invariants.committed()
+    }
+
+    /// Check the safety properties now; panics with the trace on a violation.
+    pub fn check(&mut self) {
+        let nodes: Vec<(NodeId, &RaftNode)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, s)| s.node.as_ref().map(|n| (id, n)))
+            .collect();
+        if let Err(violation) = self.invariants.check(&nodes) {
+            panic!("safety violation at t={}: {violation}", self.now);
+        }
+    }
+
+    /// Write the trace to `target/sim-traces/NAME-seedN.trace.txt`; returns the path.
+    pub fn write_trace(&self, name: &str) -> std::path::PathBuf {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sim-traces");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{name}-seed{}.trace.txt", self.config.seed));
+        let _ = std::fs::write(&path, self.trace.join("\n") + "\n");
+        path
+    }
+}
+
+impl Drop for Cluster {
+    /// On a failed test, say how to replay it and show how it ended.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("sim")
+                .replace("::", "-");
+            let path = self.write_trace(&name);
+            let tail = self.trace.len().saturating_sub(40);
+            eprintln!("---- last trace lines ----");
+            for line in &self.trace[tail..] {
+                eprintln!("{line}");
+            }
+            eprintln!(
+                "---- failed with seed {seed}: replay with RAFT_SEED={seed}; full trace in {} ----",
+                path.display(),
+                seed = self.config.seed
+            );
+        }
+    }
+}
+
+/// The seeds a randomized test runs: `0..count`, or only `RAFT_SEED` when set.
+pub fn seeds(count: u64) -> Vec<u64> {
+    match std::env::var("RAFT_SEED") {
+        Ok(seed) => vec![seed.parse().expect("RAFT_SEED must be a number")],
+        Err(_) => (0..count).collect(),
+    }
+}

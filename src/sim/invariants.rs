@@ -1,0 +1,187 @@
+//! The safety properties of the paper's Figure 3, checked after every step
+//! of a simulated run:
+//!
+//! - Election Safety: at most one leader can be elected in a given term.
+//! - Log Matching: if two logs contain an entry with the same index and term,
+//!   the logs are identical in all entries up through the given index.
+//! - Leader Completeness: if a log entry is committed in a given term, that
+//!   entry will be present in the logs of the leaders for all higher terms.
+//! - State Machine Safety: if a server has applied a log entry at a given
+//!   index, no other server will ever apply a different log entry for it.
+//!
+//! plus: committed entries never change, and `last_applied` never goes
+//! backwards while a node runs. Each check is incremental, so a long run
+//! stays fast.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::raft::{Command, LogIndex, NodeId, RaftNode, Term};
+
+#[derive(Default)]
+pub struct Invariants {
+    /// term → the node that was leader in it
+    leaders: BTreeMap<Term, NodeId>,
+    /// (index, term) → (term of the previous entry, command), from every log seen
+    entries: HashMap<(LogIndex, Term), (Term, Command)>,
+    /// per node, the (index → term) pairs of its log already checked
+    verified: BTreeMap<NodeId, BTreeMap<LogIndex, Term>>,
+    /// index → (term, command) of every entry some node has seen committed
+    committed: BTreeMap<LogIndex, (Term, Command)>,
+    /// index → the lowest current_term of a node that saw it committed
+    committed_seen_in_term: BTreeMap<LogIndex, Term>,
+    /// per node, the commit index up to which its entries were recorded
+    recorded_commit: BTreeMap<NodeId, LogIndex>,
+    /// per node, its last_applied at the last check (reset on restart)
+    last_applied: BTreeMap<NodeId, LogIndex>,
+    /// (leader, term) pairs whose log was checked for Leader Completeness
+    complete_leaders: BTreeMap<(NodeId, Term), ()>,
+}
+
+impl Invariants {
+    /// A node (re)started: its volatile state begins again.
+    pub fn node_started(&mut self, id: NodeId) {
+        self.recorded_commit.remove(&id);
+        self.last_applied.remove(&id);
+        self.verified.remove(&id);
+    }
+
+    pub fn committed(&self) -> &BTreeMap<LogIndex, (Term, Command)> {
+        &self.committed
+    }
+
+    /// Check every property over the running nodes.
+    pub fn check(&mut self, nodes: &[(NodeId, &RaftNode)]) -> Result<(), String> {
+        for &(id, node) in nodes {
+            self.election_safety(id, node)?;
+            self.log_matching(id, node)?;
+            self.state_machine_safety(id, node)?;
+        }
+        for &(id, node) in nodes {
+            if node.is_leader() {
+                self.leader_completeness(id, node)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn election_safety(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+        if !node.is_leader() {
+            return Ok(());
+        }
+        let term = node.current_term();
+        match self.leaders.insert(term, id) {
+            Some(other) if other != id => Err(format!(
+                "Election Safety: n{other} and n{id} are both leader in term {term}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn log_matching(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+        let log = node.log();
+        let verified = self.verified.entry(id).or_default();
+        let mut index = log.last_index();
+        while index > log.snapshot_index() {
+            let entry = log.get(index).expect("index within the log");
+            if verified.get(&index) == Some(&entry.term) {
+                break;
+            }
+            let prev_term = log.term_at(index - 1).unwrap_or(0);
+            let seen = self
+                .entries
+                .entry((index, entry.term))
+                .or_insert_with(|| (prev_term, entry.command.clone()));
+            // Same index and term must mean the same command and the same
+            // predecessor; by induction the logs are then identical up to here.
+            if seen.1 != entry.command || (index - 1 > log.snapshot_index() && seen.0 != prev_term)
+            {
+                return Err(format!(
+                    "Log Matching: n{id} has entry {index}@{} = {:?} after term {prev_term}, \
+                     another log has {:?} after term {}",
+                    entry.term, entry.command, seen.1, seen.0
+                ));
+            }
+            verified.insert(index, entry.term);
+            index -= 1;
+        }
+        Ok(())
+    }
+
+    fn state_machine_safety(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+        let log = node.log();
+        let commit_index = node.commit_index();
+        if node.last_applied() > commit_index {
+            return Err(format!(
+                "n{id} applied {} beyond its commit index {commit_index}",
+                node.last_applied()
+            ));
+        }
+        if commit_index > log.last_index() {
+            return Err(format!(
+                "n{id} commit index {commit_index} is beyond its log ({})",
+                log.last_index()
+            ));
+        }
+        let previous = self.last_applied.insert(id, node.last_applied());
+        if previous.is_some_and(|p| p > node.last_applied()) {
+            return Err(format!(
+                "n{id} last_applied went back from {} to {}",
+                previous.unwrap(),
+                node.last_applied()
+            ));
+        }
+        let from = self.recorded_commit.get(&id).copied().unwrap_or(0);
+        for index in (from + 1)..=commit_index {
+            let Some(entry) = log.get(index) else {
+                continue; // compacted into the snapshot
+            };
+            let seen_term = self
+                .committed_seen_in_term
+                .entry(index)
+                .or_insert(node.current_term());
+            *seen_term = (*seen_term).min(node.current_term());
+            match self.committed.get(&index) {
+                Some((term, command)) if *term != entry.term || *command != entry.command => {
+                    return Err(format!(
+                        "State Machine Safety: n{id} committed {index}@{} = {:?}, \
+                         but {index}@{term} = {command:?} was committed before",
+                        entry.term, entry.command
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.committed
+                        .insert(index, (entry.term, entry.command.clone()));
+                }
+            }
+        }
+        self.recorded_commit.insert(id, commit_index.max(from));
+        Ok(())
+    }
+
+    /// Checked once per leader and term: everything committed in an earlier
+    /// term must be in the new leader's log (§5.4). What it commits later
+    /// comes from its own log.
+    fn leader_completeness(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+        let term = node.current_term();
+        if self.complete_leaders.insert((id, term), ()).is_some() {
+            return Ok(());
+        }
+        let log = node.log();
+        for (&index, (committed_term, command)) in &self.committed {
+            if self.committed_seen_in_term[&index] >= term || index <= log.snapshot_index() {
+                continue;
+            }
+            match log.get(index) {
+                Some(e) if e.term == *committed_term && e.command == *command => {}
+                other => {
+                    return Err(format!(
+                        "Leader Completeness: n{id}, leader of term {term}, lacks committed \
+                         entry {index}@{committed_term} (has {other:?})"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}

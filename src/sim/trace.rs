@@ -1,0 +1,81 @@
+//! One-line descriptions of messages for the trace, e.g.
+//! `AppendEntries term=3 prev=4@2 [5@3..7@3] commit=4`.
+
+use crate::raft::{Entry, Message};
+
+pub fn describe(message: &Message) -> String {
+    match message {
+        Message::RequestVote(m) => format!(
+            "RequestVote term={} last={}@{}",
+            m.term, m.last_log_index, m.last_log_term
+        ),
+        Message::RequestVoteReply(m) => format!(
+            "RequestVoteReply term={} {}",
+            m.term,
+            if m.vote_granted { "granted" } else { "refused" }
+        ),
+        Message::AppendEntries(m) => {
+            let mut s = format!(
+                "AppendEntries term={} prev={}@{} {} commit={}",
+                m.term,
+                m.prev_log_index,
+                m.prev_log_term,
+                entries(&m.entries),
+                m.leader_commit
+            );
+            if m.read_round > 0 {
+                s += &format!(" read={}", m.read_round);
+            }
+            s
+        }
+        Message::AppendEntriesReply(m) => {
+            if m.success {
+                format!(
+                    "AppendEntriesReply term={} ok match={}",
+                    m.term, m.match_index
+                )
+            } else {
+                format!(
+                    "AppendEntriesReply term={} reject conflict={}@{}",
+                    m.term, m.conflict_index, m.conflict_term
+                )
+            }
+        }
+        Message::InstallSnapshot(m) => format!(
+            "InstallSnapshot term={} last={}@{} offset={} len={}{}",
+            m.term,
+            m.last_included_index,
+            m.last_included_term,
+            m.offset,
+            m.data.len(),
+            if m.done { " done" } else { "" }
+        ),
+        Message::InstallSnapshotReply(m) => format!(
+            "InstallSnapshotReply term={} last={} next_offset={}{}",
+            m.term,
+            m.last_included_index,
+            m.next_offset,
+            if m.done { " done" } else { "" }
+        ),
+    }
+}
+
+fn entries(entries: &[Entry]) -> String {
+    match entries {
+        [] => "[]".to_string(),
+        [e] => format!("[{}@{}]", e.index, e.term),
+        [first, .., last] => format!(
+            "[{}@{}..{}@{}]",
+            first.index, first.term, last.index, last.term
+        ),
+    }
+}
+
+/// Bytes of entries or snapshot data a message carries (for the bytes-bound tests).
+pub fn payload_bytes(message: &Message) -> u64 {
+    match message {
+        Message::AppendEntries(m) => m.entries.iter().map(|e| e.command.size() as u64).sum(),
+        Message::InstallSnapshot(m) => m.data.len() as u64,
+        _ => 0,
+    }
+}
