@@ -1,24 +1,253 @@
-//! The command-line client: set, get, delete, status.
-//! (Being built; see docs/api.md.)
+//! The command-line client: `raft-kv set | get | delete | status`.
+//! Exit codes (docs/api.md): 0 success, 1 `get` of an absent key, 2 any error.
+
+mod client;
+
+pub use client::{Client, Error, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT, LEADER_ADDR};
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::proto::kv::StatusResponse;
+
+/// The addresses `make cluster` uses.
+const DEFAULT_CLUSTER: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+/// Flags every client subcommand shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterFlags {
+    /// Client addresses of the nodes, comma-separated; any subset works for
+    /// set/get/delete, since followers redirect to the leader.
+    #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',', default_value = DEFAULT_CLUSTER)]
+    pub cluster: Vec<String>,
+    /// How long to keep trying to reach a leader: 500ms, 5s, or plain seconds (2.5).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
 
 #[derive(clap::Args, Debug)]
-pub struct SetArgs {}
-#[derive(clap::Args, Debug)]
-pub struct GetArgs {}
-#[derive(clap::Args, Debug)]
-pub struct DeleteArgs {}
-#[derive(clap::Args, Debug)]
-pub struct StatusArgs {}
+pub struct SetArgs {
+    /// The key: 1 byte to 4 KiB of UTF-8.
+    pub key: String,
+    /// The value: up to 1 MiB of UTF-8.
+    pub value: String,
+    #[command(flatten)]
+    pub flags: ClusterFlags,
+}
 
-pub fn set(_a: SetArgs) -> i32 {
-    2
+#[derive(clap::Args, Debug)]
+pub struct GetArgs {
+    /// The key to read.
+    pub key: String,
+    /// Read from any node's state machine instead of the leader (may be stale).
+    #[arg(long)]
+    pub stale: bool,
+    #[command(flatten)]
+    pub flags: ClusterFlags,
 }
-pub fn get(_a: GetArgs) -> i32 {
-    2
+
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// The key to remove.
+    pub key: String,
+    #[command(flatten)]
+    pub flags: ClusterFlags,
 }
-pub fn delete(_a: DeleteArgs) -> i32 {
-    2
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Redraw the table every second until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub flags: ClusterFlags,
 }
-pub fn status(_a: StatusArgs) -> i32 {
-    2
+
+/// `raft-kv set KEY VALUE`: prints `OK` once the write is committed and applied.
+pub fn set(a: SetArgs) -> i32 {
+    run(&a.flags, |client| {
+        client.set(&a.key, &a.value)?;
+        println!("OK");
+        Ok(0)
+    })
+}
+
+/// `raft-kv get KEY`: prints the value (exit 0), or nothing with a note on
+/// stderr when the key is absent (exit 1).
+pub fn get(a: GetArgs) -> i32 {
+    run(&a.flags, |client| match client.get(&a.key, a.stale)? {
+        Some(value) => {
+            println!("{value}");
+            Ok(0)
+        }
+        None => {
+            eprintln!("raft-kv: key not found");
+            Ok(1)
+        }
+    })
+}
+
+/// `raft-kv delete KEY`: prints `deleted` or `not found`; both exit 0,
+/// because either way the key is now absent.
+pub fn delete(a: DeleteArgs) -> i32 {
+    run(&a.flags, |client| {
+        let existed = client.delete(&a.key)?;
+        println!("{}", if existed { "deleted" } else { "not found" });
+        Ok(0)
+    })
+}
+
+/// `raft-kv status [--watch]`: one row per node; exit 0 if any node answered.
+pub fn status(a: StatusArgs) -> i32 {
+    run(&a.flags, |client| {
+        if !a.watch {
+            let rows = client.status_all();
+            print!("{}", status_table(&rows));
+            let answered = rows.iter().any(|(_, answer)| answer.is_ok());
+            if !answered {
+                eprintln!("raft-kv: error: no node answered");
+            }
+            return Ok(if answered { 0 } else { 2 });
+        }
+        loop {
+            let rows = client.status_all();
+            // ANSI: clear the screen, cursor home.
+            print!("\x1b[2J\x1b[H{}", status_table(&rows));
+            println!("\nrefreshing every second; Ctrl-C to stop");
+            let _ = std::io::stdout().flush();
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+}
+
+/// Build the client from the shared flags and run `command`; any error is
+/// one line on stderr and exit code 2.
+fn run(flags: &ClusterFlags, command: impl FnOnce(&mut Client) -> Result<i32, Error>) -> i32 {
+    let result = Client::new(&flags.cluster).and_then(|client| {
+        let mut client = client
+            .with_timeout(flags.timeout)
+            .with_rpc_timeout(flags.timeout.min(DEFAULT_RPC_TIMEOUT));
+        command(&mut client)
+    });
+    result.unwrap_or_else(|error| {
+        eprintln!("raft-kv: error: {error}");
+        2
+    })
+}
+
+/// The status table, aligned, one row per address; an unreachable node's row
+/// says why.
+pub fn status_table(rows: &[(String, Result<StatusResponse, String>)]) -> String {
+    let header = [
+        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST LOG",
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(addr, answer)| match answer {
+            Ok(s) => vec![
+                s.id.to_string(),
+                addr.clone(),
+                s.role.clone(),
+                s.term.to_string(),
+                if s.leader_id == 0 {
+                    "-".into()
+                } else {
+                    s.leader_id.to_string()
+                },
+                s.commit_index.to_string(),
+                s.last_applied.to_string(),
+                s.last_log_index.to_string(),
+            ],
+            Err(why) => vec!["-".into(), addr.clone(), format!("unreachable: {why}")],
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &cells {
+        // An unreachable row's message runs to the end of the line and does
+        // not widen the columns after the address.
+        if row.len() == header.len() {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.len());
+            }
+        } else {
+            widths[1] = widths[1].max(row[1].len());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(&cells) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Parse `500ms`, `5s` or a plain number of seconds (`2.5`); must be positive.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(s) = text.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (text, 1.0)
+    };
+    let seconds = number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .map(|n| n * unit)
+        .ok_or_else(|| format!("{text:?} is not a positive duration like 500ms, 5s or 2.5"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        for bad in ["", "0", "-1s", "fast", "ms", "1h", "inf", "NaN"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn status_table_aligns_and_marks_unreachable_nodes() {
+        let up = StatusResponse {
+            id: 1,
+            role: "leader".into(),
+            term: 12,
+            leader_id: 1,
+            commit_index: 340,
+            last_applied: 339,
+            last_log_index: 341,
+        };
+        let rows = vec![
+            ("127.0.0.1:7001".to_string(), Ok(up)),
+            (
+                "127.0.0.1:7002".to_string(),
+                Err("connection refused".to_string()),
+            ),
+        ];
+        let table = status_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "ID  ADDRESS         ROLE    TERM  LEADER  COMMIT  APPLIED  LAST LOG",
+                "1   127.0.0.1:7001  leader  12    1       340     339      341",
+                "-   127.0.0.1:7002  unreachable: connection refused",
+            ]
+        );
+    }
 }
