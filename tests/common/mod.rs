@@ -1,0 +1,247 @@
+//! Shared by the end-to-end tests: a cluster of real `raft-kv node`
+//! processes on free loopback ports with temporary data directories. Every
+//! process is killed when the `Cluster` is dropped, even when a test panics,
+//! and a failing test prints the tail of each node's log.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use raft_kv::cli::Client;
+use raft_kv::proto::kv::StatusResponse;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_raft-kv");
+
+/// Long enough for an election on a loaded 2-core machine; tests only wait
+/// this long when something is wrong.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Poll `check` until it returns `Some`, panicking with `what` after `PATIENCE`.
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `n` distinct loopback ports that were free a moment ago. All are held at
+/// once so the OS cannot hand out the same one twice.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    // The ports `make cluster` uses must stay free for people running it.
+    assert!(ports.iter().all(|p| !(7001..=7003).contains(p)));
+    ports
+}
+
+/// Three `raft-kv node` processes, ids 1..=3.
+pub struct Cluster {
+    /// `addrs[id - 1]` is node `id`'s address.
+    pub addrs: Vec<String>,
+    extra_flags: Vec<String>,
+    dir: TempDir,
+    nodes: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    /// Start three nodes with fast elections, plus `extra_flags` for each.
+    pub fn start(extra_flags: &[&str]) -> Cluster {
+        let addrs = free_ports(3)
+            .into_iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let mut cluster = Cluster {
+            addrs,
+            extra_flags: extra_flags.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            nodes: vec![None, None, None],
+        };
+        for id in 1..=3 {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    pub fn ids(&self) -> std::ops::RangeInclusive<u64> {
+        1..=self.addrs.len() as u64
+    }
+
+    pub fn addr(&self, id: u64) -> &str {
+        &self.addrs[id as usize - 1]
+    }
+
+    /// The `--peers` value: `1=127.0.0.1:P1,2=…,3=…`.
+    pub fn peers(&self) -> String {
+        self.ids()
+            .map(|id| format!("{id}={}", self.addr(id)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    /// The command that runs node `id` with `peers`; its output is appended
+    /// to the node's log file.
+    pub fn node_command(&self, id: u64, peers: &str) -> Command {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("node log file");
+        let mut command = Command::new(BIN);
+        command
+            .args(["node", "--id", &id.to_string(), "--peers", peers])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(["--election-timeout-ms", "150-300", "--heartbeat-ms", "50"])
+            .args(&self.extra_flags)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        command
+    }
+
+    /// Start node `id` (again) on its data directory.
+    pub fn spawn(&mut self, id: u64) {
+        assert!(
+            self.nodes[id as usize - 1].is_none(),
+            "node {id} is running"
+        );
+        let child = self
+            .node_command(id, &self.peers())
+            .spawn()
+            .expect("start raft-kv node");
+        self.nodes[id as usize - 1] = Some(child);
+    }
+
+    /// `kill -9` node `id`: no shutdown code runs, as in a crash.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[id as usize - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[id as usize - 1].is_some()
+    }
+
+    /// A client of every node, patient enough to outlast an election.
+    pub fn client(&self) -> Client {
+        Client::new(&self.addrs).unwrap().with_timeout(PATIENCE)
+    }
+
+    /// A client that talks to node `id` only.
+    pub fn client_of(&self, id: u64) -> Client {
+        Client::new(&[self.addr(id)])
+            .unwrap()
+            .with_timeout(PATIENCE)
+    }
+
+    /// Node `id`'s status, or None if it does not answer.
+    pub fn status(&self, id: u64) -> Option<StatusResponse> {
+        let mut client = Client::new(&[self.addr(id)]).unwrap();
+        client
+            .status_all()
+            .pop()
+            .and_then(|(_, answer)| answer.ok())
+    }
+
+    /// Wait until one running node is leader and every running node knows it
+    /// in the same term; returns its id.
+    pub fn wait_for_leader(&self) -> u64 {
+        eventually("a leader known to every running node", || {
+            let statuses: Vec<StatusResponse> = self
+                .ids()
+                .filter(|&id| self.is_running(id))
+                .map(|id| self.status(id))
+                .collect::<Option<_>>()?;
+            let leader = statuses.iter().find(|s| s.role == "leader")?;
+            statuses
+                .iter()
+                .all(|s| s.term == leader.term && s.leader_id == leader.id)
+                .then_some(leader.id)
+        })
+    }
+
+    /// A running node other than `leader`.
+    pub fn follower_of(&self, leader: u64) -> u64 {
+        self.ids()
+            .find(|&id| id != leader && self.is_running(id))
+            .expect("a running follower")
+    }
+
+    /// Run the CLI against this cluster, patiently.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let cluster = self.addrs.join(",");
+        let mut args = args.to_vec();
+        args.extend(["--cluster", &cluster, "--timeout", "30s"]);
+        cli(&args)
+    }
+
+    /// The tail of node `id`'s log, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in self.ids() {
+            self.kill(id);
+        }
+        if std::thread::panicking() {
+            for id in self.ids() {
+                eprintln!("--- node {id} log (tail) ---\n{}", self.log_tail(id));
+            }
+        }
+    }
+}
+
+/// Run `raft-kv ARGS`.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run raft-kv")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A tokio runtime for tests that make raw gRPC calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
