@@ -1,1 +1,593 @@
-//! File-backed stable storage for a node (docs/storage.md). (Being built.)
+//! File-backed stable storage for one node: the [`Storage`] the core persists
+//! through, kept in a node's `--data-dir` (docs/storage.md).
+//!
+//! Figure 2 asks that current_term, voted_for and log[] be "updated on stable
+//! storage before responding to RPCs". Three files hold them:
+//!
+//! - `hardstate`: current_term and voted_for, replaced atomically.
+//! - `snapshot`: the latest snapshot (§7), replaced atomically.
+//! - `log`: the entries after the snapshot, appended record by record.
+//!
+//! `LOCK` keeps two servers from sharing one dir.
+
+mod error;
+mod format;
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use log::{info, warn};
+
+pub use error::StorageError;
+use format::Corruption;
+
+use crate::raft::{Entry, HardState, LogIndex, Recovered, Snapshot, Storage, Term};
+
+const LOCK_FILE: &str = "LOCK";
+const HARD_STATE_FILE: &str = "hardstate";
+const SNAPSHOT_FILE: &str = "snapshot";
+const LOG_FILE: &str = "log";
+/// Each atomic replacement writes `<name>.tmp` first; a crash can leave one.
+const TEMPORARY_FILES: [&str; 3] = ["hardstate.tmp", "snapshot.tmp", "log.tmp"];
+
+/// Where a stored entry's record starts in `log`, and the entry's term.
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    offset: u64,
+    term: Term,
+}
+
+/// The [`Storage`] of a node, on files in one directory.
+pub struct FileStorage {
+    dir: PathBuf,
+    /// Held open for the life of this value: it carries the lock on `LOCK`.
+    _lock: File,
+    log_path: PathBuf,
+    /// `log`, opened for appending.
+    log: File,
+    /// The stored entries: `records[i]` holds entry `first_index + i`.
+    records: Vec<Record>,
+    /// The index the first stored entry has (or the next append must have):
+    /// one past the snapshot.
+    first_index: LogIndex,
+    /// The length of `log` as written.
+    log_end: u64,
+    hard_state: HardState,
+    snapshot_index: LogIndex,
+    /// `log` was written or truncated since the last fsync.
+    unsynced: bool,
+    /// `log` was truncated since the last fsync.
+    truncated_unsynced: bool,
+    /// What `open` read, handed over by the first `recover`.
+    recovered: Option<Recovered>,
+}
+
+impl fmt::Debug for FileStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileStorage")
+            .field("dir", &self.dir)
+            .field("hard_state", &self.hard_state)
+            .field("snapshot_index", &self.snapshot_index)
+            .field("first_index", &self.first_index)
+            .field("last_index", &self.last_index())
+            .finish()
+    }
+}
+
+fn invalid_input(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+/// Give an I/O error the path it happened on.
+fn on(action: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
+    let context = format!("{action} {}", path.display());
+    move |error| io::Error::new(error.kind(), format!("{context}: {error}"))
+}
+
+fn corrupt(file: &Path) -> impl FnOnce(Corruption) -> StorageError {
+    let file = file.to_path_buf();
+    move |c| StorageError::Corrupt {
+        file,
+        offset: c.offset,
+        reason: c.reason,
+    }
+}
+
+/// Make a directory's entries (files created, renamed or removed in it) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(on("syncing directory", dir))
+}
+
+/// Read a whole file; a missing one reads as None (first boot).
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// Replace `dir/name` with what `fill` writes, so that a reader (or a crash)
+/// sees the old file or the new one, never a mix: write `name.tmp`, fsync it,
+/// rename it over `name`, fsync the directory so the rename itself survives.
+fn replace_atomically(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let temporary = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
+    let written = File::create(&temporary)
+        .and_then(|mut file| {
+            fill(&mut file)?;
+            file.sync_all()
+        })
+        .map_err(on("writing", &temporary));
+    if let Err(error) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(error);
+    }
+    fs::rename(&temporary, &target).map_err(on("renaming into place", &target))?;
+    sync_dir(dir)
+}
+
+/// Create `dir` and any missing parents, and make their names durable.
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut path = dir;
+    while !path.as_os_str().is_empty() && !path.exists() {
+        missing.push(path);
+        match path.parent() {
+            Some(parent) => path = parent,
+            None => break,
+        }
+    }
+    fs::create_dir_all(dir).map_err(on("creating directory", dir))?;
+    for created in missing.into_iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn open_for_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(on("opening", path))
+}
+
+fn read_hard_state(path: &Path) -> Result<Option<HardState>, StorageError> {
+    read_if_present(path)?
+        .map(|bytes| format::decode_hard_state(&bytes).map_err(corrupt(path)))
+        .transpose()
+}
+
+fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, StorageError> {
+    read_if_present(path)?
+        .map(|bytes| format::decode_snapshot(bytes).map_err(corrupt(path)))
+        .transpose()
+}
+
+fn read_log(path: &Path) -> Result<Option<format::ScannedLog>, StorageError> {
+    read_if_present(path)?
+        .map(|bytes| format::scan_log(&bytes).map_err(corrupt(path)))
+        .transpose()
+}
+
+/// Take the dir's lock for as long as the returned file stays open.
+fn lock(dir: &Path) -> Result<File, StorageError> {
+    let lock_file = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_file)
+        .map_err(StorageError::io(format!("opening {}", lock_file.display())))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(TryLockError::WouldBlock) => Err(StorageError::Locked {
+            dir: dir.to_path_buf(),
+            lock_file,
+        }),
+        Err(TryLockError::Error(e)) => {
+            Err(StorageError::io(format!("locking {}", lock_file.display()))(e))
+        }
+    }
+}
+
+/// Delete what a crash left of an atomic replacement: the file it was to
+/// replace is still whole, so the temporary one is of no use.
+fn remove_temporary_files(dir: &Path) -> Result<(), StorageError> {
+    for name in TEMPORARY_FILES {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => info!(
+                "removed {}, left by a write a crash interrupted",
+                path.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io(format!("removing {}", path.display()))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The log holds the entries after the snapshot (or from index 1): a first
+/// entry further on means entries were lost.
+fn check_log_follows_snapshot(
+    log_path: &Path,
+    first_entry: LogIndex,
+    snapshot: Option<&Snapshot>,
+) -> Result<(), StorageError> {
+    let snapshot_index = snapshot.map_or(0, |s| s.last_included_index);
+    if first_entry <= snapshot_index + 1 {
+        return Ok(());
+    }
+    let after = match snapshot {
+        Some(_) => format!("the snapshot ends at {snapshot_index}"),
+        None => "there is no snapshot".to_string(),
+    };
+    Err(StorageError::Corrupt {
+        file: log_path.to_path_buf(),
+        offset: format::LOG_HEADER_LEN,
+        reason: format!(
+            "the first entry is {first_entry} but {after}: entries {}..{} are missing",
+            snapshot_index + 1,
+            first_entry - 1
+        ),
+    })
+}
+
+/// current_term is saved before any entry or snapshot of a newer term is
+/// stored, so a hard state older than them was lost or replaced — and with
+/// it perhaps a vote, which must never be cast twice (§5.2).
+fn check_hard_state_is_newest(
+    path: &Path,
+    hard_state: Option<HardState>,
+    newest_term: Term,
+) -> Result<(), StorageError> {
+    let current_term = hard_state.map_or(0, |h| h.current_term);
+    if newest_term <= current_term {
+        return Ok(());
+    }
+    let reason = match hard_state {
+        Some(_) => format!(
+            "current_term {current_term} is older than term {newest_term} in the log or snapshot"
+        ),
+        None => format!("missing, yet the log or snapshot holds entries of term {newest_term}"),
+    };
+    Err(StorageError::Inconsistent {
+        file: path.to_path_buf(),
+        reason: format!("{reason}: the hard state was lost or replaced"),
+    })
+}
+
+impl FileStorage {
+    /// Open (creating on first boot) the data dir `dir`, lock it, and read
+    /// everything it holds for [`Storage::recover`]. A torn last log record
+    /// is cut off; any other damage is an error naming the file and offset.
+    pub fn open(dir: &Path) -> Result<FileStorage, StorageError> {
+        create_dir_durably(dir).map_err(StorageError::io("preparing the data dir"))?;
+        let lock = lock(dir)?;
+        remove_temporary_files(dir)?;
+
+        let hard_state_path = dir.join(HARD_STATE_FILE);
+        let hard_state = read_hard_state(&hard_state_path)?;
+        let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
+        let log_path = dir.join(LOG_FILE);
+        let scanned = match read_log(&log_path)? {
+            Some(scanned) => scanned,
+            None if hard_state.is_some() || snapshot.is_some() => {
+                // `open` creates the log before anything else can be saved,
+                // so it was deleted, and with it entries this server may have
+                // acknowledged (Figure 2: log[] is persistent state).
+                return Err(StorageError::Inconsistent {
+                    file: log_path,
+                    reason:
+                        "missing, yet the hard state or snapshot beside it exists: the log was lost"
+                            .into(),
+                });
+            }
+            None => {
+                replace_atomically(dir, LOG_FILE, |f| f.write_all(&format::log_header()))
+                    .map_err(StorageError::io("creating the log"))?;
+                format::ScannedLog {
+                    end: format::LOG_HEADER_LEN,
+                    ..Default::default()
+                }
+            }
+        };
+        let log = open_for_append(&log_path).map_err(StorageError::io("opening the log"))?;
+
+        let (snapshot_index, snapshot_term) = snapshot
+            .as_ref()
+            .map_or((0, 0), |s| (s.last_included_index, s.last_included_term));
+        let first_index = snapshot_index + 1;
+        if let Some(first) = scanned.entries.first() {
+            check_log_follows_snapshot(&log_path, first.index, snapshot.as_ref())?;
+        }
+        let newest_term = scanned
+            .entries
+            .last()
+            .map_or(0, |e| e.term)
+            .max(snapshot_term);
+        check_hard_state_is_newest(&hard_state_path, hard_state, newest_term)?;
+        let hard_state = hard_state.unwrap_or_default();
+
+        if let Some(torn) = &scanned.torn {
+            // A crash in the middle of an append: the record never reached the
+            // disk whole, so it was never fsynced, so no RPC reply and no
+            // majority counted on it (Figure 2).
+            warn!(
+                "{}: torn write at byte offset {} ({}); truncating the log to its last complete record at entry {}",
+                log_path.display(),
+                torn.offset,
+                torn.reason,
+                scanned.entries.last().map_or(0, |e| e.index)
+            );
+            log.set_len(scanned.end)
+                .and_then(|_| log.sync_all())
+                .map_err(StorageError::io(format!(
+                    "truncating {}",
+                    log_path.display()
+                )))?;
+        }
+
+        let mut storage = FileStorage {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            log_path,
+            log,
+            records: scanned
+                .offsets
+                .iter()
+                .zip(&scanned.entries)
+                .map(|(&offset, e)| Record {
+                    offset,
+                    term: e.term,
+                })
+                .collect(),
+            first_index: scanned.entries.first().map_or(first_index, |e| e.index),
+            log_end: scanned.end,
+            hard_state,
+            snapshot_index,
+            unsynced: false,
+            truncated_unsynced: false,
+            recovered: None,
+        };
+        let mut entries = scanned.entries;
+        if storage.first_index < first_index {
+            // A crash between the two steps of save_snapshot: the snapshot is
+            // durable, the log still holds what it covers. Finish the job.
+            info!(
+                "{}: dropping entries {}..={snapshot_index}, covered by the snapshot (compaction interrupted by a crash)",
+                storage.log_path.display(),
+                storage.first_index
+            );
+            storage
+                .rewrite_log(first_index)
+                .map_err(StorageError::io("compacting the log"))?;
+            entries.retain(|e| e.index >= first_index);
+        }
+        storage.recovered = Some(Recovered {
+            hard_state,
+            snapshot,
+            entries,
+        });
+        Ok(storage)
+    }
+
+    /// The data dir this storage holds locked.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.first_index + self.records.len() as u64 - 1
+    }
+
+    /// Replace `log` with one holding only the entries from `keep_from` on.
+    fn rewrite_log(&mut self, keep_from: LogIndex) -> io::Result<()> {
+        let keep = (keep_from.saturating_sub(self.first_index) as usize).min(self.records.len());
+        let copy_from = self.records.get(keep).map_or(self.log_end, |r| r.offset);
+        let mut source = File::open(&self.log_path).map_err(on("opening", &self.log_path))?;
+        source
+            .seek(SeekFrom::Start(copy_from))
+            .map_err(on("seeking in", &self.log_path))?;
+        let mut kept = source.take(self.log_end - copy_from);
+        replace_atomically(&self.dir, LOG_FILE, |tmp| {
+            tmp.write_all(&format::log_header())?;
+            io::copy(&mut kept, tmp)?;
+            Ok(())
+        })?;
+        self.log = open_for_append(&self.log_path)?;
+        let shift = copy_from - format::LOG_HEADER_LEN;
+        self.records.drain(..keep);
+        for record in &mut self.records {
+            record.offset -= shift;
+        }
+        self.log_end -= shift;
+        self.first_index = keep_from.max(self.first_index);
+        // The new file was fsynced whole before the rename.
+        self.unsynced = false;
+        self.truncated_unsynced = false;
+        Ok(())
+    }
+
+    /// Refuse what would leave the dir in a state `open` refuses.
+    fn check_append(&self, entries: &[Entry]) -> io::Result<()> {
+        let mut previous = (self.last_index(), self.records.last().map(|r| r.term));
+        for entry in entries {
+            let (previous_index, previous_term) = previous;
+            if entry.index != previous_index + 1 {
+                return Err(invalid_input(format!(
+                    "cannot append entry {}: the log ends at entry {previous_index}",
+                    entry.index
+                )));
+            }
+            if let Some(previous_term) = previous_term {
+                format::check_follows(entry.index, entry.term, previous_index, previous_term)
+                    .map_err(|reason| invalid_input(format!("cannot append: {reason}")))?;
+            }
+            if entry.term > self.hard_state.current_term {
+                return Err(invalid_input(format!(
+                    "cannot append entry {} of term {}: current_term is {} (save the hard state first, Figure 2)",
+                    entry.index, entry.term, self.hard_state.current_term
+                )));
+            }
+            previous = (entry.index, Some(entry.term));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for FileStorage {
+    fn recover(&mut self) -> io::Result<Recovered> {
+        if let Some(recovered) = self.recovered.take() {
+            return Ok(recovered);
+        }
+        // Asked again: the first call handed over its copy, so read the files.
+        let snapshot = read_snapshot(&self.dir.join(SNAPSHOT_FILE))?;
+        let entries = read_log(&self.log_path)?.unwrap_or_default().entries;
+        Ok(Recovered {
+            hard_state: self.hard_state,
+            snapshot,
+            entries,
+        })
+    }
+
+    fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
+        let old = self.hard_state;
+        if hard_state.voted_for == Some(0) {
+            return Err(invalid_input(
+                "cannot store a vote for node 0: node ids start at 1 (0 stands for none)".into(),
+            ));
+        }
+        if hard_state.current_term < old.current_term {
+            return Err(invalid_input(format!(
+                "current_term cannot go back from {} to {} (Figure 2: it increases monotonically)",
+                old.current_term, hard_state.current_term
+            )));
+        }
+        if hard_state.current_term == old.current_term
+            && old.voted_for.is_some()
+            && hard_state.voted_for != old.voted_for
+        {
+            return Err(invalid_input(format!(
+                "the vote of term {} went to {:?}; it cannot change to {:?} (§5.2: one vote per term)",
+                old.current_term, old.voted_for, hard_state.voted_for
+            )));
+        }
+        if hard_state == old {
+            return Ok(());
+        }
+        let bytes = format::encode_hard_state(hard_state);
+        replace_atomically(&self.dir, HARD_STATE_FILE, |f| f.write_all(&bytes))?;
+        self.hard_state = hard_state;
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.check_append(entries)?;
+        let mut buffer = Vec::new();
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let offset = self.log_end + buffer.len() as u64;
+            format::encode_record(entry, &mut buffer).map_err(invalid_input)?;
+            records.push(Record {
+                offset,
+                term: entry.term,
+            });
+        }
+        if self.truncated_unsynced {
+            // Writing over bytes whose removal is not yet durable could, after
+            // a crash, splice old and new records into a log that reads as
+            // corrupt. Make the truncation durable first.
+            self.sync()?;
+        }
+        if let Err(error) = self.log.write_all(&buffer) {
+            // Best effort: leave no partial record for the next append to
+            // follow; recovery would cut it off as a torn write anyway.
+            let _ = self.log.set_len(self.log_end);
+            return Err(on("appending to", &self.log_path)(error));
+        }
+        self.log_end += buffer.len() as u64;
+        self.records.extend(records);
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn truncate_from(&mut self, index: LogIndex) -> io::Result<()> {
+        if index > self.last_index() {
+            return Ok(());
+        }
+        let keep = index.saturating_sub(self.first_index) as usize;
+        let new_end = self.records.get(keep).map_or(self.log_end, |r| r.offset);
+        self.log
+            .set_len(new_end)
+            .map_err(on("truncating", &self.log_path))?;
+        self.records.truncate(keep);
+        self.log_end = new_end;
+        self.unsynced = true;
+        self.truncated_unsynced = true;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        // fdatasync covers the file's length too, so truncations are included.
+        self.log
+            .sync_data()
+            .map_err(on("syncing", &self.log_path))?;
+        self.unsynced = false;
+        self.truncated_unsynced = false;
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        let index = snapshot.last_included_index;
+        if index == 0 {
+            return Err(invalid_input(
+                "a snapshot must cover at least entry 1".into(),
+            ));
+        }
+        if index < self.snapshot_index {
+            return Err(invalid_input(format!(
+                "snapshot through {index} is older than the stored one through {}",
+                self.snapshot_index
+            )));
+        }
+        if snapshot.last_included_term > self.hard_state.current_term {
+            return Err(invalid_input(format!(
+                "snapshot of term {} is newer than current_term {} (save the hard state first)",
+                snapshot.last_included_term, self.hard_state.current_term
+            )));
+        }
+        let header = format::encode_snapshot_header(snapshot);
+        replace_atomically(&self.dir, SNAPSHOT_FILE, |f| {
+            f.write_all(&header)?;
+            f.write_all(&snapshot.data)
+        })?;
+        self.snapshot_index = index;
+        // Only now that the snapshot is durable may the entries it covers go
+        // (§7); a crash before the rewrite leaves both, and `open` finishes it.
+        if self.records.is_empty() || self.first_index > index {
+            self.first_index = self.first_index.max(index + 1);
+            return Ok(());
+        }
+        self.rewrite_log(index + 1)
+    }
+}

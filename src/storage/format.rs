@@ -1,0 +1,517 @@
+//! The byte layouts of `hardstate`, `snapshot` and `log` (docs/storage.md,
+//! "File formats"), and the scan that reads the log back. Every integer is
+//! little-endian; every checksum is CRC-32 (IEEE, as `crc32fast` computes it).
+//!
+//! Nothing here touches the file system: these functions turn values into
+//! bytes and bytes into values, so the recovery rules can be tested byte by byte.
+
+use prost::Message as _;
+
+use crate::kv::{decode_command, encode_command};
+use crate::proto::peer::LogEntry;
+use crate::raft::{Entry, HardState, LogIndex, Snapshot, Term};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const HARD_STATE_MAGIC: &[u8; 4] = b"RKVH";
+/// magic, version, current_term, voted_for, crc32
+pub const HARD_STATE_LEN: usize = 4 + 4 + 8 + 8 + 4;
+
+pub const SNAPSHOT_MAGIC: &[u8; 4] = b"RKVS";
+/// magic, version, last_included_index, last_included_term, data length, crc32
+pub const SNAPSHOT_HEADER_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4;
+
+pub const LOG_MAGIC: &[u8; 4] = b"RKVL";
+/// magic, version
+pub const LOG_HEADER_LEN: u64 = 8;
+/// payload length, crc32 of the payload
+pub const RECORD_HEADER_LEN: usize = 8;
+/// Far above the largest entry `kv::validate` admits (4 KiB key + 1 MiB
+/// value), so a length beyond it can only be damage.
+pub const MAX_RECORD_PAYLOAD: usize = 16 << 20;
+const _: () = assert!(MAX_RECORD_PAYLOAD > crate::kv::MAX_KEY_BYTES + crate::kv::MAX_VALUE_BYTES);
+
+/// prost writes `LogEntry.index` (field 1, varint) first, and it is never 0,
+/// so every payload starts with this byte.
+const INDEX_FIELD_TAG: u8 = 0x08;
+
+/// Damage found in a file: where, and what is wrong there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub offset: u64,
+    pub reason: String,
+}
+
+fn corruption(offset: u64, reason: impl Into<String>) -> Corruption {
+    Corruption {
+        offset,
+        reason: reason.into(),
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Check the 8 bytes every file starts with.
+fn check_magic_and_version(bytes: &[u8], magic: &[u8; 4], what: &str) -> Result<(), Corruption> {
+    if &bytes[0..4] != magic {
+        return Err(corruption(
+            0,
+            format!(
+                "not a raft-kv {what} file (magic {:02x?}, expected {:02x?})",
+                &bytes[0..4],
+                magic
+            ),
+        ));
+    }
+    let version = u32_at(bytes, 4);
+    if version != FORMAT_VERSION {
+        return Err(corruption(
+            4,
+            format!("format version {version}, but this build reads version {FORMAT_VERSION}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_crc(stored: u32, computed: u32, at: usize, covered: &str) -> Result<(), Corruption> {
+    if stored == computed {
+        return Ok(());
+    }
+    Err(corruption(
+        at as u64,
+        format!("crc32 mismatch over {covered} (stored {stored:#010x}, computed {computed:#010x})"),
+    ))
+}
+
+pub fn encode_hard_state(hard_state: HardState) -> [u8; HARD_STATE_LEN] {
+    let mut bytes = [0; HARD_STATE_LEN];
+    bytes[0..4].copy_from_slice(HARD_STATE_MAGIC);
+    bytes[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes[8..16].copy_from_slice(&hard_state.current_term.to_le_bytes());
+    bytes[16..24].copy_from_slice(&hard_state.voted_for.unwrap_or(0).to_le_bytes());
+    let crc = crc32fast::hash(&bytes[0..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+pub fn decode_hard_state(bytes: &[u8]) -> Result<HardState, Corruption> {
+    if bytes.len() != HARD_STATE_LEN {
+        return Err(corruption(
+            0,
+            format!(
+                "file is {} bytes, a hard state is {HARD_STATE_LEN}",
+                bytes.len()
+            ),
+        ));
+    }
+    check_magic_and_version(bytes, HARD_STATE_MAGIC, "hardstate")?;
+    check_crc(
+        u32_at(bytes, 24),
+        crc32fast::hash(&bytes[0..24]),
+        24,
+        "bytes 0..24",
+    )?;
+    let voted_for = u64_at(bytes, 16);
+    Ok(HardState {
+        current_term: u64_at(bytes, 8),
+        voted_for: (voted_for != 0).then_some(voted_for),
+    })
+}
+
+/// The snapshot header. Its checksum covers the header fields as well as the
+/// data, so a flipped bit in last_included_index cannot pass unnoticed.
+pub fn encode_snapshot_header(snapshot: &Snapshot) -> [u8; SNAPSHOT_HEADER_LEN] {
+    let mut header = [0; SNAPSHOT_HEADER_LEN];
+    header[0..4].copy_from_slice(SNAPSHOT_MAGIC);
+    header[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[8..16].copy_from_slice(&snapshot.last_included_index.to_le_bytes());
+    header[16..24].copy_from_slice(&snapshot.last_included_term.to_le_bytes());
+    header[24..32].copy_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
+    let crc = snapshot_crc(&header[0..32], &snapshot.data);
+    header[32..36].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+fn snapshot_crc(header_fields: &[u8], data: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header_fields);
+    hasher.update(data);
+    hasher.finalize()
+}
+
+/// Decode a whole `snapshot` file; the data is moved out of `bytes`, not copied.
+pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
+    if bytes.len() < SNAPSHOT_HEADER_LEN {
+        return Err(corruption(
+            0,
+            format!(
+                "file is {} bytes, shorter than the {SNAPSHOT_HEADER_LEN}-byte header",
+                bytes.len()
+            ),
+        ));
+    }
+    check_magic_and_version(&bytes, SNAPSHOT_MAGIC, "snapshot")?;
+    let data_len = u64_at(&bytes, 24);
+    let held = (bytes.len() - SNAPSHOT_HEADER_LEN) as u64;
+    if data_len != held {
+        return Err(corruption(
+            24,
+            format!("header says {data_len} data bytes, the file holds {held}"),
+        ));
+    }
+    check_crc(
+        u32_at(&bytes, 32),
+        snapshot_crc(&bytes[0..32], &bytes[SNAPSHOT_HEADER_LEN..]),
+        32,
+        "the header and data",
+    )?;
+    let last_included_index = u64_at(&bytes, 8);
+    let last_included_term = u64_at(&bytes, 16);
+    bytes.drain(..SNAPSHOT_HEADER_LEN);
+    Ok(Snapshot {
+        last_included_index,
+        last_included_term,
+        data: bytes,
+    })
+}
+
+pub fn log_header() -> [u8; LOG_HEADER_LEN as usize] {
+    let mut header = [0; LOG_HEADER_LEN as usize];
+    header[0..4].copy_from_slice(LOG_MAGIC);
+    header[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header
+}
+
+/// Append one log record for `entry` to `buffer`; returns the record's length.
+/// On error (an entry too large to be read back) `buffer` is unchanged.
+pub fn encode_record(entry: &Entry, buffer: &mut Vec<u8>) -> Result<usize, String> {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+    LogEntry {
+        index: entry.index,
+        term: entry.term,
+        command: encode_command(&entry.command),
+    }
+    .encode(buffer)
+    .expect("a Vec grows as needed");
+    let payload_len = buffer.len() - start - RECORD_HEADER_LEN;
+    if payload_len > MAX_RECORD_PAYLOAD {
+        buffer.truncate(start);
+        return Err(format!(
+            "entry {} encodes to {payload_len} bytes, more than the {MAX_RECORD_PAYLOAD} a log record may hold",
+            entry.index
+        ));
+    }
+    let crc = crc32fast::hash(&buffer[start + RECORD_HEADER_LEN..]);
+    buffer[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(buffer.len() - start)
+}
+
+/// What a scan of the `log` file found.
+#[derive(Debug, Default)]
+pub struct ScannedLog {
+    /// the entries of the complete records, in file order
+    pub entries: Vec<Entry>,
+    /// where each of those records starts
+    pub offsets: Vec<u64>,
+    /// the end of the last complete record
+    pub end: u64,
+    /// a torn last record: where it starts and what is wrong with it
+    pub torn: Option<Corruption>,
+}
+
+enum RecordAt<'a> {
+    Complete { payload: &'a [u8], next: usize },
+    Damaged(String),
+}
+
+fn record_at(bytes: &[u8], at: usize) -> RecordAt<'_> {
+    let rest = &bytes[at..];
+    if rest.len() < RECORD_HEADER_LEN {
+        return RecordAt::Damaged(format!(
+            "record header cut short ({} of {RECORD_HEADER_LEN} bytes)",
+            rest.len()
+        ));
+    }
+    let len = u32_at(rest, 0) as usize;
+    if len == 0 || len > MAX_RECORD_PAYLOAD {
+        return RecordAt::Damaged(format!(
+            "record length {len} is outside 1..={MAX_RECORD_PAYLOAD}"
+        ));
+    }
+    let available = rest.len() - RECORD_HEADER_LEN;
+    if len > available {
+        return RecordAt::Damaged(format!(
+            "record of {len} bytes runs past the end of the file ({available} bytes left)"
+        ));
+    }
+    let payload = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
+    let stored = u32_at(rest, 4);
+    let computed = crc32fast::hash(payload);
+    if stored != computed {
+        return RecordAt::Damaged(format!(
+            "crc32 mismatch (stored {stored:#010x}, computed {computed:#010x})"
+        ));
+    }
+    RecordAt::Complete {
+        payload,
+        next: at + RECORD_HEADER_LEN + len,
+    }
+}
+
+/// The first offset at or after `from` where a complete record with a good
+/// checksum and a decodable payload starts, if there is one.
+fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(RECORD_HEADER_LEN)).find(|&at| {
+        // The tag test rejects almost every offset before the crc is computed.
+        bytes[at + RECORD_HEADER_LEN] == INDEX_FIELD_TAG
+            && matches!(record_at(bytes, at),
+                RecordAt::Complete { payload, .. } if LogEntry::decode(payload).is_ok())
+    })
+}
+
+/// Read a whole `log` file. A damaged record with nothing valid after it is a
+/// write the crash interrupted (the caller cuts it off); damage followed by a
+/// valid record, or a record that passes its checksum but breaks the log's
+/// rules, is corruption and an error.
+pub fn scan_log(bytes: &[u8]) -> Result<ScannedLog, Corruption> {
+    if (bytes.len() as u64) < LOG_HEADER_LEN {
+        return Err(corruption(
+            0,
+            format!(
+                "file is {} bytes, shorter than the {LOG_HEADER_LEN}-byte header",
+                bytes.len()
+            ),
+        ));
+    }
+    check_magic_and_version(bytes, LOG_MAGIC, "log")?;
+    let mut scanned = ScannedLog::default();
+    let mut at = LOG_HEADER_LEN as usize;
+    while at < bytes.len() {
+        let (payload, next) = match record_at(bytes, at) {
+            RecordAt::Complete { payload, next } => (payload, next),
+            RecordAt::Damaged(reason) => {
+                if let Some(valid) = next_valid_record(bytes, at + 1) {
+                    return Err(corruption(
+                        at as u64,
+                        format!("{reason}, yet a valid record follows at byte offset {valid}"),
+                    ));
+                }
+                scanned.torn = Some(corruption(at as u64, reason));
+                break;
+            }
+        };
+        let entry = decode_entry(payload, at, scanned.entries.last())?;
+        scanned.offsets.push(at as u64);
+        scanned.entries.push(entry);
+        at = next;
+    }
+    scanned.end = at as u64;
+    Ok(scanned)
+}
+
+fn decode_entry(payload: &[u8], at: usize, previous: Option<&Entry>) -> Result<Entry, Corruption> {
+    let at64 = at as u64;
+    let record = LogEntry::decode(payload)
+        .map_err(|e| corruption(at64, format!("record payload is not a LogEntry: {e}")))?;
+    if record.index == 0 {
+        return Err(corruption(at64, "entry index 0 (log indexes start at 1)"));
+    }
+    if let Some(previous) = previous {
+        check_follows(record.index, record.term, previous.index, previous.term)
+            .map_err(|reason| corruption(at64, reason))?;
+    }
+    let command = decode_command(&record.command).map_err(|e| {
+        corruption(
+            at64,
+            format!("the command of entry {} does not decode: {e}", record.index),
+        )
+    })?;
+    Ok(Entry {
+        index: record.index,
+        term: record.term,
+        command,
+    })
+}
+
+/// The two rules every stored entry obeys relative to the one before it:
+/// indexes are consecutive, and terms never decrease (a leader appends entries
+/// of its own term after those it inherited, §5.3).
+pub fn check_follows(
+    index: LogIndex,
+    term: Term,
+    previous_index: LogIndex,
+    previous_term: Term,
+) -> Result<(), String> {
+    if index != previous_index + 1 {
+        return Err(format!(
+            "entry {index} follows entry {previous_index} (indexes must be consecutive)"
+        ));
+    }
+    if term < previous_term {
+        return Err(format!(
+            "entry {index} has term {term}, lower than the previous entry's term {previous_term}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Command;
+
+    fn entry(index: LogIndex, term: Term) -> Entry {
+        Entry {
+            index,
+            term,
+            command: Command::Set {
+                key: format!("key{index}"),
+                value: "v".repeat(index as usize),
+                client_id: 7,
+                sequence: index,
+            },
+        }
+    }
+
+    /// A log file holding `entries`, and where each record starts.
+    fn log_bytes(entries: &[Entry]) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = log_header().to_vec();
+        let mut offsets = Vec::new();
+        for e in entries {
+            offsets.push(bytes.len());
+            encode_record(e, &mut bytes).unwrap();
+        }
+        (bytes, offsets)
+    }
+
+    #[test]
+    fn hard_state_round_trips_and_none_is_zero() {
+        for hard_state in [
+            HardState::default(),
+            HardState {
+                current_term: 9,
+                voted_for: Some(3),
+            },
+        ] {
+            let bytes = encode_hard_state(hard_state);
+            assert_eq!(
+                &bytes[16..24],
+                &hard_state.voted_for.unwrap_or(0).to_le_bytes()
+            );
+            assert_eq!(decode_hard_state(&bytes), Ok(hard_state));
+        }
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_its_header_is_checksummed() {
+        let snapshot = Snapshot {
+            last_included_index: 12,
+            last_included_term: 4,
+            data: b"state machine".to_vec(),
+        };
+        let mut bytes = encode_snapshot_header(&snapshot).to_vec();
+        bytes.extend_from_slice(&snapshot.data);
+        assert_eq!(decode_snapshot(bytes.clone()), Ok(snapshot));
+        bytes[8] ^= 1; // last_included_index 12 -> 13
+        let error = decode_snapshot(bytes).unwrap_err();
+        assert_eq!(error.offset, 32, "{error:?}");
+        assert!(error.reason.contains("crc32 mismatch"), "{error:?}");
+    }
+
+    #[test]
+    fn scan_reads_back_what_was_encoded() {
+        let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1 + i / 3)).collect();
+        let (bytes, offsets) = log_bytes(&entries);
+        let scanned = scan_log(&bytes).unwrap();
+        assert_eq!(scanned.entries, entries);
+        assert_eq!(
+            scanned.offsets,
+            offsets.iter().map(|&o| o as u64).collect::<Vec<_>>()
+        );
+        assert_eq!(scanned.end, bytes.len() as u64);
+        assert_eq!(scanned.torn, None);
+    }
+
+    #[test]
+    fn a_damaged_last_record_is_torn_and_an_earlier_one_is_corrupt() {
+        let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+        let (bytes, offsets) = log_bytes(&entries);
+
+        let mut last_damaged = bytes.clone();
+        *last_damaged.last_mut().unwrap() ^= 0x10;
+        let scanned = scan_log(&last_damaged).unwrap();
+        assert_eq!(scanned.entries, entries[..2]);
+        assert_eq!(scanned.end, offsets[2] as u64);
+        assert_eq!(scanned.torn.unwrap().offset, offsets[2] as u64);
+
+        let mut middle_damaged = bytes.clone();
+        middle_damaged[offsets[1] + RECORD_HEADER_LEN + 2] ^= 0x10;
+        let error = scan_log(&middle_damaged).unwrap_err();
+        assert_eq!(error.offset, offsets[1] as u64);
+        assert!(
+            error.reason.contains(&format!(
+                "valid record follows at byte offset {}",
+                offsets[2]
+            )),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_a_torn_tail() {
+        // A crash can leave the file longer than what reached the disk, the
+        // rest reading as zeros.
+        let entries: Vec<Entry> = (1..=2).map(|i| entry(i, 1)).collect();
+        let (mut bytes, _) = log_bytes(&entries);
+        let end = bytes.len();
+        bytes.extend_from_slice(&[0; 100]);
+        let scanned = scan_log(&bytes).unwrap();
+        assert_eq!(scanned.entries, entries);
+        assert_eq!(scanned.end, end as u64);
+        assert!(scanned.torn.unwrap().reason.contains("record length 0"));
+    }
+
+    #[test]
+    fn checksummed_records_that_break_the_log_rules_are_refused() {
+        let (gap, offsets) = log_bytes(&[entry(1, 1), entry(2, 1), entry(4, 1)]);
+        let error = scan_log(&gap).unwrap_err();
+        assert_eq!(error.offset, offsets[2] as u64);
+        assert!(
+            error.reason.contains("entry 4 follows entry 2"),
+            "{error:?}"
+        );
+
+        let (regression, offsets) = log_bytes(&[entry(1, 2), entry(2, 3), entry(3, 2)]);
+        let error = scan_log(&regression).unwrap_err();
+        assert_eq!(error.offset, offsets[2] as u64);
+        assert!(
+            error.reason.contains("lower than the previous"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_entry_is_not_encoded() {
+        let huge = Entry {
+            index: 1,
+            term: 1,
+            command: Command::Set {
+                key: "k".into(),
+                value: "x".repeat(MAX_RECORD_PAYLOAD),
+                client_id: 0,
+                sequence: 0,
+            },
+        };
+        let mut buffer = vec![1, 2, 3];
+        assert!(encode_record(&huge, &mut buffer).is_err());
+        assert_eq!(buffer, [1, 2, 3]);
+    }
+}

@@ -1,0 +1,611 @@
+//! FileStorage against its promises (docs/storage.md): what was made durable
+//! comes back after a reopen, a torn last record is cut off, and any other
+//! damage is refused with the file and byte offset named.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use prost::Message as _;
+use raft_kv::kv::encode_command;
+use raft_kv::proto::peer::LogEntry;
+use raft_kv::raft::{Command, Entry, HardState, LogIndex, Recovered, Snapshot, Storage, Term};
+use raft_kv::storage::FileStorage;
+use tempfile::TempDir;
+
+fn set(index: LogIndex, term: Term) -> Entry {
+    Entry {
+        index,
+        term,
+        command: Command::Set {
+            key: format!("key-{index}"),
+            value: format!("value of entry {index} in term {term}"),
+            client_id: 42,
+            sequence: index,
+        },
+    }
+}
+
+fn entries(indexes: std::ops::RangeInclusive<LogIndex>, term: Term) -> Vec<Entry> {
+    indexes.map(|i| set(i, term)).collect()
+}
+
+fn open(dir: &Path) -> FileStorage {
+    FileStorage::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()))
+}
+
+fn reopen(dir: &Path) -> Recovered {
+    open(dir).recover().unwrap()
+}
+
+fn open_error(dir: &Path) -> String {
+    FileStorage::open(dir).unwrap_err().to_string()
+}
+
+fn term(current_term: Term) -> HardState {
+    HardState {
+        current_term,
+        voted_for: None,
+    }
+}
+
+fn log_len(dir: &Path) -> u64 {
+    fs::metadata(dir.join("log")).unwrap().len()
+}
+
+/// A fresh dir holding current_term `term` and the entries, each appended
+/// and synced on its own; returns where each record ends in `log`.
+fn dir_with(term: Term, log: &[Entry]) -> (TempDir, Vec<u64>) {
+    let dir = TempDir::new().unwrap();
+    let mut storage = open(dir.path());
+    storage.save_hard_state(self::term(term)).unwrap();
+    let mut ends = Vec::new();
+    for entry in log {
+        storage.append(std::slice::from_ref(entry)).unwrap();
+        storage.sync().unwrap();
+        ends.push(log_len(dir.path()));
+    }
+    (dir, ends)
+}
+
+/// A copy of `from` (every file but LOCK) with `log` replaced by `log_bytes`.
+fn copy_with_log(from: &Path, log_bytes: &[u8]) -> TempDir {
+    let to = TempDir::new().unwrap();
+    for name in ["hardstate", "snapshot"] {
+        if from.join(name).exists() {
+            fs::copy(from.join(name), to.path().join(name)).unwrap();
+        }
+    }
+    fs::write(to.path().join("log"), log_bytes).unwrap();
+    to
+}
+
+/// One record as docs/storage.md describes it, built without FileStorage.
+fn record(index: LogIndex, term: Term) -> Vec<u8> {
+    let payload = LogEntry {
+        index,
+        term,
+        command: encode_command(&set(index, term).command),
+    }
+    .encode_to_vec();
+    let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn handmade_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = b"RKVL".to_vec();
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    let mut offsets = Vec::new();
+    for &(index, term) in records {
+        offsets.push(bytes.len());
+        bytes.extend_from_slice(&record(index, term));
+    }
+    (bytes, offsets)
+}
+
+#[test]
+fn a_new_dir_is_empty_and_hard_state_survives_reopen() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data").join("node1");
+    let recovered = reopen(&data);
+    assert_eq!(recovered.hard_state, HardState::default());
+    assert_eq!(recovered.snapshot, None);
+    assert!(recovered.entries.is_empty());
+
+    let voted = HardState {
+        current_term: 1,
+        voted_for: Some(2),
+    };
+    open(&data).save_hard_state(voted).unwrap();
+    assert_eq!(reopen(&data).hard_state, voted);
+
+    open(&data).save_hard_state(term(3)).unwrap();
+    assert_eq!(reopen(&data).hard_state, term(3));
+}
+
+#[test]
+fn synced_entries_survive_reopen_and_appends_continue_after_them() {
+    let dir = TempDir::new().unwrap();
+    let mut storage = open(dir.path());
+    storage.save_hard_state(term(2)).unwrap();
+    let mut log = entries(1..=3, 1);
+    log.push(Entry {
+        index: 4,
+        term: 2,
+        command: Command::Delete {
+            key: "key-1".into(),
+            client_id: 42,
+            sequence: 4,
+        },
+    });
+    log.push(Entry {
+        index: 5,
+        term: 2,
+        command: Command::Noop,
+    });
+    storage.append(&log[..3]).unwrap();
+    storage.append(&log[3..]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+
+    let mut storage = open(dir.path());
+    assert_eq!(storage.recover().unwrap().entries, log);
+    storage.append(&[set(6, 2)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    log.push(set(6, 2));
+    assert_eq!(reopen(dir.path()).entries, log);
+}
+
+#[test]
+fn truncate_removes_the_suffix_and_new_entries_take_its_place() {
+    let (dir, _) = dir_with(1, &entries(1..=10, 1));
+    let mut storage = open(dir.path());
+    storage.save_hard_state(term(2)).unwrap();
+    storage.truncate_from(20).unwrap();
+    storage.truncate_from(6).unwrap();
+    storage.append(&entries(6..=7, 2)).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let mut expected = entries(1..=5, 1);
+    expected.extend(entries(6..=7, 2));
+    assert_eq!(reopen(dir.path()).entries, expected);
+
+    let mut storage = open(dir.path());
+    storage.truncate_from(1).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    assert!(reopen(dir.path()).entries.is_empty());
+    assert_eq!(log_len(dir.path()), 8, "only the header is left");
+
+    let mut storage = open(dir.path());
+    storage.append(&[set(1, 2)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    assert_eq!(reopen(dir.path()).entries, [set(1, 2)]);
+}
+
+#[test]
+fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
+    let mut log = entries(1..=4, 1);
+    log.extend(entries(5..=10, 2));
+    let (dir, _) = dir_with(3, &log);
+    let before = log_len(dir.path());
+    let snapshot = Snapshot {
+        last_included_index: 6,
+        last_included_term: 2,
+        data: b"the state machine through entry 6".to_vec(),
+    };
+    let mut storage = open(dir.path());
+    storage.save_snapshot(&snapshot).unwrap();
+    // The kept entries moved within the file: truncating among them and
+    // appending must use their new offsets.
+    storage.truncate_from(9).unwrap();
+    storage.append(&entries(9..=11, 3)).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.snapshot.as_ref(), Some(&snapshot));
+    assert_eq!(
+        recovered.entries,
+        [&log[6..8], &entries(9..=11, 3)].concat()
+    );
+    assert!(log_len(dir.path()) < before);
+
+    // A snapshot past the end of the log (InstallSnapshot, Figure 13 step 7)
+    // leaves it empty; the next entry follows the snapshot.
+    let newer = Snapshot {
+        last_included_index: 20,
+        last_included_term: 3,
+        data: b"through 20".to_vec(),
+    };
+    let mut storage = open(dir.path());
+    storage.save_snapshot(&newer).unwrap();
+    assert_eq!(
+        storage.append(&[set(12, 3)]).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    storage.append(&[set(21, 3)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.snapshot, Some(newer));
+    assert_eq!(recovered.entries, [set(21, 3)]);
+}
+
+#[test]
+fn snapshots_that_would_break_the_dir_are_refused() {
+    let (dir, _) = dir_with(2, &entries(1..=5, 2));
+    let mut storage = open(dir.path());
+    let at = |last_included_index, last_included_term| Snapshot {
+        last_included_index,
+        last_included_term,
+        data: vec![1, 2, 3],
+    };
+    storage.save_snapshot(&at(4, 2)).unwrap();
+    for bad in [at(3, 2), at(0, 0), at(5, 3)] {
+        let error = storage.save_snapshot(&bad).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{bad:?}: {error}");
+    }
+    drop(storage);
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.snapshot, Some(at(4, 2)));
+    assert_eq!(recovered.entries, [set(5, 2)]);
+}
+
+#[test]
+fn a_torn_write_at_every_offset_of_the_last_record_is_cut_off() {
+    let log = entries(1..=4, 1);
+    let (dir, ends) = dir_with(1, &log);
+    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let last_start = ends[2] as usize;
+    assert_eq!(ends[3] as usize, bytes.len());
+    for cut in last_start + 1..bytes.len() {
+        // The length may have reached the disk without the data (zeros), or not.
+        let mut zero_filled = bytes[..cut].to_vec();
+        zero_filled.resize(bytes.len(), 0);
+        for torn in [&bytes[..cut], &zero_filled[..]] {
+            let copy = copy_with_log(dir.path(), torn);
+            let mut storage = open(copy.path());
+            assert_eq!(storage.recover().unwrap().entries, log[..3], "cut at {cut}");
+            assert_eq!(log_len(copy.path()), ends[2], "cut at {cut}");
+            storage.append(&log[3..]).unwrap();
+            storage.sync().unwrap();
+            drop(storage);
+            assert_eq!(reopen(copy.path()).entries, log, "cut at {cut}");
+        }
+    }
+}
+
+#[test]
+fn a_torn_batch_keeps_its_complete_records() {
+    let dir = TempDir::new().unwrap();
+    let mut storage = open(dir.path());
+    storage.save_hard_state(term(1)).unwrap();
+    storage.append(&entries(1..=2, 1)).unwrap();
+    storage.sync().unwrap();
+    let first_batch_end = log_len(dir.path());
+    storage.append(&entries(3..=5, 1)).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let third = record(3, 1).len() as u64;
+    let fourth = record(4, 1).len() as u64;
+    let cut = (first_batch_end + third + fourth / 2) as usize;
+    let copy = copy_with_log(dir.path(), &bytes[..cut]);
+    assert_eq!(reopen(copy.path()).entries, entries(1..=3, 1));
+}
+
+#[test]
+fn a_flipped_bit_anywhere_in_an_earlier_record_is_refused() {
+    let (dir, ends) = dir_with(1, &entries(1..=4, 1));
+    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let (start, end) = (ends[0] as usize, ends[1] as usize);
+    for at in start..end {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 1 << (at % 8);
+        let copy = copy_with_log(dir.path(), &damaged);
+        let error = open_error(copy.path());
+        let expected = format!(
+            "{} is corrupt at byte offset {start}:",
+            copy.path().join("log").display()
+        );
+        assert!(error.starts_with(&expected), "byte {at}: {error}");
+        assert_eq!(
+            fs::read(copy.path().join("log")).unwrap(),
+            damaged,
+            "a refused log is left as it was"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_log_header_is_refused() {
+    let (dir, _) = dir_with(1, &entries(1..=2, 1));
+    let bytes = fs::read(dir.path().join("log")).unwrap();
+    for at in 0..8 {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x20;
+        let copy = copy_with_log(dir.path(), &damaged);
+        let error = open_error(copy.path());
+        assert!(error.contains("/log is corrupt at byte offset"), "{error}");
+    }
+    let copy = copy_with_log(dir.path(), &bytes[..5]);
+    assert!(open_error(copy.path()).contains("shorter than the 8-byte header"));
+}
+
+#[test]
+fn a_flipped_bit_in_the_hard_state_is_refused() {
+    let dir = TempDir::new().unwrap();
+    open(dir.path())
+        .save_hard_state(HardState {
+            current_term: 7,
+            voted_for: Some(3),
+        })
+        .unwrap();
+    let path = dir.path().join("hardstate");
+    let bytes = fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 28);
+    for at in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 1 << (at % 8);
+        fs::write(&path, &damaged).unwrap();
+        let error = open_error(dir.path());
+        let expected = format!("{} is corrupt at byte offset", path.display());
+        assert!(error.starts_with(&expected), "byte {at}: {error}");
+    }
+    fs::write(&path, &bytes[..20]).unwrap();
+    assert!(open_error(dir.path()).contains("file is 20 bytes, a hard state is 28"));
+}
+
+#[test]
+fn a_flipped_bit_in_the_snapshot_is_refused() {
+    let (dir, _) = dir_with(3, &entries(1..=3, 3));
+    let mut storage = open(dir.path());
+    storage
+        .save_snapshot(&Snapshot {
+            last_included_index: 2,
+            last_included_term: 3,
+            data: b"snapshot data".to_vec(),
+        })
+        .unwrap();
+    drop(storage);
+    let path = dir.path().join("snapshot");
+    let bytes = fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 36 + 13);
+    for at in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 1 << (at % 8);
+        fs::write(&path, &damaged).unwrap();
+        let error = open_error(dir.path());
+        let expected = format!("{} is corrupt at byte offset", path.display());
+        assert!(error.starts_with(&expected), "byte {at}: {error}");
+    }
+}
+
+#[test]
+fn a_half_written_temporary_file_is_ignored_and_removed() {
+    let voted = HardState {
+        current_term: 5,
+        voted_for: Some(2),
+    };
+    let (dir, _) = dir_with(5, &entries(1..=3, 5));
+    open(dir.path()).save_hard_state(voted).unwrap();
+    let newer = fs::read(dir.path().join("hardstate")).unwrap();
+    // A crash after writing part of the next hard state's temporary file.
+    fs::write(dir.path().join("hardstate.tmp"), &newer[..13]).unwrap();
+    fs::write(dir.path().join("snapshot.tmp"), b"RKVS garbage").unwrap();
+    fs::write(dir.path().join("log.tmp"), b"RKVL\x01\0\0\0 garbage").unwrap();
+
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.hard_state, voted);
+    assert_eq!(recovered.snapshot, None);
+    assert_eq!(recovered.entries, entries(1..=3, 5));
+    for name in ["hardstate.tmp", "snapshot.tmp", "log.tmp"] {
+        assert!(!dir.path().join(name).exists(), "{name} is removed");
+    }
+}
+
+#[test]
+fn the_lock_refuses_a_second_open_until_the_first_is_dropped() {
+    let dir = TempDir::new().unwrap();
+    let data: PathBuf = dir.path().join("node1");
+    let first = open(&data);
+    assert_eq!(
+        open_error(&data),
+        format!(
+            "data dir {} is in use by another raft-kv process (lock file {})",
+            data.display(),
+            data.join("LOCK").display()
+        )
+    );
+    drop(first);
+    open(&data);
+}
+
+#[test]
+fn checksummed_records_that_break_the_log_rules_are_refused() {
+    let (dir, _) = dir_with(3, &[]);
+    // (index, term) of each record, the record refused, why
+    type Case = (&'static [(LogIndex, Term)], usize, &'static str);
+    let cases: [Case; 4] = [
+        (&[(1, 1), (2, 1), (4, 1)], 2, "entry 4 follows entry 2"),
+        (&[(1, 1), (2, 1), (2, 1)], 2, "entry 2 follows entry 2"),
+        (
+            &[(1, 2), (2, 3), (3, 2)],
+            2,
+            "lower than the previous entry's term 3",
+        ),
+        (&[(3, 1), (4, 1)], 0, "entries 1..2 are missing"),
+    ];
+    for (records, bad, reason) in cases {
+        let (bytes, offsets) = handmade_log(records);
+        let copy = copy_with_log(dir.path(), &bytes);
+        let error = open_error(copy.path());
+        let at = format!("corrupt at byte offset {}:", offsets[bad]);
+        assert!(
+            error.contains(&at) && error.contains(reason),
+            "{records:?}: {error}"
+        );
+    }
+
+    // The same format with the rules kept is read: docs/storage.md is accurate.
+    let (bytes, _) = handmade_log(&[(1, 1), (2, 1), (3, 3)]);
+    let copy = copy_with_log(dir.path(), &bytes);
+    assert_eq!(
+        reopen(copy.path()).entries,
+        [set(1, 1), set(2, 1), set(3, 3)]
+    );
+}
+
+#[test]
+fn appends_that_would_break_the_log_are_refused_and_change_nothing() {
+    let (dir, _) = dir_with(2, &entries(1..=3, 2));
+    let mut storage = open(dir.path());
+    let refused: [Vec<Entry>; 4] = [
+        vec![set(5, 2)],
+        vec![set(3, 2)],
+        vec![set(4, 1)],
+        vec![set(4, 2), set(5, 3)],
+    ];
+    for bad in refused {
+        let error = storage.append(&bad).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{bad:?}");
+    }
+    storage.sync().unwrap();
+    storage.append(&[set(4, 2)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    assert_eq!(reopen(dir.path()).entries, entries(1..=4, 2));
+}
+
+#[test]
+fn hard_states_that_break_figure_2_are_refused_and_change_nothing() {
+    let dir = TempDir::new().unwrap();
+    let mut storage = open(dir.path());
+    let voted = HardState {
+        current_term: 4,
+        voted_for: Some(1),
+    };
+    storage.save_hard_state(voted).unwrap();
+    for bad in [
+        term(3),
+        term(4),
+        HardState {
+            current_term: 4,
+            voted_for: Some(2),
+        },
+        HardState {
+            current_term: 5,
+            voted_for: Some(0),
+        },
+    ] {
+        let error = storage.save_hard_state(bad).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{bad:?}");
+    }
+    drop(storage);
+    assert_eq!(reopen(dir.path()).hard_state, voted);
+}
+
+#[test]
+fn a_lost_hard_state_or_log_is_refused_rather_than_forgotten() {
+    let (dir, _) = dir_with(3, &entries(1..=2, 3));
+    let path = dir.path().join("hardstate");
+    let current = fs::read(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    let error = open_error(dir.path());
+    assert!(
+        error.starts_with(&format!("{}: missing", path.display())),
+        "{error}"
+    );
+
+    // An older hard state in its place is no better.
+    let older = TempDir::new().unwrap();
+    open(older.path()).save_hard_state(term(2)).unwrap();
+    fs::copy(older.path().join("hardstate"), &path).unwrap();
+    assert!(open_error(dir.path()).contains("current_term 2 is older than term 3"));
+
+    fs::write(&path, current).unwrap();
+    assert_eq!(reopen(dir.path()).entries, entries(1..=2, 3));
+
+    // Nor is a lost log taken for a first boot.
+    let log = dir.path().join("log");
+    fs::rename(&log, dir.path().join("log.saved")).unwrap();
+    let error = open_error(dir.path());
+    assert!(
+        error.starts_with(&format!("{}: missing", log.display())),
+        "{error}"
+    );
+    fs::rename(dir.path().join("log.saved"), &log).unwrap();
+    assert_eq!(reopen(dir.path()).entries, entries(1..=2, 3));
+}
+
+#[test]
+fn a_compaction_interrupted_by_a_crash_is_finished_at_open() {
+    let log = entries(1..=10, 1);
+    let (dir, _) = dir_with(1, &log);
+    let uncompacted = fs::read(dir.path().join("log")).unwrap();
+    let snapshot = Snapshot {
+        last_included_index: 6,
+        last_included_term: 1,
+        data: b"through 6".to_vec(),
+    };
+    open(dir.path()).save_snapshot(&snapshot).unwrap();
+    let compacted = fs::read(dir.path().join("log")).unwrap();
+    // The crash came after the snapshot's rename, before the log's.
+    fs::write(dir.path().join("log"), &uncompacted).unwrap();
+
+    let mut storage = open(dir.path());
+    let recovered = storage.recover().unwrap();
+    assert_eq!(recovered.snapshot, Some(snapshot));
+    assert_eq!(recovered.entries, log[6..]);
+    assert_eq!(fs::read(dir.path().join("log")).unwrap(), compacted);
+    storage.append(&[set(11, 1)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    assert_eq!(reopen(dir.path()).entries, entries(7..=11, 1));
+
+    // A log that ended before the snapshot's index keeps nothing.
+    let (short, _) = dir_with(1, &entries(1..=3, 1));
+    let uncompacted = fs::read(short.path().join("log")).unwrap();
+    let mut storage = open(short.path());
+    storage
+        .save_snapshot(&Snapshot {
+            last_included_index: 8,
+            last_included_term: 1,
+            data: vec![],
+        })
+        .unwrap();
+    drop(storage);
+    fs::write(short.path().join("log"), &uncompacted).unwrap();
+    let mut storage = open(short.path());
+    assert!(storage.recover().unwrap().entries.is_empty());
+    storage.append(&[set(9, 1)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    assert_eq!(reopen(short.path()).entries, [set(9, 1)]);
+}
+
+#[test]
+fn recover_asked_twice_gives_the_same_answer() {
+    let (dir, _) = dir_with(2, &entries(1..=5, 2));
+    let mut storage = open(dir.path());
+    storage
+        .save_snapshot(&Snapshot {
+            last_included_index: 2,
+            last_included_term: 2,
+            data: b"two".to_vec(),
+        })
+        .unwrap();
+    drop(storage);
+    let mut storage = open(dir.path());
+    let first = storage.recover().unwrap();
+    let second = storage.recover().unwrap();
+    assert_eq!(first.hard_state, second.hard_state);
+    assert_eq!(first.snapshot, second.snapshot);
+    assert_eq!(first.entries, second.entries);
+    assert_eq!(first.entries, entries(3..=5, 2));
+}
