@@ -15,6 +15,11 @@ impl RaftNode {
         if let Role::Leader(leader) = &mut self.role {
             if heartbeat {
                 leader.heartbeat_elapsed = 0;
+                // The in-flight window is refreshed every heartbeat: replies
+                // lost on the network must not shrink it for good.
+                for flow in leader.flow.values_mut() {
+                    flow.in_flight = 0;
+                }
             }
         }
         for peer in self.peers() {

@@ -87,24 +87,20 @@ impl Log {
         // the snapshot covers, or (after InstallSnapshot) entries that conflict
         // with it. Figure 13 receiver steps 6–7, applied again at recovery:
         // keep the entries after the snapshot only if the log agrees with it.
-        if let Some(at) = entries.iter().position(|e| e.index == snapshot_index) {
-            if entries[at].term == snapshot_term {
+        let agrees = match entries.iter().position(|e| e.index == snapshot_index) {
+            Some(at) if entries[at].term == snapshot_term => {
                 entries.drain(..=at);
-            } else {
-                entries.clear();
+                true
             }
-        } else if entries
-            .first()
-            .is_some_and(|e| e.index != snapshot_index + 1)
-        {
+            Some(_) => false,
+            None => entries.first().is_none_or(|e| e.index == snapshot_index + 1),
+        };
+        if !agrees {
             entries.clear();
-        }
-        if entries.is_empty() {
-            // Make sure the disk agrees with what we keep.
             storage
                 .truncate_from(snapshot_index + 1)
                 .and_then(|_| storage.sync())
-                .unwrap_or_else(|e| fatal("trimming the log", e));
+                .unwrap_or_else(|e| fatal("discarding a log that conflicts with the snapshot", e));
         }
         let durable_index = snapshot_index + entries.len() as u64;
         let log = Log {

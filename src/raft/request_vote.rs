@@ -17,9 +17,6 @@ impl RaftNode {
         // Term and self-vote are persisted together before any RequestVote
         // leaves, so a crash cannot make us vote twice in this term.
         self.set_term(self.current_term + 1, Some(me));
-        if let Role::Leader(_) = self.role {
-            unreachable!("a leader does not time out");
-        }
         self.role = Role::Candidate {
             votes: BTreeSet::from([me]),
         };
