@@ -143,7 +143,7 @@ fn cli_prints_values_and_exits_0_1_or_2() {
 
 #[test]
 fn a_follower_redirects_to_the_leader() {
-    let cluster = Cluster::start(&[]);
+    let mut cluster = Cluster::start(&[]);
     let rt = runtime();
 
     // Retried only in case leadership moves between the two calls.
@@ -194,7 +194,7 @@ struct RawSetRequest {
 
 #[test]
 fn invalid_input_is_rejected_and_changes_nothing() {
-    let cluster = Cluster::start(&[]);
+    let mut cluster = Cluster::start(&[]);
     let mut client = cluster.client();
     client.set("before", "1").unwrap();
     let leader = cluster.wait_for_leader();
@@ -285,7 +285,7 @@ fn invalid_input_is_rejected_and_changes_nothing() {
 
 #[test]
 fn retried_writes_apply_exactly_once() {
-    let cluster = Cluster::start(&[]);
+    let mut cluster = Cluster::start(&[]);
     let leader = cluster.wait_for_leader();
     let rt = runtime();
     let mut kv = connect(&rt, cluster.addr(leader));

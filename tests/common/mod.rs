@@ -168,10 +168,24 @@ impl Cluster {
             .and_then(|(_, answer)| answer.ok())
     }
 
+    /// Panic, with its log, if a node this test started has exited: waiting
+    /// for it would only time out.
+    pub fn check_running(&mut self) {
+        for id in self.ids() {
+            let Some(child) = &mut self.nodes[id as usize - 1] else {
+                continue;
+            };
+            if let Some(exit) = child.try_wait().expect("poll a node process") {
+                panic!("node {id} exited ({exit}):\n{}", self.log_tail(id));
+            }
+        }
+    }
+
     /// Wait until one running node is leader and every running node knows it
     /// in the same term; returns its id.
-    pub fn wait_for_leader(&self) -> u64 {
+    pub fn wait_for_leader(&mut self) -> u64 {
         eventually("a leader known to every running node", || {
+            self.check_running();
             let statuses: Vec<StatusResponse> = self
                 .ids()
                 .filter(|&id| self.is_running(id))
@@ -200,9 +214,14 @@ impl Cluster {
         cli(&args)
     }
 
+    /// Everything node `id` has printed, across restarts.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
     /// The tail of node `id`'s log, for failure messages.
     pub fn log_tail(&self, id: u64) -> String {
-        let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+        let text = self.log(id);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
