@@ -2,8 +2,31 @@
 //! runs on the simulated cluster from fixed seeds; replay one with
 //! `RAFT_SEED=N cargo test --test election NAME`.
 
-use raft_kv::raft::{ClientRequest, Role};
+use raft_kv::raft::{
+    AppendEntries, ClientRequest, Message, NodeId, RequestVote, RequestVoteReply, Role,
+};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// The leader of `group` once it has settled: exactly one leader among those
+/// nodes, and every one of them in its term and knowing it.
+fn settled_leader(c: &Cluster, group: &[NodeId]) -> Option<NodeId> {
+    let leaders: Vec<_> = group
+        .iter()
+        .copied()
+        .filter(|&id| c.node(id).is_leader())
+        .collect();
+    let [leader] = leaders[..] else {
+        return None;
+    };
+    let term = c.node(leader).current_term();
+    group
+        .iter()
+        .all(|&id| c.node(id).current_term() == term && c.node(id).leader_id() == Some(leader))
+        .then_some(leader)
+}
 
 /// §5.2: a cluster elects exactly one leader, all nodes agree on its term,
 /// and without faults the term stays put.
@@ -187,5 +210,242 @@ fn at_most_one_leader_per_term_under_faults_5_2() {
             c.node(c.leader().unwrap()).role(),
             Role::Leader(_)
         ));
+    }
+}
+
+/// §5.2 and Election Safety (Figure 3), round after round: cut off the leader
+/// and random others (a minority in all) from a 5- or 7-node cluster; the
+/// connected majority elects exactly one new leader in a newer term; once
+/// everyone is back, the whole cluster settles on one leader again.
+#[test]
+fn many_elections_5_2() {
+    for seed in seeds(40) {
+        let nodes = if seed % 2 == 0 { 5 } else { 7 };
+        let mut c = Cluster::new(SimConfig::new(nodes, seed));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let all = c.ids();
+        let mut leader = c.elect(300);
+        assert!(c.run_until(300, |c| settled_leader(c, &all).is_some()));
+        for round in 0..8 {
+            let old_term = c.node(leader).current_term();
+            let mut others: Vec<_> = all.iter().copied().filter(|&i| i != leader).collect();
+            others.shuffle(&mut rng);
+            let cut_count = 1 + round % (nodes / 2);
+            let mut cut = vec![leader];
+            cut.extend(&others[..cut_count - 1]);
+            for &id in &cut {
+                c.isolate(id);
+            }
+            let connected: Vec<_> = all.iter().copied().filter(|i| !cut.contains(i)).collect();
+            let ok = c.run_until(400, |c| {
+                settled_leader(c, &connected).is_some_and(|l| c.node(l).current_term() > old_term)
+            });
+            assert!(
+                ok,
+                "round {round}: the connected majority {connected:?} elected no leader"
+            );
+            c.heal();
+            let ok = c.run_until(600, |c| settled_leader(c, &all).is_some());
+            assert!(ok, "round {round}: the whole cluster did not settle");
+            let new_leader = settled_leader(&c, &all).unwrap();
+            assert!(c.node(new_leader).current_term() > old_term);
+            leader = new_leader;
+        }
+    }
+}
+
+/// Figure 2: voted_for is persistent state, "updated on stable storage before
+/// responding to RPCs". A voter that grants its vote in a term, crashes and
+/// restarts must still refuse any other candidate in that term (§5.2: "each
+/// server will vote for at most one candidate in a given term").
+#[test]
+fn vote_survives_crash_figure_2() {
+    let mut c = Cluster::new(SimConfig::new(3, 1));
+    let ask = |candidate_id| {
+        Message::RequestVote(RequestVote {
+            term: 5,
+            candidate_id,
+            last_log_index: 0,
+            last_log_term: 0,
+        })
+    };
+    let granted = |reply: Option<Message>| match reply {
+        Some(Message::RequestVoteReply(RequestVoteReply { term, vote_granted })) => {
+            assert_eq!(term, 5);
+            vote_granted
+        }
+        other => panic!("expected a RequestVoteReply, got {other:?}"),
+    };
+    assert!(granted(c.with_node(1, |n| n.step(2, ask(2)))));
+    c.crash(1);
+    c.restart(1);
+    assert_eq!(
+        c.node(1).current_term(),
+        5,
+        "current_term was not persisted"
+    );
+    assert_eq!(
+        c.node(1).voted_for(),
+        Some(2),
+        "voted_for was not persisted"
+    );
+    assert!(
+        !granted(c.with_node(1, |n| n.step(3, ask(3)))),
+        "voted twice in term 5 across a restart"
+    );
+    // The same candidate asking again (its reply was lost) gets the same answer.
+    assert!(granted(c.with_node(1, |n| n.step(2, ask(2)))));
+}
+
+/// Figure 2 voted_for, over many runs: voters crash and restart at random in
+/// the middle of elections (narrow timeouts make split votes, hence many
+/// elections); the checker verifies after every step that no term ever has
+/// two leaders, which a voter forgetting its vote would cause.
+#[test]
+fn restarting_voters_never_elect_two_leaders_figure_2() {
+    for seed in seeds(100) {
+        let mut config = SimConfig::new(5, seed).unreliable(0.05, 2);
+        config.election_timeout_ticks = (8, 10);
+        let mut c = Cluster::new(config);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut elections = 0;
+        let mut last_leader_term = 0;
+        for _ in 0..300 {
+            c.tick();
+            if let Some(l) = c.leader() {
+                let term = c.node(l).current_term();
+                if term > last_leader_term {
+                    elections += 1;
+                    last_leader_term = term;
+                    // Depose it at once to force the next election.
+                    c.crash(l);
+                    c.restart(l);
+                }
+            }
+            let victim = *c.ids().choose(&mut rng).unwrap();
+            if rand::Rng::gen_bool(&mut rng, 0.1) {
+                c.crash(victim);
+                c.restart(victim);
+            }
+        }
+        assert!(
+            elections >= 3,
+            "only {elections} elections: the test exercised little"
+        );
+    }
+}
+
+/// Hand node `x` (cut off from the network) the message `next(c)` before
+/// each tick, for up to `ticks` ticks; the tick at which it became a
+/// candidate, if it did.
+fn ticks_until_candidate(
+    c: &mut Cluster,
+    x: NodeId,
+    from: NodeId,
+    ticks: u64,
+    mut next: impl FnMut(&Cluster, u64) -> Option<Message>,
+) -> Option<u64> {
+    for t in 1..=ticks {
+        if let Some(message) = next(c, t) {
+            c.with_node(x, |n| n.step(from, message));
+        }
+        c.tick();
+        if matches!(c.node(x).role(), Role::Candidate { .. }) {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// The timers of §5.2. Followers: "If election timeout elapses without
+/// receiving AppendEntries RPC from current leader or granting vote to
+/// candidate: convert to candidate." Nothing else restarts the timer: not an
+/// AppendEntries from a deposed leader (stale term), nor a RequestVote that is
+/// refused. Each of the two that count does restart it.
+#[test]
+fn election_timer_restarts_only_for_current_leader_or_granted_vote_5_2() {
+    for seed in seeds(20) {
+        // Each case starts from the same elected cluster with follower x cut off.
+        let setup = || {
+            let mut c = Cluster::new(SimConfig::new(3, seed));
+            let leader = c.elect(200);
+            let x = c.ids().into_iter().find(|&i| i != leader).unwrap();
+            let other = c
+                .ids()
+                .into_iter()
+                .find(|&i| i != leader && i != x)
+                .unwrap();
+            c.ticks(3);
+            c.isolate(x);
+            (c, leader, x, other)
+        };
+        let max_timeout = SimConfig::new(3, seed).election_timeout_ticks.1;
+        let heartbeat = |term, leader_id| {
+            Message::AppendEntries(AppendEntries {
+                term,
+                leader_id,
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![],
+                leader_commit: 0,
+                read_round: 0,
+            })
+        };
+        let ask_vote = |c: &Cluster, x: NodeId, term, candidate_id, up_to_date: bool| {
+            let log = c.node(x).log();
+            Message::RequestVote(RequestVote {
+                term,
+                candidate_id,
+                last_log_index: if up_to_date { log.last_index() } else { 0 },
+                last_log_term: if up_to_date { log.last_term() } else { 0 },
+            })
+        };
+
+        // An AppendEntries of an older term every tick: x still times out.
+        let (mut c, _, x, other) = setup();
+        let term = c.node(x).current_term();
+        let t = ticks_until_candidate(&mut c, x, other, max_timeout + 1, |_, _| {
+            Some(heartbeat(term - 1, other))
+        });
+        assert!(
+            t.is_some(),
+            "seed {seed}: stale-term AppendEntries kept a follower from its election"
+        );
+
+        // A RequestVote it refuses (the candidate's log is behind) every tick.
+        let (mut c, _, x, other) = setup();
+        let term = c.node(x).current_term() + 1;
+        let t = ticks_until_candidate(&mut c, x, other, max_timeout + 1, |c, _| {
+            Some(ask_vote(c, x, term, other, false))
+        });
+        assert!(
+            t.is_some(),
+            "seed {seed}: refusing a vote restarted the election timer"
+        );
+        assert_eq!(c.node(x).voted_for(), Some(x), "x voted only for itself");
+
+        // AppendEntries from the current leader, more often than the shortest
+        // timeout: x never starts an election.
+        let (mut c, leader, x, _) = setup();
+        let term = c.node(x).current_term();
+        let t = ticks_until_candidate(&mut c, x, leader, 10 * max_timeout, |_, t| {
+            (t % 10 == 0).then(|| heartbeat(term, leader))
+        });
+        assert_eq!(
+            t, None,
+            "seed {seed}: the current leader's heartbeats were ignored"
+        );
+
+        // Granting a vote, as often: no election either.
+        let (mut c, _, x, other) = setup();
+        let t = ticks_until_candidate(&mut c, x, other, 10 * max_timeout, |c, t| {
+            let term = c.node(x).current_term() + 1;
+            (t % 10 == 0).then(|| ask_vote(c, x, term, other, true))
+        });
+        assert_eq!(
+            t, None,
+            "seed {seed}: granting a vote did not restart the timer"
+        );
+        assert_eq!(c.node(x).voted_for(), Some(other));
     }
 }
