@@ -352,7 +352,8 @@ fn describe(status: &Status) -> String {
     let mut cause = std::error::Error::source(status);
     while let Some(error) = cause {
         let text = error.to_string();
-        if !text.is_empty() && !line.contains(&text) {
+        // tonic wraps every cause in a bare "transport error", which says nothing.
+        if !text.is_empty() && text != "transport error" && !line.contains(&text) {
             line = format!("{line}: {text}");
         }
         cause = error.source();
