@@ -1,0 +1,487 @@
+//! Milestone 3: persistence (Figure 2 "Persistent state on all servers",
+//! §5.2, §5.4). Nodes crash and restart; their simulated disks keep only what
+//! was synced. Deterministic: replay one seed with
+//! `RAFT_SEED=N cargo test --release --test persistence NAME`.
+
+use raft_kv::raft::{
+    ClientError, ClientRequest, ClientResponse, Command, Entry, HardState, LogIndex, MemStorage,
+    NodeId, RequestId, Storage, Term,
+};
+use raft_kv::sim::{seeds, Cluster, SimConfig};
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+/// Clients that each write their own key, one request at a time, retrying
+/// with the same (client_id, sequence) until acknowledged (§8, dissertation
+/// §6.3). Write number s sets the key to "s", so the final value says which
+/// writes took effect.
+struct Clients {
+    clients: Vec<Client>,
+    /// ticks a client waits after an acknowledgment before its next write
+    think: u64,
+}
+
+struct Client {
+    client_id: u64,
+    /// the latest acknowledged sequence
+    acked: u64,
+    /// the request in flight: (request id, sequence, tick sent)
+    in_flight: Option<(RequestId, u64, u64)>,
+    /// no new write before this tick
+    next_write_at: u64,
+}
+
+impl Clients {
+    fn new(count: u64, think: u64) -> Clients {
+        let clients = (1..=count)
+            .map(|client_id| Client {
+                client_id,
+                acked: 0,
+                in_flight: None,
+                next_write_at: 0,
+            })
+            .collect();
+        Clients { clients, think }
+    }
+
+    fn key(client_id: u64) -> String {
+        format!("client{client_id}")
+    }
+
+    /// Collect answers; on an acknowledgment check that the write is durable
+    /// on a majority, and start the client's next write after its think time;
+    /// retry what failed or went unanswered for 40 ticks.
+    fn step(&mut self, c: &mut Cluster) {
+        let think = self.think;
+        for client in &mut self.clients {
+            let sequence = match client.in_flight {
+                None if c.now() < client.next_write_at => continue,
+                None => client.acked + 1,
+                Some((id, sequence, sent_at)) => match c.response(id) {
+                    Some(Ok(ClientResponse::Set)) => {
+                        assert_durable_on_majority(c, client.client_id, sequence);
+                        client.acked = sequence;
+                        client.next_write_at = c.now() + think;
+                        client.in_flight = None;
+                        continue;
+                    }
+                    Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost)) => {
+                        sequence
+                    }
+                    Some(other) => panic!("write {sequence} answered {other:?}"),
+                    None if c.now() - sent_at > 40 => sequence,
+                    None => continue,
+                },
+            };
+            client.in_flight = None;
+            let Some(leader) = c.leader() else {
+                continue;
+            };
+            let request = ClientRequest::Set {
+                key: Self::key(client.client_id),
+                value: sequence.to_string(),
+                client_id: client.client_id,
+                sequence,
+            };
+            let id = c.request(leader, request);
+            client.in_flight = Some((id, sequence, c.now()));
+        }
+    }
+
+    fn acked(&self) -> u64 {
+        self.clients.iter().map(|c| c.acked).sum()
+    }
+
+    /// Node `id` holds every acknowledged write: each key holds its client's
+    /// latest acknowledged sequence, or the one in flight (which may have
+    /// committed without its answer arriving).
+    fn check(&self, c: &Cluster, id: NodeId) {
+        let state_machine = c.node(id).state_machine();
+        for client in &self.clients {
+            let key = Self::key(client.client_id);
+            let value: u64 = state_machine.get(&key).map_or(0, |v| v.parse().unwrap());
+            let attempted = client.in_flight.map_or(client.acked, |(_, s, _)| s);
+            assert!(
+                (client.acked..=attempted).contains(&value),
+                "n{id}: {key} = {value}, but write {} was acknowledged (attempted up to {attempted})",
+                client.acked
+            );
+        }
+    }
+}
+
+/// Acknowledged means durable on a majority (Figure 2: persistent state is
+/// "updated on stable storage before responding to RPCs"): otherwise a
+/// power loss of the whole cluster could lose it.
+fn assert_durable_on_majority(c: &Cluster, client_id: u64, sequence: u64) {
+    let holds = |entries: &[Entry]| {
+        entries.iter().any(|e| {
+            matches!(&e.command, Command::Set { client_id: i, sequence: s, .. }
+                if *i == client_id && *s == sequence)
+        })
+    };
+    let durable = c
+        .ids()
+        .into_iter()
+        .filter(|&id| holds(&c.disk(id).durable_entries()))
+        .count();
+    assert!(
+        durable > c.ids().len() / 2,
+        "write {sequence} of client {client_id} acknowledged while durable on only {durable} disks"
+    );
+}
+
+/// Crash node `id` and restart it from its disk, checking that Figure 2's
+/// persistent state came back: current_term, voted_for and the log up to what
+/// was synced (everything, since the core syncs before answering).
+fn crash_restart(c: &mut Cluster, id: NodeId) {
+    let node = c.node(id);
+    let before = (node.current_term(), node.voted_for());
+    let log: Vec<(LogIndex, Term)> = (node.log().first_index()..=node.log().last_index())
+        .map(|i| (i, node.log().term_at(i).unwrap()))
+        .collect();
+    c.crash(id);
+    c.restart(id);
+    let node = c.node(id);
+    assert_eq!(
+        (node.current_term(), node.voted_for()),
+        before,
+        "n{id}: current_term/voted_for not restored"
+    );
+    for (index, term) in log {
+        assert_eq!(
+            node.log().term_at(index),
+            Some(term),
+            "n{id} lost log entry {index}"
+        );
+    }
+}
+
+/// Restart every crashed node.
+fn restart_all(c: &mut Cluster) {
+    for id in c.ids() {
+        if !c.is_up(id) {
+            c.restart(id);
+        }
+    }
+}
+
+/// Tick until every node has applied all of the leader's log; returns the leader.
+fn converge(c: &mut Cluster, max_ticks: u64) -> NodeId {
+    let ok = c.run_until(max_ticks, |c| {
+        let Some(leader) = c.leader() else {
+            return false;
+        };
+        let last = c.node(leader).log().last_index();
+        c.ids().into_iter().all(|id| {
+            c.is_up(id)
+                && c.node(id).log().last_index() == last
+                && c.node(id).last_applied() == last
+        })
+    });
+    assert!(ok, "the cluster did not converge within {max_ticks} ticks");
+    let leader = c.leader().unwrap();
+    for id in c.ids() {
+        assert_eq!(
+            c.node(id).state_machine(),
+            c.node(leader).state_machine(),
+            "n{id} differs"
+        );
+    }
+    leader
+}
+
+/// Let the clients write until `writes` more are acknowledged.
+fn write_some(c: &mut Cluster, clients: &mut Clients, writes: u64, max_ticks: u64) {
+    let target = clients.acked() + writes;
+    for _ in 0..max_ticks {
+        clients.step(c);
+        if clients.acked() >= target {
+            return;
+        }
+        c.tick();
+    }
+    panic!("only {} of {target} writes acknowledged", clients.acked());
+}
+
+/// What MemStorage promises, which the rest of these tests rely on: a crash
+/// loses appends and truncations not yet synced; what `sync` or a durable
+/// method wrote survives.
+#[test]
+fn unsynced_writes_are_lost_on_crash_figure_2() {
+    let entry = |index, term| Entry {
+        index,
+        term,
+        command: Command::Noop,
+    };
+    let mut disk = MemStorage::new();
+    disk.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+    disk.sync().unwrap();
+    disk.append(&[entry(3, 1)]).unwrap();
+    disk.save_hard_state(HardState {
+        current_term: 2,
+        voted_for: Some(3),
+    })
+    .unwrap();
+    disk.crash();
+    let recovered = disk.recover().unwrap();
+    assert_eq!(recovered.entries, vec![entry(1, 1), entry(2, 1)]);
+    assert_eq!(recovered.hard_state.current_term, 2);
+    assert_eq!(recovered.hard_state.voted_for, Some(3));
+
+    // An unsynced truncation is lost too: the entries come back.
+    disk.truncate_from(2).unwrap();
+    disk.crash();
+    assert_eq!(disk.recover().unwrap().entries.len(), 2);
+    disk.truncate_from(2).unwrap();
+    disk.sync().unwrap();
+    disk.crash();
+    assert_eq!(disk.recover().unwrap().entries, vec![entry(1, 1)]);
+}
+
+/// Figure 2: a restarted node comes back with current_term, voted_for and its
+/// log; its commit_index and last_applied are volatile, so it starts at 0 and
+/// re-applies the committed entries it learns of from the leader, ending with
+/// the same state machine.
+#[test]
+fn restarted_node_reapplies_committed_entries_figure_2() {
+    for seed in seeds(20) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        let mut clients = Clients::new(3, 10);
+        c.elect(200);
+        write_some(&mut c, &mut clients, 30, 2000);
+        let leader = converge(&mut c, 200);
+        let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+        let applied = c.node(follower).last_applied();
+        crash_restart(&mut c, follower);
+        assert_eq!(
+            c.node(follower).last_applied(),
+            0,
+            "no snapshot: nothing applied yet"
+        );
+        assert!(c.node(follower).state_machine().is_empty());
+        assert_eq!(c.node(follower).log().last_index(), applied);
+        converge(&mut c, 200);
+        clients.check(&c, follower);
+
+        // The whole cluster.
+        for id in c.ids() {
+            crash_restart(&mut c, id);
+        }
+        c.elect(300);
+        converge(&mut c, 300);
+        for id in c.ids() {
+            clients.check(&c, id);
+        }
+    }
+}
+
+/// Every acknowledged write survives the loss of power of the whole cluster:
+/// all nodes crash at a random moment while clients write, and restart.
+#[test]
+fn acknowledged_writes_survive_all_crashing_figure_2() {
+    for seed in seeds(50) {
+        let mut c = Cluster::new(SimConfig::new(5, seed));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut clients = Clients::new(4, 5);
+        for _ in 0..3 {
+            c.elect(300);
+            write_some(&mut c, &mut clients, rng.gen_range(1..20), 3000);
+            for _ in 0..rng.gen_range(0..5) {
+                clients.step(&mut c);
+                c.tick();
+            }
+            for id in c.ids() {
+                c.crash(id);
+            }
+            restart_all(&mut c);
+        }
+        c.elect(300);
+        write_some(&mut c, &mut clients, 1, 500);
+        converge(&mut c, 300);
+        for id in c.ids() {
+            clients.check(&c, id);
+        }
+    }
+}
+
+/// Crash and restart one follower, the leader, or every node — during
+/// replication, and during the election that follows a leader's crash (a
+/// candidate or a voter goes down mid-election) — over many runs. Each restart
+/// brings back the node's term, vote and log (checked by `crash_restart`), and
+/// in the end nothing acknowledged is missing.
+#[test]
+fn crash_and_restart_during_elections_and_replication_figure_2() {
+    for seed in seeds(100) {
+        let mut c = Cluster::new(SimConfig::new(5, seed));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut clients = Clients::new(3, 10);
+        for _ in 0..30 {
+            for _ in 0..rng.gen_range(1..25) {
+                clients.step(&mut c);
+                c.tick();
+            }
+            let leader = c.leader();
+            let followers: Vec<_> = c.ids().into_iter().filter(|&i| Some(i) != leader).collect();
+            match rng.gen_range(0..4) {
+                0 => crash_restart(&mut c, *followers.choose(&mut rng).unwrap()),
+                1 => {
+                    for id in c.ids() {
+                        crash_restart(&mut c, id);
+                    }
+                }
+                _ => {
+                    if let Some(leader) = leader {
+                        crash_restart(&mut c, leader);
+                    }
+                    // The next election is under way within 15-30 ticks.
+                    c.ticks(rng.gen_range(10..35));
+                    let candidates: Vec<_> = c
+                        .ids()
+                        .into_iter()
+                        .filter(|&i| c.node(i).status().role == "candidate")
+                        .collect();
+                    let victim = *candidates.choose(&mut rng).unwrap_or(&followers[0]);
+                    crash_restart(&mut c, victim);
+                }
+            }
+        }
+        write_some(&mut c, &mut clients, 3, 2000);
+        converge(&mut c, 300);
+        for id in c.ids() {
+            clients.check(&c, id);
+        }
+        assert!(clients.acked() > 10, "the test made little progress");
+    }
+}
+
+/// Watches that commit_index never goes backwards while a node runs (Figure
+/// 2: "increases monotonically"); the harness checks the same of
+/// last_applied. A restart begins a new lifetime.
+#[derive(Default)]
+struct Monotonic {
+    commit_index: BTreeMap<NodeId, LogIndex>,
+}
+
+impl Monotonic {
+    fn check(&mut self, c: &Cluster) {
+        for id in c.ids() {
+            if !c.is_up(id) {
+                self.commit_index.remove(&id);
+                continue;
+            }
+            let now = c.node(id).commit_index();
+            if let Some(before) = self.commit_index.insert(id, now) {
+                assert!(
+                    now >= before,
+                    "n{id} commit_index went back from {before} to {now}"
+                );
+            }
+        }
+    }
+
+    fn restarted(&mut self, id: NodeId) {
+        self.commit_index.remove(&id);
+    }
+}
+
+/// Churn: random crashes, restarts, partitions and isolations while clients
+/// write, on a network that drops, delays and reorders messages — over many
+/// runs. Safety is checked after every step; at the end, with the faults
+/// gone, every node holds every acknowledged write.
+#[test]
+fn churn_on_unreliable_network_figure_2() {
+    for seed in seeds(100) {
+        let mut c = Cluster::new(SimConfig::new(5, seed).unreliable(0.1, 3));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut clients = Clients::new(4, 5);
+        let mut monotonic = Monotonic::default();
+        for _ in 0..40 {
+            for _ in 0..rng.gen_range(1..20) {
+                clients.step(&mut c);
+                c.tick();
+                monotonic.check(&c);
+            }
+            let ids = c.ids();
+            let id = *ids.choose(&mut rng).unwrap();
+            match rng.gen_range(0..6) {
+                0 => c.crash(id),
+                1 => {
+                    if !c.is_up(id) {
+                        c.restart(id);
+                        monotonic.restarted(id);
+                    }
+                }
+                2 => {
+                    let mut shuffled = ids.clone();
+                    shuffled.shuffle(&mut rng);
+                    let (a, b) = shuffled.split_at(rng.gen_range(1..ids.len()));
+                    c.partition(&[a, b]);
+                }
+                3 => c.heal(),
+                4 => c.isolate(id),
+                _ => {
+                    if c.is_up(id) {
+                        crash_restart(&mut c, id);
+                        monotonic.restarted(id);
+                    }
+                }
+            }
+        }
+        c.heal();
+        restart_all(&mut c);
+        c.set_unreliable(0.0, 0);
+        write_some(&mut c, &mut clients, 2, 2000);
+        converge(&mut c, 500);
+        for id in c.ids() {
+            clients.check(&c, id);
+        }
+    }
+}
+
+/// Figure 8 with crashes, on a network that drops, delays and reorders: the
+/// leader crashes at random moments, often right after appending, and comes
+/// back later, so leaders of many terms leave uncommitted entries behind.
+/// A restarted leader must not commit an old-term entry by counting replicas,
+/// nor lose what it acknowledged; the checker verifies that no committed entry
+/// ever changes.
+#[test]
+fn figure_8_unreliable_with_crashes() {
+    for seed in seeds(100) {
+        let mut c = Cluster::new(SimConfig::new(5, seed).unreliable(0.1, 5));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut clients = Clients::new(3, 0);
+        for _ in 0..60 {
+            let ticks = if rng.gen_bool(0.1) {
+                rng.gen_range(0..150)
+            } else {
+                rng.gen_range(0..13)
+            };
+            for _ in 0..ticks {
+                clients.step(&mut c);
+                c.tick();
+            }
+            if let Some(leader) = c.leader() {
+                if rng.gen_bool(0.5) {
+                    c.crash(leader);
+                }
+            }
+            let down: Vec<_> = c.ids().into_iter().filter(|&i| !c.is_up(i)).collect();
+            if down.len() > 2 || rng.gen_bool(0.3) {
+                if let Some(&id) = down.choose(&mut rng) {
+                    c.restart(id);
+                }
+            }
+        }
+        restart_all(&mut c);
+        c.set_unreliable(0.0, 0);
+        write_some(&mut c, &mut clients, 1, 1000);
+        converge(&mut c, 500);
+        for id in c.ids() {
+            clients.check(&c, id);
+        }
+    }
+}
