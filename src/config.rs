@@ -1,1 +1,685 @@
-//! Cluster membership and node settings: `--peers`, `--config FILE`. (Being built.)
+//! Cluster membership and node settings, checked before anything starts.
+//!
+//! The members of a cluster come from one of two places:
+//!
+//! - `--peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`: every
+//!   member, this node included, as `ID=HOST:PORT` separated by commas;
+//! - `--config FILE`: the same list, one member per line as `ID HOST:PORT`.
+//!   Text after `#` is a comment; blank lines are ignored. For example:
+//!
+//! ```text
+//! # raft-kv cluster of three on one machine
+//! 1 127.0.0.1:7001
+//! 2 127.0.0.1:7002
+//! 3 127.0.0.1:7003   # the third node
+//! ```
+//!
+//! Ids are positive integers (0 means "none" on the wire). Every member must
+//! have a distinct id and a distinct address. Each node listens on its own
+//! address for both its peers and its clients.
+//!
+//! Times are given in milliseconds and converted to the core's logical ticks
+//! (`--tick-ms` each), rounding up: the core counts election timeouts and
+//! heartbeats in ticks so that tests can drive it without a clock.
+//!
+//! Every check returns a [`ConfigError`] whose message is one line; the
+//! binary prints it and exits with code 2, having changed nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::raft::{NodeId, RaftConfig};
+use crate::server::NodeArgs;
+
+/// Exit code for bad flags, a bad member list, a busy port or unusable data directory.
+pub const EXIT_BAD_CONFIG: i32 = 2;
+
+/// A setting that cannot be used; the message is one line and names the culprit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(message.into()))
+}
+
+/// A member's network address, `HOST:PORT`, as written by the operator.
+/// The host may be a name or an IP address (`[::1]` for IPv6).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Address {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Address {
+    /// Parse `HOST:PORT`.
+    pub fn parse(text: &str) -> Result<Address, String> {
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!("address '{text}' is not HOST:PORT"));
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("address '{text}' has no valid host"));
+        }
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        if host.contains(':') && !bracketed {
+            return Err(format!(
+                "address '{text}': write an IPv6 host in brackets, like [::1]:7001"
+            ));
+        }
+        match port.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(Address {
+                host: host.to_string(),
+                port,
+            }),
+            _ => Err(format!(
+                "address '{text}' has no valid port (1-65535 expected)"
+            )),
+        }
+    }
+
+    /// The URL a gRPC client connects to.
+    pub fn url(&self) -> String {
+        format!("http://{self}")
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Every member of the cluster by id, this node included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Members(BTreeMap<NodeId, Address>);
+
+impl Members {
+    /// Parse `--peers`: `ID=HOST:PORT` entries separated by commas.
+    pub fn parse_peers(list: &str) -> Result<Members, ConfigError> {
+        let mut entries = Vec::new();
+        for (position, entry) in list.split(',').enumerate() {
+            let entry = entry.trim();
+            let Some((id, address)) = entry.split_once('=') else {
+                return error(format!(
+                    "--peers entry {} ('{entry}') is not ID=HOST:PORT",
+                    position + 1
+                ));
+            };
+            let member = parse_member(id.trim(), address.trim())
+                .map_err(|why| ConfigError(format!("--peers entry '{entry}': {why}")))?;
+            entries.push(member);
+        }
+        Members::from_entries(entries)
+    }
+
+    /// Parse the text of a `--config` file (see the module documentation);
+    /// `path` is only used in error messages.
+    pub fn parse_config(path: &Path, text: &str) -> Result<Members, ConfigError> {
+        let mut entries = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let where_ = format!("{} line {}", path.display(), number + 1);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [id, address] = fields[..] else {
+                return error(format!("{where_}: '{line}' is not 'ID HOST:PORT'"));
+            };
+            let member =
+                parse_member(id, address).map_err(|why| ConfigError(format!("{where_}: {why}")))?;
+            entries.push(member);
+        }
+        if entries.is_empty() {
+            return error(format!("{} lists no members", path.display()));
+        }
+        Members::from_entries(entries)
+    }
+
+    /// Read and parse a `--config` file.
+    pub fn read_config(path: &Path) -> Result<Members, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Members::parse_config(path, &text)
+    }
+
+    fn from_entries(entries: Vec<(NodeId, Address)>) -> Result<Members, ConfigError> {
+        let mut members = BTreeMap::new();
+        let mut addresses = BTreeSet::new();
+        for (id, address) in entries {
+            if !addresses.insert(address.clone()) {
+                return error(format!("address {address} is listed twice"));
+            }
+            if members.insert(id, address).is_some() {
+                return error(format!("node id {id} is listed twice"));
+            }
+        }
+        Ok(Members(members))
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.0.keys().copied().collect()
+    }
+
+    pub fn address(&self, id: NodeId) -> Option<&Address> {
+        self.0.get(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (NodeId, &Address)> {
+        self.0.iter().map(|(&id, address)| (id, address))
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.0.contains_key(&id)
+    }
+
+    /// The `--peers` form of this list, to hand to a child process.
+    pub fn to_peers_flag(&self) -> String {
+        self.iter()
+            .map(|(id, address)| format!("{id}={address}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn parse_member(id: &str, address: &str) -> Result<(NodeId, Address), String> {
+    let id = parse_id(id)?;
+    Ok((id, Address::parse(address)?))
+}
+
+fn parse_id(text: &str) -> Result<NodeId, String> {
+    match text.parse::<NodeId>() {
+        Ok(0) => Err("node id 0 is reserved (it means 'none'); ids start at 1".to_string()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(format!("node id '{text}' is not a positive integer")),
+    }
+}
+
+/// The logical clock of the core: how long a tick is, and the election
+/// timeout range and heartbeat interval in ticks (§5.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub tick: Duration,
+    pub election_timeout_ticks: (u64, u64),
+    pub heartbeat_ticks: u64,
+}
+
+impl Timing {
+    /// Check `--election-timeout-ms MIN-MAX`, `--heartbeat-ms` and `--tick-ms`
+    /// and convert them to ticks.
+    pub fn new(
+        election_timeout_ms: &str,
+        heartbeat_ms: u64,
+        tick_ms: u64,
+    ) -> Result<Timing, ConfigError> {
+        let (min_ms, max_ms) = parse_election_timeout(election_timeout_ms)?;
+        if heartbeat_ms == 0 {
+            return error("--heartbeat-ms must be at least 1");
+        }
+        // §5.2: followers must hear a heartbeat before any of them times out.
+        if heartbeat_ms >= min_ms {
+            return error(format!(
+                "--heartbeat-ms {heartbeat_ms} must be less than the minimum election timeout ({min_ms} ms)"
+            ));
+        }
+        if tick_ms == 0 {
+            return error("--tick-ms must be at least 1");
+        }
+        let timing = Timing {
+            tick: Duration::from_millis(tick_ms),
+            election_timeout_ticks: (ticks(min_ms, tick_ms), ticks(max_ms, tick_ms)),
+            heartbeat_ticks: ticks(heartbeat_ms, tick_ms),
+        };
+        let (min_ticks, max_ticks) = timing.election_timeout_ticks;
+        if timing.heartbeat_ticks >= min_ticks || min_ticks >= max_ticks {
+            // Rounding to whole ticks would erase the randomization (§5.2) or
+            // let the heartbeat reach the election timeout.
+            return error(format!(
+                "--tick-ms {tick_ms} is too coarse for --election-timeout-ms {election_timeout_ms} and --heartbeat-ms {heartbeat_ms}"
+            ));
+        }
+        Ok(timing)
+    }
+}
+
+/// Milliseconds to ticks, rounding up, at least one.
+fn ticks(ms: u64, tick_ms: u64) -> u64 {
+    ms.div_ceil(tick_ms).max(1)
+}
+
+fn parse_election_timeout(text: &str) -> Result<(u64, u64), ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "--election-timeout-ms '{text}' is not MIN-MAX in milliseconds, like 150-300"
+        ))
+    };
+    let (min, max) = text.split_once('-').ok_or_else(bad)?;
+    let min: u64 = min.trim().parse().map_err(|_| bad())?;
+    let max: u64 = max.trim().parse().map_err(|_| bad())?;
+    if min == 0 {
+        return error("--election-timeout-ms: the minimum must be at least 1");
+    }
+    // §5.2: the timeout is drawn at random from the range; an empty range
+    // brings back the split votes randomization is there to prevent.
+    if min >= max {
+        return error(format!(
+            "--election-timeout-ms {text}: MIN must be less than MAX"
+        ));
+    }
+    Ok((min, max))
+}
+
+/// How much a node logs (`--log-level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+
+    /// The flag value, to hand to a child process.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// The timing, snapshot and logging flags shared by `raft-kv node` and
+/// `raft-kv cluster` (which passes them on to every node).
+#[derive(clap::Args, Clone, Debug)]
+pub struct Tuning {
+    /// Election timeout range in milliseconds; each election draws a random
+    /// timeout from it (§5.2). Long timeouts, e.g. `--election-timeout-ms
+    /// 600000-1200000 --heartbeat-ms 100000`, let you pause a node in a
+    /// debugger without triggering elections.
+    #[arg(long, value_name = "MIN-MAX", default_value = "150-300")]
+    pub election_timeout_ms: String,
+    /// How often a leader sends heartbeats, in milliseconds; must be less
+    /// than the minimum election timeout (§5.2).
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    /// Length of one logical tick in milliseconds. The core counts timeouts
+    /// in ticks; the times above are rounded up to whole ticks.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Take a snapshot once the log holds more than this many entries (§7).
+    #[arg(long, value_name = "ENTRIES", default_value_t = 10_000)]
+    pub snapshot_threshold: usize,
+    /// How much to log: `info` shows every role change, `debug` every RPC.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+impl Tuning {
+    /// Check the flags; returns the timing in ticks.
+    pub fn check(&self) -> Result<Timing, ConfigError> {
+        check_snapshot_threshold(self.snapshot_threshold)?;
+        Timing::new(&self.election_timeout_ms, self.heartbeat_ms, self.tick_ms)
+    }
+
+    /// The same flags, for a child `raft-kv node`.
+    pub fn to_flags(&self) -> Vec<String> {
+        vec![
+            "--election-timeout-ms".into(),
+            self.election_timeout_ms.clone(),
+            "--heartbeat-ms".into(),
+            self.heartbeat_ms.to_string(),
+            "--tick-ms".into(),
+            self.tick_ms.to_string(),
+            "--snapshot-threshold".into(),
+            self.snapshot_threshold.to_string(),
+            "--log-level".into(),
+            self.log_level.as_flag().into(),
+        ]
+    }
+}
+
+/// Read the members from exactly one of `--peers` and `--config` (clap
+/// enforces "exactly one"; this repeats it for callers that bypass clap).
+pub fn load_members(peers: Option<&str>, config: Option<&Path>) -> Result<Members, ConfigError> {
+    match (peers, config) {
+        (Some(list), None) => Members::parse_peers(list),
+        (None, Some(path)) => Members::read_config(path),
+        _ => error("give the members with exactly one of --peers and --config"),
+    }
+}
+
+/// Everything a node needs to start, checked.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub members: Members,
+    pub data_dir: PathBuf,
+    pub timing: Timing,
+    pub snapshot_threshold: usize,
+    pub log_level: LogLevel,
+}
+
+impl NodeConfig {
+    /// Check every flag of `raft-kv node`.
+    pub fn from_args(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
+        let members = load_members(args.peers.as_deref(), args.config.as_deref())?;
+        NodeConfig::check_membership(args.id, &members)?;
+        let timing = args.tuning.check()?;
+        Ok(NodeConfig {
+            id: args.id,
+            members,
+            data_dir: args.data_dir.clone(),
+            timing,
+            snapshot_threshold: args.tuning.snapshot_threshold,
+            log_level: args.tuning.log_level,
+        })
+    }
+
+    /// This node's own address.
+    pub fn address(&self) -> &Address {
+        self.members
+            .address(self.id)
+            .expect("checked in NodeConfig::check_membership")
+    }
+
+    /// Check that `id` may run as a member of `members`.
+    pub fn check_membership(id: NodeId, members: &Members) -> Result<(), ConfigError> {
+        if id == 0 {
+            return error("--id 0 is reserved (it means 'none'); ids start at 1");
+        }
+        if !members.contains(id) {
+            let ids: Vec<String> = members.ids().iter().map(u64::to_string).collect();
+            return error(format!(
+                "--id {id} is not in the member list ({})",
+                ids.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings of the Raft core for this node.
+    pub fn raft_config(&self) -> RaftConfig {
+        let mut config = RaftConfig::new(self.id, self.members.ids());
+        config.election_timeout_ticks = self.timing.election_timeout_ticks;
+        config.heartbeat_ticks = self.timing.heartbeat_ticks;
+        config.snapshot_threshold = self.snapshot_threshold;
+        // A restarted node must not replay the timeouts of its last run, or
+        // two nodes restarted together could keep splitting the vote (§5.2).
+        config.seed = rand::random();
+        config
+    }
+}
+
+/// Check `--snapshot-threshold`.
+pub fn check_snapshot_threshold(threshold: usize) -> Result<usize, ConfigError> {
+    if threshold == 0 {
+        return error("--snapshot-threshold must be at least 1");
+    }
+    Ok(threshold)
+}
+
+/// Bind this node's listening socket now, so a busy port is reported before
+/// anything else starts.
+pub fn bind_listener(address: &Address) -> Result<TcpListener, ConfigError> {
+    TcpListener::bind((address.host.trim_matches(['[', ']']), address.port)).map_err(|e| {
+        ConfigError(match e.kind() {
+            io::ErrorKind::AddrInUse => format!("address {address} is already in use"),
+            io::ErrorKind::AddrNotAvailable => {
+                format!("address {address} is not an address of this machine")
+            }
+            _ => format!("cannot listen on {address}: {e}"),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers_error(list: &str) -> String {
+        Members::parse_peers(list).unwrap_err().0
+    }
+
+    fn config_error(text: &str) -> String {
+        Members::parse_config(Path::new("cluster.conf"), text)
+            .unwrap_err()
+            .0
+    }
+
+    fn timing_error(election: &str, heartbeat: u64, tick: u64) -> String {
+        Timing::new(election, heartbeat, tick).unwrap_err().0
+    }
+
+    #[test]
+    fn parses_a_peers_list() {
+        let members =
+            Members::parse_peers("2=127.0.0.1:7002, 1=localhost:7001,3=[::1]:7003").unwrap();
+        assert_eq!(members.ids(), vec![1, 2, 3]);
+        assert_eq!(members.address(1).unwrap().to_string(), "localhost:7001");
+        assert_eq!(members.address(3).unwrap().url(), "http://[::1]:7003");
+        assert_eq!(
+            members.to_peers_flag(),
+            "1=localhost:7001,2=127.0.0.1:7002,3=[::1]:7003"
+        );
+    }
+
+    #[test]
+    fn parses_a_config_file_with_comments_and_blank_lines() {
+        let text =
+            "# three nodes\n\n1 127.0.0.1:7001\n  2\t127.0.0.1:7002  # second\n3 127.0.0.1:7003\n";
+        let members = Members::parse_config(Path::new("c"), text).unwrap();
+        assert_eq!(
+            members,
+            Members::parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003").unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_bad_peers_entries_and_names_them() {
+        assert_eq!(
+            peers_error("1=127.0.0.1:7001,2:127.0.0.1:7002"),
+            "--peers entry 2 ('2:127.0.0.1:7002') is not ID=HOST:PORT"
+        );
+        assert_eq!(
+            peers_error("1=127.0.0.1:7001,"),
+            "--peers entry 2 ('') is not ID=HOST:PORT"
+        );
+        assert_eq!(
+            peers_error("x=127.0.0.1:7001"),
+            "--peers entry 'x=127.0.0.1:7001': node id 'x' is not a positive integer"
+        );
+        assert_eq!(
+            peers_error("1=127.0.0.1"),
+            "--peers entry '1=127.0.0.1': address '127.0.0.1' is not HOST:PORT"
+        );
+        assert_eq!(
+            peers_error("1=127.0.0.1:70000"),
+            "--peers entry '1=127.0.0.1:70000': address '127.0.0.1:70000' has no valid port (1-65535 expected)"
+        );
+        assert_eq!(
+            peers_error("1=127.0.0.1:0"),
+            "--peers entry '1=127.0.0.1:0': address '127.0.0.1:0' has no valid port (1-65535 expected)"
+        );
+        assert_eq!(
+            peers_error("1=:7001"),
+            "--peers entry '1=:7001': address ':7001' has no valid host"
+        );
+        assert!(peers_error("1=::1:7001").contains("write an IPv6 host in brackets"));
+    }
+
+    #[test]
+    fn rejects_id_zero() {
+        assert_eq!(
+            peers_error("0=127.0.0.1:7001"),
+            "--peers entry '0=127.0.0.1:7001': node id 0 is reserved (it means 'none'); ids start at 1"
+        );
+        let members = Members::parse_peers("1=127.0.0.1:7001").unwrap();
+        assert_eq!(
+            NodeConfig::check_membership(0, &members).unwrap_err().0,
+            "--id 0 is reserved (it means 'none'); ids start at 1"
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_ids_and_addresses() {
+        assert_eq!(
+            peers_error("1=127.0.0.1:7001,1=127.0.0.1:7002"),
+            "node id 1 is listed twice"
+        );
+        assert_eq!(
+            peers_error("1=127.0.0.1:7001,2=127.0.0.1:7001"),
+            "address 127.0.0.1:7001 is listed twice"
+        );
+    }
+
+    #[test]
+    fn rejects_own_id_not_in_the_list() {
+        let members = Members::parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap();
+        assert_eq!(
+            NodeConfig::check_membership(4, &members).unwrap_err().0,
+            "--id 4 is not in the member list (1, 2)"
+        );
+        assert!(NodeConfig::check_membership(2, &members).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_config_file_lines_and_names_them() {
+        assert_eq!(
+            config_error("1 127.0.0.1:7001\n\n2=127.0.0.1:7002\n"),
+            "cluster.conf line 3: '2=127.0.0.1:7002' is not 'ID HOST:PORT'"
+        );
+        assert_eq!(
+            config_error("# c\n1 127.0.0.1:7001 extra\n"),
+            "cluster.conf line 2: '1 127.0.0.1:7001 extra' is not 'ID HOST:PORT'"
+        );
+        assert_eq!(
+            config_error("1 127.0.0.1:x\n"),
+            "cluster.conf line 1: address '127.0.0.1:x' has no valid port (1-65535 expected)"
+        );
+        assert_eq!(
+            config_error("# nothing\n\n"),
+            "cluster.conf lists no members"
+        );
+        assert_eq!(
+            config_error("1 127.0.0.1:7001\n1 127.0.0.1:7002\n"),
+            "node id 1 is listed twice"
+        );
+    }
+
+    #[test]
+    fn reports_an_unreadable_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.conf");
+        let message = Members::read_config(&path).unwrap_err().0;
+        assert!(
+            message.starts_with(&format!("cannot read {}: ", path.display())),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn converts_milliseconds_to_ticks_rounding_up() {
+        let timing = Timing::new("150-300", 50, 10).unwrap();
+        assert_eq!(timing.election_timeout_ticks, (15, 30));
+        assert_eq!(timing.heartbeat_ticks, 5);
+        assert_eq!(timing.tick, Duration::from_millis(10));
+        let timing = Timing::new("155-301", 1, 10).unwrap();
+        assert_eq!(timing.election_timeout_ticks, (16, 31));
+        assert_eq!(timing.heartbeat_ticks, 1);
+    }
+
+    #[test]
+    fn rejects_bad_election_timeouts() {
+        for text in ["150", "150-", "-300", "a-b", "150..300", "300-150-1"] {
+            assert_eq!(
+                timing_error(text, 50, 10),
+                format!(
+                    "--election-timeout-ms '{text}' is not MIN-MAX in milliseconds, like 150-300"
+                )
+            );
+        }
+        assert_eq!(
+            timing_error("300-150", 50, 10),
+            "--election-timeout-ms 300-150: MIN must be less than MAX"
+        );
+        assert_eq!(
+            timing_error("150-150", 50, 10),
+            "--election-timeout-ms 150-150: MIN must be less than MAX"
+        );
+        assert_eq!(
+            timing_error("0-300", 50, 10),
+            "--election-timeout-ms: the minimum must be at least 1"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_heartbeats_and_ticks() {
+        assert_eq!(
+            timing_error("150-300", 150, 10),
+            "--heartbeat-ms 150 must be less than the minimum election timeout (150 ms)"
+        );
+        assert_eq!(
+            timing_error("150-300", 0, 10),
+            "--heartbeat-ms must be at least 1"
+        );
+        assert_eq!(
+            timing_error("150-300", 50, 0),
+            "--tick-ms must be at least 1"
+        );
+        assert_eq!(
+            timing_error("150-300", 50, 150),
+            "--tick-ms 150 is too coarse for --election-timeout-ms 150-300 and --heartbeat-ms 50"
+        );
+        assert_eq!(
+            timing_error("141-150", 50, 10),
+            "--tick-ms 10 is too coarse for --election-timeout-ms 141-150 and --heartbeat-ms 50"
+        );
+    }
+
+    #[test]
+    fn rejects_a_zero_snapshot_threshold() {
+        assert_eq!(
+            check_snapshot_threshold(0).unwrap_err().0,
+            "--snapshot-threshold must be at least 1"
+        );
+        assert_eq!(check_snapshot_threshold(10_000), Ok(10_000));
+    }
+
+    #[test]
+    fn reports_a_port_already_in_use() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let address = Address::parse(&format!("127.0.0.1:{port}")).unwrap();
+        assert_eq!(
+            bind_listener(&address).unwrap_err().0,
+            format!("address 127.0.0.1:{port} is already in use")
+        );
+        drop(taken);
+        assert!(bind_listener(&address).is_ok());
+    }
+}

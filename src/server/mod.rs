@@ -1,23 +1,260 @@
-//! The node runtime: one event-loop thread running the Raft core, a timer
-//! thread sending ticks, and a gRPC bridge thread owning tokio.
-//! (Being built; see docs/architecture.md.)
+//! The node runtime: what turns the synchronous Raft core into a running
+//! server (`raft-kv node`), and a local cluster of them (`raft-kv cluster`).
+//!
+//! A node is three threads and the channels between them:
+//!
+//! ```text
+//!   timer thread ──ticks──────────────────┐
+//!                                          ▼
+//!   gRPC bridge ──peer messages──▶  event loop (owns the RaftNode,
+//!   (tokio, tonic) ──client calls──▶  plain blocking code)
+//!        ▲                                 │
+//!        └──── per-peer message queues ◀───┘ (the outbox)
+//!        └──── oneshot answers ◀────────────┘
+//! ```
+//!
+//! - The **event loop** (`event_loop.rs`) is the only thread that touches
+//!   Raft state: it `select!`s over its channels and calls `tick`, `step` or
+//!   `client_requests` — no locks, no async, in the order things arrived.
+//! - The **timer** (`timer.rs`) sends a tick every `--tick-ms`.
+//! - The **bridge** (`bridge.rs`) owns the tokio runtime: it serves the peer
+//!   and client gRPC services and makes the outbound RPCs. Nothing it does
+//!   can block the event loop: every channel into the loop is bounded and
+//!   written with `try_send`, and every queue out of it too.
+//!
+//! A node stops only when killed (Ctrl-C included): Raft is built for
+//! crash-stop, and everything it has acknowledged is on disk already.
 
-/// `raft-kv node` flags.
+pub mod bridge;
+mod cluster;
+pub mod event_loop;
+mod timer;
+
+pub use cluster::{run_cluster, ClusterArgs};
+
+use std::collections::HashMap;
+use std::io::LineWriter;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{bounded, unbounded, Sender};
+use log::{error, info};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{self, NodeConfig, Tuning, EXIT_BAD_CONFIG};
+use crate::raft::{NodeId, RaftNode, Storage};
+use bridge::Bridge;
+use event_loop::{EventLoop, Inputs, RuntimeOutbox};
+
+/// Exit code of a node that stopped on an error it cannot recover from
+/// (a failed disk write, a crashed thread).
+pub const EXIT_FATAL: i32 = 1;
+/// Peer messages waiting for the event loop; when full, more are refused
+/// (Raft retries them).
+const PEER_MESSAGES_LEN: usize = 4096;
+/// Client calls waiting for the event loop; when full, clients are told to retry.
+const CLIENT_CALLS_LEN: usize = 16 * 1024;
+
+/// `raft-kv node`: run one Raft node, serving peers and clients on its address.
 #[derive(clap::Args, Debug)]
-pub struct NodeArgs {}
-
-/// `raft-kv cluster` flags.
-#[derive(clap::Args, Debug)]
-pub struct ClusterArgs {}
-
-/// Run one node until it is stopped; returns the process exit code.
-pub fn run_node(_args: NodeArgs) -> i32 {
-    eprintln!("raft-kv node: not built yet");
-    2
+#[command(group(clap::ArgGroup::new("members").required(true).args(["peers", "config"])))]
+pub struct NodeArgs {
+    /// This node's id: a positive integer listed in --peers or --config.
+    #[arg(long, value_name = "N")]
+    pub id: NodeId,
+    /// Every member of the cluster, this node included, as
+    /// ID=HOST:PORT,ID=HOST:PORT,… e.g. 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
+    #[arg(long, value_name = "LIST")]
+    pub peers: Option<String>,
+    /// A file listing every member instead of --peers: one "ID HOST:PORT" per
+    /// line; text after # and blank lines are ignored.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where this node keeps its term, vote, log and snapshot (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub tuning: Tuning,
 }
 
-/// Run a local cluster; returns the process exit code.
-pub fn run_cluster(_args: ClusterArgs) -> i32 {
-    eprintln!("raft-kv cluster: not built yet");
-    2
+/// Run one node until it is killed; returns the process exit code.
+pub fn run_node(args: NodeArgs) -> i32 {
+    let config = match NodeConfig::from_args(&args) {
+        Ok(config) => config,
+        Err(e) => return bad_config(e),
+    };
+    let listener = match config::bind_listener(config.address()) {
+        Ok(listener) => listener,
+        Err(e) => return bad_config(e),
+    };
+    init_logging(config.log_level.filter());
+    // TEMPORARY until src/storage lands: FileStorage::open(&config.data_dir).
+    let storage: Box<dyn Storage> = Box::new(crate::raft::MemStorage::new());
+    exit_on_panic(config.id);
+    let node = match Node::start(&config, storage, listener) {
+        Ok(node) => node,
+        Err(e) => {
+            error!("node {}: cannot start: {e}", config.id);
+            return EXIT_FATAL;
+        }
+    };
+    info!(
+        "node {}: serving peers and clients on {}; data in {}",
+        config.id,
+        config.address(),
+        config.data_dir.display()
+    );
+    match node.wait() {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e}");
+            EXIT_FATAL
+        }
+    }
 }
+
+fn bad_config(error: config::ConfigError) -> i32 {
+    eprintln!("error: {error}");
+    EXIT_BAD_CONFIG
+}
+
+/// Log lines carry a sub-millisecond timestamp, so election timing can be read
+/// off them; other crates' lines are left out, so every line is ours and
+/// names its node.
+fn init_logging(level: log::LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_thread_level(log::LevelFilter::Off)
+        .set_target_level(log::LevelFilter::Off)
+        .add_filter_allow_str("raft_kv")
+        .build();
+    let stderr = LineWriter::new(std::io::stderr());
+    // Fails only if a logger is set already, which then keeps logging.
+    let _ = simplelog::WriteLogger::init(level, config, stderr);
+}
+
+/// The core panics when stable storage fails (it must not answer from state
+/// it could not save); any panic is a bug or such a failure. Stop the whole
+/// process with the message on one line rather than run on without a thread.
+fn exit_on_panic(id: NodeId) {
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
+        eprintln!("node {id}: fatal: {message}{location}");
+        std::process::exit(EXIT_FATAL);
+    }));
+}
+
+/// A running node: its three threads and the means to stop them.
+pub struct Node {
+    id: NodeId,
+    event_loop: JoinHandle<()>,
+    bridge: JoinHandle<Result<(), String>>,
+    timer: JoinHandle<()>,
+    stop_event_loop: Sender<()>,
+    stop_bridge: oneshot::Sender<()>,
+}
+
+impl Node {
+    /// Recover the node from `storage` and start its threads, serving on
+    /// `listener` (already bound to the node's own address).
+    pub fn start(
+        config: &NodeConfig,
+        storage: Box<dyn Storage>,
+        listener: TcpListener,
+    ) -> std::io::Result<Node> {
+        let id = config.id;
+        let (tick_tx, tick_rx) = bounded(1);
+        let (peer_tx, peer_rx) = bounded(PEER_MESSAGES_LEN);
+        let (client_tx, client_rx) = bounded(CLIENT_CALLS_LEN);
+        let (stop_event_loop, shutdown_rx) = bounded(1);
+        let (stop_bridge, bridge_shutdown) = oneshot::channel();
+        let (response_tx, response_rx) = unbounded();
+
+        let mut peer_queues = HashMap::new();
+        let mut outbound = HashMap::new();
+        for peer in config.members.ids().into_iter().filter(|&p| p != id) {
+            let (queue_tx, queue_rx) = mpsc::channel(bridge::PEER_QUEUE_LEN);
+            peer_queues.insert(peer, queue_tx);
+            outbound.insert(peer, queue_rx);
+        }
+        let outbox = RuntimeOutbox::new(id, peer_queues, response_tx);
+        let node = RaftNode::new(config.raft_config(), storage, Box::new(outbox));
+
+        let bridge = Bridge {
+            id,
+            members: Arc::new(config.members.clone()),
+            listener,
+            peer_messages: peer_tx,
+            client_calls: client_tx,
+            outbound,
+            shutdown: bridge_shutdown,
+        }
+        .spawn()?;
+        let inputs = Inputs {
+            ticks: tick_rx,
+            peer_messages: peer_rx,
+            client_calls: client_rx,
+            shutdown: shutdown_rx,
+        };
+        let event_loop = thread::Builder::new()
+            .name("event-loop".into())
+            .spawn(move || EventLoop::new(node, inputs, response_rx).run())?;
+        let timer = timer::spawn(config.timing.tick, tick_tx)?;
+        Ok(Node {
+            id,
+            event_loop,
+            bridge,
+            timer,
+            stop_event_loop,
+            stop_bridge,
+        })
+    }
+
+    /// Block until the node stops by itself, which only an error makes it do.
+    pub fn wait(self) -> Result<(), String> {
+        let id = self.id;
+        let served = self
+            .bridge
+            .join()
+            .unwrap_or_else(|_| Err(format!("node {id}: the gRPC bridge thread panicked")));
+        Self::stop_the_rest(id, self.stop_event_loop, self.event_loop, self.timer)?;
+        served
+    }
+
+    /// Stop serving, stop the event loop and the timer, and wait for them.
+    pub fn shutdown(self) -> Result<(), String> {
+        let id = self.id;
+        let _ = self.stop_bridge.send(());
+        let served = self
+            .bridge
+            .join()
+            .unwrap_or_else(|_| Err(format!("node {id}: the gRPC bridge thread panicked")));
+        Self::stop_the_rest(id, self.stop_event_loop, self.event_loop, self.timer)?;
+        served
+    }
+
+    fn stop_the_rest(
+        id: NodeId,
+        stop_event_loop: Sender<()>,
+        event_loop: JoinHandle<()>,
+        timer: JoinHandle<()>,
+    ) -> Result<(), String> {
+        let _ = stop_event_loop.send(());
+        event_loop
+            .join()
+            .map_err(|_| format!("node {id}: the event loop panicked"))?;
+        // The timer notices the event loop is gone at its next tick.
+        timer
+            .join()
+            .map_err(|_| format!("node {id}: the timer thread panicked"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! The gRPC bridge: the one thread of a node that runs tokio.
+//!
+//! Raft itself is synchronous (see `event_loop.rs`); this thread turns it
+//! into network traffic and back, and is the only place prost types appear.
+//!
+//! - **Inbound.** One tonic server on the node's own address serves the peer
+//!   service `raftpeer.Raft` and the client service `raftkv.KeyValue`
+//!   (`services.rs`). Each call is converted (`convert.rs`) and sent to the
+//!   event loop with a oneshot channel for the answer.
+//! - **Outbound.** For each peer, a task reads the bounded queue the event
+//!   loop's outbox fills and sends every message as its own RPC, without
+//!   waiting for earlier replies; a reply is sent to the event loop as a
+//!   message from that peer. At most [`MAX_IN_FLIGHT_PER_PEER`] RPCs per
+//!   peer are outstanding; beyond that, and on any error or timeout, the
+//!   message is dropped: Raft treats it as lost and retries (§5.3). Channels
+//!   connect lazily, so a dead peer costs a failed connect, never a stall.
+//!
+//! The runtime is `current_thread`: three nodes share two cores on the
+//! reference machine, and one tokio thread per node next to its event loop
+//! measured faster there than a multi-threaded runtime (see README).
+
+mod convert;
+mod services;
+
+pub use services::LEADER_ADDR_METADATA;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use log::{debug, warn};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Response, Status};
+
+use crate::config::{Address, Members};
+use crate::proto::kv::key_value_server::KeyValueServer;
+use crate::proto::peer::raft_client::RaftClient;
+use crate::proto::peer::raft_server::RaftServer;
+use crate::raft::{Message, NodeId};
+use crate::server::event_loop::{ClientCall, PeerMessage};
+use services::{ClientService, PeerService};
+
+/// Largest gRPC message sent or accepted: AppendEntries batches and snapshot
+/// chunks run to several MiB, and one value may be 1 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Messages waiting to be sent to one peer; more are dropped.
+pub const PEER_QUEUE_LEN: usize = 256;
+/// RPCs outstanding to one peer; more are dropped.
+pub const MAX_IN_FLIGHT_PER_PEER: usize = 32;
+/// How long a RequestVote or AppendEntries may take before it counts as lost.
+const RPC_TIMEOUT: Duration = Duration::from_secs(1);
+/// InstallSnapshot chunks are large (up to 1 MiB each), so wait longer.
+const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping server waits for its clients to hang up.
+const GRACEFUL_SHUTDOWN: Duration = Duration::from_millis(500);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 pings notice a peer that vanished without closing its connection.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 flow-control windows large enough for a full AppendEntries batch
+/// in one round trip (the default 64 KiB would need dozens).
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
+/// What the bridge thread needs.
+pub struct Bridge {
+    pub id: NodeId,
+    pub members: Arc<Members>,
+    /// this node's listening socket, bound early (see `config::bind_listener`)
+    pub listener: std::net::TcpListener,
+    pub peer_messages: Sender<PeerMessage>,
+    pub client_calls: Sender<ClientCall>,
+    /// per peer, the queue the event loop's outbox fills
+    pub outbound: HashMap<NodeId, mpsc::Receiver<Message>>,
+    /// stops the server when fired or dropped
+    pub shutdown: oneshot::Receiver<()>,
+}
+
+impl Bridge {
+    /// Start the bridge thread. It returns when shut down, or with a one-line
+    /// error if the server fails.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<Result<(), String>>> {
+        thread::Builder::new()
+            .name("grpc-bridge".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(self) -> Result<(), String> {
+        let id = self.id;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("node {id}: cannot start the tokio runtime: {e}"))?;
+        runtime.block_on(self.serve())
+    }
+
+    async fn serve(self) -> Result<(), String> {
+        let Bridge {
+            id,
+            members,
+            listener,
+            peer_messages,
+            client_calls,
+            outbound,
+            shutdown,
+        } = self;
+        for (peer, queue) in outbound {
+            let address = members
+                .address(peer)
+                .expect("every peer with a queue is a member")
+                .clone();
+            let client = peer_client(&address)
+                .map_err(|e| format!("node {id}: bad address {address} for peer {peer}: {e}"))?;
+            let sender = PeerSender {
+                id,
+                peer,
+                client,
+                replies: peer_messages.clone(),
+                in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER)),
+            };
+            tokio::spawn(sender.run(queue));
+        }
+
+        let incoming = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map_err(|e| format!("node {id}: cannot use the listening socket: {e}"))?;
+        let incoming = TcpIncoming::from(incoming).with_nodelay(Some(true));
+        let peer_service = PeerService {
+            id,
+            members: members.clone(),
+            to_event_loop: peer_messages,
+        };
+        let client_service = ClientService {
+            members,
+            to_event_loop: client_calls,
+        };
+        // Shutdown closes connections gracefully, but a client that never
+        // reads its GOAWAY must not keep the node from stopping.
+        let (stopping_tx, stopping) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = shutdown.await;
+            let _ = stopping_tx.send(true);
+        });
+        let mut stop_serving = stopping.clone();
+        let mut stop_waiting = stopping;
+        let server = Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .add_service(
+                RaftServer::new(peer_service)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                KeyValueServer::new(client_service)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_serving.wait_for(|&stop| stop).await;
+            });
+        tokio::select! {
+            served = server => served.map_err(|e| format!("node {id}: the gRPC server failed: {e}")),
+            _ = async move {
+                let _ = stop_waiting.wait_for(|&stop| stop).await;
+                tokio::time::sleep(GRACEFUL_SHUTDOWN).await;
+            } => Ok(()),
+        }
+    }
+}
+
+/// A client for one peer that connects on first use and reconnects after
+/// failures by itself.
+fn peer_client(address: &Address) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(address.url())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .connect_lazy();
+    Ok(RaftClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Sends the event loop's messages for one peer.
+struct PeerSender {
+    id: NodeId,
+    peer: NodeId,
+    client: RaftClient<Channel>,
+    /// where replies go: the event loop, as messages from `peer`
+    replies: Sender<PeerMessage>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl PeerSender {
+    async fn run(self, mut queue: mpsc::Receiver<Message>) {
+        while let Some(message) = queue.recv().await {
+            let (id, peer, term) = (self.id, self.peer, message.term());
+            if !message.is_request() {
+                warn!(
+                    "node {id} term {term}: a reply cannot travel on its own (it returns on the RPC it answers): {}",
+                    convert::summary(&message)
+                );
+                continue;
+            }
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                debug!(
+                    "node {id} term {term}: -> {peer} dropped, {MAX_IN_FLIGHT_PER_PEER} RPCs in flight: {}",
+                    convert::summary(&message)
+                );
+                continue;
+            };
+            debug!(
+                "node {id} term {term}: -> {peer} {}",
+                convert::summary(&message)
+            );
+            let client = self.client.clone();
+            let replies = self.replies.clone();
+            // Its own task: the next message need not wait for this reply.
+            tokio::spawn(async move {
+                let outcome = call(client, message).await;
+                drop(permit);
+                match outcome {
+                    Ok(reply) => {
+                        let reply = PeerMessage {
+                            from: peer,
+                            message: reply,
+                            reply: None,
+                        };
+                        if replies.try_send(reply).is_err() {
+                            debug!("node {id} term {term}: reply from {peer} dropped: event loop busy or gone");
+                        }
+                    }
+                    Err(error) => debug!("node {id} term {term}: -> {peer} failed: {error}"),
+                }
+            });
+        }
+    }
+}
+
+/// Make one RPC for `message` and return the reply as a message.
+async fn call(mut client: RaftClient<Channel>, message: Message) -> Result<Message, String> {
+    match message {
+        Message::RequestVote(m) => {
+            let reply = within(
+                RPC_TIMEOUT,
+                client.request_vote(convert::request_vote_to_proto(m)),
+            )
+            .await?;
+            Ok(Message::RequestVoteReply(
+                convert::request_vote_reply_from_proto(reply),
+            ))
+        }
+        Message::AppendEntries(m) => {
+            let reply = within(
+                RPC_TIMEOUT,
+                client.append_entries(convert::append_entries_to_proto(m)),
+            )
+            .await?;
+            Ok(Message::AppendEntriesReply(
+                convert::append_entries_reply_from_proto(reply),
+            ))
+        }
+        Message::InstallSnapshot(m) => {
+            let reply = within(
+                SNAPSHOT_RPC_TIMEOUT,
+                client.install_snapshot(convert::install_snapshot_to_proto(m)),
+            )
+            .await?;
+            Ok(Message::InstallSnapshotReply(
+                convert::install_snapshot_reply_from_proto(reply),
+            ))
+        }
+        reply => Err(format!("{} is not a request", convert::summary(&reply))),
+    }
+}
+
+/// Await an RPC for at most `limit`.
+async fn within<T>(
+    limit: Duration,
+    rpc: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, rpc).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+        Err(_) => Err(format!("no reply within {limit:?}")),
+    }
+}

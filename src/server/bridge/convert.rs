@@ -1,0 +1,342 @@
+//! Conversions between the core's [`Message`] and the prost types of
+//! proto/raft.proto. This is the only place the two meet.
+//!
+//! Messages arriving from the network are checked here, so that nothing a
+//! peer sends can make the core trip over its own assertions: an entry whose
+//! command does not decode, or entries that do not follow `prev_log_index`
+//! one by one, are refused with a one-line reason.
+
+use crate::kv::{decode_command, encode_command};
+use crate::proto::peer as pb;
+use crate::raft::{
+    AppendEntries, AppendEntriesReply, Entry, InstallSnapshot, InstallSnapshotReply, Message,
+    RequestVote, RequestVoteReply,
+};
+
+pub fn request_vote_from_proto(m: pb::RequestVoteRequest) -> RequestVote {
+    RequestVote {
+        term: m.term,
+        candidate_id: m.candidate_id,
+        last_log_index: m.last_log_index,
+        last_log_term: m.last_log_term,
+    }
+}
+
+pub fn request_vote_to_proto(m: RequestVote) -> pb::RequestVoteRequest {
+    pb::RequestVoteRequest {
+        term: m.term,
+        candidate_id: m.candidate_id,
+        last_log_index: m.last_log_index,
+        last_log_term: m.last_log_term,
+    }
+}
+
+pub fn request_vote_reply_from_proto(m: pb::RequestVoteReply) -> RequestVoteReply {
+    RequestVoteReply {
+        term: m.term,
+        vote_granted: m.vote_granted,
+    }
+}
+
+pub fn request_vote_reply_to_proto(m: RequestVoteReply) -> pb::RequestVoteReply {
+    pb::RequestVoteReply {
+        term: m.term,
+        vote_granted: m.vote_granted,
+    }
+}
+
+/// Decode an AppendEntries; the error says what is wrong with it.
+pub fn append_entries_from_proto(m: pb::AppendEntriesRequest) -> Result<AppendEntries, String> {
+    let mut entries = Vec::with_capacity(m.entries.len());
+    for (position, entry) in m.entries.into_iter().enumerate() {
+        // §5.3: the entries follow prev_log_index without gaps.
+        let expected = m.prev_log_index + 1 + position as u64;
+        if entry.index != expected {
+            return Err(format!(
+                "entry {} of AppendEntries has index {}, expected {expected}",
+                position + 1,
+                entry.index
+            ));
+        }
+        let command = decode_command(&entry.command)
+            .map_err(|e| format!("entry {}: command does not decode: {e}", entry.index))?;
+        entries.push(Entry {
+            index: entry.index,
+            term: entry.term,
+            command,
+        });
+    }
+    Ok(AppendEntries {
+        term: m.term,
+        leader_id: m.leader_id,
+        prev_log_index: m.prev_log_index,
+        prev_log_term: m.prev_log_term,
+        entries,
+        leader_commit: m.leader_commit,
+        read_round: m.read_round,
+    })
+}
+
+pub fn append_entries_to_proto(m: AppendEntries) -> pb::AppendEntriesRequest {
+    pb::AppendEntriesRequest {
+        term: m.term,
+        leader_id: m.leader_id,
+        prev_log_index: m.prev_log_index,
+        prev_log_term: m.prev_log_term,
+        entries: m
+            .entries
+            .iter()
+            .map(|entry| pb::LogEntry {
+                index: entry.index,
+                term: entry.term,
+                command: encode_command(&entry.command),
+            })
+            .collect(),
+        leader_commit: m.leader_commit,
+        read_round: m.read_round,
+    }
+}
+
+pub fn append_entries_reply_from_proto(m: pb::AppendEntriesReply) -> AppendEntriesReply {
+    AppendEntriesReply {
+        term: m.term,
+        success: m.success,
+        match_index: m.match_index,
+        conflict_term: m.conflict_term,
+        conflict_index: m.conflict_index,
+        read_round: m.read_round,
+    }
+}
+
+pub fn append_entries_reply_to_proto(m: AppendEntriesReply) -> pb::AppendEntriesReply {
+    pb::AppendEntriesReply {
+        term: m.term,
+        success: m.success,
+        match_index: m.match_index,
+        conflict_term: m.conflict_term,
+        conflict_index: m.conflict_index,
+        read_round: m.read_round,
+    }
+}
+
+pub fn install_snapshot_from_proto(m: pb::InstallSnapshotRequest) -> InstallSnapshot {
+    InstallSnapshot {
+        term: m.term,
+        leader_id: m.leader_id,
+        last_included_index: m.last_included_index,
+        last_included_term: m.last_included_term,
+        offset: m.offset,
+        data: m.data,
+        done: m.done,
+    }
+}
+
+pub fn install_snapshot_to_proto(m: InstallSnapshot) -> pb::InstallSnapshotRequest {
+    pb::InstallSnapshotRequest {
+        term: m.term,
+        leader_id: m.leader_id,
+        last_included_index: m.last_included_index,
+        last_included_term: m.last_included_term,
+        offset: m.offset,
+        data: m.data,
+        done: m.done,
+    }
+}
+
+pub fn install_snapshot_reply_from_proto(m: pb::InstallSnapshotReply) -> InstallSnapshotReply {
+    InstallSnapshotReply {
+        term: m.term,
+        last_included_index: m.last_included_index,
+        next_offset: m.next_offset,
+        done: m.done,
+    }
+}
+
+pub fn install_snapshot_reply_to_proto(m: InstallSnapshotReply) -> pb::InstallSnapshotReply {
+    pb::InstallSnapshotReply {
+        term: m.term,
+        last_included_index: m.last_included_index,
+        next_offset: m.next_offset,
+        done: m.done,
+    }
+}
+
+/// One line describing a message for the debug log, without its payload.
+pub fn summary(message: &Message) -> String {
+    match message {
+        Message::RequestVote(m) => format!(
+            "RequestVote term {} last log {}/{}",
+            m.term, m.last_log_index, m.last_log_term
+        ),
+        Message::RequestVoteReply(m) => {
+            format!(
+                "RequestVoteReply term {} granted {}",
+                m.term, m.vote_granted
+            )
+        }
+        Message::AppendEntries(m) => format!(
+            "AppendEntries term {} prev {}/{} entries {} commit {} read round {}",
+            m.term,
+            m.prev_log_index,
+            m.prev_log_term,
+            m.entries.len(),
+            m.leader_commit,
+            m.read_round
+        ),
+        Message::AppendEntriesReply(m) => format!(
+            "AppendEntriesReply term {} success {} match {} conflict {}/{}",
+            m.term, m.success, m.match_index, m.conflict_term, m.conflict_index
+        ),
+        Message::InstallSnapshot(m) => format!(
+            "InstallSnapshot term {} through {}/{} offset {} bytes {} done {}",
+            m.term,
+            m.last_included_index,
+            m.last_included_term,
+            m.offset,
+            m.data.len(),
+            m.done
+        ),
+        Message::InstallSnapshotReply(m) => format!(
+            "InstallSnapshotReply term {} through {} next offset {} done {}",
+            m.term, m.last_included_index, m.next_offset, m.done
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Command;
+
+    fn entries() -> Vec<Entry> {
+        vec![
+            Entry {
+                index: 8,
+                term: 3,
+                command: Command::Noop,
+            },
+            Entry {
+                index: 9,
+                term: 3,
+                command: Command::Set {
+                    key: "k".into(),
+                    value: "v".into(),
+                    client_id: 7,
+                    sequence: 2,
+                },
+            },
+            Entry {
+                index: 10,
+                term: 4,
+                command: Command::Delete {
+                    key: "k".into(),
+                    client_id: 7,
+                    sequence: 3,
+                },
+            },
+        ]
+    }
+
+    fn append_entries() -> AppendEntries {
+        AppendEntries {
+            term: 4,
+            leader_id: 2,
+            prev_log_index: 7,
+            prev_log_term: 3,
+            entries: entries(),
+            leader_commit: 9,
+            read_round: 5,
+        }
+    }
+
+    #[test]
+    fn every_message_survives_the_round_trip() {
+        let vote = RequestVote {
+            term: 5,
+            candidate_id: 3,
+            last_log_index: 10,
+            last_log_term: 4,
+        };
+        assert_eq!(
+            request_vote_from_proto(request_vote_to_proto(vote.clone())),
+            vote
+        );
+        let vote_reply = RequestVoteReply {
+            term: 5,
+            vote_granted: true,
+        };
+        assert_eq!(
+            request_vote_reply_from_proto(request_vote_reply_to_proto(vote_reply.clone())),
+            vote_reply
+        );
+        let append = append_entries();
+        assert_eq!(
+            append_entries_from_proto(append_entries_to_proto(append.clone())),
+            Ok(append)
+        );
+        let append_reply = AppendEntriesReply {
+            term: 4,
+            success: false,
+            match_index: 0,
+            conflict_term: 2,
+            conflict_index: 6,
+            read_round: 5,
+        };
+        assert_eq!(
+            append_entries_reply_from_proto(append_entries_reply_to_proto(append_reply.clone())),
+            append_reply
+        );
+        let snapshot = InstallSnapshot {
+            term: 4,
+            leader_id: 2,
+            last_included_index: 100,
+            last_included_term: 3,
+            offset: 4096,
+            data: vec![1, 2, 3],
+            done: true,
+        };
+        assert_eq!(
+            install_snapshot_from_proto(install_snapshot_to_proto(snapshot.clone())),
+            snapshot
+        );
+        let snapshot_reply = InstallSnapshotReply {
+            term: 4,
+            last_included_index: 100,
+            next_offset: 4099,
+            done: true,
+        };
+        assert_eq!(
+            install_snapshot_reply_from_proto(install_snapshot_reply_to_proto(
+                snapshot_reply.clone()
+            )),
+            snapshot_reply
+        );
+    }
+
+    #[test]
+    fn refuses_entries_that_do_not_follow_prev_log_index() {
+        let mut request = append_entries_to_proto(append_entries());
+        request.entries[1].index = 10;
+        assert_eq!(
+            append_entries_from_proto(request),
+            Err("entry 2 of AppendEntries has index 10, expected 9".to_string())
+        );
+        let mut request = append_entries_to_proto(append_entries());
+        request.prev_log_index = 6;
+        assert_eq!(
+            append_entries_from_proto(request),
+            Err("entry 1 of AppendEntries has index 8, expected 7".to_string())
+        );
+    }
+
+    #[test]
+    fn refuses_a_command_that_does_not_decode() {
+        let mut request = append_entries_to_proto(append_entries());
+        request.entries[2].command = vec![0xff, 0xff];
+        let error = append_entries_from_proto(request).unwrap_err();
+        assert!(
+            error.starts_with("entry 10: command does not decode: "),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! Nodes running in this process on loopback ports, each with its three
+//! threads and a simulated disk, driven through their real gRPC services.
+//! These are not deterministic: they wait, with a deadline, for the cluster
+//! to get somewhere.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::bridge::LEADER_ADDR_METADATA;
+use super::Node;
+use crate::config::{Address, LogLevel, Members, NodeConfig, Timing};
+use crate::proto::kv::key_value_client::KeyValueClient;
+use crate::proto::kv::{
+    Consistency, DeleteRequest, GetRequest, SetRequest, StatusRequest, StatusResponse,
+};
+use crate::proto::peer::raft_client::RaftClient;
+use crate::proto::peer::{AppendEntriesRequest, LogEntry, RequestVoteRequest};
+use crate::raft::{MemStorage, NodeId};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Up to three nodes on free loopback ports; dropping it stops them all.
+struct TestCluster {
+    members: Members,
+    listeners: Vec<Option<TcpListener>>,
+    disks: Vec<MemStorage>,
+    nodes: Vec<Option<Node>>,
+    snapshot_threshold: usize,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl TestCluster {
+    /// Bind a port for each of `size` members; start none of them yet.
+    fn new(size: usize, snapshot_threshold: usize) -> TestCluster {
+        let listeners: Vec<TcpListener> = (0..size)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let list = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{}={}", i + 1, l.local_addr().unwrap()))
+            .collect::<Vec<_>>()
+            .join(",");
+        TestCluster {
+            members: Members::parse_peers(&list).unwrap(),
+            listeners: listeners.into_iter().map(Some).collect(),
+            disks: (0..size).map(|_| MemStorage::new()).collect(),
+            nodes: (0..size).map(|_| None).collect(),
+            snapshot_threshold,
+            // A worker thread of its own keeps the clients' connections
+            // alive between calls, so they hang up promptly at shutdown.
+            runtime: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let i = id as usize - 1;
+        let config = NodeConfig {
+            id,
+            members: self.members.clone(),
+            data_dir: PathBuf::new(),
+            timing: Timing::new("150-300", 50, 10).unwrap(),
+            snapshot_threshold: self.snapshot_threshold,
+            log_level: LogLevel::Info,
+        };
+        let listener = self.listeners[i].take().expect("each node starts once");
+        let disk = Box::new(self.disks[i].clone());
+        self.nodes[i] = Some(Node::start(&config, disk, listener).unwrap());
+    }
+
+    fn start_all(&mut self) {
+        for id in self.members.ids() {
+            self.start(id);
+        }
+    }
+
+    fn address(&self, id: NodeId) -> &Address {
+        self.members.address(id).unwrap()
+    }
+
+    fn client(&self, id: NodeId) -> KeyValueClient<Channel> {
+        let url = self.address(id).url();
+        self.runtime.block_on(KeyValueClient::connect(url)).unwrap()
+    }
+
+    fn status(&self, id: NodeId) -> Result<StatusResponse, Status> {
+        let mut client = self.client(id);
+        self.runtime
+            .block_on(client.status(StatusRequest {}))
+            .map(|r| r.into_inner())
+    }
+
+    fn running(&self) -> Vec<NodeId> {
+        self.members
+            .ids()
+            .into_iter()
+            .filter(|&id| self.nodes[id as usize - 1].is_some())
+            .collect()
+    }
+
+    /// Wait until every running node names the same leader in the same term.
+    fn leader(&self) -> NodeId {
+        eventually("one leader that every running node agrees on", || {
+            let statuses: Vec<StatusResponse> = self
+                .running()
+                .into_iter()
+                .map(|id| self.status(id).ok())
+                .collect::<Option<_>>()?;
+            let leaders: Vec<&StatusResponse> =
+                statuses.iter().filter(|s| s.role == "leader").collect();
+            let [leader] = leaders[..] else {
+                return None;
+            };
+            statuses
+                .iter()
+                .all(|s| s.leader_id == leader.id && s.term == leader.term)
+                .then_some(leader.id)
+        })
+    }
+
+    fn set(&self, id: NodeId, key: &str, value: &str) -> Result<(), Status> {
+        let mut client = self.client(id);
+        let request = SetRequest {
+            key: key.into(),
+            value: value.into(),
+            client_id: 0,
+            sequence: 0,
+        };
+        self.runtime.block_on(client.set(request)).map(|_| ())
+    }
+
+    fn get(&self, id: NodeId, key: &str, consistency: i32) -> Result<Option<String>, Status> {
+        let mut client = self.client(id);
+        let request = GetRequest {
+            key: key.into(),
+            consistency,
+        };
+        let response = self.runtime.block_on(client.get(request))?.into_inner();
+        Ok(response.found.then_some(response.value))
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.iter_mut().filter_map(Option::take) {
+            let _ = node.shutdown();
+        }
+    }
+}
+
+/// Poll `check` until it gives an answer, failing after [`DEADLINE`].
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(answer) = check() {
+            return answer;
+        }
+        assert!(start.elapsed() < DEADLINE, "no {what} within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn follower_of(cluster: &TestCluster, leader: NodeId) -> NodeId {
+    cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap()
+}
+
+#[test]
+fn elects_a_leader_and_serves_writes_and_reads() {
+    let mut cluster = TestCluster::new(3, 10_000);
+    cluster.start_all();
+    let leader = cluster.leader();
+
+    cluster.set(leader, "color", "blue").unwrap();
+    let linearizable = Consistency::Linearizable as i32;
+    assert_eq!(
+        cluster.get(leader, "color", linearizable).unwrap(),
+        Some("blue".to_string())
+    );
+    assert_eq!(cluster.get(leader, "shape", linearizable).unwrap(), None);
+
+    let follower = follower_of(&cluster, leader);
+    eventually("the write on a follower", || {
+        let value = cluster
+            .get(follower, "color", Consistency::Stale as i32)
+            .unwrap();
+        (value.as_deref() == Some("blue")).then_some(())
+    });
+
+    let mut client = cluster.client(leader);
+    let delete = |key: &str| DeleteRequest {
+        key: key.into(),
+        client_id: 0,
+        sequence: 0,
+    };
+    let deleted = cluster
+        .runtime
+        .block_on(client.delete(delete("color")))
+        .unwrap();
+    assert!(deleted.into_inner().existed);
+    let deleted = cluster
+        .runtime
+        .block_on(client.delete(delete("color")))
+        .unwrap();
+    assert!(!deleted.into_inner().existed);
+}
+
+#[test]
+fn a_follower_refuses_writes_and_names_the_leader() {
+    let mut cluster = TestCluster::new(3, 10_000);
+    cluster.start_all();
+    let leader = cluster.leader();
+    let follower = follower_of(&cluster, leader);
+    let leader_address = cluster.address(leader).to_string();
+
+    let refusal = cluster.set(follower, "k", "v").unwrap_err();
+    assert_eq!(refusal.code(), Code::Unavailable);
+    assert_eq!(
+        refusal.message(),
+        format!("not leader; the leader is node {leader} at {leader_address}")
+    );
+    let named = refusal.metadata().get(LEADER_ADDR_METADATA).unwrap();
+    assert_eq!(named.to_str().unwrap(), leader_address);
+
+    let refusal = cluster
+        .get(follower, "k", Consistency::Linearizable as i32)
+        .unwrap_err();
+    assert_eq!(refusal.code(), Code::Unavailable);
+    assert!(refusal.metadata().get(LEADER_ADDR_METADATA).is_some());
+}
+
+#[test]
+fn bad_client_input_is_refused_and_changes_nothing() {
+    let mut cluster = TestCluster::new(1, 10_000);
+    cluster.start_all();
+    let leader = cluster.leader();
+    let before = cluster.status(leader).unwrap();
+
+    let refusal = cluster.set(leader, "", "v").unwrap_err();
+    assert_eq!(refusal.code(), Code::InvalidArgument);
+    assert_eq!(refusal.message(), "key must not be empty");
+
+    let refusal = cluster.get(leader, "k", 7).unwrap_err();
+    assert_eq!(refusal.code(), Code::InvalidArgument);
+    assert_eq!(
+        refusal.message(),
+        "unknown consistency 7; expected LINEARIZABLE (0) or STALE (1)"
+    );
+
+    let after = cluster.status(leader).unwrap();
+    assert_eq!(after.last_log_index, before.last_log_index);
+}
+
+#[test]
+fn a_node_with_no_leader_says_so() {
+    let mut cluster = TestCluster::new(3, 10_000);
+    cluster.start(1);
+    let refusal = cluster.set(1, "k", "v").unwrap_err();
+    assert_eq!(refusal.code(), Code::Unavailable);
+    assert_eq!(refusal.message(), "not leader; no leader is known yet");
+    assert!(refusal.metadata().get(LEADER_ADDR_METADATA).is_none());
+}
+
+#[test]
+fn the_peer_service_refuses_strangers_and_malformed_entries() {
+    let mut cluster = TestCluster::new(3, 10_000);
+    cluster.start(1);
+    let url = cluster.address(1).url();
+    let mut peer = cluster.runtime.block_on(RaftClient::connect(url)).unwrap();
+
+    let stranger = RequestVoteRequest {
+        term: 1,
+        candidate_id: 9,
+        last_log_index: 0,
+        last_log_term: 0,
+    };
+    let refusal = cluster
+        .runtime
+        .block_on(peer.request_vote(stranger))
+        .unwrap_err();
+    assert_eq!(refusal.code(), Code::InvalidArgument);
+    assert_eq!(refusal.message(), "node 9 is not a peer of node 1");
+
+    let gap = AppendEntriesRequest {
+        term: 1,
+        leader_id: 2,
+        prev_log_index: 0,
+        prev_log_term: 0,
+        entries: vec![LogEntry {
+            index: 2,
+            term: 1,
+            command: crate::kv::encode_command(&crate::raft::Command::Noop),
+        }],
+        leader_commit: 0,
+        read_round: 0,
+    };
+    let refusal = cluster
+        .runtime
+        .block_on(peer.append_entries(gap))
+        .unwrap_err();
+    assert_eq!(refusal.code(), Code::InvalidArgument);
+    assert_eq!(
+        refusal.message(),
+        "entry 1 of AppendEntries has index 2, expected 1"
+    );
+    // Neither request reached the core: node 1 is still in term 0.
+    assert_eq!(cluster.status(1).unwrap().term, 0);
+}
+
+#[test]
+fn a_dead_peer_does_not_stop_the_majority() {
+    let mut cluster = TestCluster::new(3, 10_000);
+    cluster.start(1);
+    cluster.start(2);
+    let leader = cluster.leader();
+    for i in 0..20 {
+        cluster.set(leader, &format!("key{i}"), "value").unwrap();
+    }
+    let status = cluster.status(leader).unwrap();
+    assert_eq!(status.last_applied, status.last_log_index);
+}
+
+#[test]
+fn a_late_follower_catches_up_through_a_snapshot() {
+    let mut cluster = TestCluster::new(3, 5);
+    cluster.start(1);
+    cluster.start(2);
+    let leader = cluster.leader();
+    for i in 0..30 {
+        cluster.set(leader, &format!("key{i}"), "value").unwrap();
+    }
+    let target = cluster.status(leader).unwrap().commit_index;
+    cluster.start(3);
+    eventually("node 3 to catch up", || {
+        let status = cluster.status(3).ok()?;
+        (status.last_applied >= target).then_some(())
+    });
+    assert!(cluster.disks[2].durable_snapshot().is_some());
+    assert_eq!(
+        cluster.get(3, "key29", Consistency::Stale as i32).unwrap(),
+        Some("value".to_string())
+    );
+}
+
+#[test]
+fn shutdown_stops_every_thread_and_frees_the_port() {
+    let mut cluster = TestCluster::new(1, 10_000);
+    cluster.start_all();
+    cluster.leader();
+    let node = cluster.nodes[0].take().unwrap();
+    node.shutdown().unwrap();
+    let address = cluster.address(1).to_string();
+    TcpListener::bind(&address).unwrap();
+}
