@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, NodeConfig, Tuning, EXIT_BAD_CONFIG};
 use crate::raft::{NodeId, RaftNode, Storage};
+use crate::storage::FileStorage;
 use bridge::Bridge;
 use event_loop::{EventLoop, Inputs, RuntimeOutbox};
 
@@ -90,10 +91,15 @@ pub fn run_node(args: NodeArgs) -> i32 {
         Err(e) => return bad_config(e),
     };
     init_logging(config.log_level.filter());
-    // TEMPORARY until src/storage lands: FileStorage::open(&config.data_dir).
-    let storage: Box<dyn Storage> = Box::new(crate::raft::MemStorage::new());
+    let storage = match FileStorage::open(&config.data_dir) {
+        Ok(storage) => storage,
+        Err(e) => {
+            eprintln!("error: node {}: {e}", config.id);
+            return EXIT_BAD_CONFIG;
+        }
+    };
     exit_on_panic(config.id);
-    let node = match Node::start(&config, storage, listener) {
+    let node = match Node::start(&config, Box::new(storage), listener) {
         Ok(node) => node,
         Err(e) => {
             error!("node {}: cannot start: {e}", config.id);
@@ -101,8 +107,9 @@ pub fn run_node(args: NodeArgs) -> i32 {
         }
     };
     info!(
-        "node {}: serving peers and clients on {}; data in {}",
+        "node {}: pid {}, serving peers and clients on {}, data in {}",
         config.id,
+        std::process::id(),
         config.address(),
         config.data_dir.display()
     );
