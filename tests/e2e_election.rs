@@ -1,0 +1,369 @@
+//! End to end: real `raft-kv` processes on free loopback ports.
+//!
+//! - Three `raft-kv node` processes elect one leader; killing it (SIGKILL)
+//!   leads to a new one within a few seconds (§5.2).
+//! - Bad flags stop a node at once with exit code 2 and a one-line message.
+//! - `raft-kv cluster` prefixes its nodes' lines, survives the death of one
+//!   and, on SIGINT, stops its nodes and exits 0.
+//!
+//! Every process started here is killed by a Drop guard, even when a test fails.
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use raft_kv::proto::kv::key_value_client::KeyValueClient;
+use raft_kv::proto::kv::{StatusRequest, StatusResponse};
+
+const BIN: &str = env!("CARGO_BIN_EXE_raft-kv");
+/// Generous for a loaded 2-core machine; only a failing test waits this long.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// `n` loopback ports that were free a moment ago, all held at once so they
+/// are distinct.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    // Those of `make cluster` stay free for whoever is running it.
+    assert!(ports.iter().all(|p| !(7001..=7003).contains(p)));
+    ports
+}
+
+fn peers_flag(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Poll `check` until it answers, failing after [`DEADLINE`].
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(answer) = check() {
+            return answer;
+        }
+        assert!(start.elapsed() < DEADLINE, "no {what} within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills every process it holds when dropped.
+struct Processes(Vec<Option<Child>>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Three `raft-kv node` processes, node `id` at `ports[id - 1]`, each logging
+/// to a file in its own temporary data dir's parent.
+struct ThreeNodes {
+    ports: Vec<u16>,
+    processes: Processes,
+    dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl ThreeNodes {
+    fn start() -> ThreeNodes {
+        let ports = free_ports(3);
+        let dir = tempfile::tempdir().unwrap();
+        let mut processes = Processes(Vec::new());
+        for id in 1..=3u64 {
+            let log = std::fs::File::create(dir.path().join(format!("node{id}.log"))).unwrap();
+            let child = Command::new(BIN)
+                .arg("node")
+                .args(["--id", &id.to_string()])
+                .args(["--peers", &peers_flag(&ports)])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("node{id}")))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            processes.0.push(Some(child));
+        }
+        ThreeNodes {
+            ports,
+            processes,
+            dir,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn status(&self, id: u64) -> Option<StatusResponse> {
+        let url = format!("http://127.0.0.1:{}", self.ports[id as usize - 1]);
+        self.runtime.block_on(async {
+            let mut client = KeyValueClient::connect(url).await.ok()?;
+            let status =
+                tokio::time::timeout(Duration::from_secs(1), client.status(StatusRequest {}));
+            Some(status.await.ok()?.ok()?.into_inner())
+        })
+    }
+
+    fn alive(&self) -> Vec<u64> {
+        (1..=3)
+            .filter(|&id| self.processes.0[id as usize - 1].is_some())
+            .collect()
+    }
+
+    /// The leader every live node names, in the same term, once there is one.
+    fn agreed_leader(&self) -> Option<StatusResponse> {
+        let statuses: Vec<StatusResponse> = self
+            .alive()
+            .into_iter()
+            .map(|id| self.status(id))
+            .collect::<Option<_>>()?;
+        let leaders: Vec<&StatusResponse> =
+            statuses.iter().filter(|s| s.role == "leader").collect();
+        let [leader] = leaders[..] else {
+            return None;
+        };
+        let agreed = statuses
+            .iter()
+            .all(|s| s.leader_id == leader.id && s.term == leader.term);
+        agreed.then(|| leader.clone())
+    }
+
+    fn kill(&mut self, id: u64) {
+        let mut child = self.processes.0[id as usize - 1].take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Every node's log, for a failure message.
+    fn logs(&self) -> String {
+        (1..=3)
+            .map(|id| {
+                let path = self.dir.path().join(format!("node{id}.log"));
+                let log = std::fs::read_to_string(path).unwrap_or_default();
+                format!("--- node {id} ---\n{log}")
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_new_leader_is_elected_after_the_leader_is_killed() {
+    let mut nodes = ThreeNodes::start();
+    let first = eventually("leader that all three nodes agree on", || {
+        nodes.agreed_leader()
+    });
+
+    nodes.kill(first.id);
+    let killed_at = Instant::now();
+    let second = eventually("new leader after the first was killed", || {
+        nodes.agreed_leader()
+    });
+    let took = killed_at.elapsed();
+    assert_ne!(second.id, first.id, "{}", nodes.logs());
+    assert!(second.term > first.term, "{}", nodes.logs());
+    // An election timeout is at most 300 ms and the vote takes a round trip;
+    // the bound leaves room for a loaded machine.
+    assert!(
+        took < Duration::from_secs(5),
+        "the new leader took {took:?}\n{}",
+        nodes.logs()
+    );
+}
+
+/// Run `raft-kv node` with `args` and return its exit status and stderr.
+fn run_node(args: &[&str], data_dir: &Path) -> (ExitStatus, String) {
+    let output = Command::new(BIN)
+        .arg("node")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (output.status, String::from_utf8(output.stderr).unwrap())
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let ports = free_ports(3);
+    let peers = peers_flag(&ports);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let peers_with_taken = format!("1=127.0.0.1:{taken_port},2=127.0.0.1:{}", ports[1]);
+
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--id", "4", "--peers", &peers],
+            "error: --id 4 is not in the member list (1, 2, 3)".to_string(),
+        ),
+        (
+            vec!["--id", "1", "--peers", &peers, "--heartbeat-ms", "150"],
+            "error: --heartbeat-ms 150 must be less than the minimum election timeout (150 ms)"
+                .to_string(),
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--peers",
+                &peers,
+                "--election-timeout-ms",
+                "300-150",
+            ],
+            "error: --election-timeout-ms 300-150: MIN must be less than MAX".to_string(),
+        ),
+        (
+            vec!["--id", "1", "--peers", &peers_with_taken],
+            format!("error: address 127.0.0.1:{taken_port} is already in use"),
+        ),
+    ];
+    for (args, expected) in cases {
+        let (status, stderr) = run_node(&args, &data_dir);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr, format!("{expected}\n"), "{args:?}");
+    }
+    // Nothing was started, so nothing was written.
+    assert!(!data_dir.exists());
+}
+
+/// Lines `raft-kv cluster` prints, read on a thread of their own.
+struct ClusterOutput {
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl ClusterOutput {
+    /// Wait for a line for which `pick` gives an answer.
+    fn wait_for<T>(&mut self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let answer = pick(&line);
+                    self.seen.push(line);
+                    if let Some(answer) = answer {
+                        return answer;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {what} within {DEADLINE:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+/// `[node2] … node 2: pid 1234, serving …` → (2, 1234)
+fn node_pid(line: &str) -> Option<(u64, u32)> {
+    let rest = line.split_once("] ")?.1;
+    let rest = &rest[rest.find("node ")?..];
+    let (id, rest) = rest.strip_prefix("node ")?.split_once(": pid ")?;
+    let pid = rest.split_once(',')?.0;
+    Some((id.parse().ok()?, pid.parse().ok()?))
+}
+
+/// `[node2] … node 2 term 3: candidate -> leader` → (2, 3)
+fn new_leader(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_suffix(": candidate -> leader")?;
+    let rest = &rest[rest.rfind("node ")?..];
+    let (id, term) = rest.strip_prefix("node ")?.split_once(" term ")?;
+    Some((id.parse().ok()?, term.parse().ok()?))
+}
+
+fn signal(signal: &str, pid: u32) -> bool {
+    Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn cluster_prefixes_lines_outlives_a_killed_leader_and_stops_on_sigint() {
+    let ports = free_ports(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Processes(vec![Some(
+        Command::new(BIN)
+            .arg("cluster")
+            .args(["--peers", &peers_flag(&ports)])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )]);
+    let child = cluster.0[0].as_mut().unwrap();
+    let cluster_pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut output = ClusterOutput {
+        lines,
+        seen: Vec::new(),
+    };
+
+    let mut pids = std::collections::BTreeMap::new();
+    let mut latest_leader = None;
+    output.wait_for("a leader and every node's pid", |line| {
+        if let Some((id, pid)) = node_pid(line) {
+            assert!(line.starts_with(&format!("[node{id}] ")), "{line}");
+            pids.insert(id, pid);
+        }
+        if let Some(elected) = new_leader(line) {
+            latest_leader = Some(elected);
+        }
+        (pids.len() == 3 && latest_leader.is_some()).then_some(())
+    });
+    let (leader, term) = latest_leader.unwrap();
+
+    assert!(signal("-KILL", pids[&leader]));
+    output.wait_for("the killed leader's exit", |line| {
+        (line == format!("[node{leader}] exited: signal 9")).then_some(())
+    });
+    let (second, second_term) = output.wait_for("a new leader", new_leader);
+    assert_ne!(second, leader);
+    assert!(second_term > term);
+
+    assert!(signal("-INT", cluster_pid));
+    let child = cluster.0[0].as_mut().unwrap();
+    let status = eventually("exit of the cluster after SIGINT", || {
+        child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0), "{}", output.seen.join("\n"));
+    for (id, pid) in pids {
+        assert!(
+            !signal("-0", pid),
+            "node {id} (pid {pid}) outlived the cluster"
+        );
+    }
+}
