@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{cli, eventually, free_ports, runtime, stderr, stdout, Cluster, PATIENCE};
-use raft_kv::cli::{Client, Error, LEADER_ADDR};
+use raft_kv::cli::{Client, Error};
 use raft_kv::proto::kv::key_value_client::KeyValueClient;
 use raft_kv::proto::kv::{Consistency, DeleteRequest, GetRequest, SetRequest, SetResponse};
+use raft_kv::server::bridge::LEADER_ADDR_METADATA;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -156,7 +157,7 @@ fn a_follower_redirects_to_the_leader() {
             .expect_err("a follower must not accept a write");
         let named = refused
             .metadata()
-            .get(LEADER_ADDR)
+            .get(LEADER_ADDR_METADATA)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         (refused.code() == Code::Unavailable && named.as_deref() == Some(cluster.addr(leader)))

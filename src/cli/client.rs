@@ -23,6 +23,7 @@ use crate::proto::kv::key_value_client::KeyValueClient;
 use crate::proto::kv::{
     Consistency, DeleteRequest, GetRequest, SetRequest, StatusRequest, StatusResponse,
 };
+use crate::server::bridge::LEADER_ADDR_METADATA;
 
 /// How long one operation may keep retrying before giving up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,8 +32,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
-/// The metadata key a follower uses to name the leader (docs/api.md).
-pub const LEADER_ADDR: &str = "leader-addr";
 
 /// Why an operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +53,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::BadAddress(addr) if addr.is_empty() => write!(f, "no node address given"),
             Error::BadAddress(addr) => write!(f, "bad address {addr:?}: expected host:port"),
             Error::InvalidArgument(message) => write!(f, "invalid argument: {message}"),
             Error::StaleSequence(message) => write!(f, "stale request: {message}"),
@@ -267,7 +267,7 @@ impl Client {
             last = format!("{addr}: {}", describe(&status));
             let redirect = status
                 .metadata()
-                .get(LEADER_ADDR)
+                .get(LEADER_ADDR_METADATA)
                 .and_then(|value| value.to_str().ok())
                 .and_then(|leader| check_address(leader).ok());
             match redirect {

@@ -3,7 +3,7 @@
 
 mod client;
 
-pub use client::{Client, Error, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT, LEADER_ADDR};
+pub use client::{Client, Error, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT};
 
 use std::io::Write;
 use std::time::Duration;
