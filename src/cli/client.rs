@@ -152,7 +152,9 @@ impl Client {
             client_id: self.client_id,
             sequence: self.sequence,
         };
-        self.call(async |mut kv| kv.set(request.clone()).await.map(|_| ()))
+        self.call(true, async |mut kv| {
+            kv.set(request.clone()).await.map(|_| ())
+        })
     }
 
     /// Read `key`: from the leader after it confirms its leadership
@@ -167,7 +169,7 @@ impl Client {
             key: key.to_owned(),
             consistency: consistency as i32,
         };
-        self.call(async |mut kv| {
+        self.call(!stale, async |mut kv| {
             let answer = kv.get(request.clone()).await?.into_inner();
             Ok(answer.found.then_some(answer.value))
         })
@@ -181,7 +183,9 @@ impl Client {
             client_id: self.client_id,
             sequence: self.sequence,
         };
-        self.call(async |mut kv| Ok(kv.delete(request.clone()).await?.into_inner().existed))
+        self.call(true, async |mut kv| {
+            Ok(kv.delete(request.clone()).await?.into_inner().existed)
+        })
     }
 
     /// Ask every node for its status at once, without retrying; one entry
@@ -215,8 +219,10 @@ impl Client {
 
     /// Run `rpc` against the leader, finding it as described in the module
     /// comment, until it succeeds, fails for good, or the deadline passes.
+    /// A node that answers a `leader_only` call is remembered as the leader.
     fn call<T>(
         &mut self,
+        leader_only: bool,
         mut rpc: impl AsyncFnMut(KeyValueClient<Channel>) -> Result<T, Status>,
     ) -> Result<T, Error> {
         let started = Instant::now();
@@ -241,7 +247,9 @@ impl Client {
             let addr = &self.addrs[target];
             let status = match answer {
                 Ok(Ok(value)) => {
-                    self.leader = Some(target);
+                    if leader_only {
+                        self.leader = Some(target);
+                    }
                     return Ok(value);
                 }
                 Ok(Err(status)) => status,
