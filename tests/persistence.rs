@@ -76,7 +76,8 @@ impl Clients {
                     None => continue,
                 },
             };
-            client.in_flight = None;
+            // With no leader to send to, the old attempt stays in flight: it
+            // may still commit, and its answer still counts.
             let Some(leader) = c.leader() else {
                 continue;
             };
