@@ -1,0 +1,786 @@
+//! Milestone 5: the key-value service — client interaction (§8), sessions
+//! for exactly-once writes (dissertation §6.3) and reads (§6.4).
+//! Deterministic: replay one seed with
+//! `RAFT_SEED=N cargo test --release --test kv NAME`.
+
+use raft_kv::raft::{
+    AppendEntries, AppendEntriesReply, ClientError, ClientRequest, ClientResponse, ClientResult,
+    Message, NodeId, RequestId, RequestVote, Role,
+};
+use raft_kv::sim::{seeds, Cluster, SimConfig};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+fn set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientRequest {
+    ClientRequest::Set {
+        key: key.into(),
+        value: value.into(),
+        client_id,
+        sequence,
+    }
+}
+
+fn delete(key: &str, client_id: u64, sequence: u64) -> ClientRequest {
+    ClientRequest::Delete {
+        key: key.into(),
+        client_id,
+        sequence,
+    }
+}
+
+fn get(key: &str) -> ClientRequest {
+    ClientRequest::Get {
+        key: key.into(),
+        linearizable: true,
+    }
+}
+
+fn stale_get(key: &str) -> ClientRequest {
+    ClientRequest::Get {
+        key: key.into(),
+        linearizable: false,
+    }
+}
+
+fn value(v: &str) -> ClientResult {
+    Ok(ClientResponse::Value(Some(v.into())))
+}
+
+/// Find the leader and retry until answered with something other than "ask
+/// someone else" (§8); writes carry a session, so retries apply once (§6.3).
+fn submit(c: &mut Cluster, request: ClientRequest, max_ticks: u64) -> Option<ClientResult> {
+    let deadline = c.now() + max_ticks;
+    while c.now() < deadline {
+        let Some(leader) = c.leader() else {
+            c.tick();
+            continue;
+        };
+        let id = c.request(leader, request.clone());
+        match c.wait_response(id, 40) {
+            None | Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost)) => {
+                c.tick()
+            }
+            Some(result) => return Some(result),
+        }
+    }
+    None
+}
+
+/// Tick until every running node has applied all of the leader's log, and
+/// check their state machines are equal; returns the leader.
+fn converge(c: &mut Cluster, max_ticks: u64) -> NodeId {
+    let ok = c.run_until(max_ticks, |c| {
+        let Some(leader) = c.leader() else {
+            return false;
+        };
+        let last = c.node(leader).log().last_index();
+        c.ids()
+            .into_iter()
+            .filter(|&id| c.is_up(id))
+            .all(|id| c.node(id).log().last_index() == last && c.node(id).last_applied() == last)
+    });
+    assert!(ok, "the cluster did not converge within {max_ticks} ticks");
+    let leader = c.leader().unwrap();
+    for id in c.ids().into_iter().filter(|&id| c.is_up(id)) {
+        assert_eq!(c.node(id).state_machine(), c.node(leader).state_machine());
+    }
+    leader
+}
+
+// ---- A workload of concurrent clients, checked as it runs. ----
+
+/// A client writing one key, one request at a time, retrying with the same
+/// (client_id, sequence) until acknowledged.
+struct Writer {
+    client_id: u64,
+    key: String,
+    /// true: Set (odd sequences) and Delete (even) in turn, so every Delete
+    /// must find the key — a write applied twice would show. false: Set the
+    /// key to its sequence number, so reads can tell how recent they are.
+    toggle: bool,
+    acked: u64,
+    /// (request, sequence, tick sent)
+    in_flight: Option<(RequestId, u64, u64)>,
+}
+
+impl Writer {
+    fn request(&self, sequence: u64) -> ClientRequest {
+        if self.toggle && sequence.is_multiple_of(2) {
+            delete(&self.key, self.client_id, sequence)
+        } else {
+            set(&self.key, &sequence.to_string(), self.client_id, sequence)
+        }
+    }
+
+    /// The highest sequence that may have been applied.
+    fn attempted(&self) -> u64 {
+        self.in_flight.map_or(self.acked, |(_, s, _)| s)
+    }
+}
+
+/// A client reading a counter key with linearizable reads.
+struct Reader {
+    /// index of the (counter) writer whose key it reads
+    writer: usize,
+    /// (request, the writer's acknowledged sequence when the read was issued, tick sent)
+    in_flight: Option<(RequestId, u64, u64)>,
+}
+
+struct Workload {
+    writers: Vec<Writer>,
+    readers: Vec<Reader>,
+    rng: StdRng,
+    /// when false, writers finish what they have in flight and start nothing new
+    writing: bool,
+    reads_served: u64,
+}
+
+impl Workload {
+    fn new(seed: u64, counters: u64, togglers: u64, readers: usize) -> Workload {
+        let writers: Vec<_> = (1..=counters + togglers)
+            .map(|client_id| Writer {
+                client_id,
+                key: format!("key{client_id}"),
+                toggle: client_id > counters,
+                acked: 0,
+                in_flight: None,
+            })
+            .collect();
+        let readers = (0..readers)
+            .map(|i| Reader {
+                writer: i % counters as usize,
+                in_flight: None,
+            })
+            .collect();
+        Workload {
+            writers,
+            readers,
+            rng: StdRng::seed_from_u64(seed),
+            writing: true,
+            reads_served: 0,
+        }
+    }
+
+    fn acked(&self) -> u64 {
+        self.writers.iter().map(|w| w.acked).sum()
+    }
+
+    /// Some node that believes it leads: usually the newest leader, sometimes
+    /// a deposed one that has not noticed yet.
+    fn pick_leader(&mut self, c: &Cluster) -> Option<NodeId> {
+        let leaders = c.leaders();
+        if self.rng.gen_bool(0.2) {
+            leaders.choose(&mut self.rng).copied()
+        } else {
+            c.leader()
+        }
+    }
+
+    fn step(&mut self, c: &mut Cluster) {
+        for w in 0..self.writers.len() {
+            let writer = &self.writers[w];
+            let sequence = match writer.in_flight {
+                None if !self.writing => continue,
+                None => writer.acked + 1,
+                Some((id, sequence, sent_at)) => match c.response(id) {
+                    Some(Ok(response)) => {
+                        let expected = match writer.request(sequence) {
+                            ClientRequest::Delete { .. } => {
+                                ClientResponse::Deleted { existed: true }
+                            }
+                            _ => ClientResponse::Set,
+                        };
+                        assert_eq!(
+                            response, &expected,
+                            "client {} write {sequence}: a Delete that found nothing means \
+                             the Set before it was lost or a write was applied twice",
+                            writer.client_id
+                        );
+                        let writer = &mut self.writers[w];
+                        writer.acked = sequence;
+                        writer.in_flight = None;
+                        continue;
+                    }
+                    Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost)) => {
+                        sequence
+                    }
+                    Some(Err(other)) => panic!("write {sequence} failed: {other:?}"),
+                    None if c.now() - sent_at > 40 => sequence,
+                    None => continue,
+                },
+            };
+            // With no leader to send to, the old attempt stays in flight: it
+            // may still commit, and its answer still counts.
+            let Some(leader) = self.pick_leader(c) else {
+                continue;
+            };
+            let request = self.writers[w].request(sequence);
+            let id = c.request(leader, request);
+            self.writers[w].in_flight = Some((id, sequence, c.now()));
+        }
+        for r in 0..self.readers.len() {
+            let writer = &self.writers[self.readers[r].writer];
+            if let Some((id, acked_at_issue, sent_at)) = self.readers[r].in_flight {
+                match c.response(id) {
+                    Some(Ok(ClientResponse::Value(v))) => {
+                        let seen: u64 = v.as_deref().map_or(0, |v| v.parse().unwrap());
+                        // §6.4: a read reflects every write acknowledged before
+                        // it was issued, and nothing not yet written.
+                        assert!(
+                            seen >= acked_at_issue,
+                            "linearizable read of {} returned {seen}, but {acked_at_issue} \
+                             was acknowledged before the read was issued",
+                            writer.key
+                        );
+                        assert!(seen <= writer.attempted(), "read a value never written");
+                        self.reads_served += 1;
+                    }
+                    Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost)) => {}
+                    Some(other) => panic!("read answered {other:?}"),
+                    None if c.now() - sent_at > 40 => {}
+                    None => continue,
+                }
+                self.readers[r].in_flight = None;
+            }
+            let acked = writer.acked;
+            let key = writer.key.clone();
+            if let Some(leader) = self.pick_leader(c) {
+                let id = c.request(leader, get(&key));
+                self.readers[r].in_flight = Some((id, acked, c.now()));
+            }
+        }
+    }
+
+    /// Stop writing, let every write in flight finish, then check that node
+    /// `id` holds exactly the acknowledged state.
+    fn finish(&mut self, c: &mut Cluster, max_ticks: u64) {
+        self.writing = false;
+        let deadline = c.now() + max_ticks;
+        while self.writers.iter().any(|w| w.in_flight.is_some()) {
+            assert!(c.now() < deadline, "writes still unacknowledged");
+            self.step(c);
+            c.tick();
+        }
+        let leader = converge(c, 300);
+        let state_machine = c.node(leader).state_machine();
+        for w in &self.writers {
+            let expected = (!w.toggle || w.acked % 2 == 1).then(|| w.acked.to_string());
+            let expected = expected.filter(|_| w.acked > 0);
+            assert_eq!(
+                state_machine.get(&w.key),
+                expected.as_deref(),
+                "client {} had {} writes acknowledged",
+                w.client_id,
+                w.acked
+            );
+        }
+    }
+}
+
+/// §8 basics: Set, linearizable Get, Delete (reporting whether the key
+/// existed) and Get of a missing key, through the leader; every node ends
+/// with the same state machine.
+#[test]
+fn set_get_delete_8() {
+    for seed in seeds(10) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        c.elect(200);
+        let answer = |c: &mut Cluster, r| submit(c, r, 200).expect("answered");
+        assert_eq!(answer(&mut c, set("a", "1", 0, 0)), Ok(ClientResponse::Set));
+        assert_eq!(answer(&mut c, get("a")), value("1"));
+        assert_eq!(answer(&mut c, set("a", "2", 0, 0)), Ok(ClientResponse::Set));
+        assert_eq!(answer(&mut c, get("a")), value("2"));
+        assert_eq!(
+            answer(&mut c, delete("a", 0, 0)),
+            Ok(ClientResponse::Deleted { existed: true })
+        );
+        assert_eq!(
+            answer(&mut c, delete("a", 0, 0)),
+            Ok(ClientResponse::Deleted { existed: false })
+        );
+        assert_eq!(answer(&mut c, get("a")), Ok(ClientResponse::Value(None)));
+        assert_eq!(
+            answer(&mut c, get("never")),
+            Ok(ClientResponse::Value(None))
+        );
+        let leader = converge(&mut c, 100);
+        assert!(c.node(leader).state_machine().is_empty());
+    }
+}
+
+/// Several writers and linearizable readers at once on a reliable network:
+/// every read reflects all writes acknowledged before it was issued (§6.4),
+/// and every write is applied exactly once (§6.3).
+#[test]
+fn concurrent_clients_8() {
+    for seed in seeds(20) {
+        let mut c = Cluster::new(SimConfig::new(5, seed));
+        let mut w = Workload::new(seed, 3, 3, 4);
+        c.elect(200);
+        for _ in 0..150 {
+            w.step(&mut c);
+            c.tick();
+        }
+        w.finish(&mut c, 300);
+        assert!(w.acked() > 150, "only {} writes in 150 ticks", w.acked());
+        assert!(w.reads_served > 150);
+    }
+}
+
+/// The same on a network that drops, delays and reorders messages, with
+/// leaders cut off and crashing now and then: answers may be lost and
+/// requests retried, yet no read is stale and no write applies twice.
+#[test]
+fn clients_on_unreliable_network_8() {
+    for seed in seeds(60) {
+        let mut c = Cluster::new(SimConfig::new(5, seed).unreliable(0.1, 3));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut w = Workload::new(seed, 2, 3, 3);
+        for round in 0..15 {
+            for _ in 0..rng.gen_range(10..40) {
+                w.step(&mut c);
+                c.tick();
+            }
+            if let Some(leader) = c.leader() {
+                match round % 3 {
+                    0 => c.isolate(leader),
+                    1 => {
+                        c.crash(leader);
+                        c.restart(leader);
+                    }
+                    _ => c.heal(),
+                }
+            }
+        }
+        c.heal();
+        c.set_unreliable(0.0, 0);
+        w.finish(&mut c, 2000);
+        assert!(w.acked() > 10 && w.reads_served > 10, "too little progress");
+    }
+}
+
+/// Dissertation §6.3, one key: a Set, then a Delete whose answer is lost and
+/// is retried with the same (client_id, sequence) after another client wrote
+/// the key again. The retry gets the recorded answer (existed: true) and is
+/// not applied again, so the other client's value stays. An older sequence
+/// is refused.
+#[test]
+fn retried_write_applies_once_6_3() {
+    for seed in seeds(10) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        c.elect(200);
+        assert_eq!(
+            submit(&mut c, set("k", "1", 7, 1), 200),
+            Some(Ok(ClientResponse::Set))
+        );
+        let deleted = Some(Ok(ClientResponse::Deleted { existed: true }));
+        assert_eq!(submit(&mut c, delete("k", 7, 2), 200), deleted);
+        assert_eq!(
+            submit(&mut c, set("k", "2", 8, 1), 200),
+            Some(Ok(ClientResponse::Set))
+        );
+        assert_eq!(
+            submit(&mut c, delete("k", 7, 2), 200),
+            deleted,
+            "not the recorded answer"
+        );
+        assert_eq!(
+            submit(&mut c, get("k"), 200),
+            Some(value("2")),
+            "the retry was applied"
+        );
+        assert_eq!(
+            submit(&mut c, set("k", "3", 7, 1), 200),
+            Some(Err(ClientError::StaleSequence))
+        );
+        assert_eq!(submit(&mut c, get("k"), 200), Some(value("2")));
+    }
+}
+
+/// §6.3 across a change of leader: the leader replicates a Delete to both
+/// followers and is cut off before it learns that it committed, so its
+/// client hears LeadershipLost. The retry goes to the new leader, which has
+/// the entry: it answers with the recorded result and applies it once.
+#[test]
+fn retry_after_leader_change_applies_once_6_3() {
+    for seed in seeds(10) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        let old = c.elect(200);
+        assert_eq!(
+            submit(&mut c, set("k", "1", 7, 1), 200),
+            Some(Ok(ClientResponse::Set))
+        );
+        converge(&mut c, 50);
+
+        // The Delete reaches the followers by hand; their replies never
+        // reach the leader, and what the leader sent itself is lost.
+        let first = c.request(old, delete("k", 7, 2));
+        let n = c.node(old);
+        let index = n.log().last_index();
+        let request = AppendEntries {
+            term: n.current_term(),
+            leader_id: old,
+            prev_log_index: index - 1,
+            prev_log_term: n.log().term_at(index - 1).unwrap(),
+            entries: vec![n.log().get(index).unwrap().clone()],
+            leader_commit: n.commit_index(),
+            read_round: 0,
+        };
+        c.isolate(old);
+        for f in c.ids().into_iter().filter(|&i| i != old) {
+            let reply = c.with_node(f, |n| n.handle_append_entries(request.clone()));
+            assert!(reply.success);
+        }
+        let ok = c.run_until(300, |c| c.response(first).is_some());
+        assert!(ok, "the cut-off leader never stepped down");
+        assert_eq!(c.response(first), Some(&Err(ClientError::LeadershipLost)));
+
+        let retried = submit(&mut c, delete("k", 7, 2), 300);
+        assert_eq!(retried, Some(Ok(ClientResponse::Deleted { existed: true })));
+        c.heal();
+        let leader = converge(&mut c, 300);
+        assert_eq!(c.node(leader).state_machine().get("k"), None);
+        assert_eq!(
+            submit(&mut c, set("k", "2", 8, 1), 200),
+            Some(Ok(ClientResponse::Set))
+        );
+        assert_eq!(
+            submit(&mut c, delete("k", 7, 2), 200),
+            Some(Ok(ClientResponse::Deleted { existed: true }))
+        );
+        assert_eq!(submit(&mut c, get("k"), 200), Some(value("2")));
+    }
+}
+
+/// §5.2/§8: a leader cut off in a minority can append but never commit.
+/// Writes sent to it are never acknowledged — they fail with LeadershipLost
+/// when it steps down (dissertation §6.2) or go unanswered — and never show up
+/// later, after the partition heals.
+#[test]
+fn writes_to_minority_leader_never_succeed_8() {
+    for seed in seeds(30) {
+        let mut c = Cluster::new(SimConfig::new(5, seed));
+        let old = c.elect(200);
+        let others: Vec<_> = c.ids().into_iter().filter(|&i| i != old).collect();
+        c.partition(&[&[old, others[0]], &others[1..]]);
+        let doomed: Vec<_> = (0..5)
+            .map(|i| c.request(old, set(&format!("minority{i}"), "x", 5, i + 1)))
+            .collect();
+        let ok = c.run_until(300, |c| others[1..].iter().any(|&i| c.node(i).is_leader()));
+        assert!(ok, "the majority elected no leader");
+        assert_eq!(
+            submit(&mut c, set("majority", "y", 6, 1), 300),
+            Some(Ok(ClientResponse::Set))
+        );
+        c.ticks(100);
+        for id in &doomed {
+            assert!(
+                matches!(
+                    c.response(*id),
+                    None | Some(Err(
+                        ClientError::LeadershipLost | ClientError::NotLeader { .. }
+                    ))
+                ),
+                "a write to the minority leader was answered {:?}",
+                c.response(*id)
+            );
+        }
+        c.heal();
+        converge(&mut c, 500);
+        for id in c.ids() {
+            let state_machine = c.node(id).state_machine();
+            assert_eq!(
+                state_machine.get("minority0"),
+                None,
+                "n{id} applied a minority write"
+            );
+            assert_eq!(state_machine.get("majority"), Some("y"));
+        }
+        let lost = c.committed().values().any(|(_, cmd)| {
+            matches!(cmd, raft_kv::raft::Command::Set { key, .. } if key.starts_with("minority"))
+        });
+        assert!(!lost, "a minority write was committed");
+    }
+}
+
+/// Dissertation §6.4: a leader serves a linearizable read only after a
+/// majority confirms it is still leader. An old leader cut off from the
+/// others never answers one — not before it notices (it still believes it is
+/// leader while the new leader acknowledges a newer write), nor after: its
+/// reads stay pending, then fail.
+#[test]
+fn partitioned_old_leader_never_serves_linearizable_reads_6_4() {
+    let mut believed_leader_after_new_write = 0;
+    for seed in seeds(50) {
+        let mut c = Cluster::new(SimConfig::new(5, seed));
+        let old = c.elect(200);
+        assert_eq!(
+            submit(&mut c, set("k", "old", 1, 1), 200),
+            Some(Ok(ClientResponse::Set))
+        );
+        c.isolate(old);
+        let mut reads = vec![c.request(old, get("k"))];
+        let ok = c.run_until(300, |c| c.leaders().iter().any(|&l| l != old));
+        assert!(ok, "no new leader");
+        let new = c.leaders().into_iter().find(|&l| l != old).unwrap();
+        let id = c.request(new, set("k", "new", 1, 2));
+        assert_eq!(c.wait_response(id, 50), Some(Ok(ClientResponse::Set)));
+        if c.node(old).is_leader() {
+            believed_leader_after_new_write += 1;
+            reads.push(c.request(old, get("k")));
+        }
+        for _ in 0..100 {
+            c.tick();
+            if c.node(old).is_leader() {
+                reads.push(c.request(old, get("k")));
+            }
+        }
+        for id in reads {
+            assert!(
+                matches!(
+                    c.response(id),
+                    None | Some(Err(
+                        ClientError::LeadershipLost | ClientError::NotLeader { .. }
+                    ))
+                ),
+                "the cut-off old leader answered a linearizable read with {:?}",
+                c.response(id)
+            );
+        }
+        assert_eq!(submit(&mut c, get("k"), 100), Some(value("new")));
+    }
+    if std::env::var("RAFT_SEED").is_err() {
+        assert!(
+            believed_leader_after_new_write > 0,
+            "no run had the old leader still believing it led after the new write"
+        );
+    }
+}
+
+/// STALE reads (linearizable: false) are served by any node from its own
+/// state machine — fast, and possibly out of date, as documented; a
+/// linearizable read sent to a follower is redirected to the leader.
+#[test]
+fn stale_reads_served_by_followers_6_4() {
+    for seed in seeds(10) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        let leader = c.elect(200);
+        assert_eq!(
+            submit(&mut c, set("k", "1", 0, 0), 200),
+            Some(Ok(ClientResponse::Set))
+        );
+        converge(&mut c, 50);
+        let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+        let id = c.request(follower, stale_get("k"));
+        assert_eq!(
+            c.response(id),
+            Some(&value("1")),
+            "answered at once, locally"
+        );
+        let id = c.request(follower, get("k"));
+        assert_eq!(
+            c.response(id),
+            Some(&Err(ClientError::NotLeader {
+                leader: Some(leader)
+            }))
+        );
+
+        c.isolate(follower);
+        assert_eq!(
+            submit(&mut c, set("k", "2", 0, 0), 200),
+            Some(Ok(ClientResponse::Set))
+        );
+        let id = c.request(follower, stale_get("k"));
+        assert_eq!(
+            c.response(id),
+            Some(&value("1")),
+            "a stale read is the follower's own state"
+        );
+        c.reconnect(follower);
+        c.run_until(300, |c| {
+            c.node(follower).state_machine().get("k") == Some("2")
+        });
+        let id = c.request(follower, stale_get("k"));
+        assert_eq!(c.response(id), Some(&value("2")));
+    }
+}
+
+/// Bad input gets a clear error and changes nothing: an empty key, a key
+/// over 4 KiB or a value over 1 MiB is refused with InvalidArgument — on the
+/// leader and on a follower, alone or in a batch with valid requests —
+/// before anything is appended or synced. The limits themselves are accepted.
+#[test]
+fn invalid_input_is_refused_and_changes_nothing_8() {
+    let mut c = Cluster::new(SimConfig::new(3, 1));
+    let leader = c.elect(200);
+    c.ticks(10);
+    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+    let long_key = "k".repeat(4097);
+    let long_value = "v".repeat(1024 * 1024 + 1);
+    let invalid = vec![
+        set("", "v", 1, 1),
+        set(&long_key, "v", 1, 1),
+        set("k", &long_value, 1, 1),
+        delete("", 1, 1),
+        delete(&long_key, 1, 1),
+        get(""),
+        stale_get(&long_key),
+    ];
+    for node in [leader, follower] {
+        let last = c.node(node).log().last_index();
+        let fsyncs = c.disk(node).fsyncs();
+        let ids = c.requests(node, invalid.clone());
+        for (id, request) in ids.into_iter().zip(&invalid) {
+            match c.response(id) {
+                Some(Err(ClientError::InvalidArgument(reason))) => {
+                    assert!(!reason.is_empty() && !reason.contains('\n'), "{reason:?}");
+                }
+                other => panic!("{request:.60?} answered {other:?}"),
+            }
+        }
+        assert_eq!(
+            c.node(node).log().last_index(),
+            last,
+            "invalid input appended"
+        );
+        assert_eq!(c.disk(node).fsyncs(), fsyncs, "invalid input synced");
+    }
+    c.ticks(20);
+    assert!(c.node(leader).state_machine().is_empty());
+
+    // In one batch with valid writes, only the valid ones are appended.
+    let last = c.node(leader).log().last_index();
+    let ids = c.requests(
+        leader,
+        vec![
+            set("", "v", 1, 1),
+            set(&"k".repeat(4096), &"v".repeat(1024 * 1024), 1, 1),
+            set("k", &long_value, 1, 2),
+        ],
+    );
+    assert_eq!(c.node(leader).log().last_index(), last + 1);
+    assert_eq!(c.wait_response(ids[1], 50), Some(Ok(ClientResponse::Set)));
+    assert!(matches!(
+        c.response(ids[2]),
+        Some(Err(ClientError::InvalidArgument(_)))
+    ));
+    converge(&mut c, 100);
+}
+
+/// Dissertation §6.4 step 1 (and §8): a new leader does not know which
+/// entries are committed until an entry of its own term — its no-op —
+/// commits. A read it receives first must wait for the no-op, even once a
+/// majority has confirmed its leadership; otherwise it could miss a write
+/// the old leader acknowledged.
+#[test]
+fn new_leader_reads_wait_for_its_noop_6_4() {
+    for seed in seeds(10) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        let old = c.elect(200);
+        let id = c.request(old, set("k", "acknowledged", 1, 1));
+        assert_eq!(c.wait_response(id, 50), Some(Ok(ClientResponse::Set)));
+        let index = c.node(old).commit_index();
+        c.crash(old);
+        let (a, b) = {
+            let rest: Vec<_> = c.ids().into_iter().filter(|&i| i != old).collect();
+            (rest[0], rest[1])
+        };
+        assert!(
+            c.node(a).commit_index() < index,
+            "followers do not know it committed yet"
+        );
+
+        // a becomes leader with b's vote, carried by hand; what a sends
+        // itself is lost.
+        c.isolate(a);
+        c.isolate(b);
+        while !matches!(c.node(a).role(), Role::Candidate { .. }) {
+            c.with_node(a, |n| n.tick());
+        }
+        let n = c.node(a);
+        let request = RequestVote {
+            term: n.current_term(),
+            candidate_id: a,
+            last_log_index: n.log().last_index(),
+            last_log_term: n.log().last_term(),
+        };
+        let reply = c.with_node(b, |n| n.step(a, Message::RequestVote(request)));
+        c.with_node(a, |n| n.step(b, reply.unwrap()));
+        assert!(c.node(a).is_leader());
+        let read = c.request(a, get("k"));
+
+        // b confirms a's leadership for the read's round, but has not
+        // received the no-op.
+        let n = c.node(a);
+        let Role::Leader(state) = n.role() else {
+            unreachable!()
+        };
+        let noop = n.log().last_index();
+        let heartbeat = AppendEntries {
+            term: n.current_term(),
+            leader_id: a,
+            prev_log_index: noop - 1,
+            prev_log_term: n.log().term_at(noop - 1).unwrap(),
+            entries: vec![],
+            leader_commit: n.commit_index(),
+            read_round: state.read_round,
+        };
+        let reply = c.with_node(b, |n| n.step(a, Message::AppendEntries(heartbeat)));
+        assert!(matches!(
+            reply,
+            Some(Message::AppendEntriesReply(AppendEntriesReply {
+                success: true,
+                ..
+            }))
+        ));
+        c.with_node(a, |n| n.step(b, reply.unwrap()));
+        assert_eq!(
+            c.response(read),
+            None,
+            "read served before the new leader's no-op committed"
+        );
+
+        c.heal();
+        assert_eq!(c.wait_response(read, 50), Some(value("acknowledged")));
+    }
+}
+
+/// Sessions (§6.3) are part of the state machine, so they survive snapshots
+/// (§7) and restarts: with frequent compaction and nodes crashing, a workload
+/// of retried writes still applies every write exactly once and reads stay
+/// linearizable.
+#[test]
+fn sessions_survive_snapshots_and_crashes_6_3() {
+    for seed in seeds(40) {
+        let config = SimConfig::new(5, seed)
+            .unreliable(0.05, 2)
+            .snapshot_threshold(15, 256);
+        let mut c = Cluster::new(config);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut w = Workload::new(seed, 2, 3, 2);
+        for _ in 0..15 {
+            for _ in 0..rng.gen_range(10..40) {
+                w.step(&mut c);
+                c.tick();
+            }
+            let id = *c.ids().choose(&mut rng).unwrap();
+            c.crash(id);
+            c.restart(id);
+        }
+        for id in c.ids() {
+            c.crash(id);
+        }
+        for id in c.ids() {
+            c.restart(id);
+        }
+        c.set_unreliable(0.0, 0);
+        w.finish(&mut c, 2000);
+        assert!(
+            c.ids()
+                .iter()
+                .all(|&id| c.node(id).log().snapshot_index() > 0),
+            "some node never compacted"
+        );
+    }
+}
