@@ -79,7 +79,7 @@ impl Outbox for RuntimeOutbox {
     /// §10.2.1), so this must not wait for anything.
     fn send(&mut self, to: NodeId, message: Message) {
         let Some(queue) = self.peers.get(&to) else {
-            debug!("node {}: no peer {to}; dropping {message:?}", self.id);
+            debug!("node {}: dropping a message to {to}: not a peer", self.id);
             return;
         };
         if let Err(error) = queue.try_send(message) {

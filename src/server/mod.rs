@@ -164,7 +164,8 @@ pub struct Node {
     bridge: JoinHandle<Result<(), String>>,
     timer: JoinHandle<()>,
     stop_event_loop: Sender<()>,
-    stop_bridge: oneshot::Sender<()>,
+    /// taken by `shutdown`; dropping it would stop the bridge too
+    stop_bridge: Option<oneshot::Sender<()>>,
 }
 
 impl Node {
@@ -219,11 +220,12 @@ impl Node {
             bridge,
             timer,
             stop_event_loop,
-            stop_bridge,
+            stop_bridge: Some(stop_bridge),
         })
     }
 
-    /// Block until the node stops by itself, which only an error makes it do.
+    /// Block until the node stops: after [`Node::shutdown`], or by itself,
+    /// which only an error makes it do.
     pub fn wait(self) -> Result<(), String> {
         let id = self.id;
         let served = self
@@ -235,15 +237,11 @@ impl Node {
     }
 
     /// Stop serving, stop the event loop and the timer, and wait for them.
-    pub fn shutdown(self) -> Result<(), String> {
-        let id = self.id;
-        let _ = self.stop_bridge.send(());
-        let served = self
-            .bridge
-            .join()
-            .unwrap_or_else(|_| Err(format!("node {id}: the gRPC bridge thread panicked")));
-        Self::stop_the_rest(id, self.stop_event_loop, self.event_loop, self.timer)?;
-        served
+    pub fn shutdown(mut self) -> Result<(), String> {
+        if let Some(stop_bridge) = self.stop_bridge.take() {
+            let _ = stop_bridge.send(());
+        }
+        self.wait()
     }
 
     fn stop_the_rest(
