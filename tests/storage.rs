@@ -199,7 +199,7 @@ fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
         data: b"the state machine through entry 6".to_vec(),
     };
     let mut storage = open(dir.path());
-    storage.save_snapshot(&snapshot).unwrap();
+    storage.save_snapshot(&snapshot, true).unwrap();
     // The kept entries moved within the file: truncating among them and
     // appending must use their new offsets.
     storage.truncate_from(9).unwrap();
@@ -223,7 +223,7 @@ fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
         data: b"through 20".to_vec(),
     };
     let mut storage = open(dir.path());
-    storage.save_snapshot(&newer).unwrap();
+    storage.save_snapshot(&newer, true).unwrap();
     assert_eq!(
         storage.append(&[set(12, 3)]).unwrap_err().kind(),
         ErrorKind::InvalidInput
@@ -245,9 +245,9 @@ fn snapshots_that_would_break_the_dir_are_refused() {
         last_included_term,
         data: vec![1, 2, 3],
     };
-    storage.save_snapshot(&at(4, 2)).unwrap();
+    storage.save_snapshot(&at(4, 2), true).unwrap();
     for bad in [at(3, 2), at(0, 0), at(5, 3)] {
-        let error = storage.save_snapshot(&bad).unwrap_err();
+        let error = storage.save_snapshot(&bad, true).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidInput, "{bad:?}: {error}");
     }
     drop(storage);
@@ -366,11 +366,14 @@ fn a_flipped_bit_in_the_snapshot_is_refused() {
     let (dir, _) = dir_with(3, &entries(1..=3, 3));
     let mut storage = open(dir.path());
     storage
-        .save_snapshot(&Snapshot {
-            last_included_index: 2,
-            last_included_term: 3,
-            data: b"snapshot data".to_vec(),
-        })
+        .save_snapshot(
+            &Snapshot {
+                last_included_index: 2,
+                last_included_term: 3,
+                data: b"snapshot data".to_vec(),
+            },
+            true,
+        )
         .unwrap();
     drop(storage);
     let path = dir.path().join("snapshot");
@@ -553,7 +556,7 @@ fn a_compaction_interrupted_by_a_crash_is_finished_at_open() {
         last_included_term: 1,
         data: b"through 6".to_vec(),
     };
-    open(dir.path()).save_snapshot(&snapshot).unwrap();
+    open(dir.path()).save_snapshot(&snapshot, true).unwrap();
     let compacted = fs::read(dir.path().join("log")).unwrap();
     // The crash came after the snapshot's rename, before the log's.
     fs::write(dir.path().join("log"), &uncompacted).unwrap();
@@ -573,11 +576,14 @@ fn a_compaction_interrupted_by_a_crash_is_finished_at_open() {
     let uncompacted = fs::read(short.path().join("log")).unwrap();
     let mut storage = open(short.path());
     storage
-        .save_snapshot(&Snapshot {
-            last_included_index: 8,
-            last_included_term: 1,
-            data: vec![],
-        })
+        .save_snapshot(
+            &Snapshot {
+                last_included_index: 8,
+                last_included_term: 1,
+                data: vec![],
+            },
+            true,
+        )
         .unwrap();
     drop(storage);
     fs::write(short.path().join("log"), &uncompacted).unwrap();
@@ -589,16 +595,55 @@ fn a_compaction_interrupted_by_a_crash_is_finished_at_open() {
     assert_eq!(reopen(short.path()).entries, [set(9, 1)]);
 }
 
+/// Figure 13 steps 6–7 across a crash: a snapshot from the leader whose
+/// last entry conflicts with the local log replaces the whole log. If the
+/// crash comes after the snapshot is durable but before the log is
+/// replaced, the old log still holds the conflicting entry, and open
+/// discards it all rather than keep a suffix of another history.
+#[test]
+fn a_snapshot_install_interrupted_by_a_crash_discards_the_conflicting_log() {
+    let log = entries(1..=10, 1);
+    let (dir, _) = dir_with(2, &log);
+    let old_log = fs::read(dir.path().join("log")).unwrap();
+    let snapshot = Snapshot {
+        last_included_index: 6,
+        last_included_term: 2,
+        data: b"from the leader".to_vec(),
+    };
+    let mut storage = open(dir.path());
+    storage.save_snapshot(&snapshot, false).unwrap();
+    assert!(storage.recover().is_ok());
+    drop(storage);
+    // Without a crash: nothing of the old log is left.
+    assert!(reopen(dir.path()).entries.is_empty());
+    // The crash came after the snapshot's rename, before the log's.
+    fs::write(dir.path().join("log"), &old_log).unwrap();
+    let mut storage = open(dir.path());
+    let recovered = storage.recover().unwrap();
+    assert_eq!(recovered.snapshot, Some(snapshot));
+    assert!(
+        recovered.entries.is_empty(),
+        "entries 7..=10 follow 6@1, not the snapshot's 6@2"
+    );
+    storage.append(&[set(7, 2)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    assert_eq!(reopen(dir.path()).entries, [set(7, 2)]);
+}
+
 #[test]
 fn recover_asked_twice_gives_the_same_answer() {
     let (dir, _) = dir_with(2, &entries(1..=5, 2));
     let mut storage = open(dir.path());
     storage
-        .save_snapshot(&Snapshot {
-            last_included_index: 2,
-            last_included_term: 2,
-            data: b"two".to_vec(),
-        })
+        .save_snapshot(
+            &Snapshot {
+                last_included_index: 2,
+                last_included_term: 2,
+                data: b"two".to_vec(),
+            },
+            true,
+        )
         .unwrap();
     drop(storage);
     let mut storage = open(dir.path());

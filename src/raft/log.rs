@@ -93,12 +93,15 @@ impl Log {
                 true
             }
             Some(_) => false,
-            None => entries.first().is_none_or(|e| e.index == snapshot_index + 1),
+            None => entries
+                .first()
+                .is_none_or(|e| e.index == snapshot_index + 1),
         };
         if !agrees {
+            let first_stored = entries.first().map_or(snapshot_index + 1, |e| e.index);
             entries.clear();
             storage
-                .truncate_from(snapshot_index + 1)
+                .truncate_from(first_stored)
                 .and_then(|_| storage.sync())
                 .unwrap_or_else(|e| fatal("discarding a log that conflicts with the snapshot", e));
         }
@@ -221,10 +224,8 @@ impl Log {
         if entries.is_empty() {
             return;
         }
-        let mut expected = self.last_index() + 1;
-        for entry in &entries {
+        for (entry, expected) in entries.iter().zip(self.last_index() + 1..) {
             assert_eq!(entry.index, expected, "log entries must be contiguous");
-            expected += 1;
         }
         self.storage
             .append(&entries)
@@ -268,18 +269,15 @@ impl Log {
     /// discarded (step 7). Durable when this returns.
     pub fn install_snapshot(&mut self, snapshot: Snapshot, keep_suffix: bool) {
         let index = snapshot.last_included_index;
-        // The snapshot goes to disk before the log is trimmed: a crash in
-        // between leaves both, and `recover` reconciles them.
+        // The storage makes the snapshot durable before it trims the log: a
+        // crash in between leaves both, and `recover` reconciles them.
+        let keep_suffix = keep_suffix && index <= self.last_index();
         self.storage
-            .save_snapshot(&snapshot)
+            .save_snapshot(&snapshot, keep_suffix)
             .unwrap_or_else(|e| fatal("saving a snapshot", e));
-        if keep_suffix && index <= self.last_index() {
+        if keep_suffix {
             self.entries.drain(..(index - self.snapshot_index) as usize);
         } else {
-            self.storage
-                .truncate_from(index + 1)
-                .and_then(|_| self.storage.sync())
-                .unwrap_or_else(|e| fatal("discarding the log", e));
             self.entries.clear();
         }
         self.snapshot_index = index;

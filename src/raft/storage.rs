@@ -64,8 +64,13 @@ pub trait Storage: Send {
     /// Make every `append` and `truncate_from` so far durable.
     fn sync(&mut self) -> io::Result<()>;
     /// Store `snapshot` durably, replacing any older one, then discard the log
-    /// entries it covers (index <= last_included_index).
-    fn save_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()>;
+    /// entries it covers (index <= last_included_index) and, unless
+    /// `keep_suffix`, every entry after it too (Figure 13 step 7). The log is
+    /// trimmed in one step after the snapshot is durable, so a crash leaves
+    /// either the old log (which recovery checks against the snapshot) or the
+    /// trimmed one — never a suffix without the entry that shows whether it
+    /// agrees with the snapshot.
+    fn save_snapshot(&mut self, snapshot: &Snapshot, keep_suffix: bool) -> io::Result<()>;
 }
 
 /// The simulated disk of the test harness: what `sync` (or a durable method)
@@ -153,14 +158,14 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn save_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+    fn save_snapshot(&mut self, snapshot: &Snapshot, keep_suffix: bool) -> io::Result<()> {
         let mut disk = self.disk.lock().unwrap();
         let covered = snapshot.last_included_index;
+        let keep = |e: &Entry| keep_suffix && e.index > covered;
         disk.written.snapshot = Some(snapshot.clone());
-        disk.written.entries.retain(|e| e.index > covered);
-        // The snapshot is durable; the compaction of the log only of what was synced.
+        disk.written.entries.retain(keep);
         disk.durable.snapshot = Some(snapshot.clone());
-        disk.durable.entries.retain(|e| e.index > covered);
+        disk.durable.entries.retain(keep);
         disk.fsyncs += 1;
         Ok(())
     }

@@ -364,7 +364,27 @@ impl FileStorage {
             recovered: None,
         };
         let mut entries = scanned.entries;
-        if storage.first_index < first_index {
+        let agrees_with_snapshot = match entries.iter().find(|e| e.index == snapshot_index) {
+            Some(entry) => entry.term == snapshot_term,
+            None => entries.first().is_none_or(|e| e.index > snapshot_index),
+        };
+        if snapshot.is_some() && !agrees_with_snapshot {
+            // A crash while installing a snapshot from the leader, before the
+            // old log was replaced: the log does not hold the snapshot's last
+            // entry, so it is not the history the snapshot continues (Figure
+            // 13 steps 6–7). Finish the job: discard it.
+            info!(
+                "{}: discarding entries {}..={}, which do not agree with the snapshot through {snapshot_index} (snapshot install interrupted by a crash)",
+                storage.log_path.display(),
+                storage.first_index,
+                storage.last_index()
+            );
+            storage
+                .rewrite_log(storage.last_index() + 1)
+                .map_err(StorageError::io("discarding the log"))?;
+            storage.first_index = first_index;
+            entries.clear();
+        } else if storage.first_index < first_index {
             // A crash between the two steps of save_snapshot: the snapshot is
             // durable, the log still holds what it covers. Finish the job.
             info!(
@@ -557,7 +577,7 @@ impl Storage for FileStorage {
         Ok(())
     }
 
-    fn save_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+    fn save_snapshot(&mut self, snapshot: &Snapshot, keep_suffix: bool) -> io::Result<()> {
         let index = snapshot.last_included_index;
         if index == 0 {
             return Err(invalid_input(
@@ -584,6 +604,13 @@ impl Storage for FileStorage {
         self.snapshot_index = index;
         // Only now that the snapshot is durable may the entries it covers go
         // (§7); a crash before the rewrite leaves both, and `open` finishes it.
+        if !keep_suffix {
+            // Figure 13 step 7, in the same rewrite: the old log, entry
+            // `index` included, stays whole until the new one replaces it.
+            self.rewrite_log(self.last_index() + 1)?;
+            self.first_index = index + 1;
+            return Ok(());
+        }
         if self.records.is_empty() || self.first_index > index {
             self.first_index = self.first_index.max(index + 1);
             return Ok(());
