@@ -9,6 +9,7 @@
 //! any panic, prints the seed and the trace of the run.
 
 mod invariants;
+mod timeline;
 mod trace;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,7 @@ use crate::raft::{
     RaftNode, RequestId, Term,
 };
 pub use invariants::Invariants;
+pub use timeline::{Event, EventKind};
 pub use trace::describe;
 
 /// How the simulated cluster behaves.
@@ -100,6 +102,8 @@ struct SimNode {
 /// A message on the simulated network.
 #[derive(Clone, Debug)]
 struct InFlight {
+    /// matches the Send event to the Deliver or Lost event in the timeline
+    id: u64,
     deliver_at: u64,
     /// tie-breaker among messages due at the same tick (random when reordering)
     order: u64,
@@ -123,8 +127,13 @@ pub struct Cluster {
     next_request: RequestId,
     /// answers to client requests, by request id
     responses: BTreeMap<RequestId, ClientResult>,
-    /// every message and event of the run, one line each
+    /// everything that happened, for the timeline
+    events: Vec<Event>,
+    /// the same, one line each
     trace: Vec<String>,
+    /// (role, term, commit_index) of each node when last looked at
+    observed: BTreeMap<NodeId, (&'static str, Term, LogIndex)>,
+    next_message: u64,
     invariants: Invariants,
     /// messages delivered (sent by a node and not dropped), for RPC-count tests
     pub delivered: u64,
@@ -147,7 +156,10 @@ impl Cluster {
             next_order: 0,
             next_request: 1,
             responses: BTreeMap::new(),
+            events: Vec::new(),
             trace: Vec::new(),
+            observed: BTreeMap::new(),
+            next_message: 0,
             invariants: Invariants::default(),
             delivered: 0,
             sent: 0,
@@ -232,8 +244,40 @@ impl Cluster {
 
     /// Add a line to the trace (tests use it to mark their own steps).
     pub fn note(&mut self, text: impl AsRef<str>) {
-        let line = format!("t={} -- {}", self.now, text.as_ref());
-        self.trace.push(line);
+        self.record(EventKind::Note(text.as_ref().to_string()));
+    }
+
+    fn record(&mut self, kind: EventKind) {
+        let event = Event { t: self.now, kind };
+        self.trace.push(event.to_string());
+        self.events.push(event);
+    }
+
+    /// Record node `id`'s role, term and commit index changes.
+    fn observe(&mut self, id: NodeId) {
+        let Some(node) = self.nodes[&id].node.as_ref() else {
+            return;
+        };
+        let now = (node.role().name(), node.current_term(), node.commit_index());
+        let before = self.observed.insert(id, now);
+        let (role, term, commit) = now;
+        if before.is_none_or(|(r, t, _)| r != role || t != term) {
+            self.record(EventKind::Role {
+                node: id,
+                term,
+                role,
+            });
+        }
+        if before.is_some_and(|(_, _, c)| c < commit) {
+            self.record(EventKind::Commit {
+                node: id,
+                index: commit,
+            });
+        }
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.events
     }
 
     /// Advance time by one tick: every running node ticks, then every
@@ -285,36 +329,39 @@ impl Cluster {
     }
 
     fn deliver(&mut self, m: InFlight) {
-        if !self.can_talk(m.from, m.to) {
-            self.trace.push(format!(
-                "t={} n{} -> n{} {} (lost: partitioned)",
-                self.now,
-                m.from,
-                m.to,
-                describe(&m.message)
-            ));
+        let why = if !self.can_talk(m.from, m.to) {
+            Some("partitioned".to_string())
+        } else if !self.is_up(m.to) {
+            Some(format!("n{} is down", m.to))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.record(EventKind::Lost {
+                id: m.id,
+                from: m.from,
+                to: m.to,
+                what: describe(&m.message),
+                why,
+            });
             return;
         }
-        let Some(node) = self.nodes.get_mut(&m.to).unwrap().node.as_mut() else {
-            self.trace.push(format!(
-                "t={} n{} -> n{} {} (lost: n{} is down)",
-                self.now,
-                m.from,
-                m.to,
-                describe(&m.message),
-                m.to
-            ));
-            return;
-        };
         self.delivered += 1;
-        self.trace.push(format!(
-            "t={} n{} -> n{}@{} {}",
-            self.now,
-            m.from,
-            m.to,
-            node.current_term(),
-            describe(&m.message)
-        ));
+        let to_term = self.node(m.to).current_term();
+        self.record(EventKind::Deliver {
+            id: m.id,
+            from: m.from,
+            to: m.to,
+            term: to_term,
+            what: describe(&m.message),
+        });
+        let node = self
+            .nodes
+            .get_mut(&m.to)
+            .unwrap()
+            .node
+            .as_mut()
+            .expect("up");
         let reply = node.step(m.from, m.message);
         let term = node.current_term();
         if let Some(reply) = reply {
@@ -333,11 +380,13 @@ impl Cluster {
         for (to, message) in collected.sent {
             self.send(id, term, to, message);
         }
+        self.observe(id);
         for (request, result) in collected.responses {
-            self.trace.push(format!(
-                "t={} n{id} answers request {request}: {result:?}",
-                self.now
-            ));
+            self.record(EventKind::Answer {
+                node: id,
+                request,
+                result: format!("{result:?}"),
+            });
             let previous = self.responses.insert(request, result);
             assert!(previous.is_none(), "request {request} answered twice");
         }
@@ -359,16 +408,21 @@ impl Cluster {
             self.next_order += 1;
             self.next_order
         };
-        self.trace.push(format!(
-            "t={} n{from}@{term} -> n{to} {}{}",
-            self.now,
-            describe(&message),
-            if lost { " (dropped)" } else { "" }
-        ));
+        self.next_message += 1;
+        let id = self.next_message;
+        self.record(EventKind::Send {
+            id,
+            from,
+            term,
+            to,
+            what: describe(&message),
+            dropped: lost,
+        });
         if lost {
             return;
         }
         self.network.push(InFlight {
+            id,
             deliver_at: self.now + delay,
             order,
             from,
@@ -542,13 +596,22 @@ impl Cluster {
         }
     }
 
-    /// Write the trace to `target/sim-traces/NAME-seedN.trace.txt`; returns the path.
+    /// Write the trace to `target/sim-traces/NAME-seedN.trace.txt` and the
+    /// HTML timeline beside it (`.timeline.html`); returns the trace's path.
     pub fn write_trace(&self, name: &str) -> std::path::PathBuf {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sim-traces");
         let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join(format!("{name}-seed{}.trace.txt", self.config.seed));
+        let stem = format!("{name}-seed{}", self.config.seed);
+        let path = dir.join(format!("{stem}.trace.txt"));
         let _ = std::fs::write(&path, self.trace.join("\n") + "\n");
+        let html = timeline::html(&stem, &self.ids(), &self.events);
+        let _ = std::fs::write(dir.join(format!("{stem}.timeline.html")), html);
         path
+    }
+
+    /// The run so far as a self-contained HTML timeline.
+    pub fn timeline_html(&self, title: &str) -> String {
+        timeline::html(title, &self.ids(), &self.events)
     }
 }
 
