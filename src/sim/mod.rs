@@ -205,6 +205,8 @@ impl Cluster {
         );
         sim.node = Some(node);
         self.invariants.node_started(id);
+        self.observed.remove(&id);
+        self.observe(id);
     }
 
     /// Logical time: ticks since the start.
@@ -364,6 +366,7 @@ impl Cluster {
             .expect("up");
         let reply = node.step(m.from, m.message);
         let term = node.current_term();
+        self.observe(m.to);
         if let Some(reply) = reply {
             self.send(m.to, term, m.from, reply);
         }
@@ -377,10 +380,11 @@ impl Cluster {
         let sim = &self.nodes[&id];
         let collected = std::mem::take(&mut *sim.outbox.0.lock().unwrap());
         let term = sim.node.as_ref().map_or(0, |n| n.current_term());
+        // The role change happened before the messages it sent.
+        self.observe(id);
         for (to, message) in collected.sent {
             self.send(id, term, to, message);
         }
-        self.observe(id);
         for (request, result) in collected.responses {
             self.record(EventKind::Answer {
                 node: id,

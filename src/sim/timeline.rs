@@ -212,7 +212,7 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
             EventKind::Answer { node, result, .. } => {
                 let _ = write!(
                     svg,
-                    r##"<g><title>{tip}</title><text x="{:.0}" y="{:.0}" class="ans">⮐ {}</text></g>"##,
+                    r##"<g><title>{tip}</title><text x="{:.0}" y="{:.0}" class="ans">answer: {}</text></g>"##,
                     lane_x(*node) + 7.0,
                     y + 1.0,
                     escape(result)
