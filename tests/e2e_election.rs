@@ -2,6 +2,8 @@
 //!
 //! - Three `raft-kv node` processes elect one leader; killing it (SIGKILL)
 //!   leads to a new one within a few seconds (§5.2).
+//! - A stopped follower (SIGSTOP) does not slow the leader's writes, and
+//!   catches up once resumed.
 //! - Bad flags stop a node at once with exit code 2 and a one-line message.
 //! - `raft-kv cluster` prefixes its nodes' lines, survives the death of one
 //!   and, on SIGINT, stops its nodes and exits 0.
@@ -17,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use raft_kv::proto::kv::key_value_client::KeyValueClient;
-use raft_kv::proto::kv::{StatusRequest, StatusResponse};
+use raft_kv::proto::kv::{SetRequest, StatusRequest, StatusResponse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_raft-kv");
 /// Generous for a loaded 2-core machine; only a failing test waits this long.
@@ -185,6 +187,56 @@ fn a_new_leader_is_elected_after_the_leader_is_killed() {
         "the new leader took {took:?}\n{}",
         nodes.logs()
     );
+}
+
+#[test]
+fn a_stopped_follower_does_not_stall_the_leader() {
+    let nodes = ThreeNodes::start();
+    let leader = eventually("leader that all three nodes agree on", || {
+        nodes.agreed_leader()
+    });
+    let follower = if leader.id == 1 { 2 } else { 1 };
+    let follower_pid = nodes.processes.0[follower as usize - 1]
+        .as_ref()
+        .unwrap()
+        .id();
+    // SIGSTOP: its connections stay open but nothing answers, the hardest
+    // kind of peer for a sender that waits.
+    assert!(signal("-STOP", follower_pid));
+
+    let url = format!("http://127.0.0.1:{}", nodes.ports[leader.id as usize - 1]);
+    let slowest = nodes.runtime.block_on(async {
+        let mut client = KeyValueClient::connect(url).await.unwrap();
+        let mut slowest = Duration::ZERO;
+        for i in 0..20 {
+            let request = SetRequest {
+                key: format!("key{i}"),
+                value: "value".into(),
+                client_id: 0,
+                sequence: 0,
+            };
+            let start = Instant::now();
+            tokio::time::timeout(DEADLINE, client.set(request))
+                .await
+                .expect("a set within the deadline")
+                .expect("a successful set");
+            slowest = slowest.max(start.elapsed());
+        }
+        slowest
+    });
+    // A set takes about a millisecond; waiting on the stopped follower would
+    // take forever.
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest set took {slowest:?}"
+    );
+
+    assert!(signal("-CONT", follower_pid));
+    let leader_commit = nodes.status(leader.id).unwrap().commit_index;
+    eventually("the resumed follower to catch up", || {
+        let status = nodes.status(follower)?;
+        (status.commit_index >= leader_commit).then_some(())
+    });
 }
 
 /// Run `raft-kv node` with `args` and return its exit status and stderr.
