@@ -114,9 +114,8 @@ impl Bridge {
         for (peer, queue) in outbound {
             let address = members
                 .address(peer)
-                .expect("every peer with a queue is a member")
-                .clone();
-            let client = peer_client(&address)
+                .expect("every peer with a queue is a member");
+            let client = peer_client(address)
                 .map_err(|e| format!("node {id}: bad address {address} for peer {peer}: {e}"))?;
             let sender = PeerSender {
                 id,
@@ -142,15 +141,6 @@ impl Bridge {
             members,
             to_event_loop: client_calls,
         };
-        // Shutdown closes connections gracefully, but a client that never
-        // reads its GOAWAY must not keep the node from stopping.
-        let (stopping_tx, stopping) = watch::channel(false);
-        tokio::spawn(async move {
-            let _ = shutdown.await;
-            let _ = stopping_tx.send(true);
-        });
-        let mut stop_serving = stopping.clone();
-        let mut stop_waiting = stopping;
         let server = Server::builder()
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -163,18 +153,29 @@ impl Bridge {
                 KeyValueServer::new(client_service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop_serving.wait_for(|&stop| stop).await;
-            });
+            );
+        let (stopping_tx, stopping) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = shutdown.await;
+            let _ = stopping_tx.send(true);
+        });
+        let mut stop_serving = stopping.clone();
+        let serving = server.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_serving.wait_for(|&stop| stop).await;
+        });
+        // Shutdown closes connections gracefully, but a client that never
+        // reads its GOAWAY must not keep the node from stopping.
         tokio::select! {
-            served = server => served.map_err(|e| format!("node {id}: the gRPC server failed: {e}")),
-            _ = async move {
-                let _ = stop_waiting.wait_for(|&stop| stop).await;
-                tokio::time::sleep(GRACEFUL_SHUTDOWN).await;
-            } => Ok(()),
+            served = serving => served.map_err(|e| format!("node {id}: the gRPC server failed: {e}")),
+            () = grace_after(stopping) => Ok(()),
         }
     }
+}
+
+/// Wait for the stop signal, then for [`GRACEFUL_SHUTDOWN`].
+async fn grace_after(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|&stop| stop).await;
+    tokio::time::sleep(GRACEFUL_SHUTDOWN).await;
 }
 
 /// A client for one peer that connects on first use and reconnects after
