@@ -6,11 +6,13 @@
 //!   catches up once resumed.
 //! - Bad flags stop a node at once with exit code 2 and a one-line message.
 //! - `raft-kv cluster` prefixes its nodes' lines, survives the death of one
-//!   and, on SIGINT, stops its nodes and exits 0.
+//!   and, on SIGINT, stops its nodes and exits 0; killed outright, it takes
+//!   its nodes with it (Linux).
 //!
 //! Every process started here is killed by a Drop guard, even when a test fails.
 #![cfg(unix)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
@@ -352,11 +354,23 @@ fn signal(signal: &str, pid: u32) -> bool {
         .success()
 }
 
-#[test]
-fn cluster_prefixes_lines_outlives_a_killed_leader_and_stops_on_sigint() {
+/// A running `raft-kv cluster` of three nodes, its output, and its nodes' pids.
+struct RunningCluster {
+    process: Processes,
+    pid: u32,
+    output: ClusterOutput,
+    node_pids: BTreeMap<u64, u32>,
+    /// (id, term) of the latest leader announced
+    leader: (u64, u64),
+    _dir: tempfile::TempDir,
+}
+
+/// Start `raft-kv cluster` and wait until every node has announced its pid
+/// and a leader is elected.
+fn start_cluster() -> RunningCluster {
     let ports = free_ports(3);
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Processes(vec![Some(
+    let mut process = Processes(vec![Some(
         Command::new(BIN)
             .arg("cluster")
             .args(["--peers", &peers_flag(&ports)])
@@ -368,8 +382,8 @@ fn cluster_prefixes_lines_outlives_a_killed_leader_and_stops_on_sigint() {
             .spawn()
             .unwrap(),
     )]);
-    let child = cluster.0[0].as_mut().unwrap();
-    let cluster_pid = child.id();
+    let child = process.0[0].as_mut().unwrap();
+    let pid = child.id();
     let stdout = child.stdout.take().unwrap();
     let (line_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
@@ -384,19 +398,38 @@ fn cluster_prefixes_lines_outlives_a_killed_leader_and_stops_on_sigint() {
         seen: Vec::new(),
     };
 
-    let mut pids = std::collections::BTreeMap::new();
+    let mut node_pids = BTreeMap::new();
     let mut latest_leader = None;
     output.wait_for("a leader and every node's pid", |line| {
         if let Some((id, pid)) = node_pid(line) {
             assert!(line.starts_with(&format!("[node{id}] ")), "{line}");
-            pids.insert(id, pid);
+            node_pids.insert(id, pid);
         }
         if let Some(elected) = new_leader(line) {
             latest_leader = Some(elected);
         }
-        (pids.len() == 3 && latest_leader.is_some()).then_some(())
+        (node_pids.len() == 3 && latest_leader.is_some()).then_some(())
     });
-    let (leader, term) = latest_leader.unwrap();
+    RunningCluster {
+        process,
+        pid,
+        output,
+        node_pids,
+        leader: latest_leader.unwrap(),
+        _dir: dir,
+    }
+}
+
+#[test]
+fn cluster_prefixes_lines_outlives_a_killed_leader_and_stops_on_sigint() {
+    let RunningCluster {
+        process: mut cluster,
+        pid: cluster_pid,
+        mut output,
+        node_pids: pids,
+        leader: (leader, term),
+        _dir,
+    } = start_cluster();
 
     assert!(signal("-KILL", pids[&leader]));
     output.wait_for("the killed leader's exit", |line| {
@@ -417,5 +450,31 @@ fn cluster_prefixes_lines_outlives_a_killed_leader_and_stops_on_sigint() {
             !signal("-0", pid),
             "node {id} (pid {pid}) outlived the cluster"
         );
+    }
+}
+
+/// Whether process `pid` has finished: gone, or a zombie nobody has reaped.
+#[cfg(target_os = "linux")]
+fn finished(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status
+            .lines()
+            .any(|line| line.starts_with("State:") && line.contains("zombie")),
+        Err(_) => true,
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn nodes_do_not_outlive_a_killed_cluster() {
+    let mut cluster = start_cluster();
+    // SIGKILL: the cluster gets no chance to stop its nodes; the kernel must.
+    let mut process = cluster.process.0[0].take().unwrap();
+    process.kill().unwrap();
+    process.wait().unwrap();
+    for (&id, &pid) in &cluster.node_pids {
+        eventually(&format!("node {id} (pid {pid}) to stop"), || {
+            finished(pid).then_some(())
+        });
     }
 }
