@@ -9,38 +9,20 @@
 //!   and, on SIGINT, stops its nodes and exits 0; killed outright, it takes
 //!   its nodes with it (Linux).
 //!
-//! Every process started here is killed by a Drop guard, even when a test fails.
+//! Every process started here is killed by a Drop guard, even when a test
+//! fails (`common::Cluster` for nodes, `Processes` for a cluster).
 #![cfg(unix)]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use raft_kv::proto::kv::key_value_client::KeyValueClient;
-use raft_kv::proto::kv::{SetRequest, StatusRequest, StatusResponse};
-
-const BIN: &str = env!("CARGO_BIN_EXE_raft-kv");
-/// Generous for a loaded 2-core machine; only a failing test waits this long.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// `n` loopback ports that were free a moment ago, all held at once so they
-/// are distinct.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    // Those of `make cluster` stay free for whoever is running it.
-    assert!(ports.iter().all(|p| !(7001..=7003).contains(p)));
-    ports
-}
+use common::{eventually, free_ports, Cluster, BIN, PATIENCE};
 
 fn peers_flag(ports: &[u16]) -> String {
     ports
@@ -51,181 +33,52 @@ fn peers_flag(ports: &[u16]) -> String {
         .join(",")
 }
 
-/// Poll `check` until it answers, failing after [`DEADLINE`].
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(answer) = check() {
-            return answer;
-        }
-        assert!(start.elapsed() < DEADLINE, "no {what} within {DEADLINE:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Kills every process it holds when dropped.
-struct Processes(Vec<Option<Child>>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in self.0.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Three `raft-kv node` processes, node `id` at `ports[id - 1]`, each logging
-/// to a file in its own temporary data dir's parent.
-struct ThreeNodes {
-    ports: Vec<u16>,
-    processes: Processes,
-    dir: tempfile::TempDir,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl ThreeNodes {
-    fn start() -> ThreeNodes {
-        let ports = free_ports(3);
-        let dir = tempfile::tempdir().unwrap();
-        let mut processes = Processes(Vec::new());
-        for id in 1..=3u64 {
-            let log = std::fs::File::create(dir.path().join(format!("node{id}.log"))).unwrap();
-            let child = Command::new(BIN)
-                .arg("node")
-                .args(["--id", &id.to_string()])
-                .args(["--peers", &peers_flag(&ports)])
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("node{id}")))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            processes.0.push(Some(child));
-        }
-        ThreeNodes {
-            ports,
-            processes,
-            dir,
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn status(&self, id: u64) -> Option<StatusResponse> {
-        let url = format!("http://127.0.0.1:{}", self.ports[id as usize - 1]);
-        self.runtime.block_on(async {
-            let mut client = KeyValueClient::connect(url).await.ok()?;
-            let status =
-                tokio::time::timeout(Duration::from_secs(1), client.status(StatusRequest {}));
-            Some(status.await.ok()?.ok()?.into_inner())
-        })
-    }
-
-    fn alive(&self) -> Vec<u64> {
-        (1..=3)
-            .filter(|&id| self.processes.0[id as usize - 1].is_some())
-            .collect()
-    }
-
-    /// The leader every live node names, in the same term, once there is one.
-    fn agreed_leader(&self) -> Option<StatusResponse> {
-        let statuses: Vec<StatusResponse> = self
-            .alive()
-            .into_iter()
-            .map(|id| self.status(id))
-            .collect::<Option<_>>()?;
-        let leaders: Vec<&StatusResponse> =
-            statuses.iter().filter(|s| s.role == "leader").collect();
-        let [leader] = leaders[..] else {
-            return None;
-        };
-        let agreed = statuses
-            .iter()
-            .all(|s| s.leader_id == leader.id && s.term == leader.term);
-        agreed.then(|| leader.clone())
-    }
-
-    fn kill(&mut self, id: u64) {
-        let mut child = self.processes.0[id as usize - 1].take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// Every node's log, for a failure message.
-    fn logs(&self) -> String {
-        (1..=3)
-            .map(|id| {
-                let path = self.dir.path().join(format!("node{id}.log"));
-                let log = std::fs::read_to_string(path).unwrap_or_default();
-                format!("--- node {id} ---\n{log}")
-            })
-            .collect()
-    }
+/// The pid node `id` logged when it started (`node 2: pid 1234, serving …`).
+fn logged_pid(cluster: &Cluster, id: u64) -> u32 {
+    let log = cluster.log(id);
+    log.lines()
+        .find_map(node_pid)
+        .map(|(_, pid)| pid)
+        .unwrap_or_else(|| panic!("node {id} logged no pid:\n{log}"))
 }
 
 #[test]
 fn a_new_leader_is_elected_after_the_leader_is_killed() {
-    let mut nodes = ThreeNodes::start();
-    let first = eventually("leader that all three nodes agree on", || {
-        nodes.agreed_leader()
-    });
+    let mut cluster = Cluster::start(&[]);
+    let first = cluster.wait_for_leader();
+    let first_term = cluster.status(first).unwrap().term;
 
-    nodes.kill(first.id);
+    cluster.kill(first);
     let killed_at = Instant::now();
-    let second = eventually("new leader after the first was killed", || {
-        nodes.agreed_leader()
-    });
+    let second = cluster.wait_for_leader();
     let took = killed_at.elapsed();
-    assert_ne!(second.id, first.id, "{}", nodes.logs());
-    assert!(second.term > first.term, "{}", nodes.logs());
+    assert_ne!(second, first);
+    assert!(cluster.status(second).unwrap().term > first_term);
     // An election timeout is at most 300 ms and the vote takes a round trip;
     // the bound leaves room for a loaded machine.
     assert!(
         took < Duration::from_secs(5),
-        "the new leader took {took:?}\n{}",
-        nodes.logs()
+        "the new leader took {took:?}"
     );
 }
 
 #[test]
 fn a_stopped_follower_does_not_stall_the_leader() {
-    let nodes = ThreeNodes::start();
-    let leader = eventually("leader that all three nodes agree on", || {
-        nodes.agreed_leader()
-    });
-    let follower = if leader.id == 1 { 2 } else { 1 };
-    let follower_pid = nodes.processes.0[follower as usize - 1]
-        .as_ref()
-        .unwrap()
-        .id();
+    let mut cluster = Cluster::start(&[]);
+    let leader = cluster.wait_for_leader();
+    let follower = cluster.follower_of(leader);
+    let follower_pid = logged_pid(&cluster, follower);
     // SIGSTOP: its connections stay open but nothing answers, the hardest
     // kind of peer for a sender that waits.
     assert!(signal("-STOP", follower_pid));
 
-    let url = format!("http://127.0.0.1:{}", nodes.ports[leader.id as usize - 1]);
-    let slowest = nodes.runtime.block_on(async {
-        let mut client = KeyValueClient::connect(url).await.unwrap();
-        let mut slowest = Duration::ZERO;
-        for i in 0..20 {
-            let request = SetRequest {
-                key: format!("key{i}"),
-                value: "value".into(),
-                client_id: 0,
-                sequence: 0,
-            };
-            let start = Instant::now();
-            tokio::time::timeout(DEADLINE, client.set(request))
-                .await
-                .expect("a set within the deadline")
-                .expect("a successful set");
-            slowest = slowest.max(start.elapsed());
-        }
-        slowest
-    });
+    let mut client = cluster.client_of(leader);
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let start = Instant::now();
+        client.set(&format!("key{i}"), "value").unwrap();
+        slowest = slowest.max(start.elapsed());
+    }
     // A set takes about a millisecond; waiting on the stopped follower would
     // take forever.
     assert!(
@@ -234,15 +87,15 @@ fn a_stopped_follower_does_not_stall_the_leader() {
     );
 
     assert!(signal("-CONT", follower_pid));
-    let leader_commit = nodes.status(leader.id).unwrap().commit_index;
+    let leader_commit = cluster.status(leader).unwrap().commit_index;
     eventually("the resumed follower to catch up", || {
-        let status = nodes.status(follower)?;
+        let status = cluster.status(follower)?;
         (status.commit_index >= leader_commit).then_some(())
     });
 }
 
 /// Run `raft-kv node` with `args` and return its exit status and stderr.
-fn run_node(args: &[&str], data_dir: &Path) -> (ExitStatus, String) {
+fn run_node(args: &[&str], data_dir: &std::path::Path) -> (std::process::ExitStatus, String) {
     let output = Command::new(BIN)
         .arg("node")
         .args(args)
@@ -308,7 +161,7 @@ struct ClusterOutput {
 impl ClusterOutput {
     /// Wait for a line for which `pick` gives an answer.
     fn wait_for<T>(&mut self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + DEADLINE;
+        let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -320,7 +173,7 @@ impl ClusterOutput {
                     }
                 }
                 Err(_) => panic!(
-                    "no {what} within {DEADLINE:?}; output so far:\n{}",
+                    "no {what} within {PATIENCE:?}; output so far:\n{}",
                     self.seen.join("\n")
                 ),
             }
@@ -328,10 +181,9 @@ impl ClusterOutput {
     }
 }
 
-/// `[node2] … node 2: pid 1234, serving …` → (2, 1234)
+/// `… node 2: pid 1234, serving …`, with or without the `[node2] ` prefix → (2, 1234)
 fn node_pid(line: &str) -> Option<(u64, u32)> {
-    let rest = line.split_once("] ")?.1;
-    let rest = &rest[rest.find("node ")?..];
+    let rest = &line[line.find("node ")?..];
     let (id, rest) = rest.strip_prefix("node ")?.split_once(": pid ")?;
     let pid = rest.split_once(',')?.0;
     Some((id.parse().ok()?, pid.parse().ok()?))
@@ -352,6 +204,18 @@ fn signal(signal: &str, pid: u32) -> bool {
         .status()
         .unwrap()
         .success()
+}
+
+/// Kills every process it holds when dropped.
+struct Processes(Vec<Option<Child>>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A running `raft-kv cluster` of three nodes, its output, and its nodes' pids.
