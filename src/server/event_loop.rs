@@ -125,7 +125,8 @@ impl EventLoop {
         }
     }
 
-    /// Run until shutdown, or until every sender is gone.
+    /// Run until shutdown, or until a thread that feeds the loop has stopped
+    /// (a node without its timer or its bridge can do nothing useful).
     pub fn run(mut self) {
         let id = self.node.id();
         info!(
