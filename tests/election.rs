@@ -8,7 +8,7 @@ use raft_kv::raft::{
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 /// The leader of `group` once it has settled: exactly one leader among those
 /// nodes, and every one of them in its term and knowing it.
@@ -323,7 +323,7 @@ fn restarting_voters_never_elect_two_leaders_figure_2() {
                 }
             }
             let victim = *c.ids().choose(&mut rng).unwrap();
-            if rand::Rng::gen_bool(&mut rng, 0.1) {
+            if rng.gen_bool(0.1) {
                 c.crash(victim);
                 c.restart(victim);
             }

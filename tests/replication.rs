@@ -3,7 +3,7 @@
 
 use raft_kv::raft::{
     AppendEntries, AppendEntriesReply, ClientError, ClientRequest, ClientResponse, ClientResult,
-    Command, LogIndex, Message, NodeId, RequestVote, RequestVoteReply, Role, Term,
+    Command, Entry, LogIndex, Message, NodeId, RequestVote, RequestVoteReply, Role, Term,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
@@ -850,4 +850,62 @@ fn agreement_on_unreliable_network_5_3() {
             );
         }
     }
+}
+
+/// Figure 2 AppendEntries step 5: "If leaderCommit > commitIndex, set
+/// commitIndex = min(leaderCommit, index of last new entry)". Entries after
+/// the last new one may be left from an older leader and conflict with what
+/// the current leader committed but has not sent yet (its message was cut
+/// short by the batch limit): they must not be marked committed, let alone
+/// applied.
+#[test]
+fn commit_index_stops_at_last_new_entry_figure_2() {
+    let mut c = Cluster::new(SimConfig::new(3, 1));
+    for id in c.ids() {
+        c.isolate(id);
+    }
+    let entry = |index, term, value: &str| Entry {
+        index,
+        term,
+        command: Command::Set {
+            key: format!("k{index}"),
+            value: value.into(),
+            client_id: 0,
+            sequence: 0,
+        },
+    };
+    let append = |term, leader_id, prev_log_index, prev_log_term, entries, leader_commit| {
+        Message::AppendEntries(AppendEntries {
+            term,
+            leader_id,
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+            read_round: 0,
+        })
+    };
+    // n2, leader of term 1, gave n1 entries 1..=6 and committed none of them.
+    let old_entries = (1..=6).map(|i| entry(i, 1, "old")).collect();
+    c.with_node(1, |n| n.step(2, append(1, 2, 0, 0, old_entries, 0)));
+    // n3 leads term 2 with 1..=3 of term 1 and 4..=6 of its own, all
+    // committed; this message carries only entry 3.
+    let reply = c.with_node(1, |n| {
+        n.step(3, append(2, 3, 2, 1, vec![entry(3, 1, "old")], 6))
+    });
+    assert!(matches!(
+        reply,
+        Some(Message::AppendEntriesReply(AppendEntriesReply {
+            success: true,
+            match_index: 3,
+            ..
+        }))
+    ));
+    assert_eq!(
+        c.node(1).commit_index(),
+        3,
+        "committed entries past the last one known to match the leader's log"
+    );
+    assert_eq!(c.node(1).state_machine().get("k4"), None);
+    assert_eq!(c.node(1).state_machine().get("k3"), Some("old"));
 }

@@ -3,7 +3,9 @@
 //! `RAFT_SEED=N cargo test --release --test snapshots NAME`.
 
 use raft_kv::kv::StateMachine;
-use raft_kv::raft::{ClientError, ClientRequest, ClientResponse, ClientResult, NodeId};
+use raft_kv::raft::{
+    ClientError, ClientRequest, ClientResponse, ClientResult, InstallSnapshot, NodeId,
+};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -394,4 +396,69 @@ fn sessions_survive_snapshot_and_restart_6_3() {
             "a retried delete was applied twice"
         );
     }
+}
+
+/// Figure 13 receiver steps 2–4: a chunk is written only where it continues
+/// what the follower holds ("write data into snapshot file at given
+/// offset"); one that skips ahead or repeats — reordered or duplicated on the
+/// network — is not, and the reply says where to resume. A chunk at offset 0
+/// starts the file over. What is installed is exactly the leader's snapshot.
+#[test]
+fn chunks_written_only_at_their_offset_figure_13() {
+    let mut c = Cluster::new(config(3, 1));
+    let leader = c.elect(200);
+    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+    c.crash(follower);
+    write_keys(&mut c, "k", 60, 1);
+    let snapshot = c.node(leader).log().snapshot().unwrap().clone();
+    let chunks = snapshot.data.len().div_ceil(CHUNK);
+    assert!(chunks >= 4);
+    c.restart(follower);
+    c.isolate(follower);
+
+    let term = c.node(leader).current_term();
+    let chunk = |i: usize| {
+        let start = i * CHUNK;
+        let end = (start + CHUNK).min(snapshot.data.len());
+        InstallSnapshot {
+            term,
+            leader_id: leader,
+            last_included_index: snapshot.last_included_index,
+            last_included_term: snapshot.last_included_term,
+            offset: start as u64,
+            data: snapshot.data[start..end].to_vec(),
+            done: end == snapshot.data.len(),
+        }
+    };
+    let send = |c: &mut Cluster, i| {
+        let reply = c.with_node(follower, |n| n.handle_install_snapshot(chunk(i)));
+        assert_eq!(reply.term, term);
+        (reply.next_offset as usize, reply.done)
+    };
+    assert_eq!(send(&mut c, 0), (CHUNK, false));
+    assert_eq!(
+        send(&mut c, 2),
+        (CHUNK, false),
+        "a chunk that skips ahead was written"
+    );
+    assert_eq!(send(&mut c, 1), (2 * CHUNK, false));
+    assert_eq!(
+        send(&mut c, 1),
+        (2 * CHUNK, false),
+        "a repeated chunk was written twice"
+    );
+    assert_eq!(send(&mut c, 0), (CHUNK, false), "offset 0 starts over");
+    for i in 1..chunks - 1 {
+        assert_eq!(send(&mut c, i), ((i + 1) * CHUNK, false));
+    }
+    assert_eq!(send(&mut c, chunks - 1), (snapshot.data.len(), true));
+
+    let n = c.node(follower);
+    assert_eq!(n.log().snapshot(), Some(&snapshot));
+    assert_eq!(c.disk(follower).durable_snapshot(), Some(snapshot.clone()));
+    assert_eq!(n.last_applied(), snapshot.last_included_index);
+    assert_eq!(
+        n.state_machine(),
+        &StateMachine::restore(&snapshot.data).unwrap()
+    );
 }
