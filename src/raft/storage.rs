@@ -89,7 +89,17 @@ struct MemDisk {
     durable: Recovered,
     /// the state as written, including what is not yet synced
     written: Recovered,
+    /// the lowest log index appended or truncated since the last sync: `sync`
+    /// copies only from there, so a long run does not copy the whole log at
+    /// every fsync
+    unsynced_from: Option<LogIndex>,
     fsyncs: u64,
+}
+
+impl MemDisk {
+    fn touch(&mut self, index: LogIndex) {
+        self.unsynced_from = Some(self.unsynced_from.map_or(index, |i| i.min(index)));
+    }
 }
 
 impl MemStorage {
@@ -101,6 +111,7 @@ impl MemStorage {
     pub fn crash(&self) {
         let mut disk = self.disk.lock().unwrap();
         disk.written = disk.durable.clone();
+        disk.unsynced_from = None;
     }
 
     /// How many fsyncs this disk has seen (the group-commit tests count them).
@@ -141,6 +152,9 @@ impl Storage for MemStorage {
                 "append must follow the last entry"
             );
         }
+        if let Some(first) = entries.first() {
+            disk.touch(first.index);
+        }
         disk.written.entries.extend_from_slice(entries);
         Ok(())
     }
@@ -148,12 +162,23 @@ impl Storage for MemStorage {
     fn truncate_from(&mut self, index: LogIndex) -> io::Result<()> {
         let mut disk = self.disk.lock().unwrap();
         disk.written.entries.retain(|e| e.index < index);
+        disk.touch(index);
         Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
         let mut disk = self.disk.lock().unwrap();
-        disk.durable.entries = disk.written.entries.clone();
+        if let Some(from) = disk.unsynced_from.take() {
+            // Entries are in index order on both sides: replace the durable
+            // suffix from `from` with the written one.
+            let disk = &mut *disk;
+            let keep = disk.durable.entries.partition_point(|e| e.index < from);
+            disk.durable.entries.truncate(keep);
+            let start = disk.written.entries.partition_point(|e| e.index < from);
+            disk.durable
+                .entries
+                .extend_from_slice(&disk.written.entries[start..]);
+        }
         disk.fsyncs += 1;
         Ok(())
     }
