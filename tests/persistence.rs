@@ -5,7 +5,7 @@
 
 use raft_kv::raft::{
     ClientError, ClientRequest, ClientResponse, Command, Entry, HardState, LogIndex, MemStorage,
-    NodeId, RequestId, Storage, Term,
+    NodeId, RequestId, Snapshot, Storage, Term,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use std::collections::BTreeMap;
@@ -241,6 +241,29 @@ fn unsynced_writes_are_lost_on_crash_figure_2() {
     disk.sync().unwrap();
     disk.crash();
     assert_eq!(disk.recover().unwrap().entries, vec![entry(1, 1)]);
+
+    // A conflicting suffix replaced, then synced, with a snapshot in between.
+    disk.append(&[entry(2, 1), entry(3, 1), entry(4, 1)])
+        .unwrap();
+    disk.sync().unwrap();
+    disk.truncate_from(3).unwrap();
+    disk.append(&[entry(3, 2), entry(4, 2), entry(5, 2)])
+        .unwrap();
+    let snapshot = Snapshot {
+        last_included_index: 2,
+        last_included_term: 1,
+        data: vec![],
+    };
+    disk.save_snapshot(&snapshot, true).unwrap();
+    disk.sync().unwrap();
+    disk.append(&[entry(6, 2)]).unwrap();
+    disk.crash();
+    let recovered = disk.recover().unwrap();
+    assert_eq!(recovered.snapshot, Some(snapshot));
+    assert_eq!(
+        recovered.entries,
+        vec![entry(3, 2), entry(4, 2), entry(5, 2)]
+    );
 }
 
 /// Figure 2: a restarted node comes back with current_term, voted_for and its
