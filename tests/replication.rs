@@ -5,7 +5,7 @@ use raft_kv::raft::{
     AppendEntries, AppendEntriesReply, ClientError, ClientRequest, ClientResponse, ClientResult,
     Command, Entry, LogIndex, Message, NodeId, RequestVote, RequestVoteReply, Role, Term,
 };
-use raft_kv::sim::{seeds, Cluster, SimConfig};
+use raft_kv::sim::{seeds, Cluster, EventKind, SimConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -604,17 +604,13 @@ fn figure_8_unreliable() {
     }
 }
 
-/// AppendEntriesReply rejections that node `id` sent after trace line `from`.
+/// AppendEntriesReply rejections that node `id` sent after event `from`.
 fn rejections_from(c: &Cluster, id: NodeId, from: usize) -> usize {
-    let sender = format!("n{id}@");
-    c.trace()[from..]
+    c.events()[from..]
         .iter()
-        .filter(|line| {
-            line.split_whitespace()
-                .nth(1)
-                .is_some_and(|s| s.starts_with(&sender))
-                && line.contains("AppendEntriesReply")
-                && line.contains("reject")
+        .filter(|e| {
+            matches!(&e.kind, EventKind::Send { from, what, .. }
+                if *from == id && what.starts_with("AppendEntriesReply") && what.contains("reject"))
         })
         .count()
 }
@@ -672,7 +668,7 @@ fn backup_skips_a_whole_term_per_round_trip_5_3() {
         });
         assert!(ok, "N did not become leader and commit");
 
-        let mark = c.trace().len();
+        let mark = c.events().len();
         c.restart(old);
         c.restart(partner);
         let leader = converge(&mut c, 200);

@@ -6,7 +6,7 @@ use raft_kv::kv::StateMachine;
 use raft_kv::raft::{
     ClientError, ClientRequest, ClientResponse, ClientResult, InstallSnapshot, NodeId,
 };
-use raft_kv::sim::{seeds, Cluster, SimConfig};
+use raft_kv::sim::{seeds, Cluster, EventKind, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -85,18 +85,13 @@ fn converge(c: &mut Cluster, max_ticks: u64) -> NodeId {
     leader
 }
 
-/// InstallSnapshot chunks sent to node `to` after trace line `from`.
+/// InstallSnapshot chunks sent (and not dropped) to node `to` after event `from`.
 fn chunks_sent_to(c: &Cluster, to: NodeId, from: usize) -> usize {
-    let target = format!("-> n{to} InstallSnapshot term=");
-    c.trace()[from..]
+    c.events()[from..]
         .iter()
-        .filter(|line| {
-            line.contains(&target)
-                && line
-                    .split_whitespace()
-                    .nth(1)
-                    .is_some_and(|s| s.contains('@'))
-                && !line.ends_with("(dropped)")
+        .filter(|e| {
+            matches!(&e.kind, EventKind::Send { to: t, what, dropped: false, .. }
+                if *t == to && what.starts_with("InstallSnapshot "))
         })
         .count()
 }
@@ -165,7 +160,7 @@ fn lagging_follower_installs_snapshot_in_chunks_figure_13() {
         write_keys(&mut c, "b", 100, 2);
         assert!(c.node(leader).log().snapshot_index() > c.node(follower).log().last_index());
 
-        let mark = c.trace().len();
+        let mark = c.events().len();
         c.reconnect(follower);
         let leader = converge(&mut c, 500);
         let chunks = snapshot_chunks(&c, leader);
@@ -219,16 +214,18 @@ fn crash_during_snapshot_transfer_figure_13() {
             // disrupt the leader when it returns.
             c.crash(follower);
             write_keys(&mut c, "b", 100, 1);
-            let mark = c.trace().len();
+            let mark = c.events().len();
             // Delays spread the transfer over many ticks (with none, all its
             // round trips fit in one).
             c.set_unreliable(0.0, 2);
             c.restart(follower);
-            let delivered = format!(" -> n{follower}@");
             let chunks_delivered = |c: &Cluster| {
-                c.trace()[mark..]
+                c.events()[mark..]
                     .iter()
-                    .filter(|l| l.contains(&delivered) && l.contains(" InstallSnapshot term="))
+                    .filter(|e| {
+                        matches!(&e.kind, EventKind::Deliver { to, what, .. }
+                            if *to == follower && what.starts_with("InstallSnapshot "))
+                    })
                     .count()
             };
             let half = snapshot_chunks(&c, leader) / 2;
