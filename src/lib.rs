@@ -5,7 +5,9 @@
 //! - [`raft`]: the consensus core, synchronous and free of I/O (Figure 2).
 //! - [`kv`]: the replicated state machine.
 //! - [`sim`]: a deterministic in-memory cluster for tests and debugging.
+//! - [`bench`]: `raft-kv bench`, the load generator (docs/performance.md).
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod grpc_codec;

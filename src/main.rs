@@ -24,6 +24,8 @@ enum Command {
     Delete(raft_kv::cli::DeleteArgs),
     /// Show every node's role, term, leader, commit and applied index.
     Status(raft_kv::cli::StatusArgs),
+    /// Load a cluster (raft-kv or etcd) and report latency and throughput.
+    Bench(raft_kv::bench::BenchArgs),
 }
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         Command::Get(a) => raft_kv::cli::get(a),
         Command::Delete(a) => raft_kv::cli::delete(a),
         Command::Status(a) => raft_kv::cli::status(a),
+        Command::Bench(a) => raft_kv::bench::run_bench(a),
     };
     std::process::exit(code);
 }

@@ -230,9 +230,10 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Have the kernel kill the node when the cluster process dies, however it dies.
+/// Have the kernel kill the node when the cluster process dies, however it
+/// dies. `raft-kv bench --local` uses it for its nodes too.
 #[cfg(target_os = "linux")]
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     const PR_SET_PDEATHSIG: i32 = 1;
     const SIGKILL: std::ffi::c_ulong = 9;
@@ -258,14 +259,14 @@ fn die_with_parent(command: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_command: &mut Command) {}
+pub(crate) fn die_with_parent(_command: &mut Command) {}
 
 /// Ctrl-C (SIGINT) and `kill` (SIGTERM) set a flag instead of ending the
 /// cluster at once, so it can wait for its nodes. The handler is reset to
 /// the default in the children when they exec, so the nodes still stop at
-/// once on Ctrl-C.
+/// once on Ctrl-C. `raft-kv bench` uses it to stop and clean up too.
 #[cfg(unix)]
-mod interrupt {
+pub(crate) mod interrupt {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -296,7 +297,7 @@ mod interrupt {
 }
 
 #[cfg(not(unix))]
-mod interrupt {
+pub(crate) mod interrupt {
     pub fn catch() {}
 
     pub fn happened() -> bool {

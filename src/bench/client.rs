@@ -1,0 +1,360 @@
+//! The bench's clients: async gRPC clients of raft-kv (`raftkv.KeyValue`)
+//! and of etcd (`etcdserverpb.KV`), behind one interface so every workload
+//! runs the same code against both.
+//!
+//! Connections: one HTTP/2 connection per member, shared by every simulated
+//! client, and client `i` starts on member `i mod members`, as etcd's own
+//! `benchmark` tool and its clientv3 spread requests over the endpoints.
+//! From there each system is used as its clients would use it:
+//!
+//! - raft-kv: a follower answers UNAVAILABLE with `leader-addr` (dissertation
+//!   §6.2), and the client moves to the leader's connection, like
+//!   `raft_kv::cli::Client`. Writes carry a `client_id` and `sequence`, and
+//!   every retry of one write repeats them, so it applies once (§6.3).
+//! - etcd: any member accepts any request and forwards proposals and
+//!   ReadIndex requests to its leader itself, so a client stays where it is
+//!   until its member fails.
+//!
+//! Both move to the next member on a failure, and back off (5 ms doubling to
+//! 50 ms) once every member has failed in a row.
+
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::etcdpb;
+use super::etcdpb::kv_client::KvClient;
+use super::etcdpb::maintenance_client::MaintenanceClient;
+use crate::proto::kv as kv_pb;
+use crate::proto::kv::key_value_client::KeyValueClient;
+use crate::server::bridge::LEADER_ADDR_METADATA;
+use crate::server::interrupt;
+
+/// How long one operation keeps retrying before it counts as an error.
+const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The system under load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    #[value(name = "raft-kv")]
+    RaftKv,
+    Etcd,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::RaftKv => "raft-kv",
+            System::Etcd => "etcd",
+        }
+    }
+}
+
+/// A member's view of the cluster, from raft-kv's `Status` or etcd's
+/// `Maintenance.Status`.
+#[derive(Clone, Debug)]
+pub struct MemberStatus {
+    pub is_leader: bool,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// The connections to one cluster, shared by all its simulated clients.
+#[derive(Clone)]
+pub struct Pool {
+    system: System,
+    addrs: Vec<String>,
+    channels: Vec<Channel>,
+    rpc_timeout: Duration,
+}
+
+impl Pool {
+    /// Connections to `addrs` (`host:port` each), opened lazily. Must be
+    /// called inside the tokio runtime.
+    pub fn new(system: System, addrs: &[String], rpc_timeout: Duration) -> Result<Pool, String> {
+        if addrs.is_empty() {
+            return Err("no member address given".into());
+        }
+        let channels = addrs
+            .iter()
+            .map(|addr| connect(addr, rpc_timeout))
+            .collect::<Result<_, _>>()?;
+        Ok(Pool {
+            system,
+            addrs: addrs.to_vec(),
+            channels,
+            rpc_timeout,
+        })
+    }
+
+    pub fn system(&self) -> System {
+        self.system
+    }
+
+    /// Simulated client number `i`.
+    pub fn client(&self, i: usize) -> BenchClient {
+        BenchClient {
+            pool: self.clone(),
+            target: i % self.addrs.len(),
+            client_id: loop {
+                // 0 means "no session" on raft-kv's wire.
+                let id: u64 = rand::random();
+                if id != 0 {
+                    break id;
+                }
+            },
+            sequence: 0,
+        }
+    }
+
+    /// Member `i`'s status, asked once with the RPC timeout.
+    pub async fn status(&self, i: usize) -> Result<MemberStatus, String> {
+        let channel = self.channels[i].clone();
+        let answer = tokio::time::timeout(self.rpc_timeout, async {
+            match self.system {
+                System::RaftKv => {
+                    let s = KeyValueClient::new(channel)
+                        .status(kv_pb::StatusRequest {})
+                        .await?
+                        .into_inner();
+                    Ok(MemberStatus {
+                        is_leader: s.role == "leader",
+                        term: s.term,
+                        commit_index: s.commit_index,
+                        applied_index: s.last_applied,
+                    })
+                }
+                System::Etcd => {
+                    let s = MaintenanceClient::new(channel)
+                        .status(etcdpb::StatusRequest {})
+                        .await?
+                        .into_inner();
+                    let member_id = s.header.map_or(0, |h| h.member_id);
+                    Ok(MemberStatus {
+                        is_leader: s.leader != 0 && s.leader == member_id,
+                        term: s.raft_term,
+                        commit_index: s.raft_index,
+                        applied_index: s.raft_applied_index,
+                    })
+                }
+            }
+        })
+        .await;
+        match answer {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(status)) => Err(describe(&status)),
+            Err(_) => Err(format!("{}: no answer in time", self.addrs[i])),
+        }
+    }
+
+    /// The member that leads in the highest term any member reports, if any.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for i in 0..self.addrs.len() {
+            if let Ok(status) = self.status(i).await {
+                if status.is_leader && best.is_none_or(|(term, _)| status.term > term) {
+                    best = Some((status.term, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+}
+
+fn connect(addr: &str, rpc_timeout: Duration) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| format!("bad address {addr:?}: expected host:port"))?
+        .connect_timeout(rpc_timeout)
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// One simulated client: sequential operations, retried as described in the
+/// module comment.
+pub struct BenchClient {
+    pool: Pool,
+    /// Index into the pool of the member this client sends to.
+    target: usize,
+    client_id: u64,
+    sequence: u64,
+}
+
+/// One operation, as both systems understand it.
+enum Operation<'a> {
+    Put {
+        key: &'a str,
+        value: &'a str,
+    },
+    Get {
+        key: &'a str,
+        stale: bool,
+    },
+    /// A call that neither touches the log nor the store: the floor under
+    /// every other operation's latency.
+    Status,
+}
+
+impl BenchClient {
+    /// Store `value` under `key`; returns once the system acknowledged it.
+    pub async fn put(&mut self, key: &str, value: &str) -> Result<(), String> {
+        self.sequence += 1;
+        self.run(Operation::Put { key, value }).await.map(|_| ())
+    }
+
+    /// Read `key`: linearizable, or with `stale` from the member's own state.
+    /// Returns whether the key exists.
+    pub async fn get(&mut self, key: &str, stale: bool) -> Result<bool, String> {
+        self.run(Operation::Get { key, stale }).await
+    }
+
+    /// Ask the member for its status: one round trip through gRPC and the
+    /// server's request handling, without consensus or storage.
+    pub async fn status(&mut self) -> Result<(), String> {
+        self.run(Operation::Status).await.map(|_| ())
+    }
+
+    async fn run(&mut self, operation: Operation<'_>) -> Result<bool, String> {
+        let deadline = Instant::now() + OPERATION_DEADLINE;
+        let mut backoff = FIRST_BACKOFF;
+        let mut misses = 0;
+        loop {
+            let answer =
+                tokio::time::timeout(self.pool.rpc_timeout, self.attempt(&operation)).await;
+            let status = match answer {
+                Ok(Ok(found)) => return Ok(found),
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded("no answer within the RPC timeout"),
+            };
+            let failed_at = &self.pool.addrs[self.target];
+            if !retryable(status.code()) || Instant::now() >= deadline {
+                return Err(format!("{failed_at}: {}", describe(&status)));
+            }
+            if interrupt::happened() {
+                return Err("interrupted".into());
+            }
+            match self.redirect(&status) {
+                Some(leader) => self.target = leader,
+                None => self.target = (self.target + 1) % self.pool.addrs.len(),
+            }
+            // Redirects count as misses too, so a stale redirect loop cannot spin.
+            misses += 1;
+            if misses >= self.pool.addrs.len() {
+                misses = 0;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// One RPC to the current member. Creating the typed client is a clone
+    /// of the shared connection's handle, not a new connection.
+    async fn attempt(&self, operation: &Operation<'_>) -> Result<bool, Status> {
+        let channel = self.pool.channels[self.target].clone();
+        match (self.pool.system, operation) {
+            (System::RaftKv, Operation::Put { key, value }) => {
+                let request = kv_pb::SetRequest {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                    client_id: self.client_id,
+                    sequence: self.sequence,
+                };
+                KeyValueClient::new(channel).set(request).await?;
+                Ok(true)
+            }
+            (System::RaftKv, Operation::Get { key, stale }) => {
+                let consistency = if *stale {
+                    kv_pb::Consistency::Stale
+                } else {
+                    kv_pb::Consistency::Linearizable
+                };
+                let request = kv_pb::GetRequest {
+                    key: key.to_string(),
+                    consistency: consistency as i32,
+                };
+                Ok(KeyValueClient::new(channel)
+                    .get(request)
+                    .await?
+                    .into_inner()
+                    .found)
+            }
+            (System::Etcd, Operation::Put { key, value }) => {
+                let request = etcdpb::PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                };
+                KvClient::new(channel).put(request).await?;
+                Ok(true)
+            }
+            (System::Etcd, Operation::Get { key, stale }) => {
+                let request = etcdpb::RangeRequest {
+                    key: key.as_bytes().to_vec(),
+                    serializable: *stale,
+                    ..Default::default()
+                };
+                Ok(!KvClient::new(channel)
+                    .range(request)
+                    .await?
+                    .into_inner()
+                    .kvs
+                    .is_empty())
+            }
+            (System::RaftKv, Operation::Status) => {
+                KeyValueClient::new(channel)
+                    .status(kv_pb::StatusRequest {})
+                    .await?;
+                Ok(true)
+            }
+            (System::Etcd, Operation::Status) => {
+                MaintenanceClient::new(channel)
+                    .status(etcdpb::StatusRequest {})
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The member a raft-kv follower named as leader, if it is one of ours.
+    fn redirect(&self, status: &Status) -> Option<usize> {
+        let leader = status.metadata().get(LEADER_ADDR_METADATA)?.to_str().ok()?;
+        self.pool.addrs.iter().position(|addr| addr == leader)
+    }
+}
+
+/// Failures that may go away on another member or a little later: not the
+/// leader, no leader yet, member unreachable or overloaded, a connection cut
+/// mid-call (UNKNOWN or INTERNAL from tonic; etcd also reports "leader
+/// changed" and "request timed out" as UNAVAILABLE).
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Unknown
+            | Code::Internal
+            | Code::ResourceExhausted
+    )
+}
+
+/// A status as one line, with its causes ("tcp connect error: Connection refused").
+fn describe(status: &Status) -> String {
+    let mut line = status.message().trim().to_owned();
+    if line.is_empty() {
+        line = format!("{:?}", status.code());
+    }
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !text.is_empty() && text != "transport error" && !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        cause = error.source();
+    }
+    line.replace('\n', " ")
+}

@@ -1,0 +1,356 @@
+//! `--local`: a fresh three-member cluster of raft-kv nodes or etcd members,
+//! as child processes on free loopback ports with their data in a scratch
+//! directory. The bench owns the processes, so the failover workload can
+//! `kill -9` the leader and start it again on the same data.
+//!
+//! Every process is killed and reaped when the [`LocalCluster`] is dropped,
+//! and on Linux the kernel kills them if the bench itself dies
+//! (`PR_SET_PDEATHSIG`, as `raft-kv cluster` does).
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::Tuning;
+use crate::server::die_with_parent;
+
+/// Members of every local cluster: the smallest that survives a crash (§5).
+pub const MEMBERS: usize = 3;
+/// The ports `make cluster` uses stay free for people running it.
+const RESERVED_PORTS: std::ops::RangeInclusive<u16> = 7001..=7003;
+
+/// How to start the members.
+pub enum Spec {
+    RaftKv {
+        exe: PathBuf,
+        tuning: Tuning,
+    },
+    Etcd {
+        exe: PathBuf,
+        extra_flags: Vec<String>,
+    },
+}
+
+pub struct LocalCluster {
+    dir: ScratchDir,
+    members: Vec<Member>,
+}
+
+struct Member {
+    name: String,
+    client_addr: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalCluster {
+    /// Start every member; they elect a leader on their own.
+    pub fn start(spec: &Spec) -> Result<LocalCluster, String> {
+        let dir = ScratchDir::new().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+        let members = match spec {
+            Spec::RaftKv { exe, tuning } => raft_kv_members(exe, tuning, &dir.0)?,
+            Spec::Etcd { exe, extra_flags } => etcd_members(exe, extra_flags, &dir.0)?,
+        };
+        let mut cluster = LocalCluster { dir, members };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn client_addrs(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_addr.clone()).collect()
+    }
+
+    /// The process ids of the running members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
+    /// `kill -9` member `i` and reap it: no shutdown code runs, as in a crash.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start member `i` again on its data.
+    pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
+    pub fn member_name(&self, i: usize) -> &str {
+        &self.members[i].name
+    }
+
+    /// An error naming the first member that exited without being killed,
+    /// with the end of its log.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        for member in &mut self.members {
+            let Some(child) = &mut member.child else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                member.child = None;
+                return Err(format!(
+                    "{} exited unexpectedly ({status}); the end of its log {}:\n{}",
+                    member.name,
+                    member.log.display(),
+                    tail(&member.log)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Leave the scratch directory (data and logs) in place when dropped.
+    pub fn keep_files(&mut self) -> &Path {
+        self.dir.1 = true;
+        &self.dir.0
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let member = &mut self.members[i];
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log)
+            .map_err(|e| format!("cannot open {}: {e}", member.log.display()))?;
+        let mut command = Command::new(&member.program);
+        command
+            .args(&member.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", member.program.display()))?;
+        member.child = Some(child);
+        Ok(())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn raft_kv_members(exe: &Path, tuning: &Tuning, dir: &Path) -> Result<Vec<Member>, String> {
+    tuning.check().map_err(|e| e.to_string())?;
+    let addrs: Vec<String> = free_ports(MEMBERS)?
+        .into_iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| format!("{}={addr}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let id = i + 1;
+            let mut args: Vec<OsString> = vec![
+                "node".into(),
+                "--id".into(),
+                id.to_string().into(),
+                "--peers".into(),
+                peers.clone().into(),
+                "--data-dir".into(),
+                dir.join(format!("node{id}")).into(),
+            ];
+            args.extend(tuning.to_flags().into_iter().map(OsString::from));
+            Member {
+                name: format!("node {id}"),
+                client_addr: addr.clone(),
+                program: exe.to_path_buf(),
+                args,
+                log: dir.join(format!("node{id}.log")),
+                child: None,
+            }
+        })
+        .collect())
+}
+
+/// etcd members with etcd's defaults (fsync on, heartbeat 100 ms, election
+/// 1000 ms) except the addresses, plus `extra_flags`.
+fn etcd_members(exe: &Path, extra_flags: &[String], dir: &Path) -> Result<Vec<Member>, String> {
+    let ports = free_ports(2 * MEMBERS)?;
+    let (client_ports, peer_ports) = ports.split_at(MEMBERS);
+    let peer_url = |i: usize| format!("http://127.0.0.1:{}", peer_ports[i]);
+    let initial_cluster = (0..MEMBERS)
+        .map(|i| format!("m{}={}", i + 1, peer_url(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    // A token of its own keeps members of an earlier run from joining.
+    let token = format!("raft-kv-bench-{}-{}", std::process::id(), nanos_now());
+    Ok((0..MEMBERS)
+        .map(|i| {
+            let name = format!("m{}", i + 1);
+            let client_url = format!("http://127.0.0.1:{}", client_ports[i]);
+            let mut args: Vec<OsString> = [
+                "--name",
+                &name,
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url(i),
+                "--initial-advertise-peer-urls",
+                &peer_url(i),
+                "--initial-cluster",
+                &initial_cluster,
+                "--initial-cluster-token",
+                &token,
+                "--initial-cluster-state",
+                "new",
+            ]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+            args.push("--data-dir".into());
+            args.push(dir.join(&name).into());
+            args.extend(extra_flags.iter().map(OsString::from));
+            Member {
+                name: format!("etcd {name}"),
+                client_addr: format!("127.0.0.1:{}", client_ports[i]),
+                program: exe.to_path_buf(),
+                args,
+                log: dir.join(format!("{name}.log")),
+                child: None,
+            }
+        })
+        .collect())
+}
+
+/// `n` distinct loopback ports that were free a moment ago, none of 7001-7003.
+/// All are held at once so the OS cannot hand out the same one twice.
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| format!("cannot find a free loopback port: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        if !RESERVED_PORTS.contains(&port) {
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    Ok(ports)
+}
+
+fn nanos_now() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The last 2 KiB of a log file, for an error message.
+fn tail(path: &Path) -> String {
+    const TAIL: u64 = 2048;
+    let read = || -> io::Result<String> {
+        let mut file = File::open(path)?;
+        let length = file.metadata()?.len();
+        file.seek(SeekFrom::Start(length.saturating_sub(TAIL)))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    read().unwrap_or_else(|e| format!("(cannot read it: {e})"))
+}
+
+/// A directory of our own under the system's temporary directory, removed
+/// when dropped unless `.1` says to keep it.
+struct ScratchDir(PathBuf, bool);
+
+impl ScratchDir {
+    fn new() -> io::Result<ScratchDir> {
+        let path = std::env::temp_dir().join(format!(
+            "raft-kv-bench-{}-{}",
+            std::process::id(),
+            nanos_now()
+        ));
+        fs::create_dir(&path)?;
+        Ok(ScratchDir(path, false))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if !self.1 {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_not_reserved() {
+        let ports = free_ports(6).unwrap();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 6);
+        assert!(ports.iter().all(|p| !RESERVED_PORTS.contains(p)));
+    }
+
+    #[test]
+    fn scratch_dir_is_removed_unless_kept() {
+        let dir = ScratchDir::new().unwrap();
+        let path = dir.0.clone();
+        fs::write(path.join("file"), b"x").unwrap();
+        drop(dir);
+        assert!(!path.exists());
+        let mut kept = ScratchDir::new().unwrap();
+        kept.1 = true;
+        let path = kept.0.clone();
+        drop(kept);
+        assert!(path.exists());
+        fs::remove_dir_all(path).unwrap();
+    }
+
+    #[test]
+    fn etcd_members_share_one_initial_cluster_and_own_their_ports() {
+        let dir = Path::new("/nonexistent");
+        let members = etcd_members(Path::new("etcd"), &["--x".into()], dir).unwrap();
+        assert_eq!(members.len(), MEMBERS);
+        let flag = |m: &Member, name: &str| {
+            let at = m.args.iter().position(|a| a == name).unwrap();
+            m.args[at + 1].to_string_lossy().into_owned()
+        };
+        let cluster = flag(&members[0], "--initial-cluster");
+        for (i, m) in members.iter().enumerate() {
+            assert_eq!(flag(m, "--initial-cluster"), cluster);
+            assert_eq!(flag(m, "--name"), format!("m{}", i + 1));
+            let peer = flag(m, "--listen-peer-urls");
+            assert!(cluster.contains(&format!("m{}={peer}", i + 1)));
+            assert_eq!(
+                flag(m, "--advertise-client-urls"),
+                format!("http://{}", m.client_addr)
+            );
+            assert_eq!(m.args.last().unwrap(), "--x");
+        }
+    }
+}

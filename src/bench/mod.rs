@@ -1,0 +1,668 @@
+//! `raft-kv bench`: a load generator for raft-kv, and for etcd with the same
+//! client settings, so the two can be compared side by side
+//! (docs/performance.md).
+//!
+//! The bench is a gRPC client, so unlike the nodes it is async: a tokio
+//! multi-thread runtime runs one task per simulated client (`client.rs`).
+//! Requests and keys are made before the clock starts, and connections are
+//! shared, so that on a small machine the bench takes as little CPU from the
+//! cluster as it can; it reports what it took.
+//!
+//! - `workload.rs`: rtt, write-latency, write-throughput, read-throughput, failover.
+//! - `local.rs`: `--local`, a fresh 3-member cluster the bench starts and kills.
+//! - `report.rs`: the tables and the JSON.
+//! - `etcd.proto`: the few etcd messages the bench sends; `etcd.sh` installs
+//!   etcd and runs the comparison (`make bench-etcd`, `make bench-compare`).
+
+mod client;
+mod local;
+mod report;
+mod stats;
+mod workload;
+
+/// The etcd messages of `etcd.proto`.
+pub mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::parse_duration;
+use crate::config::{Tuning, EXIT_BAD_CONFIG};
+use crate::server::interrupt;
+use client::{Pool, System};
+use local::{LocalCluster, Spec};
+use report::Summary;
+use workload::{CpuMeter, Data, Measured, Op, Progress, Workload};
+
+/// raft-kv's addresses under `make cluster`.
+const RAFT_KV_CLUSTER: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+/// etcd's own default client address.
+const ETCD_CLUSTER: &str = "127.0.0.1:2379";
+/// raft-kv refuses larger keys and values (docs/api.md).
+const MAX_KEY_SIZE: usize = 4096;
+const MAX_VALUE_SIZE: usize = 1 << 20;
+
+/// `raft-kv bench`: load a cluster and report latency percentiles and ops/s.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The system to load. `both` runs raft-kv and then etcd, each on a fresh
+    /// local cluster, and prints one table with ratios (needs --local).
+    #[arg(long, value_enum, default_value_t = TargetArg::RaftKv)]
+    pub target: TargetArg,
+    /// Start a fresh 3-member cluster on free loopback ports, with its data in
+    /// a temporary directory, and stop it at the end. Failover needs it: the
+    /// bench must own the processes to kill the leader.
+    #[arg(long)]
+    pub local: bool,
+    /// Client addresses of every member of a running cluster, comma-separated
+    /// (without --local). Default: raft-kv's 127.0.0.1:7001-7003 (`make
+    /// cluster`), etcd's 127.0.0.1:2379.
+    #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// What to run: all, rtt, write-latency, write-throughput, read-throughput, failover.
+    #[arg(long, value_enum, default_value_t = WorkloadArg::All)]
+    pub workload: WorkloadArg,
+    /// Concurrent clients of write-throughput and read-throughput.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub clients: usize,
+    /// Operations per workload [default: 5000 for rtt and write-latency,
+    /// 50000 for write-throughput, 100000 for read-throughput].
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Bytes per key.
+    #[arg(long, value_name = "BYTES", default_value_t = 16)]
+    pub key_size: usize,
+    /// Bytes per value.
+    #[arg(long, value_name = "BYTES", default_value_t = 128)]
+    pub value_size: usize,
+    /// Distinct keys: writes cycle through them, reads find them all.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub keyspace: usize,
+    /// read-throughput reads any member's own state (raft-kv STALE, etcd
+    /// serializable) instead of linearizable reads.
+    #[arg(long)]
+    pub stale: bool,
+    /// How many times failover kills the leader.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub kills: usize,
+    /// Repeat everything N times, each on a fresh cluster with --local, and
+    /// report the medians (the order of the systems alternates with `both`).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub runs: usize,
+    /// Print one JSON object per workload instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// How long one RPC to one member may take before the client tries the
+    /// next one: 500ms, 1s, or plain seconds.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub rpc_timeout: Duration,
+    /// The same for the failover writer. A write sent to a member that has
+    /// not yet noticed the leader's death may never be answered (etcd holds
+    /// it until its own request timeout, about 7 s), so this bounds what the
+    /// client adds to the measured pause.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub failover_rpc_timeout: Duration,
+    /// The etcd executable, for --local with --target etcd or both.
+    #[arg(long, value_name = "PATH", default_value = "etcd")]
+    pub etcd: PathBuf,
+    /// Extra flags for every local etcd member, in one string, e.g.
+    /// "--heartbeat-interval 50 --election-timeout 150". Default: etcd's defaults.
+    #[arg(
+        long,
+        value_name = "FLAGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub etcd_flags: String,
+    /// The raft-kv nodes' flags, for --local.
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetArg {
+    #[value(name = "raft-kv")]
+    RaftKv,
+    Etcd,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadArg {
+    All,
+    Rtt,
+    WriteLatency,
+    WriteThroughput,
+    ReadThroughput,
+    Failover,
+}
+
+/// The checked flags: what to run, against what.
+#[derive(Debug)]
+struct Plan {
+    systems: Vec<System>,
+    local: bool,
+    /// Without --local: the addresses of each system's cluster.
+    cluster: Vec<String>,
+    workloads: Vec<Workload>,
+    /// A workload of `all` that cannot run, and why.
+    skipped: Option<String>,
+    clients: usize,
+    count: Option<u64>,
+    keyspace: usize,
+    key_size: usize,
+    value_size: usize,
+    stale: bool,
+    kills: usize,
+    runs: usize,
+    json: bool,
+    rpc_timeout: Duration,
+    failover_rpc_timeout: Duration,
+    etcd: PathBuf,
+    etcd_flags: Vec<String>,
+    tuning: Tuning,
+}
+
+impl Plan {
+    fn from_args(args: &BenchArgs) -> Result<Plan, String> {
+        let systems = match args.target {
+            TargetArg::RaftKv => vec![System::RaftKv],
+            TargetArg::Etcd => vec![System::Etcd],
+            TargetArg::Both => vec![System::RaftKv, System::Etcd],
+        };
+        if args.local && !args.cluster.is_empty() {
+            return Err("give either --local or --cluster, not both".into());
+        }
+        if args.target == TargetArg::Both && !args.local {
+            return Err(
+                "--target both needs --local: each system runs on a fresh local cluster".into(),
+            );
+        }
+        let mut workloads = match args.workload {
+            WorkloadArg::All => Workload::ALL.to_vec(),
+            WorkloadArg::Rtt => vec![Workload::Rtt],
+            WorkloadArg::WriteLatency => vec![Workload::WriteLatency],
+            WorkloadArg::WriteThroughput => vec![Workload::WriteThroughput],
+            WorkloadArg::ReadThroughput => vec![Workload::ReadThroughput],
+            WorkloadArg::Failover => vec![Workload::Failover],
+        };
+        let mut skipped = None;
+        if !args.local && workloads.contains(&Workload::Failover) {
+            let why = "failover needs --local: the bench must own the processes to kill the leader";
+            if args.workload == WorkloadArg::Failover {
+                return Err(why.into());
+            }
+            workloads.retain(|&w| w != Workload::Failover);
+            skipped = Some(format!("skipped {why}"));
+        }
+        let cluster = match (&args.cluster[..], args.target) {
+            ([], TargetArg::Etcd) => split(ETCD_CLUSTER),
+            ([], _) => split(RAFT_KV_CLUSTER),
+            (addrs, _) => addrs.iter().map(|a| a.trim().to_string()).collect(),
+        };
+        if let Some(bad) = cluster.iter().find(|a| !is_host_port(a)) {
+            return Err(format!(
+                "--cluster: bad address {bad:?}: expected host:port"
+            ));
+        }
+        positive("--clients", args.clients)?;
+        positive("--keyspace", args.keyspace)?;
+        positive("--kills", args.kills)?;
+        positive("--runs", args.runs)?;
+        if args.count == Some(0) {
+            return Err("--count must be at least 1".into());
+        }
+        if !(1..=MAX_KEY_SIZE).contains(&args.key_size) {
+            return Err(format!(
+                "--key-size must be 1 to {MAX_KEY_SIZE} bytes (raft-kv's limit)"
+            ));
+        }
+        if args.value_size > MAX_VALUE_SIZE {
+            return Err(format!(
+                "--value-size must be at most {MAX_VALUE_SIZE} bytes (raft-kv's limit)"
+            ));
+        }
+        // The keys are made here too, so that a key size too small is bad input.
+        Data::new(args.keyspace, args.key_size, 0, false)?;
+        if args.local && systems.contains(&System::RaftKv) {
+            args.tuning.check().map_err(|e| e.to_string())?;
+        }
+        Ok(Plan {
+            systems,
+            local: args.local,
+            cluster,
+            workloads,
+            skipped,
+            clients: args.clients,
+            count: args.count,
+            keyspace: args.keyspace,
+            key_size: args.key_size,
+            value_size: args.value_size,
+            stale: args.stale,
+            kills: args.kills,
+            runs: args.runs,
+            json: args.json,
+            rpc_timeout: args.rpc_timeout,
+            failover_rpc_timeout: args.failover_rpc_timeout,
+            etcd: args.etcd.clone(),
+            etcd_flags: args
+                .etcd_flags
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            tuning: args.tuning.clone(),
+        })
+    }
+
+    fn count(&self, workload: Workload) -> u64 {
+        self.count.unwrap_or(workload.default_count())
+    }
+
+    fn clients(&self, workload: Workload) -> usize {
+        match workload {
+            Workload::WriteThroughput | Workload::ReadThroughput => self.clients,
+            Workload::Rtt | Workload::WriteLatency | Workload::Failover => 1,
+        }
+    }
+
+    fn spec(&self, system: System) -> Result<Spec, String> {
+        Ok(match system {
+            System::RaftKv => Spec::RaftKv {
+                exe: std::env::current_exe()
+                    .map_err(|e| format!("cannot find the raft-kv executable: {e}"))?,
+                tuning: self.tuning.clone(),
+            },
+            System::Etcd => Spec::Etcd {
+                exe: self.etcd.clone(),
+                extra_flags: self.etcd_flags.clone(),
+            },
+        })
+    }
+
+    /// The settings, printed above the tables.
+    fn describe(&self) -> String {
+        let mut lines = vec![if self.local {
+            "cluster: a fresh local 3-member cluster per system and run, on loopback".to_string()
+        } else {
+            format!("cluster: {}", self.cluster.join(","))
+        }];
+        if self.local && self.systems.contains(&System::RaftKv) {
+            lines.push(format!(
+                "raft-kv: --election-timeout-ms {} --heartbeat-ms {} --tick-ms {} --snapshot-threshold {}",
+                self.tuning.election_timeout_ms,
+                self.tuning.heartbeat_ms,
+                self.tuning.tick_ms,
+                self.tuning.snapshot_threshold
+            ));
+        }
+        if self.local && self.systems.contains(&System::Etcd) {
+            lines.push(format!(
+                "etcd: {} ({})",
+                self.etcd.display(),
+                if self.etcd_flags.is_empty() {
+                    "its defaults".to_string()
+                } else {
+                    self.etcd_flags.join(" ")
+                }
+            ));
+        }
+        lines.push(format!(
+            "load: keys {} B, values {} B, keyspace {}, {} reads, {} clients for the throughput workloads, RPC timeout {:?} ({:?} in failover)",
+            self.key_size,
+            self.value_size,
+            self.keyspace,
+            if self.stale { "stale" } else { "linearizable" },
+            self.clients,
+            self.rpc_timeout,
+            self.failover_rpc_timeout,
+        ));
+        lines.push(format!(
+            "{} run{}{}, on {} cores",
+            self.runs,
+            if self.runs == 1 {
+                ""
+            } else {
+                "s, medians shown"
+            },
+            if self.systems.len() == 2 && self.runs > 1 {
+                " (the systems' order alternates)"
+            } else {
+                ""
+            },
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+        ));
+        lines.join("\n")
+    }
+}
+
+fn split(list: &str) -> Vec<String> {
+    list.split(',').map(String::from).collect()
+}
+
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+fn positive(flag: &str, value: usize) -> Result<(), String> {
+    if value == 0 {
+        return Err(format!("{flag} must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Run the bench; returns the process exit code (2 for bad flags, 1 when a
+/// cluster fails).
+pub fn run_bench(args: BenchArgs) -> i32 {
+    let plan = match Plan::from_args(&args) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("raft-kv bench: error: {error}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let data = match Data::new(plan.keyspace, plan.key_size, plan.value_size, plan.stale) {
+        Ok(data) => Arc::new(data),
+        Err(error) => {
+            eprintln!("raft-kv bench: error: {error}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    // Ctrl-C stops the clients, so the members are killed and the scratch
+    // directories removed on the way out.
+    interrupt::catch();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("raft-kv bench: error: cannot start the tokio runtime: {e}");
+            return 1;
+        }
+    };
+    let mut summaries: Vec<Summary> = Vec::new();
+    for run in 0..plan.runs {
+        let mut order = plan.systems.clone();
+        // Alternating the order spreads slow drift of the machine over both.
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for system in order {
+            let measured = match run_once(&runtime, &plan, system, &data, run) {
+                Ok(measured) => measured,
+                Err(error) => {
+                    eprintln!(
+                        "raft-kv bench: error: {} run {}: {error}",
+                        system.name(),
+                        run + 1
+                    );
+                    return 1;
+                }
+            };
+            for (workload, m) in measured {
+                match summaries
+                    .iter_mut()
+                    .find(|s| s.system == system && s.workload == workload)
+                {
+                    Some(summary) => summary.runs.push(m),
+                    None => summaries.push(Summary {
+                        system,
+                        workload,
+                        runs: vec![m],
+                    }),
+                }
+            }
+        }
+    }
+    print!("{}", render(&plan, &summaries));
+    0
+}
+
+fn render(plan: &Plan, summaries: &[Summary]) -> String {
+    if plan.json {
+        return summaries.iter().map(|s| report::json(s) + "\n").collect();
+    }
+    let of = |system: System| -> Vec<&Summary> {
+        let mut mine: Vec<&Summary> = summaries.iter().filter(|s| s.system == system).collect();
+        mine.sort_by_key(|s| Workload::ALL.iter().position(|&w| w == s.workload));
+        mine
+    };
+    let mut out = format!("{}\n", plan.describe());
+    if let Some(skipped) = &plan.skipped {
+        out.push_str(&format!("{skipped}\n"));
+    }
+    for &system in &plan.systems {
+        out.push_str(&format!(
+            "\n{}\n{}",
+            system.name(),
+            report::table(&of(system))
+        ));
+    }
+    if plan.systems.len() == 2 {
+        out.push('\n');
+        out.push_str(&report::comparison(
+            &of(System::RaftKv),
+            &of(System::Etcd),
+            plan.clients,
+            plan.stale,
+        ));
+    }
+    out
+}
+
+/// Every workload of the plan against one system, on a fresh cluster with
+/// --local; the cluster is stopped before returning.
+fn run_once(
+    runtime: &tokio::runtime::Runtime,
+    plan: &Plan,
+    system: System,
+    data: &Arc<Data>,
+    run: usize,
+) -> Result<Vec<(Workload, Measured)>, String> {
+    let mut cluster = if plan.local {
+        Some(LocalCluster::start(&plan.spec(system)?)?)
+    } else {
+        None
+    };
+    let addrs = cluster
+        .as_ref()
+        .map_or_else(|| plan.cluster.clone(), LocalCluster::client_addrs);
+    let result = runtime.block_on(async {
+        let pool = Pool::new(system, &addrs, plan.rpc_timeout)?;
+        workload::wait_for_leader(&pool).await?;
+        let mut results = Vec::new();
+        for &w in &plan.workloads {
+            let label = format!(
+                "{} {} (run {}/{})",
+                system.name(),
+                w.name(),
+                run + 1,
+                plan.runs
+            );
+            let measured = run_workload(plan, w, &pool, cluster.as_mut(), data, label).await?;
+            results.push((w, measured));
+        }
+        Ok::<_, String>(results)
+    });
+    match (result, cluster.as_mut()) {
+        (Err(error), Some(cluster)) if error != "interrupted" => {
+            let dir = cluster.keep_files();
+            Err(format!(
+                "{error}\n(data and logs kept in {})",
+                dir.display()
+            ))
+        }
+        (result, _) => result,
+    }
+}
+
+async fn run_workload(
+    plan: &Plan,
+    workload: Workload,
+    pool: &Pool,
+    cluster: Option<&mut LocalCluster>,
+    data: &Arc<Data>,
+    label: String,
+) -> Result<Measured, String> {
+    let clients = plan.clients(workload);
+    if workload == Workload::ReadThroughput {
+        workload::preload(pool, plan.clients, data).await?;
+    }
+    let pids = cluster.as_ref().map_or_else(Vec::new, |c| c.pids());
+    let cpu = CpuMeter::start(pids);
+    let (mut measured, pids_after) = if workload == Workload::Failover {
+        let Some(cluster) = cluster else {
+            return Err("failover needs --local".into());
+        };
+        let addrs = cluster.client_addrs();
+        let pool = Pool::new(pool.system(), &addrs, plan.failover_rpc_timeout)?;
+        let progress = Progress::new(label, None);
+        let _shown = progress.show();
+        let measured = workload::failover(cluster, &pool, plan.kills, data, &progress).await?;
+        // The killed members were restarted: their CPU is not comparable.
+        (measured, Vec::new())
+    } else {
+        let op = match workload {
+            Workload::Rtt => Op::Status,
+            Workload::ReadThroughput => Op::Get,
+            _ => Op::Put,
+        };
+        let count = plan.count(workload);
+        let progress = Progress::new(label, Some(count));
+        let _shown = progress.show();
+        let measured = workload::closed_loop(pool, clients, count, op, data, &progress).await?;
+        (measured, cluster.map_or_else(Vec::new, |c| c.pids()))
+    };
+    cpu.finish(&pids_after, &mut measured);
+    Ok(measured)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn plan(flags: &[&str]) -> Result<Plan, String> {
+        let args = Cli::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Plan::from_args(&args.bench)
+    }
+
+    #[test]
+    fn defaults_load_make_cluster_with_every_workload_but_failover() {
+        let p = plan(&[]).unwrap();
+        assert_eq!(p.systems, [System::RaftKv]);
+        assert_eq!(p.cluster, split(RAFT_KV_CLUSTER));
+        assert_eq!(
+            p.workloads,
+            [
+                Workload::Rtt,
+                Workload::WriteLatency,
+                Workload::WriteThroughput,
+                Workload::ReadThroughput
+            ]
+        );
+        assert!(p
+            .skipped
+            .as_deref()
+            .unwrap()
+            .contains("failover needs --local"));
+        assert_eq!(
+            (p.clients, p.key_size, p.value_size, p.kills, p.runs),
+            (64, 16, 128, 10, 1)
+        );
+        assert_eq!(p.count(Workload::WriteThroughput), 50_000);
+        assert_eq!(p.clients(Workload::WriteLatency), 1);
+        assert_eq!(p.clients(Workload::ReadThroughput), 64);
+        assert_eq!(p.rpc_timeout, Duration::from_secs(1));
+        assert_eq!(p.failover_rpc_timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn local_both_runs_everything_against_both_systems() {
+        let p = plan(&[
+            "--local", "--target", "both", "--count", "500", "--runs", "3",
+        ])
+        .unwrap();
+        assert_eq!(p.systems, [System::RaftKv, System::Etcd]);
+        assert_eq!(p.workloads, Workload::ALL);
+        assert_eq!(p.skipped, None);
+        assert_eq!(p.count(Workload::ReadThroughput), 500);
+        assert_eq!(p.runs, 3);
+    }
+
+    #[test]
+    fn etcd_defaults_and_flags() {
+        let p = plan(&["--target", "etcd", "--workload", "write-latency"]).unwrap();
+        assert_eq!(p.cluster, ["127.0.0.1:2379"]);
+        let p = plan(&[
+            "--local",
+            "--target",
+            "etcd",
+            "--etcd-flags",
+            "--heartbeat-interval 30  --election-timeout 150",
+        ])
+        .unwrap();
+        assert_eq!(
+            p.etcd_flags,
+            ["--heartbeat-interval", "30", "--election-timeout", "150"]
+        );
+        let p = plan(&["--cluster", "127.0.0.1:1, 127.0.0.1:2", "--stale"]).unwrap();
+        assert_eq!(p.cluster, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(p.stale);
+    }
+
+    #[test]
+    fn bad_flags_are_one_line_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--target", "both"], "--target both needs --local"),
+            (&["--workload", "failover"], "failover needs --local"),
+            (
+                &["--local", "--cluster", "127.0.0.1:1"],
+                "either --local or --cluster",
+            ),
+            (&["--cluster", "nohost"], "bad address \"nohost\""),
+            (&["--cluster", "h:0"], "bad address \"h:0\""),
+            (&["--clients", "0"], "--clients must be at least 1"),
+            (&["--count", "0"], "--count must be at least 1"),
+            (&["--kills", "0"], "--kills must be at least 1"),
+            (&["--runs", "0"], "--runs must be at least 1"),
+            (&["--keyspace", "0"], "--keyspace must be at least 1"),
+            (&["--key-size", "0"], "--key-size must be 1 to 4096"),
+            (&["--key-size", "4097"], "--key-size must be 1 to 4096"),
+            (
+                &["--value-size", "1048577"],
+                "--value-size must be at most 1048576",
+            ),
+            (
+                &["--key-size", "3"],
+                "--key-size 3 is too small for --keyspace 1000",
+            ),
+            (
+                &["--local", "--heartbeat-ms", "500"],
+                "--heartbeat-ms 500 must be less than",
+            ),
+            (&["--rpc-timeout", "0"], "not a positive duration"),
+            (&["--workload", "sideways"], "invalid value 'sideways'"),
+        ];
+        for (flags, expected) in cases {
+            let error = plan(flags)
+                .err()
+                .unwrap_or_else(|| panic!("{flags:?} accepted"));
+            assert!(error.contains(expected), "{flags:?}: {error}");
+            if !error.starts_with("error:") {
+                assert!(!error.contains('\n'), "{flags:?}: {error}");
+            }
+        }
+    }
+}
