@@ -15,8 +15,9 @@
 //!   ReadIndex requests to its leader itself, so a client stays where it is
 //!   until its member fails.
 //!
-//! Both move to the next member on a failure, and back off (5 ms doubling to
-//! 50 ms) once every member has failed in a row.
+//! Both move to the next member on a failure, and back off (1 ms doubling to
+//! 10 ms) once every member has failed in a row. The short backoff keeps
+//! what the client adds to a measured failover pause to about 10 ms.
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,8 @@ use crate::server::interrupt;
 
 /// How long one operation keeps retrying before it counts as an error.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
-const FIRST_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_BACKOFF: Duration = Duration::from_millis(50);
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(10);
 
 /// The system under load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
