@@ -33,6 +33,12 @@ fn every_file_and_function_in_the_paper_map_exists() {
             checked += 1;
         }
     }
-    assert!(checked > 40, "the map should name many functions; found {checked}");
-    assert!(missing.is_empty(), "paper-map names missing code: {missing:#?}");
+    assert!(
+        checked > 40,
+        "the map should name many functions; found {checked}"
+    );
+    assert!(
+        missing.is_empty(),
+        "paper-map names missing code: {missing:#?}"
+    );
 }
