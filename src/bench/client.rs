@@ -4,7 +4,8 @@
 //!
 //! Connections: one HTTP/2 connection per member, shared by every simulated
 //! client, and client `i` starts on member `i mod members`, as etcd's own
-//! `benchmark` tool and its clientv3 spread requests over the endpoints.
+//! `benchmark` tool and its clientv3 spread requests over the endpoints
+//! (`--at-leader` starts them all on the leader instead).
 //! From there each system is used as its clients would use it:
 //!
 //! - raft-kv: a follower answers UNAVAILABLE with `leader-addr` (dissertation
@@ -71,6 +72,8 @@ pub struct Pool {
     addrs: Vec<String>,
     channels: Vec<Channel>,
     rpc_timeout: Duration,
+    /// `--at-leader`: the member every client starts on, instead of its own.
+    first_member: Option<usize>,
 }
 
 impl Pool {
@@ -89,7 +92,16 @@ impl Pool {
             addrs: addrs.to_vec(),
             channels,
             rpc_timeout,
+            first_member: None,
         })
+    }
+
+    /// The same connections, with every new client starting on `member`.
+    pub fn starting_at(&self, member: usize) -> Pool {
+        Pool {
+            first_member: Some(member),
+            ..self.clone()
+        }
     }
 
     pub fn system(&self) -> System {
@@ -100,7 +112,7 @@ impl Pool {
     pub fn client(&self, i: usize) -> BenchClient {
         BenchClient {
             pool: self.clone(),
-            target: i % self.addrs.len(),
+            target: self.first_member.unwrap_or(i % self.addrs.len()),
             client_id: loop {
                 // 0 means "no session" on raft-kv's wire.
                 let id: u64 = rand::random();
