@@ -4,7 +4,8 @@
 CARGO ?= cargo
 PEERS := 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 
-.PHONY: build release test lint fmt clean cluster bench bench-etcd bench-compare
+.PHONY: build release test lint fmt clean cluster skeleton skeleton-check \
+	test-election test-replication test-persistence test-snapshots test-kv test-e2e bench bench-etcd bench-compare
 
 build:
 	$(CARGO) build
@@ -15,6 +16,45 @@ release:
 ## Every test: the deterministic cluster tests, storage tests and end-to-end tests.
 test:
 	$(CARGO) test --release -- --test-threads 2
+
+## One milestone of the course at a time (docs/course.md).
+test-election:
+	$(CARGO) test --release --test election
+test-replication:
+	$(CARGO) test --release --test replication
+test-persistence:
+	$(CARGO) test --release --test persistence --test storage --test storage_core
+test-snapshots:
+	$(CARGO) test --release --test snapshots
+test-kv:
+	$(CARGO) test --release --test kv
+test-e2e:
+	$(CARGO) test --release --test e2e_election --test e2e_kv --test e2e_durability
+
+## The student copy: make skeleton DIR=../raft-kv-student [MILESTONE=election]
+MILESTONE ?= election
+skeleton: release
+	@test -n "$(DIR)" || { echo "usage: make skeleton DIR=path [MILESTONE=election|replication|persistence|snapshots|kv]"; exit 2; }
+	./target/release/raft-kv skeleton --out "$(DIR)" --milestone $(MILESTONE)
+
+## CI: for each milestone, its skeleton builds, its tests fail, earlier milestones' pass.
+skeleton-check: release
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; done=""; \
+	for m in election replication persistence snapshots kv; do \
+	  ./target/release/raft-kv skeleton --out "$$tmp/$$m" --milestone $$m > /dev/null; \
+	  echo "== skeleton from milestone $$m: build"; \
+	  (cd "$$tmp/$$m" && CARGO_TARGET_DIR="$$tmp/target" $(CARGO) build --release --tests -q 2>/dev/null); \
+	  if (cd "$$tmp/$$m" && CARGO_TARGET_DIR="$$tmp/target" $(CARGO) test --release -q --test $$m > "$$tmp/$$m.log" 2>&1); then \
+	    echo "FAIL: the $$m tests pass on a skeleton without the $$m solution"; exit 1; \
+	  fi; \
+	  echo "   $$m tests fail, as they must"; \
+	  for e in $$done storage paper_map; do \
+	    (cd "$$tmp/$$m" && CARGO_TARGET_DIR="$$tmp/target" $(CARGO) test --release -q --test $$e > "$$tmp/$$m-$$e.log" 2>&1) \
+	      || { echo "FAIL: the $$e tests fail on the $$m skeleton:"; tail -40 "$$tmp/$$m-$$e.log"; exit 1; }; \
+	    echo "   $$e tests pass"; \
+	  done; \
+	  done="$$done $$m"; \
+	done; echo "skeleton-check: ok"
 
 lint:
 	$(CARGO) fmt --check

@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod course;
 pub mod grpc_codec;
 pub mod kv;
 pub mod raft;

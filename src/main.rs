@@ -26,6 +26,8 @@ enum Command {
     Status(raft_kv::cli::StatusArgs),
     /// Load a cluster (raft-kv or etcd) and report latency and throughput.
     Bench(raft_kv::bench::BenchArgs),
+    /// Write a student copy of the project with solution regions removed (docs/course.md).
+    Skeleton(raft_kv::course::SkeletonArgs),
 }
 
 fn main() {
@@ -38,6 +40,7 @@ fn main() {
         Command::Delete(a) => raft_kv::cli::delete(a),
         Command::Status(a) => raft_kv::cli::status(a),
         Command::Bench(a) => raft_kv::bench::run_bench(a),
+        Command::Skeleton(a) => raft_kv::course::run_skeleton(a),
     };
     std::process::exit(code);
 }

@@ -905,3 +905,42 @@ fn commit_index_stops_at_last_new_entry_figure_2() {
     assert_eq!(c.node(1).state_machine().get("k4"), None);
     assert_eq!(c.node(1).state_machine().get("k3"), Some("old"));
 }
+
+/// §5.4.1: a candidate whose log is behind cannot win: voters refuse a
+/// candidate whose last entry has an older term, or the same term and a
+/// shorter log.
+#[test]
+fn candidate_with_stale_log_cannot_win_5_4_1() {
+    for seed in seeds(30) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        let leader = c.elect(200);
+        let stale = c.ids().into_iter().find(|&i| i != leader).unwrap();
+        c.isolate(stale);
+        let id = c.request(
+            leader,
+            ClientRequest::Set {
+                key: "k".into(),
+                value: "v".into(),
+                client_id: 0,
+                sequence: 0,
+            },
+        );
+        assert!(c.wait_response(id, 100).is_some_and(|r| r.is_ok()));
+        let committed = c.node(leader).commit_index();
+        // Cut the leader off too; the stale node and the up-to-date one
+        // hold an election between themselves.
+        c.heal();
+        c.isolate(leader);
+        c.run_until(500, |c| c.leaders().iter().any(|&l| l != leader));
+        let new = c
+            .leaders()
+            .into_iter()
+            .find(|&l| l != leader)
+            .expect("a new leader");
+        assert_ne!(
+            new, stale,
+            "a node missing committed entries won an election"
+        );
+        assert!(c.node(new).log().last_index() >= committed);
+    }
+}

@@ -36,6 +36,7 @@ impl RaftNode {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
+        // BEGIN SOLUTION replication
         let next_index = leader.next_index[&peer];
         let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
         if next_index <= self.log.snapshot_index() {
@@ -88,6 +89,22 @@ impl RaftNode {
             read_round: leader.read_round,
         };
         self.outbox.send(peer, Message::AppendEntries(request));
+        // SKELETON
+        // // Only heartbeats, so that followers know there is a leader (§5.2).
+        // if !always {
+        //     return;
+        // }
+        // let request = AppendEntries {
+        //     term: self.current_term,
+        //     leader_id: self.config.id,
+        //     prev_log_index: self.log.last_index(),
+        //     prev_log_term: self.log.last_term(),
+        //     entries: Vec::new(),
+        //     leader_commit: self.commit_index,
+        //     read_round: leader.read_round,
+        // };
+        // self.outbox.send(peer, Message::AppendEntries(request));
+        // END SOLUTION
     }
 
     /// AppendEntries receiver implementation (Figure 2).
@@ -109,6 +126,7 @@ impl RaftNode {
         // election timer restarts on AppendEntries from the current leader.
         self.become_follower(request.term, Some(request.leader_id));
         self.reset_election_timer();
+        // BEGIN SOLUTION replication
 
         // 2. "Reply false if log doesn't contain an entry at prevLogIndex
         // whose term matches prevLogTerm (§5.3)". The reply carries the
@@ -172,6 +190,9 @@ impl RaftNode {
         reply.success = true;
         reply.match_index = last_new_index;
         reply
+        // SKELETON
+        // reply
+        // END SOLUTION
     }
 
     /// The leader's handling of an AppendEntries reply (Figure 2 "Rules for
@@ -191,6 +212,7 @@ impl RaftNode {
         *acked = (*acked).max(reply.read_round);
         let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
         flow.in_flight = flow.in_flight.saturating_sub(1);
+        // BEGIN SOLUTION replication
         let match_index = leader.match_index.get_mut(&from).expect("every peer");
         let next_index = leader.next_index.get_mut(&from).expect("every peer");
         if reply.success {
@@ -218,6 +240,8 @@ impl RaftNode {
             flow.snapshot_offset = None;
             self.send_append_entries(from, true);
         }
+        // SKELETON
+        // END SOLUTION
         self.serve_reads();
     }
 
@@ -227,6 +251,7 @@ impl RaftNode {
     /// an earlier term is never committed by counting replicas, only along
     /// with an entry of the leader's own term.
     pub(super) fn advance_commit_index(&mut self) {
+        // BEGIN SOLUTION replication
         let Role::Leader(leader) = &self.role else {
             return;
         };
@@ -238,5 +263,7 @@ impl RaftNode {
         if n > self.commit_index && self.log.term_at(n) == Some(self.current_term) {
             self.commit_index = n;
         }
+        // SKELETON
+        // END SOLUTION
     }
 }

@@ -120,6 +120,7 @@ impl RaftNode {
     /// index (step 4). A deposed leader never gets here: stepping down fails
     /// its pending reads.
     pub(super) fn serve_reads(&mut self) {
+        // BEGIN SOLUTION kv
         let majority = self.majority();
         let peers = self.peers();
         let Role::Leader(leader) = &mut self.role else {
@@ -144,6 +145,9 @@ impl RaftNode {
             self.outbox
                 .respond(read.request, Ok(ClientResponse::Value(value)));
         }
+        // SKELETON
+        // // Linearizable reads are never answered yet.
+        // END SOLUTION
     }
 
     /// The answer to a write, from what applying it produced.

@@ -12,6 +12,7 @@ impl RaftNode {
     /// committed entries in its log." We snapshot what has been applied once
     /// the log holds more than `snapshot_threshold` entries.
     pub(super) fn maybe_snapshot(&mut self) {
+        // BEGIN SOLUTION snapshots
         if self.log.len() <= self.config.snapshot_threshold
             || self.last_applied <= self.log.snapshot_index()
         {
@@ -34,12 +35,16 @@ impl RaftNode {
             snapshot.data.len()
         );
         self.log.install_snapshot(snapshot, true);
+        // SKELETON
+        // // Never compacts: the log grows without bound.
+        // END SOLUTION
     }
 
     /// Send the next chunk of our snapshot to a follower that needs entries
     /// we have compacted away (§7: "the leader must occasionally send
     /// snapshots to followers that lag behind").
     pub(super) fn send_snapshot_chunk(&mut self, peer: NodeId) {
+        // BEGIN SOLUTION snapshots
         let chunk_bytes = self.config.snapshot_chunk_bytes;
         let Role::Leader(leader) = &mut self.role else {
             return;
@@ -59,10 +64,12 @@ impl RaftNode {
             done: end == snapshot.data.len(),
         };
         self.outbox.send(peer, Message::InstallSnapshot(request));
+        // END SOLUTION
     }
 
     /// InstallSnapshot receiver implementation (Figure 13).
     pub fn handle_install_snapshot(&mut self, request: InstallSnapshot) -> InstallSnapshotReply {
+        // BEGIN SOLUTION snapshots
         let mut reply = InstallSnapshotReply {
             term: self.current_term,
             last_included_index: request.last_included_index,
@@ -142,6 +149,7 @@ impl RaftNode {
         );
         reply.done = true;
         reply
+        // END SOLUTION
     }
 
     /// The leader's handling of an InstallSnapshot reply: send the next
@@ -151,6 +159,7 @@ impl RaftNode {
         from: NodeId,
         reply: InstallSnapshotReply,
     ) {
+        // BEGIN SOLUTION snapshots
         if !self.is_current(reply.term) {
             return;
         }
@@ -185,5 +194,6 @@ impl RaftNode {
             flow.snapshot_offset = Some(reply.next_offset);
             self.send_snapshot_chunk(from);
         }
+        // END SOLUTION
     }
 }

@@ -212,8 +212,12 @@ impl Log {
     /// Append entries and make them durable before returning (followers: the
     /// reply to AppendEntries must not go out before this).
     pub fn append(&mut self, entries: Vec<Entry>) {
+        // BEGIN SOLUTION persistence
         self.append_unsynced(entries);
         self.sync();
+        // SKELETON
+        // self.append_unsynced(entries);
+        // END SOLUTION
     }
 
     /// Append entries without waiting for the disk. Only the leader does this,
@@ -254,10 +258,16 @@ impl Log {
         if index > self.last_index() {
             return;
         }
+        // BEGIN SOLUTION persistence
         self.storage
             .truncate_from(index)
             .and_then(|_| self.storage.sync())
             .unwrap_or_else(|e| fatal("truncating the log", e));
+        // SKELETON
+        // self.storage
+        //     .truncate_from(index)
+        //     .unwrap_or_else(|e| fatal("truncating the log", e));
+        // END SOLUTION
         self.entries
             .truncate((index - self.snapshot_index - 1) as usize);
         self.durable_index = self.durable_index.min(self.last_index());

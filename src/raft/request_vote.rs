@@ -12,6 +12,7 @@ impl RaftNode {
     /// increment currentTerm, vote for self, reset election timer, send
     /// RequestVote RPCs to all other servers".
     pub(super) fn start_election(&mut self) {
+        // BEGIN SOLUTION election
         let old_role = self.role.name();
         let me = self.config.id;
         // Term and self-vote are persisted together before any RequestVote
@@ -40,10 +41,12 @@ impl RaftNode {
             self.outbox
                 .send(peer, Message::RequestVote(request.clone()));
         }
+        // END SOLUTION
     }
 
     /// RequestVote receiver implementation (Figure 2).
     pub fn handle_request_vote(&mut self, request: RequestVote) -> RequestVoteReply {
+        // BEGIN SOLUTION election
         // 1. "Reply false if term < currentTerm (§5.1)". (A newer term was
         // already adopted by `step`.)
         let term_ok = request.term == self.current_term;
@@ -77,19 +80,23 @@ impl RaftNode {
             term: self.current_term,
             vote_granted,
         }
+        // END SOLUTION
     }
 
     /// §5.4.1: "If the logs have last entries with different terms, then the
     /// log with the later term is more up-to-date. If the logs end with the
     /// same term, then whichever log is longer is more up-to-date."
     fn candidate_log_is_up_to_date(&self, request: &RequestVote) -> bool {
+        // BEGIN SOLUTION election
         let (my_last_term, my_last_index) = (self.log.last_term(), self.log.last_index());
         request.last_log_term > my_last_term
             || (request.last_log_term == my_last_term && request.last_log_index >= my_last_index)
+        // END SOLUTION
     }
 
     /// Candidates (§5.2): "If votes received from majority of servers: become leader".
     pub(super) fn handle_request_vote_reply(&mut self, from: NodeId, reply: RequestVoteReply) {
+        // BEGIN SOLUTION election
         // Votes count only in the term they were cast for.
         if !self.is_current(reply.term) || !reply.vote_granted {
             return;
@@ -100,6 +107,7 @@ impl RaftNode {
                 self.become_leader();
             }
         }
+        // END SOLUTION
     }
 
     fn has_majority_of_votes(&self) -> bool {

@@ -194,6 +194,7 @@ impl RaftNode {
     /// apply log[lastApplied] to state machine (§5.3)". Entries are applied
     /// in index order, each exactly once.
     pub(super) fn apply_committed(&mut self) {
+        // BEGIN SOLUTION replication
         while self.last_applied < self.commit_index {
             let index = self.last_applied + 1;
             let entry = self
@@ -208,6 +209,8 @@ impl RaftNode {
                 }
             }
         }
+        // SKELETON
+        // END SOLUTION
         self.serve_reads();
         self.maybe_snapshot();
     }

@@ -373,10 +373,14 @@ impl RaftNode {
     }
 
     fn persist_hard_state(&mut self) {
+        // BEGIN SOLUTION persistence
         self.log.save_hard_state(HardState {
             current_term: self.current_term,
             voted_for: self.voted_for,
         });
+        // SKELETON
+        // // Kept in memory only: lost when the server crashes.
+        // END SOLUTION
     }
 
     /// Draw a fresh random election timeout and restart the timer (§5.2:
