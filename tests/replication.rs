@@ -44,6 +44,73 @@ fn basic_agreement_5_3() {
     }
 }
 
+/// Group commit on a follower: AppendEntries that arrive together
+/// (`step_batch`, one event-loop turn) cost one fsync, and every entry is on
+/// the disk when the replies are handed back (Figure 2: persist before
+/// responding).
+#[test]
+fn follower_batch_of_append_entries_is_one_fsync_figure_2() {
+    let mut c = Cluster::new(SimConfig::new(3, 11));
+    let leader = c.elect(200);
+    c.ticks(10);
+    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+    c.isolate(follower);
+    let term = c.node(leader).current_term();
+    let last = c.node(follower).log().last_index();
+    let append = |prev: LogIndex, key: &str| {
+        let entry = Entry {
+            index: prev + 1,
+            term,
+            command: Command::Set {
+                key: key.into(),
+                value: "v".into(),
+                client_id: 0,
+                sequence: 0,
+            },
+        };
+        (
+            leader,
+            Message::AppendEntries(AppendEntries {
+                term,
+                leader_id: leader,
+                prev_log_index: prev,
+                prev_log_term: term,
+                entries: vec![entry],
+                leader_commit: 0,
+                read_round: 0,
+            }),
+        )
+    };
+    let before = c.disk(follower).fsyncs();
+    let batch = vec![
+        append(last, "a"),
+        append(last + 1, "b"),
+        append(last + 2, "c"),
+    ];
+    let replies = c.with_node(follower, |node| node.step_batch(batch));
+    assert_eq!(
+        c.disk(follower).fsyncs() - before,
+        1,
+        "one fsync for the batch"
+    );
+    assert_eq!(replies.len(), 3);
+    for (i, reply) in replies.into_iter().enumerate() {
+        match reply {
+            Some(Message::AppendEntriesReply(r)) => {
+                assert!(r.success, "reply {i} refused");
+                assert_eq!(r.match_index, last + 1 + i as u64);
+            }
+            other => panic!("expected an AppendEntriesReply, got {other:?}"),
+        }
+    }
+    let durable = c.disk(follower).durable_entries();
+    assert_eq!(
+        durable.last().map(|e| e.index),
+        Some(last + 3),
+        "the entries are durable before the replies are returned"
+    );
+}
+
 /// §5.3: all writes of a batch cost one fsync on the leader (group commit).
 #[test]
 fn batch_is_one_append_and_one_fsync_5_3() {

@@ -65,6 +65,9 @@ pub struct Log {
     entries: Vec<Entry>,
     /// entries up to here are on stable storage (see `append_unsynced`)
     durable_index: LogIndex,
+    /// inside `RaftNode::step_batch`: `append` leaves the fsync to the end
+    /// of the batch, before any reply of the batch is released
+    deferring_sync: bool,
 }
 
 /// An I/O error while persisting leaves the server unable to keep its
@@ -113,6 +116,7 @@ impl Log {
             snapshot: recovered.snapshot,
             entries,
             durable_index,
+            deferring_sync: false,
         };
         (log, recovered.hard_state)
     }
@@ -214,7 +218,9 @@ impl Log {
     pub fn append(&mut self, entries: Vec<Entry>) {
         // BEGIN SOLUTION persistence
         self.append_unsynced(entries);
-        self.sync();
+        if !self.deferring_sync {
+            self.sync();
+        }
         // SKELETON
         // self.append_unsynced(entries);
         // END SOLUTION
@@ -235,6 +241,13 @@ impl Log {
             .append(&entries)
             .unwrap_or_else(|e| fatal("appending log entries", e));
         self.entries.extend(entries);
+    }
+
+    /// While `deferring` is true, `append` does not sync; the caller syncs
+    /// once at the end and only then releases the replies that depend on it
+    /// (`RaftNode::step_batch`).
+    pub(super) fn defer_sync(&mut self, deferring: bool) {
+        self.deferring_sync = deferring;
     }
 
     /// Make every entry appended so far durable: one fsync however many were appended.

@@ -49,6 +49,22 @@ impl RaftNode {
         reply
     }
 
+    /// Handle several messages that arrived together, as `step` would one by
+    /// one, returning each one's reply in order — but with one fsync for all
+    /// the entries they append, taken before any reply is returned (group
+    /// commit on followers). Figure 2's "persist before responding" holds:
+    /// the replies leave only after the sync.
+    pub fn step_batch(&mut self, messages: Vec<(NodeId, Message)>) -> Vec<Option<Message>> {
+        self.log.defer_sync(true);
+        let replies = messages
+            .into_iter()
+            .map(|(from, message)| self.step(from, message))
+            .collect();
+        self.log.defer_sync(false);
+        self.log.sync();
+        replies
+    }
+
     /// One unit of logical time has passed.
     pub fn tick(&mut self) {
         match &mut self.role {

@@ -6,7 +6,7 @@
 //! | channel          | sender             | call into the core            |
 //! |------------------|--------------------|-------------------------------|
 //! | `ticks`          | timer thread       | `tick()`                      |
-//! | `peer_messages`  | gRPC bridge        | `step(from, message)`         |
+//! | `peer_messages`  | gRPC bridge        | `step_batch(messages)`        |
 //! | `client_calls`   | gRPC bridge        | `client_requests(batch)`      |
 //! | `shutdown`       | whoever stops us   | (leave the loop)              |
 //!
@@ -155,19 +155,22 @@ impl EventLoop {
         );
     }
 
-    fn on_peer_message(
-        &mut self,
-        PeerMessage {
-            from,
-            message,
-            reply,
-        }: PeerMessage,
-    ) {
-        let answer = self.node.step(from, message);
-        if let (Some(reply), Some(answer)) = (reply, answer) {
-            // The core has made the reply's state durable already (Figure 2);
-            // if the caller gave up meanwhile, the reply is simply lost.
-            let _ = reply.send(answer);
+    /// Take `first` and every peer message already waiting, and step them
+    /// through the core together: the entries they append cost one fsync.
+    fn on_peer_message(&mut self, first: PeerMessage) {
+        let mut reply_channels = Vec::new();
+        let mut messages = Vec::new();
+        for m in std::iter::once(first).chain(self.inputs.peer_messages.try_iter()) {
+            reply_channels.push(m.reply);
+            messages.push((m.from, m.message));
+        }
+        let answers = self.node.step_batch(messages);
+        for (reply, answer) in reply_channels.into_iter().zip(answers) {
+            if let (Some(reply), Some(answer)) = (reply, answer) {
+                // The core has made the reply's state durable already (Figure
+                // 2); if the caller gave up meanwhile, the reply is simply lost.
+                let _ = reply.send(answer);
+            }
         }
     }
 
