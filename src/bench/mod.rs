@@ -481,7 +481,10 @@ fn run_once(
         .map_or_else(|| plan.cluster.clone(), LocalCluster::client_addrs);
     let result = runtime.block_on(async {
         let pool = Pool::new(system, &addrs, plan.rpc_timeout)?;
-        workload::wait_for_leader(&pool).await?;
+        workload::wait_for_leader(&pool, || {
+            cluster.as_mut().map_or(Ok(()), LocalCluster::check_alive)
+        })
+        .await?;
         let mut results = Vec::new();
         for &w in &plan.workloads {
             let label = format!(
@@ -512,13 +515,18 @@ async fn run_workload(
     plan: &Plan,
     workload: Workload,
     pool: &Pool,
-    cluster: Option<&mut LocalCluster>,
+    mut cluster: Option<&mut LocalCluster>,
     data: &Arc<Data>,
     label: String,
 ) -> Result<Measured, String> {
     let clients = plan.clients(workload);
     let pool = &if plan.at_leader {
-        pool.starting_at(workload::wait_for_leader(pool).await?)
+        let alive = || {
+            cluster
+                .as_deref_mut()
+                .map_or(Ok(()), LocalCluster::check_alive)
+        };
+        pool.starting_at(workload::wait_for_leader(pool, alive).await?)
     } else {
         pool.clone()
     };

@@ -246,13 +246,18 @@ impl Op {
     }
 }
 
-/// Wait until some member is leader, as the members themselves report.
-pub async fn wait_for_leader(pool: &Pool) -> Result<usize, String> {
+/// Wait until some member is leader, as the members themselves report;
+/// `alive` fails at once if a member has exited (a bad flag, say).
+pub async fn wait_for_leader(
+    pool: &Pool,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> Result<usize, String> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(leader) = pool.leader().await {
             return Ok(leader);
         }
+        alive()?;
         if interrupt::happened() {
             return Err("interrupted".into());
         }
@@ -448,8 +453,7 @@ async fn kill_leaders(
     let mut gaps = Vec::with_capacity(kills);
     settle(successes).await?;
     for kill in 1..=kills {
-        cluster.check_alive()?;
-        let leader = wait_for_leader(pool).await?;
+        let leader = wait_for_leader(pool, || cluster.check_alive()).await?;
         progress.set_label(format!(
             "{system} failover: kill {kill}/{kills} ({} was leader)",
             cluster.member_name(leader)
