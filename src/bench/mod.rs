@@ -317,7 +317,7 @@ impl Plan {
             ));
         }
         lines.push(format!(
-            "load: keys {} B, values {} B, keyspace {}, {} reads, {} clients for the throughput workloads{}, RPC timeout {:?} ({:?} in failover)",
+            "requests: keys {} B, values {} B, keyspace {}, {} reads, {} clients for the throughput workloads{}, RPC timeout {:?} ({:?} in failover)",
             self.key_size,
             self.value_size,
             self.keyspace,
@@ -379,6 +379,12 @@ pub fn run_bench(args: BenchArgs) -> i32 {
             return EXIT_BAD_CONFIG;
         }
     };
+    let load_before = std::fs::read_to_string("/proc/loadavg").ok().map(|text| {
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
     // Ctrl-C stops the clients, so the members are killed and the scratch
     // directories removed on the way out.
     interrupt::catch();
@@ -426,11 +432,11 @@ pub fn run_bench(args: BenchArgs) -> i32 {
             }
         }
     }
-    print!("{}", render(&plan, &summaries));
+    print!("{}", render(&plan, &summaries, load_before.as_deref()));
     0
 }
 
-fn render(plan: &Plan, summaries: &[Summary]) -> String {
+fn render(plan: &Plan, summaries: &[Summary], load_before: Option<&str>) -> String {
     if plan.json {
         return summaries.iter().map(|s| report::json(s) + "\n").collect();
     }
@@ -440,6 +446,12 @@ fn render(plan: &Plan, summaries: &[Summary]) -> String {
         mine
     };
     let mut out = format!("{}\n", plan.describe());
+    if let Some(load) = load_before {
+        // Other work on the machine skews every number; this shows if there was some.
+        out.push_str(&format!(
+            "load average before the run (1, 5, 15 min): {load}\n"
+        ));
+    }
     if let Some(skipped) = &plan.skipped {
         out.push_str(&format!("{skipped}\n"));
     }
