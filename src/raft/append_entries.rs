@@ -234,11 +234,16 @@ impl RaftNode {
                     None => reply.conflict_index,
                 }
             };
-            *next_index = hinted.clamp(*match_index + 1, last_index + 1);
-            flow.probing = true;
-            flow.in_flight = 0;
-            flow.snapshot_offset = None;
-            self.send_append_entries(from, true);
+            // A hint at or below match_index answers an older, reordered
+            // request: the follower already holds more. Retrying would only
+            // repeat it, so wait for the next reply or heartbeat.
+            if hinted > *match_index {
+                *next_index = hinted.min(last_index + 1);
+                flow.probing = true;
+                flow.in_flight = 0;
+                flow.snapshot_offset = None;
+                self.send_append_entries(from, true);
+            }
         }
         // SKELETON
         // END SOLUTION
