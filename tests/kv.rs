@@ -47,26 +47,6 @@ fn value(v: &str) -> ClientResult {
     Ok(ClientResponse::Value(Some(v.into())))
 }
 
-/// Find the leader and retry until answered with something other than "ask
-/// someone else" (§8); writes carry a session, so retries apply once (§6.3).
-fn submit(c: &mut Cluster, request: ClientRequest, max_ticks: u64) -> Option<ClientResult> {
-    let deadline = c.now() + max_ticks;
-    while c.now() < deadline {
-        let Some(leader) = c.leader() else {
-            c.tick();
-            continue;
-        };
-        let id = c.request(leader, request.clone());
-        match c.wait_response(id, 40) {
-            None | Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost)) => {
-                c.tick()
-            }
-            Some(result) => return Some(result),
-        }
-    }
-    None
-}
-
 /// Tick until every running node has applied all of the leader's log, and
 /// check their state machines are equal; returns the leader.
 fn converge(c: &mut Cluster, max_ticks: u64) -> NodeId {
@@ -286,7 +266,7 @@ fn set_get_delete_8() {
     for seed in seeds(10) {
         let mut c = Cluster::new(SimConfig::new(3, seed));
         c.elect(200);
-        let answer = |c: &mut Cluster, r| submit(c, r, 200).expect("answered");
+        let answer = |c: &mut Cluster, r| c.submit(r, 200).expect("answered");
         assert_eq!(answer(&mut c, set("a", "1", 0, 0)), Ok(ClientResponse::Set));
         assert_eq!(answer(&mut c, get("a")), value("1"));
         assert_eq!(answer(&mut c, set("a", "2", 0, 0)), Ok(ClientResponse::Set));
@@ -376,30 +356,30 @@ fn retried_write_applies_once_6_3() {
         let mut c = Cluster::new(SimConfig::new(3, seed));
         c.elect(200);
         assert_eq!(
-            submit(&mut c, set("k", "1", 7, 1), 200),
+            c.submit(set("k", "1", 7, 1), 200),
             Some(Ok(ClientResponse::Set))
         );
         let deleted = Some(Ok(ClientResponse::Deleted { existed: true }));
-        assert_eq!(submit(&mut c, delete("k", 7, 2), 200), deleted);
+        assert_eq!(c.submit(delete("k", 7, 2), 200), deleted);
         assert_eq!(
-            submit(&mut c, set("k", "2", 8, 1), 200),
+            c.submit(set("k", "2", 8, 1), 200),
             Some(Ok(ClientResponse::Set))
         );
         assert_eq!(
-            submit(&mut c, delete("k", 7, 2), 200),
+            c.submit(delete("k", 7, 2), 200),
             deleted,
             "not the recorded answer"
         );
         assert_eq!(
-            submit(&mut c, get("k"), 200),
+            c.submit(get("k"), 200),
             Some(value("2")),
             "the retry was applied"
         );
         assert_eq!(
-            submit(&mut c, set("k", "3", 7, 1), 200),
+            c.submit(set("k", "3", 7, 1), 200),
             Some(Err(ClientError::StaleSequence))
         );
-        assert_eq!(submit(&mut c, get("k"), 200), Some(value("2")));
+        assert_eq!(c.submit(get("k"), 200), Some(value("2")));
     }
 }
 
@@ -413,7 +393,7 @@ fn retry_after_leader_change_applies_once_6_3() {
         let mut c = Cluster::new(SimConfig::new(3, seed));
         let old = c.elect(200);
         assert_eq!(
-            submit(&mut c, set("k", "1", 7, 1), 200),
+            c.submit(set("k", "1", 7, 1), 200),
             Some(Ok(ClientResponse::Set))
         );
         converge(&mut c, 50);
@@ -441,20 +421,20 @@ fn retry_after_leader_change_applies_once_6_3() {
         assert!(ok, "the cut-off leader never stepped down");
         assert_eq!(c.response(first), Some(&Err(ClientError::LeadershipLost)));
 
-        let retried = submit(&mut c, delete("k", 7, 2), 300);
+        let retried = c.submit(delete("k", 7, 2), 300);
         assert_eq!(retried, Some(Ok(ClientResponse::Deleted { existed: true })));
         c.heal();
         let leader = converge(&mut c, 300);
         assert_eq!(c.node(leader).state_machine().get("k"), None);
         assert_eq!(
-            submit(&mut c, set("k", "2", 8, 1), 200),
+            c.submit(set("k", "2", 8, 1), 200),
             Some(Ok(ClientResponse::Set))
         );
         assert_eq!(
-            submit(&mut c, delete("k", 7, 2), 200),
+            c.submit(delete("k", 7, 2), 200),
             Some(Ok(ClientResponse::Deleted { existed: true }))
         );
-        assert_eq!(submit(&mut c, get("k"), 200), Some(value("2")));
+        assert_eq!(c.submit(get("k"), 200), Some(value("2")));
     }
 }
 
@@ -475,7 +455,7 @@ fn writes_to_minority_leader_never_succeed_8() {
         let ok = c.run_until(300, |c| others[1..].iter().any(|&i| c.node(i).is_leader()));
         assert!(ok, "the majority elected no leader");
         assert_eq!(
-            submit(&mut c, set("majority", "y", 6, 1), 300),
+            c.submit(set("majority", "y", 6, 1), 300),
             Some(Ok(ClientResponse::Set))
         );
         c.ticks(100);
@@ -521,7 +501,7 @@ fn partitioned_old_leader_never_serves_linearizable_reads_6_4() {
         let mut c = Cluster::new(SimConfig::new(5, seed));
         let old = c.elect(200);
         assert_eq!(
-            submit(&mut c, set("k", "old", 1, 1), 200),
+            c.submit(set("k", "old", 1, 1), 200),
             Some(Ok(ClientResponse::Set))
         );
         c.isolate(old);
@@ -553,7 +533,7 @@ fn partitioned_old_leader_never_serves_linearizable_reads_6_4() {
                 c.response(id)
             );
         }
-        assert_eq!(submit(&mut c, get("k"), 100), Some(value("new")));
+        assert_eq!(c.submit(get("k"), 100), Some(value("new")));
     }
     if std::env::var("RAFT_SEED").is_err() {
         assert!(
@@ -572,7 +552,7 @@ fn stale_reads_served_by_followers_6_4() {
         let mut c = Cluster::new(SimConfig::new(3, seed));
         let leader = c.elect(200);
         assert_eq!(
-            submit(&mut c, set("k", "1", 0, 0), 200),
+            c.submit(set("k", "1", 0, 0), 200),
             Some(Ok(ClientResponse::Set))
         );
         converge(&mut c, 50);
@@ -593,7 +573,7 @@ fn stale_reads_served_by_followers_6_4() {
 
         c.isolate(follower);
         assert_eq!(
-            submit(&mut c, set("k", "2", 0, 0), 200),
+            c.submit(set("k", "2", 0, 0), 200),
             Some(Ok(ClientResponse::Set))
         );
         let id = c.request(follower, stale_get("k"));

@@ -2,8 +2,8 @@
 //! replay one seed with `RAFT_SEED=N cargo test --test replication NAME`.
 
 use raft_kv::raft::{
-    AppendEntries, AppendEntriesReply, ClientError, ClientRequest, ClientResponse, ClientResult,
-    Command, Entry, LogIndex, Message, NodeId, Role,
+    AppendEntries, AppendEntriesReply, ClientError, ClientRequest, ClientResponse, Command, Entry,
+    LogIndex, Message, NodeId, Role,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
@@ -130,28 +130,6 @@ fn batch_is_one_append_and_one_fsync_5_3() {
     for id in ids {
         assert_eq!(c.wait_response(id, 50), Some(Ok(ClientResponse::Set)));
     }
-}
-
-/// A client that finds the leader and retries until its request is answered
-/// with something other than "ask someone else": NotLeader, LeadershipLost,
-/// or no answer within 40 ticks all mean try again (§8). Writes carry a
-/// session, so a retry is applied at most once (dissertation §6.3).
-fn submit(c: &mut Cluster, request: ClientRequest, max_ticks: u64) -> Option<ClientResult> {
-    let deadline = c.now() + max_ticks;
-    while c.now() < deadline {
-        let Some(leader) = c.leader() else {
-            c.tick();
-            continue;
-        };
-        let id = c.request(leader, request.clone());
-        match c.wait_response(id, 40) {
-            None | Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost)) => {
-                c.tick()
-            }
-            Some(result) => return Some(result),
-        }
-    }
-    None
 }
 
 fn session_set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientRequest {
@@ -289,7 +267,7 @@ fn no_commit_without_majority_5_3() {
             c.response(id)
         );
         c.heal();
-        let answer = submit(&mut c, set("c", "3"), 300);
+        let answer = c.submit(set("c", "3"), 300);
         assert_eq!(answer, Some(Ok(ClientResponse::Set)));
         converge(&mut c, 200);
     }
@@ -431,7 +409,7 @@ fn figure_8_unreliable() {
         c.heal();
         c.set_unreliable(0.0, 0);
         assert_eq!(
-            submit(&mut c, session_set("last", "v", 2, 1), 500),
+            c.submit(session_set("last", "v", 2, 1), 500),
             Some(Ok(ClientResponse::Set))
         );
         let leader = converge(&mut c, 500);
@@ -514,7 +492,7 @@ fn agreement_bytes_are_bounded_5_3() {
             for i in 0..100 {
                 let key = format!("k{i:03}");
                 payload += (key.len() + value.len() + 24) as u64;
-                let response = submit(&mut c, session_set(&key, &value, 1, i + 1), 500);
+                let response = c.submit(session_set(&key, &value, 1, i + 1), 500);
                 assert_eq!(response, Some(Ok(ClientResponse::Set)));
             }
             c.set_unreliable(0.0, 0);
@@ -591,7 +569,7 @@ fn agreement_on_unreliable_network_5_3() {
         let mut c = Cluster::new(SimConfig::new(5, seed).unreliable(0.1, 4));
         for i in 0..10u64 {
             let key = format!("k{i}");
-            let response = submit(&mut c, session_set(&key, &i.to_string(), 1, i + 1), 1000);
+            let response = c.submit(session_set(&key, &i.to_string(), 1, i + 1), 1000);
             assert_eq!(
                 response,
                 Some(Ok(ClientResponse::Set)),

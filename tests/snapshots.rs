@@ -3,9 +3,7 @@
 //! `RAFT_SEED=N cargo test --release --test snapshots NAME`.
 
 use raft_kv::kv::StateMachine;
-use raft_kv::raft::{
-    ClientError, ClientRequest, ClientResponse, ClientResult, InstallSnapshot, NodeId,
-};
+use raft_kv::raft::{ClientError, ClientRequest, ClientResponse, InstallSnapshot, NodeId};
 use raft_kv::sim::{seeds, Cluster, EventKind, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -28,32 +26,12 @@ fn set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientRequest {
     }
 }
 
-/// Find the leader and retry until answered with something other than "ask
-/// someone else" (§8); writes carry a session, so retries apply once (§6.3).
-fn submit(c: &mut Cluster, request: ClientRequest, max_ticks: u64) -> Option<ClientResult> {
-    let deadline = c.now() + max_ticks;
-    while c.now() < deadline {
-        let Some(leader) = c.leader() else {
-            c.tick();
-            continue;
-        };
-        let id = c.request(leader, request.clone());
-        match c.wait_response(id, 40) {
-            None | Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost)) => {
-                c.tick()
-            }
-            Some(result) => return Some(result),
-        }
-    }
-    None
-}
-
 /// Write `count` keys `{prefix}{i}` = `v{i}` through the leader; all must be acknowledged.
 fn write_keys(c: &mut Cluster, prefix: &str, count: u64, client_id: u64) {
     for i in 0..count {
         let request = set(&format!("{prefix}{i}"), &format!("v{i}"), client_id, i + 1);
         assert_eq!(
-            submit(c, request, 1000),
+            c.submit(request, 1000),
             Some(Ok(ClientResponse::Set)),
             "write {prefix}{i} never acknowledged"
         );
@@ -293,7 +271,7 @@ fn all_crash_restart_from_snapshot_and_log_7() {
         c.elect(300);
         sequence += 1;
         assert_eq!(
-            submit(&mut c, set("last", "v", 1, sequence), 500),
+            c.submit(set("last", "v", 1, sequence), 500),
             Some(Ok(ClientResponse::Set))
         );
         let leader = converge(&mut c, 300);
@@ -354,15 +332,15 @@ fn sessions_survive_snapshot_and_restart_6_3() {
             sequence: 2,
         };
         assert_eq!(
-            submit(&mut c, set("k", "1", 7, 1), 200),
+            c.submit(set("k", "1", 7, 1), 200),
             Some(Ok(ClientResponse::Set))
         );
         assert_eq!(
-            submit(&mut c, delete.clone(), 200),
+            c.submit(delete.clone(), 200),
             Some(Ok(ClientResponse::Deleted { existed: true }))
         );
         assert_eq!(
-            submit(&mut c, set("k", "2", 8, 1), 200),
+            c.submit(set("k", "2", 8, 1), 200),
             Some(Ok(ClientResponse::Set))
         );
         write_keys(&mut c, "filler", 3 * THRESHOLD as u64, 9);
@@ -378,12 +356,12 @@ fn sessions_survive_snapshot_and_restart_6_3() {
             );
         }
         assert_eq!(
-            submit(&mut c, delete, 300),
+            c.submit(delete, 300),
             Some(Ok(ClientResponse::Deleted { existed: true })),
             "the retry did not get the recorded answer"
         );
         assert_eq!(
-            submit(&mut c, set("k", "3", 7, 1), 200),
+            c.submit(set("k", "3", 7, 1), 200),
             Some(Err(ClientError::StaleSequence))
         );
         let leader = converge(&mut c, 100);

@@ -19,8 +19,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::raft::{
-    ClientRequest, ClientResult, LogIndex, MemStorage, Message, NodeId, Outbox, RaftConfig,
-    RaftNode, RequestId, Term,
+    ClientError, ClientRequest, ClientResult, LogIndex, MemStorage, Message, NodeId, Outbox,
+    RaftConfig, RaftNode, RequestId, Term,
 };
 pub use invariants::Invariants;
 pub use timeline::{Event, EventKind};
@@ -561,6 +561,28 @@ impl Cluster {
         self.note(format!("client batch of {} to n{to}", batch.len()));
         self.with_node(to, |node| node.client_requests(batch));
         ids
+    }
+
+    /// Submit `request` the way a client does: to the current leader, again
+    /// after "ask someone else" (§8) or no answer, until answered or
+    /// `max_ticks` have passed. Writes that carry a session apply once
+    /// however often they are retried (§6.3).
+    pub fn submit(&mut self, request: ClientRequest, max_ticks: u64) -> Option<ClientResult> {
+        let deadline = self.now + max_ticks;
+        while self.now < deadline {
+            let Some(leader) = self.leader() else {
+                self.tick();
+                continue;
+            };
+            let id = self.request(leader, request.clone());
+            match self.wait_response(id, 40) {
+                None | Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost)) => {
+                    self.tick()
+                }
+                Some(result) => return Some(result),
+            }
+        }
+        None
     }
 
     /// The answer to request `id`, if it has come.
