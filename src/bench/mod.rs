@@ -62,9 +62,16 @@ pub struct BenchArgs {
     /// cluster`), etcd's 127.0.0.1:2379.
     #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
     pub cluster: Vec<String>,
-    /// What to run: all, rtt, write-latency, write-throughput, read-throughput, failover.
-    #[arg(long, value_enum, default_value_t = WorkloadArg::All)]
-    pub workload: WorkloadArg,
+    /// What to run, comma-separated: all, or any of rtt, write-latency,
+    /// write-throughput, read-throughput, failover (run in that order).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WORKLOAD,...",
+        value_delimiter = ',',
+        default_value = "all"
+    )]
+    pub workload: Vec<WorkloadArg>,
     /// Concurrent clients of write-throughput and read-throughput.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub clients: usize,
@@ -187,18 +194,25 @@ impl Plan {
                 "--target both needs --local: each system runs on a fresh local cluster".into(),
             );
         }
-        let mut workloads = match args.workload {
-            WorkloadArg::All => Workload::ALL.to_vec(),
-            WorkloadArg::Rtt => vec![Workload::Rtt],
-            WorkloadArg::WriteLatency => vec![Workload::WriteLatency],
-            WorkloadArg::WriteThroughput => vec![Workload::WriteThroughput],
-            WorkloadArg::ReadThroughput => vec![Workload::ReadThroughput],
-            WorkloadArg::Failover => vec![Workload::Failover],
+        let named = |w: Workload| {
+            args.workload.iter().any(|&arg| match arg {
+                WorkloadArg::All => false,
+                WorkloadArg::Rtt => w == Workload::Rtt,
+                WorkloadArg::WriteLatency => w == Workload::WriteLatency,
+                WorkloadArg::WriteThroughput => w == Workload::WriteThroughput,
+                WorkloadArg::ReadThroughput => w == Workload::ReadThroughput,
+                WorkloadArg::Failover => w == Workload::Failover,
+            })
         };
+        let all = args.workload.contains(&WorkloadArg::All);
+        let mut workloads: Vec<Workload> = Workload::ALL
+            .into_iter()
+            .filter(|&w| all || named(w))
+            .collect();
         let mut skipped = None;
         if !args.local && workloads.contains(&Workload::Failover) {
             let why = "failover needs --local: the bench must own the processes to kill the leader";
-            if args.workload == WorkloadArg::Failover {
+            if named(Workload::Failover) {
                 return Err(why.into());
             }
             workloads.retain(|&w| w != Workload::Failover);
@@ -639,6 +653,10 @@ mod tests {
     fn etcd_defaults_and_flags() {
         let p = plan(&["--target", "etcd", "--workload", "write-latency"]).unwrap();
         assert_eq!(p.cluster, ["127.0.0.1:2379"]);
+        assert_eq!(p.workloads, [Workload::WriteLatency]);
+        // Listed in any order, run in the usual one.
+        let p = plan(&["--local", "--workload", "failover,rtt,failover"]).unwrap();
+        assert_eq!(p.workloads, [Workload::Rtt, Workload::Failover]);
         let p = plan(&[
             "--local",
             "--target",
@@ -667,6 +685,7 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--target", "both"], "--target both needs --local"),
             (&["--workload", "failover"], "failover needs --local"),
+            (&["--workload", "rtt,failover"], "failover needs --local"),
             (
                 &["--local", "--cluster", "127.0.0.1:1"],
                 "either --local or --cluster",
