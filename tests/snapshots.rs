@@ -3,7 +3,7 @@
 //! `RAFT_SEED=N cargo test --release --test snapshots NAME`.
 
 use raft_kv::kv::StateMachine;
-use raft_kv::raft::{ClientError, ClientRequest, ClientResponse, InstallSnapshot, NodeId};
+use raft_kv::raft::{ClientRequest, ClientResponse, InstallSnapshot, NodeId};
 use raft_kv::sim::{seeds, Cluster, EventKind, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -314,62 +314,6 @@ fn restarted_node_starts_from_its_snapshot_7() {
         );
         c.reconnect(node);
         converge(&mut c, 200);
-    }
-}
-
-/// Dissertation §6.3: the session table is part of the state machine, so it
-/// is in every snapshot. A write retried after its entry was compacted away
-/// and every node restarted from snapshots still gets its recorded answer,
-/// and is not applied a second time.
-#[test]
-fn sessions_survive_snapshot_and_restart_6_3() {
-    for seed in seeds(10) {
-        let mut c = Cluster::new(config(3, seed));
-        c.elect(200);
-        let delete = ClientRequest::Delete {
-            key: "k".into(),
-            client_id: 7,
-            sequence: 2,
-        };
-        assert_eq!(
-            c.submit(set("k", "1", 7, 1), 200),
-            Some(Ok(ClientResponse::Set))
-        );
-        assert_eq!(
-            c.submit(delete.clone(), 200),
-            Some(Ok(ClientResponse::Deleted { existed: true }))
-        );
-        assert_eq!(
-            c.submit(set("k", "2", 8, 1), 200),
-            Some(Ok(ClientResponse::Set))
-        );
-        write_keys(&mut c, "filler", 3 * THRESHOLD as u64, 9);
-        converge(&mut c, 100);
-        for id in c.ids() {
-            c.crash(id);
-        }
-        for id in c.ids() {
-            c.restart(id);
-            assert!(
-                c.node(id).log().snapshot_index() > 3,
-                "the session entries are compacted"
-            );
-        }
-        assert_eq!(
-            c.submit(delete, 300),
-            Some(Ok(ClientResponse::Deleted { existed: true })),
-            "the retry did not get the recorded answer"
-        );
-        assert_eq!(
-            c.submit(set("k", "3", 7, 1), 200),
-            Some(Err(ClientError::StaleSequence))
-        );
-        let leader = converge(&mut c, 100);
-        assert_eq!(
-            c.node(leader).state_machine().get("k"),
-            Some("2"),
-            "a retried delete was applied twice"
-        );
     }
 }
 
