@@ -23,11 +23,12 @@
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::etcdpb;
 use super::etcdpb::kv_client::KvClient;
 use super::etcdpb::maintenance_client::MaintenanceClient;
+use crate::cli::client::{describe, retryable};
 use crate::proto::kv as kv_pb;
 use crate::proto::kv::key_value_client::KeyValueClient;
 use crate::server::bridge::LEADER_ADDR_METADATA;
@@ -336,38 +337,4 @@ impl BenchClient {
         let leader = status.metadata().get(LEADER_ADDR_METADATA)?.to_str().ok()?;
         self.pool.addrs.iter().position(|addr| addr == leader)
     }
-}
-
-/// Failures that may go away on another member or a little later: not the
-/// leader, no leader yet, member unreachable or overloaded, a connection cut
-/// mid-call (UNKNOWN or INTERNAL from tonic; etcd also reports "leader
-/// changed" and "request timed out" as UNAVAILABLE).
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Aborted
-            | Code::Unknown
-            | Code::Internal
-            | Code::ResourceExhausted
-    )
-}
-
-/// A status as one line, with its causes ("tcp connect error: Connection refused").
-fn describe(status: &Status) -> String {
-    let mut line = status.message().trim().to_owned();
-    if line.is_empty() {
-        line = format!("{:?}", status.code());
-    }
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        let text = error.to_string();
-        if !text.is_empty() && text != "transport error" && !line.contains(&text) {
-            line = format!("{line}: {text}");
-        }
-        cause = error.source();
-    }
-    line.replace('\n', " ")
 }

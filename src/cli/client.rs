@@ -335,9 +335,10 @@ impl Client {
 }
 
 /// Codes that may go away on another node or a little later: not the leader,
-/// leadership lost, node unreachable, or a connection cut mid-call (which
-/// tonic reports as UNKNOWN or INTERNAL).
-fn retryable(code: Code) -> bool {
+/// leadership lost, node unreachable or overloaded, or a connection cut
+/// mid-call (which tonic reports as UNKNOWN or INTERNAL). The benchmark's
+/// client uses the same rule.
+pub(crate) fn retryable(code: Code) -> bool {
     matches!(
         code,
         Code::Unavailable
@@ -346,13 +347,14 @@ fn retryable(code: Code) -> bool {
             | Code::Aborted
             | Code::Unknown
             | Code::Internal
+            | Code::ResourceExhausted
     )
 }
 
 /// A status as one line: its message (or its code when the message is
 /// empty), followed by its causes — for a transport failure tonic's message
 /// alone is just "tcp connect error", the cause says "Connection refused".
-fn describe(status: &Status) -> String {
+pub(crate) fn describe(status: &Status) -> String {
     let mut line = status.message().trim().to_owned();
     if line.is_empty() {
         line = format!("{:?}", status.code());

@@ -1,7 +1,7 @@
 //! The command-line client: `raft-kv set | get | delete | status`.
 //! Exit codes (docs/api.md): 0 success, 1 `get` of an absent key, 2 any error.
 
-mod client;
+pub(crate) mod client;
 
 pub use client::{Client, Error, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT};
 
