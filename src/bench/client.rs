@@ -66,6 +66,15 @@ pub struct MemberStatus {
     pub applied_index: u64,
 }
 
+/// Why [`Pool::leader`] found no leader.
+#[derive(Debug)]
+pub enum NoLeader {
+    /// Some member answered, and none of them leads (an election is running).
+    NotYet,
+    /// No member answered; why, for each.
+    NoAnswer(String),
+}
+
 /// The connections to one cluster, shared by all its simulated clients.
 #[derive(Clone)]
 pub struct Pool {
@@ -165,17 +174,28 @@ impl Pool {
         }
     }
 
-    /// The member that leads in the highest term any member reports, if any.
-    pub async fn leader(&self) -> Option<usize> {
+    /// The member that leads in the highest term any member reports. When
+    /// none does, the error says whether any member answered at all.
+    pub async fn leader(&self) -> Result<usize, NoLeader> {
         let mut best: Option<(u64, usize)> = None;
+        let mut unreachable = Vec::new();
         for i in 0..self.addrs.len() {
-            if let Ok(status) = self.status(i).await {
-                if status.is_leader && best.is_none_or(|(term, _)| status.term > term) {
-                    best = Some((status.term, i));
+            match self.status(i).await {
+                Ok(status) => {
+                    if status.is_leader && best.is_none_or(|(term, _)| status.term > term) {
+                        best = Some((status.term, i));
+                    }
                 }
+                Err(error) => unreachable.push(format!("{}: {error}", self.addrs[i])),
             }
         }
-        best.map(|(_, i)| i)
+        match best {
+            Some((_, i)) => Ok(i),
+            None if unreachable.len() == self.addrs.len() => {
+                Err(NoLeader::NoAnswer(unreachable.join("; ")))
+            }
+            None => Err(NoLeader::NotYet),
+        }
     }
 }
 

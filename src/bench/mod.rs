@@ -162,6 +162,8 @@ struct Plan {
     workloads: Vec<Workload>,
     /// A workload of `all` that cannot run, and why.
     skipped: Option<String>,
+    /// The keys and the value of every request.
+    data: Arc<Data>,
     clients: usize,
     count: Option<u64>,
     keyspace: usize,
@@ -216,7 +218,7 @@ impl Plan {
                 return Err(why.into());
             }
             workloads.retain(|&w| w != Workload::Failover);
-            skipped = Some(format!("skipped {why}"));
+            skipped = Some(format!("failover skipped: {why}"));
         }
         let cluster = match (&args.cluster[..], args.target) {
             ([], TargetArg::Etcd) => split(ETCD_CLUSTER),
@@ -245,8 +247,8 @@ impl Plan {
                 "--value-size must be at most {MAX_VALUE_SIZE} bytes (raft-kv's limit)"
             ));
         }
-        // The keys are made here too, so that a key size too small is bad input.
-        Data::new(args.keyspace, args.key_size, 0, false)?;
+        // Made here, so that a key size too small for the keyspace is bad input.
+        let data = Data::new(args.keyspace, args.key_size, args.value_size, args.stale)?;
         if args.local && systems.contains(&System::RaftKv) {
             args.tuning.check().map_err(|e| e.to_string())?;
         }
@@ -256,6 +258,7 @@ impl Plan {
             cluster,
             workloads,
             skipped,
+            data: Arc::new(data),
             clients: args.clients,
             count: args.count,
             keyspace: args.keyspace,
@@ -386,13 +389,7 @@ pub fn run_bench(args: BenchArgs) -> i32 {
             return EXIT_BAD_CONFIG;
         }
     };
-    let data = match Data::new(plan.keyspace, plan.key_size, plan.value_size, plan.stale) {
-        Ok(data) => Arc::new(data),
-        Err(error) => {
-            eprintln!("raft-kv bench: error: {error}");
-            return EXIT_BAD_CONFIG;
-        }
-    };
+    let data = Arc::clone(&plan.data);
     let load_before = std::fs::read_to_string("/proc/loadavg").ok().map(|text| {
         text.split_whitespace()
             .take(3)

@@ -12,7 +12,7 @@ use rand::distributions::Alphanumeric;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Barrier;
 
-use super::client::{BenchClient, Pool};
+use super::client::{BenchClient, NoLeader, Pool};
 use super::local::LocalCluster;
 use super::stats::{self, Percentiles};
 use crate::server::interrupt;
@@ -20,6 +20,8 @@ use crate::server::interrupt;
 /// How long a cluster may take to elect a leader, start a member, or let a
 /// member catch up, before the bench gives up on it.
 const PATIENCE: Duration = Duration::from_secs(60);
+/// How long the bench waits for the first answer from any member.
+const NO_ANSWER_PATIENCE: Duration = Duration::from_secs(10);
 /// How often the bench looks at the cluster while it waits.
 const POLL: Duration = Duration::from_millis(5);
 /// Failover: how long writes run undisturbed before each kill, and after
@@ -73,6 +75,7 @@ impl Workload {
 }
 
 /// The keys and the value every request uses, made before the clock starts.
+#[derive(Debug)]
 pub struct Data {
     pub keys: Vec<String>,
     pub value: String,
@@ -252,10 +255,19 @@ pub async fn wait_for_leader(
     pool: &Pool,
     mut alive: impl FnMut() -> Result<(), String>,
 ) -> Result<usize, String> {
-    let deadline = Instant::now() + PATIENCE;
+    let started = Instant::now();
+    let deadline = started + PATIENCE;
     loop {
-        if let Some(leader) = pool.leader().await {
-            return Ok(leader);
+        match pool.leader().await {
+            Ok(leader) => return Ok(leader),
+            // A cluster that is not running at all should not cost a minute.
+            Err(NoLeader::NoAnswer(why)) if started.elapsed() >= NO_ANSWER_PATIENCE => {
+                return Err(format!(
+                    "no {} member answers (is the cluster running?): {why}",
+                    pool.system().name()
+                ));
+            }
+            Err(_) => {}
         }
         alive()?;
         if interrupt::happened() {
@@ -509,7 +521,7 @@ async fn wait_for_catch_up(
     loop {
         cluster.check_alive()?;
         if target.is_none() {
-            if let Some(leader) = pool.leader().await {
+            if let Ok(leader) = pool.leader().await {
                 target = pool.status(leader).await.ok().map(|s| s.commit_index);
             }
         }
