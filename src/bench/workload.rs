@@ -29,7 +29,7 @@ const POLL: Duration = Duration::from_millis(5);
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// One of the workloads, in the order `--workload all` runs them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
     /// 1 client, sequential Status calls: the gRPC round trip, no consensus.
     Rtt,
