@@ -73,8 +73,9 @@ pub fn table(summaries: &[&Summary]) -> String {
             let each: Vec<String> = gaps.iter().map(|g| format!("{g:.0}")).collect();
             let _ = writeln!(
                 notes,
-                "failover: {} kills of the leader, 1 writer ({} writes, {} errors): longest pause in writes per kill, median {} ms, max {} ms [{}]",
+                "failover: {} kill{} of the leader, 1 writer ({} writes, {} errors): longest pause in writes per kill, median {} ms, max {} ms [{}]",
                 gaps.len(),
+                if gaps.len() == 1 { "" } else { "s" },
                 number(s.median(|m| Some(m.ops as f64)), 0),
                 s.errors(),
                 number(median(&gaps), 0),
