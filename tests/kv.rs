@@ -47,27 +47,6 @@ fn value(v: &str) -> ClientResult {
     Ok(ClientResponse::Value(Some(v.into())))
 }
 
-/// Tick until every running node has applied all of the leader's log, and
-/// check their state machines are equal; returns the leader.
-fn converge(c: &mut Cluster, max_ticks: u64) -> NodeId {
-    let ok = c.run_until(max_ticks, |c| {
-        let Some(leader) = c.leader() else {
-            return false;
-        };
-        let last = c.node(leader).log().last_index();
-        c.ids()
-            .into_iter()
-            .filter(|&id| c.is_up(id))
-            .all(|id| c.node(id).log().last_index() == last && c.node(id).last_applied() == last)
-    });
-    assert!(ok, "the cluster did not converge within {max_ticks} ticks");
-    let leader = c.leader().unwrap();
-    for id in c.ids().into_iter().filter(|&id| c.is_up(id)) {
-        assert_eq!(c.node(id).state_machine(), c.node(leader).state_machine());
-    }
-    leader
-}
-
 // ---- A workload of concurrent clients, checked as it runs. ----
 
 /// A client writing one key, one request at a time, retrying with the same
@@ -242,7 +221,7 @@ impl Workload {
             self.step(c);
             c.tick();
         }
-        let leader = converge(c, 300);
+        let leader = c.converge(300);
         let state_machine = c.node(leader).state_machine();
         for w in &self.writers {
             let expected = (!w.toggle || w.acked % 2 == 1).then(|| w.acked.to_string());
@@ -284,7 +263,7 @@ fn set_get_delete_8() {
             answer(&mut c, get("never")),
             Ok(ClientResponse::Value(None))
         );
-        let leader = converge(&mut c, 100);
+        let leader = c.converge(100);
         assert!(c.node(leader).state_machine().is_empty());
     }
 }
@@ -396,7 +375,7 @@ fn retry_after_leader_change_applies_once_6_3() {
             c.submit(set("k", "1", 7, 1), 200),
             Some(Ok(ClientResponse::Set))
         );
-        converge(&mut c, 50);
+        c.converge(50);
 
         // The Delete reaches the followers by hand; their replies never
         // reach the leader, and what the leader sent itself is lost.
@@ -424,7 +403,7 @@ fn retry_after_leader_change_applies_once_6_3() {
         let retried = c.submit(delete("k", 7, 2), 300);
         assert_eq!(retried, Some(Ok(ClientResponse::Deleted { existed: true })));
         c.heal();
-        let leader = converge(&mut c, 300);
+        let leader = c.converge(300);
         assert_eq!(c.node(leader).state_machine().get("k"), None);
         assert_eq!(
             c.submit(set("k", "2", 8, 1), 200),
@@ -472,7 +451,7 @@ fn writes_to_minority_leader_never_succeed_8() {
             );
         }
         c.heal();
-        converge(&mut c, 500);
+        c.converge(500);
         for id in c.ids() {
             let state_machine = c.node(id).state_machine();
             assert_eq!(
@@ -555,7 +534,7 @@ fn stale_reads_served_by_followers_6_4() {
             c.submit(set("k", "1", 0, 0), 200),
             Some(Ok(ClientResponse::Set))
         );
-        converge(&mut c, 50);
+        c.converge(50);
         let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
         let id = c.request(follower, stale_get("k"));
         assert_eq!(
@@ -650,7 +629,7 @@ fn invalid_input_is_refused_and_changes_nothing_8() {
         c.response(ids[2]),
         Some(Err(ClientError::InvalidArgument(_)))
     ));
-    converge(&mut c, 100);
+    c.converge(100);
 }
 
 /// Dissertation §6.4 step 1 (and §8): a new leader does not know which
@@ -800,7 +779,7 @@ fn sessions_survive_snapshot_and_restart_6_3() {
             let filler = set(&format!("filler{i}"), "v", 9, i + 1);
             assert_eq!(c.submit(filler, 1000), Some(Ok(ClientResponse::Set)));
         }
-        converge(&mut c, 100);
+        c.converge(100);
         for id in c.ids() {
             c.crash(id);
         }
@@ -820,7 +799,7 @@ fn sessions_survive_snapshot_and_restart_6_3() {
             c.submit(set("k", "3", 7, 1), 200),
             Some(Err(ClientError::StaleSequence))
         );
-        let leader = converge(&mut c, 100);
+        let leader = c.converge(100);
         assert_eq!(
             c.node(leader).state_machine().get("k"),
             Some("2"),

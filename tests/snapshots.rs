@@ -38,31 +38,6 @@ fn write_keys(c: &mut Cluster, prefix: &str, count: u64, client_id: u64) {
     }
 }
 
-/// Tick until every running node has applied all of the leader's log, then
-/// check that their state machines are equal; returns the leader.
-fn converge(c: &mut Cluster, max_ticks: u64) -> NodeId {
-    let ok = c.run_until(max_ticks, |c| {
-        let Some(leader) = c.leader() else {
-            return false;
-        };
-        let last = c.node(leader).log().last_index();
-        c.ids()
-            .into_iter()
-            .filter(|&id| c.is_up(id))
-            .all(|id| c.node(id).log().last_index() == last && c.node(id).last_applied() == last)
-    });
-    assert!(ok, "the cluster did not converge within {max_ticks} ticks");
-    let leader = c.leader().unwrap();
-    for id in c.ids().into_iter().filter(|&id| c.is_up(id)) {
-        assert_eq!(
-            c.node(id).state_machine(),
-            c.node(leader).state_machine(),
-            "n{id}'s state machine differs from the leader's"
-        );
-    }
-    leader
-}
-
 /// InstallSnapshot chunks sent (and not dropped) to node `to` after event `from`.
 fn chunks_sent_to(c: &Cluster, to: NodeId, from: usize) -> usize {
     c.events()[from..]
@@ -108,7 +83,7 @@ fn log_stays_bounded_7() {
             longest <= THRESHOLD + 2,
             "a log grew to {longest} entries with a threshold of {THRESHOLD}"
         );
-        let leader = converge(&mut c, 100);
+        let leader = c.converge(100);
         for id in c.ids() {
             assert!(
                 c.node(id).log().snapshot_index() > 250,
@@ -133,14 +108,14 @@ fn lagging_follower_installs_snapshot_in_chunks_figure_13() {
         let leader = c.elect(200);
         let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
         write_keys(&mut c, "a", 5, 1);
-        converge(&mut c, 50);
+        c.converge(50);
         c.isolate(follower);
         write_keys(&mut c, "b", 100, 2);
         assert!(c.node(leader).log().snapshot_index() > c.node(follower).log().last_index());
 
         let mark = c.events().len();
         c.reconnect(follower);
-        let leader = converge(&mut c, 500);
+        let leader = c.converge(500);
         let chunks = snapshot_chunks(&c, leader);
         let sent = chunks_sent_to(&c, follower, mark);
         assert!(
@@ -172,7 +147,7 @@ fn install_snapshot_unreliable_figure_13() {
         c.reconnect(follower);
         write_keys(&mut c, "c", 5, 3);
         c.set_unreliable(0.0, 0);
-        converge(&mut c, 1000);
+        c.converge(1000);
         assert_eq!(c.node(follower).state_machine().get("b59"), Some("v59"));
     }
 }
@@ -219,7 +194,7 @@ fn crash_during_snapshot_transfer_figure_13() {
             c.restart(victim);
             c.set_unreliable(0.0, 0);
             write_keys(&mut c, "c", 3, 2);
-            converge(&mut c, 500);
+            c.converge(500);
             assert_eq!(c.node(follower).state_machine().get("b99"), Some("v99"));
             assert!(c.node(follower).log().snapshot_index() > 0);
         }
@@ -274,7 +249,7 @@ fn all_crash_restart_from_snapshot_and_log_7() {
             c.submit(set("last", "v", 1, sequence), 500),
             Some(Ok(ClientResponse::Set))
         );
-        let leader = converge(&mut c, 300);
+        let leader = c.converge(300);
         for key in &acked {
             assert_eq!(
                 c.node(leader).state_machine().get(key),
@@ -295,7 +270,7 @@ fn restarted_node_starts_from_its_snapshot_7() {
         let mut c = Cluster::new(config(3, seed));
         c.elect(200);
         write_keys(&mut c, "k", 50, 1);
-        let leader = converge(&mut c, 100);
+        let leader = c.converge(100);
         let node = c.ids().into_iter().find(|&i| i != leader).unwrap();
         let snapshot = c.disk(node).durable_snapshot().expect("a snapshot on disk");
         assert!(snapshot.last_included_index > 0);
@@ -313,7 +288,7 @@ fn restarted_node_starts_from_its_snapshot_7() {
             "the snapshot holds the writes it covers"
         );
         c.reconnect(node);
-        converge(&mut c, 200);
+        c.converge(200);
     }
 }
 

@@ -585,6 +585,31 @@ impl Cluster {
         None
     }
 
+    /// Tick until every running node holds and has applied the leader's
+    /// whole log, then check their state machines are equal (State Machine
+    /// Safety at rest); returns the leader. Panics after `max_ticks`.
+    pub fn converge(&mut self, max_ticks: u64) -> NodeId {
+        let ok = self.run_until(max_ticks, |c| {
+            let Some(leader) = c.leader() else {
+                return false;
+            };
+            let last = c.node(leader).log().last_index();
+            c.ids().into_iter().filter(|&id| c.is_up(id)).all(|id| {
+                c.node(id).log().last_index() == last && c.node(id).last_applied() == last
+            })
+        });
+        assert!(ok, "the cluster did not converge within {max_ticks} ticks");
+        let leader = self.leader().expect("converged");
+        for id in self.ids().into_iter().filter(|&id| self.is_up(id)) {
+            assert_eq!(
+                self.node(id).state_machine(),
+                self.node(leader).state_machine(),
+                "n{id}'s state machine differs from the leader's"
+            );
+        }
+        leader
+    }
+
     /// The answer to request `id`, if it has come.
     pub fn response(&self, id: RequestId) -> Option<&ClientResult> {
         self.responses.get(&id)
