@@ -105,14 +105,48 @@ impl RaftNode {
             }
         }
         if new_reads {
-            // §6.4 step 2: one heartbeat round to confirm leadership for
-            // every read in this batch.
-            if let Role::Leader(leader) = &mut self.role {
-                leader.read_round += 1;
-            }
-            self.broadcast_append_entries(true);
+            // §6.4 step 2: one heartbeat round confirms leadership for every
+            // read that arrived before it was sent — unless a round is in
+            // flight already: then these reads wait for the next one, which
+            // `serve_reads` starts when the current one is confirmed.
+            self.start_read_round();
         }
         self.apply_committed();
+    }
+
+    /// Send a new heartbeat round for the waiting reads, if they need one and
+    /// no round is in flight. One round at a time keeps the number of
+    /// heartbeats per second bounded however fast reads arrive: every read
+    /// that arrives while a round is in flight shares the next one.
+    pub(super) fn start_read_round(&mut self) {
+        let confirmed_round = self.confirmed_read_round();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let waiting = leader
+            .pending_reads
+            .back()
+            .is_some_and(|read| read.round > leader.read_round);
+        if waiting && confirmed_round >= leader.read_round {
+            leader.read_round += 1;
+            self.broadcast_append_entries(true);
+        }
+    }
+
+    /// The newest read round a majority (the leader included) has
+    /// acknowledged: leadership was still ours when its heartbeats arrived.
+    fn confirmed_read_round(&self) -> u64 {
+        let Role::Leader(leader) = &self.role else {
+            return 0;
+        };
+        let mut rounds: Vec<u64> = self
+            .peers()
+            .iter()
+            .map(|p| leader.acked_read_round.get(p).copied().unwrap_or(0))
+            .collect();
+        rounds.push(leader.read_round);
+        rounds.sort_unstable_by(|a, b| b.cmp(a));
+        rounds[self.majority() - 1]
     }
 
     /// Serve the linearizable reads whose round a majority has acknowledged
@@ -121,21 +155,10 @@ impl RaftNode {
     /// its pending reads.
     pub(super) fn serve_reads(&mut self) {
         // BEGIN SOLUTION kv
-        let majority = self.majority();
-        let peers = self.peers();
+        let confirmed_round = self.confirmed_read_round();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        if leader.pending_reads.is_empty() {
-            return;
-        }
-        let mut rounds: Vec<u64> = peers
-            .iter()
-            .map(|p| leader.acked_read_round.get(p).copied().unwrap_or(0))
-            .collect();
-        rounds.push(leader.read_round);
-        rounds.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed_round = rounds[majority - 1];
         while let Some(read) = leader.pending_reads.front() {
             if read.round > confirmed_round || read.read_index > self.last_applied {
                 break;
@@ -145,6 +168,7 @@ impl RaftNode {
             self.outbox
                 .respond(read.request, Ok(ClientResponse::Value(value)));
         }
+        self.start_read_round();
         // SKELETON
         // // Linearizable reads are never answered yet.
         // END SOLUTION
