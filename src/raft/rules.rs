@@ -201,6 +201,7 @@ impl RaftNode {
         // Leaders: "If command received from client: append entry to local log".
         self.log.append_unsynced(entries);
         self.broadcast_append_entries(false);
+        self.outbox.flush();
         self.log.sync();
         self.advance_commit_index();
         first

@@ -74,6 +74,12 @@ pub trait Outbox: Send {
     fn send(&mut self, to: NodeId, message: Message);
     /// Answer the client request `request`.
     fn respond(&mut self, request: RequestId, result: ClientResult);
+    /// Messages may wait in the outbox until this is called, so that the
+    /// runtime hands a whole batch to the network at once. The core calls it
+    /// before it waits on its disk (the leader's followers then write in
+    /// parallel, dissertation §10.2.1); the runtime after every call into
+    /// the core.
+    fn flush(&mut self) {}
 }
 
 /// Settings of the core. Times are in ticks: the runtime's timer thread sends
@@ -323,6 +329,12 @@ impl RaftNode {
 
     pub fn config(&self) -> &RaftConfig {
         &self.config
+    }
+
+    /// Hand every message the core has produced to the network now (see
+    /// [`Outbox::flush`]).
+    pub fn flush_outbox(&mut self) {
+        self.outbox.flush();
     }
 
     pub fn status(&self) -> NodeStatus {

@@ -7,8 +7,10 @@
 //!   service `raftpeer.Raft` and the client service `raftkv.KeyValue`
 //!   (`services.rs`). Each call is converted (`convert.rs`) and sent to the
 //!   event loop with a oneshot channel for the answer.
-//! - **Outbound.** For each peer, a task reads the bounded queue the event
-//!   loop's outbox fills and sends every message as its own RPC, without
+//! - **Outbound.** The event loop hands over what each of its turns produced
+//!   as one [`Handoff`]; a dispatcher task completes the answers and replies
+//!   it holds and puts its messages on per-peer queues. For each peer, a
+//!   task reads its queue and sends every message as its own RPC, without
 //!   waiting for earlier replies; a reply is sent to the event loop as a
 //!   message from that peer. At most [`MAX_IN_FLIGHT_PER_PEER`] RPCs per
 //!   peer are outstanding; beyond that, and on any error or timeout, the
@@ -44,7 +46,7 @@ use crate::proto::kv::key_value_server::KeyValueServer;
 use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::raft_server::RaftServer;
 use crate::raft::{Message, NodeId};
-use crate::server::event_loop::{ClientCall, PeerMessage};
+use crate::server::event_loop::{ClientCall, Handoff, PeerMessage};
 use services::{ClientService, PeerService};
 
 /// Largest gRPC message sent or accepted: AppendEntries batches and snapshot
@@ -77,8 +79,8 @@ pub struct Bridge {
     pub listener: std::net::TcpListener,
     pub peer_messages: Sender<PeerMessage>,
     pub client_calls: Sender<ClientCall>,
-    /// per peer, the queue the event loop's outbox fills
-    pub outbound: HashMap<NodeId, mpsc::Receiver<Message>>,
+    /// what the event loop hands over, a turn at a time
+    pub handoffs: mpsc::UnboundedReceiver<Handoff>,
     /// stops the server when fired or dropped
     pub shutdown: oneshot::Receiver<()>,
 }
@@ -108,10 +110,13 @@ impl Bridge {
             listener,
             peer_messages,
             client_calls,
-            outbound,
+            handoffs,
             shutdown,
         } = self;
-        for (peer, queue) in outbound {
+        let mut queues = HashMap::new();
+        for peer in members.ids().into_iter().filter(|&p| p != id) {
+            let (queue_tx, queue) = mpsc::channel(PEER_QUEUE_LEN);
+            queues.insert(peer, queue_tx);
             let address = members
                 .address(peer)
                 .expect("every peer with a queue is a member");
@@ -126,6 +131,7 @@ impl Bridge {
             };
             tokio::spawn(sender.run(queue));
         }
+        tokio::spawn(dispatch(id, handoffs, queues));
 
         let incoming = listener
             .set_nonblocking(true)
@@ -192,6 +198,44 @@ fn peer_client(address: &Address) -> Result<RaftClient<Channel>, tonic::transpor
     Ok(RaftClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Deliver what the event loop hands over: answers and replies to the RPCs
+/// waiting for them, messages to their peer's queue.
+async fn dispatch(
+    id: NodeId,
+    mut handoffs: mpsc::UnboundedReceiver<Handoff>,
+    queues: HashMap<NodeId, mpsc::Sender<Message>>,
+) {
+    while let Some(handoff) = handoffs.recv().await {
+        deliver(id, handoff, &queues);
+    }
+}
+
+/// One handoff: answers first, then messages. A full queue drops the
+/// message: a slow or dead peer must not hold up the others, and Raft treats
+/// the message as lost (§5.3).
+fn deliver(id: NodeId, handoff: Handoff, queues: &HashMap<NodeId, mpsc::Sender<Message>>) {
+    // A caller that gave up meanwhile no longer needs its answer.
+    for (answer, result) in handoff.answers {
+        let _ = answer.send(result);
+    }
+    for (reply, message) in handoff.peer_replies {
+        let _ = reply.send(message);
+    }
+    for (peer, message) in handoff.messages {
+        let Some(queue) = queues.get(&peer) else {
+            debug!("node {id}: dropping a message to {peer}: not a peer");
+            continue;
+        };
+        if let Err(error) = queue.try_send(message) {
+            let reason = match error {
+                mpsc::error::TrySendError::Full(_) => "its queue is full",
+                mpsc::error::TrySendError::Closed(_) => "its sender has stopped",
+            };
+            debug!("node {id}: dropping a message to {peer}: {reason}");
+        }
+    }
 }
 
 /// Sends the event loop's messages for one peer.

@@ -10,13 +10,23 @@
 //! | `client_calls`   | gRPC bridge        | `client_requests(batch)`      |
 //! | `shutdown`       | whoever stops us   | (leave the loop)              |
 //!
-//! What the core produces leaves through [`RuntimeOutbox`]: messages go
-//! straight to the bridge's per-peer queues (never waiting: a full queue
-//! drops the message, which Raft tolerates as network loss), and client
-//! answers go onto a channel the loop drains after every call, completing
-//! each waiting client's oneshot.
+//! What the core produces leaves through [`RuntimeOutbox`]. Messages to
+//! peers, replies to peers' requests and answers to clients are gathered
+//! during a turn and handed to the bridge together, as one [`Handoff`]: a
+//! wake-up of the bridge's runtime is a syscall, and a context switch if it
+//! sleeps, so one per turn rather than one per message. The core flushes its
+//! messages early when it is about to wait on its disk, so followers start
+//! writing while the leader does (dissertation §10.2.1).
+//!
+//! Waking a sleeping thread costs tens of microseconds on a virtual machine —
+//! as much as a loopback round trip — and a request crosses between this
+//! thread and the bridge several times. So after work the loop keeps polling
+//! its channels for `--poll-us` before it sleeps (yielding the CPU between
+//! polls): the reply that follows a request usually arrives within that time
+//! and is taken without a wake-up.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use log::{debug, info};
@@ -50,11 +60,29 @@ pub struct Inputs {
     pub shutdown: Receiver<()>,
 }
 
+/// What one turn of the event loop hands the bridge (see the module docs).
+#[derive(Debug, Default)]
+pub struct Handoff {
+    /// requests (and replies not tied to a request) to send to peers
+    pub messages: Vec<(NodeId, Message)>,
+    /// replies to peers' requests, each on the channel its RPC waits on
+    pub peer_replies: Vec<(oneshot::Sender<Message>, Message)>,
+    /// answers to clients, each on the channel its RPC waits on
+    pub answers: Vec<(oneshot::Sender<ClientResult>, ClientResult)>,
+}
+
+impl Handoff {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.peer_replies.is_empty() && self.answers.is_empty()
+    }
+}
+
 /// The core's [`Outbox`] in a running node.
 pub struct RuntimeOutbox {
     id: NodeId,
-    /// one bounded queue per peer, read by the bridge
-    peers: HashMap<NodeId, mpsc::Sender<Message>>,
+    /// messages of this turn, not yet handed to the bridge
+    messages: Vec<(NodeId, Message)>,
+    to_bridge: mpsc::UnboundedSender<Handoff>,
     /// answers to clients, drained by the event loop
     responses: Sender<(RequestId, ClientResult)>,
 }
@@ -62,40 +90,46 @@ pub struct RuntimeOutbox {
 impl RuntimeOutbox {
     pub fn new(
         id: NodeId,
-        peers: HashMap<NodeId, mpsc::Sender<Message>>,
+        to_bridge: mpsc::UnboundedSender<Handoff>,
         responses: Sender<(RequestId, ClientResult)>,
     ) -> Self {
         RuntimeOutbox {
             id,
-            peers,
+            messages: Vec::new(),
+            to_bridge,
             responses,
         }
     }
 }
 
 impl Outbox for RuntimeOutbox {
-    /// Hand the message to the bridge now: the leader sends AppendEntries
-    /// before its own fsync so that both proceed in parallel (dissertation
-    /// §10.2.1), so this must not wait for anything.
     fn send(&mut self, to: NodeId, message: Message) {
-        let Some(queue) = self.peers.get(&to) else {
-            debug!("node {}: dropping a message to {to}: not a peer", self.id);
-            return;
-        };
-        if let Err(error) = queue.try_send(message) {
-            // A slow or dead peer must not stall us; Raft retries lost messages.
-            let reason = match error {
-                mpsc::error::TrySendError::Full(_) => "its queue is full",
-                mpsc::error::TrySendError::Closed(_) => "the bridge has stopped",
-            };
-            debug!("node {}: dropping a message to {to}: {reason}", self.id);
-        }
+        self.messages.push((to, message));
     }
 
     fn respond(&mut self, request: RequestId, result: ClientResult) {
         // Unbounded and owned by the event loop itself, so this cannot fail
         // while the loop runs.
         let _ = self.responses.send((request, result));
+    }
+
+    /// Never waits: the channel is unbounded, and the bridge drops what a
+    /// slow or dead peer cannot take (Raft retries lost messages).
+    fn flush(&mut self) {
+        if self.messages.is_empty() {
+            return;
+        }
+        let messages = std::mem::take(&mut self.messages);
+        let handoff = Handoff {
+            messages,
+            ..Handoff::default()
+        };
+        if self.to_bridge.send(handoff).is_err() {
+            debug!(
+                "node {}: dropping messages: the bridge has stopped",
+                self.id
+            );
+        }
     }
 }
 
@@ -106,15 +140,32 @@ pub struct EventLoop {
     responses: Receiver<(RequestId, ClientResult)>,
     waiting: HashMap<RequestId, oneshot::Sender<ClientResult>>,
     next_request_id: RequestId,
+    to_bridge: mpsc::UnboundedSender<Handoff>,
+    /// what this turn hands the bridge besides the core's messages
+    handoff: Handoff,
+    /// how long to poll for more work before sleeping
+    poll: Duration,
+}
+
+/// What woke the loop.
+enum Event {
+    Tick,
+    Peer(PeerMessage),
+    Client(ClientCall),
+    /// shutdown, or a thread that feeds the loop has stopped (a node without
+    /// its timer or its bridge can do nothing useful)
+    Stop,
 }
 
 impl EventLoop {
     /// `responses` is the receiving end of the channel given to the node's
-    /// [`RuntimeOutbox`].
+    /// [`RuntimeOutbox`], `to_bridge` the same channel to the bridge.
     pub fn new(
         node: RaftNode,
         inputs: Inputs,
         responses: Receiver<(RequestId, ClientResult)>,
+        to_bridge: mpsc::UnboundedSender<Handoff>,
+        poll: Duration,
     ) -> Self {
         EventLoop {
             node,
@@ -122,37 +173,66 @@ impl EventLoop {
             responses,
             waiting: HashMap::new(),
             next_request_id: 1,
+            to_bridge,
+            handoff: Handoff::default(),
+            poll,
         }
     }
 
-    /// Run until shutdown, or until a thread that feeds the loop has stopped
-    /// (a node without its timer or its bridge can do nothing useful).
+    /// Run until shutdown.
     pub fn run(mut self) {
         let id = self.node.id();
         info!(
             "node {id} term {}: event loop started",
             self.node.current_term()
         );
+        let mut poll = Duration::ZERO;
         loop {
-            let keep_going = select! {
-                recv(self.inputs.ticks) -> tick => tick.map(|()| self.node.tick()).is_ok(),
-                recv(self.inputs.peer_messages) -> message => {
-                    message.map(|message| self.on_peer_message(message)).is_ok()
+            let event = self.next_event(poll);
+            poll = self.poll;
+            match event {
+                Event::Tick => {
+                    self.node.tick();
+                    // Ticks are the idle loop's only work: polling after
+                    // them would burn the CPU of an idle cluster.
+                    poll = Duration::ZERO;
                 }
-                recv(self.inputs.client_calls) -> call => {
-                    call.map(|call| self.on_client_calls(call)).is_ok()
-                }
-                recv(self.inputs.shutdown) -> _ => false,
-            };
-            self.deliver_responses();
-            if !keep_going {
-                break;
+                Event::Peer(message) => self.on_peer_message(message),
+                Event::Client(call) => self.on_client_calls(call),
+                Event::Stop => break,
             }
+            self.end_turn();
         }
+        self.end_turn();
         info!(
             "node {id} term {}: event loop stopped",
             self.node.current_term()
         );
+    }
+
+    /// The next thing to do: polled for up to `poll`, then waited for.
+    fn next_event(&self, poll: Duration) -> Event {
+        let inputs = &self.inputs;
+        let started = Instant::now();
+        loop {
+            select! {
+                recv(inputs.peer_messages) -> m => return m.map_or(Event::Stop, Event::Peer),
+                recv(inputs.client_calls) -> c => return c.map_or(Event::Stop, Event::Client),
+                recv(inputs.ticks) -> t => return t.map_or(Event::Stop, |()| Event::Tick),
+                recv(inputs.shutdown) -> _ => return Event::Stop,
+                default => {}
+            }
+            if started.elapsed() >= poll {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        select! {
+            recv(inputs.peer_messages) -> m => m.map_or(Event::Stop, Event::Peer),
+            recv(inputs.client_calls) -> c => c.map_or(Event::Stop, Event::Client),
+            recv(inputs.ticks) -> t => t.map_or(Event::Stop, |()| Event::Tick),
+            recv(inputs.shutdown) -> _ => Event::Stop,
+        }
     }
 
     /// Take `first` and every peer message already waiting, and step them
@@ -167,9 +247,9 @@ impl EventLoop {
         let answers = self.node.step_batch(messages);
         for (reply, answer) in reply_channels.into_iter().zip(answers) {
             if let (Some(reply), Some(answer)) = (reply, answer) {
-                // The core has made the reply's state durable already (Figure
-                // 2); if the caller gave up meanwhile, the reply is simply lost.
-                let _ = reply.send(answer);
+                // The core has made the reply's state durable already
+                // (Figure 2).
+                self.handoff.peer_replies.push((reply, answer));
             }
         }
     }
@@ -197,13 +277,18 @@ impl EventLoop {
         }
     }
 
-    /// Complete the clients the core has answered.
-    fn deliver_responses(&mut self) {
+    /// Hand the bridge everything this turn produced, in one piece.
+    fn end_turn(&mut self) {
         for (request_id, result) in self.responses.try_iter() {
             if let Some(answer) = self.waiting.remove(&request_id) {
-                // A client that went away no longer needs its answer.
-                let _ = answer.send(result);
+                self.handoff.answers.push((answer, result));
             }
         }
+        if !self.handoff.is_empty() {
+            let handoff = std::mem::take(&mut self.handoff);
+            // Fails only once the bridge has stopped, and then nobody waits.
+            let _ = self.to_bridge.send(handoff);
+        }
+        self.node.flush_outbox();
     }
 }

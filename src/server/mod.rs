@@ -9,8 +9,7 @@
 //!   gRPC bridge ──peer messages──▶  event loop (owns the RaftNode,
 //!   (tokio, tonic) ──client calls──▶  plain blocking code)
 //!        ▲                                 │
-//!        └──── per-peer message queues ◀───┘ (the outbox)
-//!        └──── oneshot answers ◀────────────┘
+//!        └──── one Handoff per turn ◀──────┘ (messages, replies, answers)
 //! ```
 //!
 //! - The **event loop** (`event_loop.rs`) is the only thread that touches
@@ -20,7 +19,8 @@
 //! - The **bridge** (`bridge.rs`) owns the tokio runtime: it serves the peer
 //!   and client gRPC services and makes the outbound RPCs. Nothing it does
 //!   can block the event loop: every channel into the loop is bounded and
-//!   written with `try_send`, and every queue out of it too.
+//!   written with `try_send`; the one out of it is unbounded, and the bridge
+//!   drops messages a peer's full queue cannot take.
 //!
 //! A node stops only when killed (Ctrl-C included): Raft is built for
 //! crash-stop, and everything it has acknowledged is on disk already.
@@ -33,7 +33,6 @@ mod timer;
 pub(crate) use cluster::{die_with_parent, interrupt};
 pub use cluster::{run_cluster, ClusterArgs};
 
-use std::collections::HashMap;
 use std::io::LineWriter;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -185,14 +184,8 @@ impl Node {
         let (stop_bridge, bridge_shutdown) = oneshot::channel();
         let (response_tx, response_rx) = unbounded();
 
-        let mut peer_queues = HashMap::new();
-        let mut outbound = HashMap::new();
-        for peer in config.members.ids().into_iter().filter(|&p| p != id) {
-            let (queue_tx, queue_rx) = mpsc::channel(bridge::PEER_QUEUE_LEN);
-            peer_queues.insert(peer, queue_tx);
-            outbound.insert(peer, queue_rx);
-        }
-        let outbox = RuntimeOutbox::new(id, peer_queues, response_tx);
+        let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
+        let outbox = RuntimeOutbox::new(id, handoff_tx.clone(), response_tx);
         let node = RaftNode::new(config.raft_config(), storage, Box::new(outbox));
 
         let bridge = Bridge {
@@ -201,7 +194,7 @@ impl Node {
             listener,
             peer_messages: peer_tx,
             client_calls: client_tx,
-            outbound,
+            handoffs: handoff_rx,
             shutdown: bridge_shutdown,
         }
         .spawn()?;
@@ -211,9 +204,10 @@ impl Node {
             client_calls: client_rx,
             shutdown: shutdown_rx,
         };
+        let poll = config.poll;
         let event_loop = thread::Builder::new()
             .name("event-loop".into())
-            .spawn(move || EventLoop::new(node, inputs, response_rx).run())?;
+            .spawn(move || EventLoop::new(node, inputs, response_rx, handoff_tx, poll).run())?;
         let timer = timer::spawn(config.timing.tick, tick_tx)?;
         Ok(Node {
             id,

@@ -70,6 +70,7 @@ impl TestCluster {
             timing: Timing::new("150-300", 50, 10).unwrap(),
             snapshot_threshold: self.snapshot_threshold,
             log_level: LogLevel::Info,
+            poll: Duration::from_micros(500),
         };
         let listener = self.listeners[i].take().expect("each node starts once");
         let disk = Box::new(self.disks[i].clone());
