@@ -219,7 +219,12 @@ impl Workload {
         let deadline = c.now() + max_ticks;
         // Writes keep working: every writer gets one more acknowledged.
         let goals: Vec<u64> = self.writers.iter().map(|w| w.acked + 1).collect();
-        while self.writers.iter().zip(&goals).any(|(w, &goal)| w.acked < goal) {
+        while self
+            .writers
+            .iter()
+            .zip(&goals)
+            .any(|(w, &goal)| w.acked < goal)
+        {
             assert!(c.now() < deadline, "writes no longer acknowledged");
             self.step(c);
             c.tick();
