@@ -49,8 +49,19 @@ fn term(current_term: Term) -> HardState {
     }
 }
 
-fn log_len(dir: &Path) -> u64 {
-    fs::metadata(dir.join("log")).unwrap().len()
+/// Where the records in `log` end: the file is grown ahead of them, and the
+/// rest reads as zeros (docs/storage.md).
+fn log_end(dir: &Path) -> u64 {
+    let bytes = fs::read(dir.join("log")).unwrap();
+    let mut at = 8;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        at += 8 + len;
+    }
+    at as u64
 }
 
 /// A fresh dir holding current_term `term` and the entries, each appended
@@ -63,7 +74,7 @@ fn dir_with(term: Term, log: &[Entry]) -> (TempDir, Vec<u64>) {
     for entry in log {
         storage.append(std::slice::from_ref(entry)).unwrap();
         storage.sync().unwrap();
-        ends.push(log_len(dir.path()));
+        ends.push(log_end(dir.path()));
     }
     (dir, ends)
 }
@@ -178,7 +189,7 @@ fn truncate_removes_the_suffix_and_new_entries_take_its_place() {
     storage.sync().unwrap();
     drop(storage);
     assert!(reopen(dir.path()).entries.is_empty());
-    assert_eq!(log_len(dir.path()), 8, "only the header is left");
+    assert_eq!(log_end(dir.path()), 8, "only the header is left");
 
     let mut storage = open(dir.path());
     storage.append(&[set(1, 2)]).unwrap();
@@ -192,7 +203,7 @@ fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
     let mut log = entries(1..=4, 1);
     log.extend(entries(5..=10, 2));
     let (dir, _) = dir_with(3, &log);
-    let before = log_len(dir.path());
+    let before = log_end(dir.path());
     let snapshot = Snapshot {
         last_included_index: 6,
         last_included_term: 2,
@@ -213,7 +224,7 @@ fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
         recovered.entries,
         [&log[6..8], &entries(9..=11, 3)].concat()
     );
-    assert!(log_len(dir.path()) < before);
+    assert!(log_end(dir.path()) < before);
 
     // A snapshot past the end of the log (InstallSnapshot, Figure 13 step 7)
     // leaves it empty; the next entry follows the snapshot.
@@ -260,9 +271,13 @@ fn snapshots_that_would_break_the_dir_are_refused() {
 fn a_torn_write_at_every_offset_of_the_last_record_is_cut_off() {
     let log = entries(1..=4, 1);
     let (dir, ends) = dir_with(1, &log);
-    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let mut bytes = fs::read(dir.path().join("log")).unwrap();
+    assert!(
+        bytes[ends[3] as usize..].iter().all(|&b| b == 0),
+        "only zeros follow the records"
+    );
+    bytes.truncate(ends[3] as usize);
     let last_start = ends[2] as usize;
-    assert_eq!(ends[3] as usize, bytes.len());
     for cut in last_start + 1..bytes.len() {
         // The length may have reached the disk without the data (zeros), or not.
         let mut zero_filled = bytes[..cut].to_vec();
@@ -271,7 +286,7 @@ fn a_torn_write_at_every_offset_of_the_last_record_is_cut_off() {
             let copy = copy_with_log(dir.path(), torn);
             let mut storage = open(copy.path());
             assert_eq!(storage.recover().unwrap().entries, log[..3], "cut at {cut}");
-            assert_eq!(log_len(copy.path()), ends[2], "cut at {cut}");
+            assert_eq!(log_end(copy.path()), ends[2], "cut at {cut}");
             storage.append(&log[3..]).unwrap();
             storage.sync().unwrap();
             drop(storage);
@@ -287,7 +302,7 @@ fn a_torn_batch_keeps_its_complete_records() {
     storage.save_hard_state(term(1)).unwrap();
     storage.append(&entries(1..=2, 1)).unwrap();
     storage.sync().unwrap();
-    let first_batch_end = log_len(dir.path());
+    let first_batch_end = log_end(dir.path());
     storage.append(&entries(3..=5, 1)).unwrap();
     storage.sync().unwrap();
     drop(storage);
@@ -653,4 +668,23 @@ fn recover_asked_twice_gives_the_same_answer() {
     assert_eq!(first.snapshot, second.snapshot);
     assert_eq!(first.entries, second.entries);
     assert_eq!(first.entries, entries(3..=5, 2));
+}
+
+#[test]
+fn the_log_grows_ahead_of_its_records_and_reopens_at_their_end() {
+    let log = entries(1..=3, 1);
+    let (dir, ends) = dir_with(1, &log);
+    let len = fs::metadata(dir.path().join("log")).unwrap().len();
+    assert!(len > ends[2], "the file is grown ahead of its records");
+    let mut storage = open(dir.path());
+    assert_eq!(storage.recover().unwrap().entries, log);
+    storage.append(&entries(4..=4, 1)).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    assert_eq!(
+        fs::metadata(dir.path().join("log")).unwrap().len(),
+        len,
+        "the append went into the space already there"
+    );
+    assert_eq!(reopen(dir.path()).entries, entries(1..=4, 1));
 }

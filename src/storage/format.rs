@@ -295,6 +295,12 @@ pub fn scan_log(bytes: &[u8]) -> Result<ScannedLog, Corruption> {
     let mut scanned = ScannedLog::default();
     let mut at = LOG_HEADER_LEN as usize;
     while at < bytes.len() {
+        if bytes[at..].iter().all(|&b| b == 0) {
+            // Space the log file was grown by ahead of its records (see
+            // `FileStorage::append`), or a torn write of which nothing
+            // reached the disk: the clean end of the log either way.
+            break;
+        }
         let (payload, next) = match record_at(bytes, at) {
             RecordAt::Complete { payload, next } => (payload, next),
             RecordAt::Damaged(reason) => {
@@ -466,9 +472,10 @@ mod tests {
     }
 
     #[test]
-    fn zeros_after_the_last_record_are_a_torn_tail() {
-        // A crash can leave the file longer than what reached the disk, the
-        // rest reading as zeros.
+    fn zeros_after_the_last_record_are_the_clean_end() {
+        // The file is grown ahead of its records, and a crash can leave it
+        // longer than what reached the disk: either way the rest reads as
+        // zeros, and nothing was lost.
         let entries: Vec<Entry> = (1..=2).map(|i| entry(i, 1)).collect();
         let (mut bytes, _) = log_bytes(&entries);
         let end = bytes.len();
@@ -476,7 +483,20 @@ mod tests {
         let scanned = scan_log(&bytes).unwrap();
         assert_eq!(scanned.entries, entries);
         assert_eq!(scanned.end, end as u64);
-        assert!(scanned.torn.unwrap().reason.contains("record length 0"));
+        assert_eq!(scanned.torn, None);
+    }
+
+    #[test]
+    fn a_partly_written_record_before_zeros_is_torn() {
+        let entries: Vec<Entry> = (1..=2).map(|i| entry(i, 1)).collect();
+        let (mut bytes, offsets) = log_bytes(&entries);
+        // Only the first bytes of the second record reached the disk.
+        bytes.truncate(offsets[1] + 3);
+        bytes.extend_from_slice(&[0; 100]);
+        let scanned = scan_log(&bytes).unwrap();
+        assert_eq!(scanned.entries, entries[..1]);
+        assert_eq!(scanned.end, offsets[1] as u64);
+        assert!(scanned.torn.is_some());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod format;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use log::{info, warn};
@@ -31,6 +32,12 @@ const SNAPSHOT_FILE: &str = "snapshot";
 const LOG_FILE: &str = "log";
 /// Each atomic replacement writes `<name>.tmp` first; a crash can leave one.
 const TEMPORARY_FILES: [&str; 3] = ["hardstate.tmp", "snapshot.tmp", "log.tmp"];
+/// `log` grows in steps of this many bytes, ahead of the records written into
+/// it. An fsync after an append that also grew the file must write the
+/// file's new length too; within the space already there it need not, which
+/// makes the fsync of a typical append about a third cheaper (measured in
+/// docs/performance.md). The space reads as zeros: the clean end of the log.
+const LOG_GROWTH_BYTES: u64 = 4 << 20;
 
 /// Where a stored entry's record starts in `log`, and the entry's term.
 #[derive(Clone, Copy, Debug)]
@@ -45,15 +52,17 @@ pub struct FileStorage {
     /// Held open for the life of this value: it carries the lock on `LOCK`.
     _lock: File,
     log_path: PathBuf,
-    /// `log`, opened for appending.
+    /// `log`, opened for writing; records go at `log_end`.
     log: File,
     /// The stored entries: `records[i]` holds entry `first_index + i`.
     records: Vec<Record>,
     /// The index the first stored entry has (or the next append must have):
     /// one past the snapshot.
     first_index: LogIndex,
-    /// The length of `log` as written.
+    /// Where the records in `log` end.
     log_end: u64,
+    /// The length of `log`: `log_end` and zeros after it.
+    log_len: u64,
     hard_state: HardState,
     snapshot_index: LogIndex,
     /// `log` was written or truncated since the last fsync.
@@ -157,9 +166,10 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn open_for_append(path: &Path) -> io::Result<File> {
+/// `log`, opened for writing at the offsets `FileStorage` keeps.
+fn open_for_writing(path: &Path) -> io::Result<File> {
     OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(path)
         .map_err(on("opening", path))
 }
@@ -305,7 +315,7 @@ impl FileStorage {
                 }
             }
         };
-        let log = open_for_append(&log_path).map_err(StorageError::io("opening the log"))?;
+        let log = open_for_writing(&log_path).map_err(StorageError::io("opening the log"))?;
 
         let (snapshot_index, snapshot_term) = snapshot
             .as_ref()
@@ -341,6 +351,10 @@ impl FileStorage {
                 )))?;
         }
 
+        let log_len = log
+            .metadata()
+            .map_err(StorageError::io(format!("reading {}", log_path.display())))?
+            .len();
         let mut storage = FileStorage {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -357,6 +371,7 @@ impl FileStorage {
                 .collect(),
             first_index: scanned.entries.first().map_or(first_index, |e| e.index),
             log_end: scanned.end,
+            log_len,
             hard_state,
             snapshot_index,
             unsynced: false,
@@ -428,13 +443,14 @@ impl FileStorage {
             io::copy(&mut kept, tmp)?;
             Ok(())
         })?;
-        self.log = open_for_append(&self.log_path)?;
+        self.log = open_for_writing(&self.log_path)?;
         let shift = copy_from - format::LOG_HEADER_LEN;
         self.records.drain(..keep);
         for record in &mut self.records {
             record.offset -= shift;
         }
         self.log_end -= shift;
+        self.log_len = self.log_end;
         self.first_index = keep_from.max(self.first_index);
         // The new file was fsynced whole before the rename.
         self.unsynced = false;
@@ -536,13 +552,23 @@ impl Storage for FileStorage {
             // corrupt. Make the truncation durable first.
             self.sync()?;
         }
-        if let Err(error) = self.log.write_all(&buffer) {
+        let new_end = self.log_end + buffer.len() as u64;
+        if new_end > self.log_len {
+            let new_len = new_end.next_multiple_of(LOG_GROWTH_BYTES);
+            self.log
+                .set_len(new_len)
+                .map_err(on("growing", &self.log_path))?;
+            self.log_len = new_len;
+        }
+        if let Err(error) = self.log.write_all_at(&buffer, self.log_end) {
             // Best effort: leave no partial record for the next append to
             // follow; recovery would cut it off as a torn write anyway.
-            let _ = self.log.set_len(self.log_end);
+            if self.log.set_len(self.log_end).is_ok() {
+                self.log_len = self.log_end;
+            }
             return Err(on("appending to", &self.log_path)(error));
         }
-        self.log_end += buffer.len() as u64;
+        self.log_end = new_end;
         self.records.extend(records);
         self.unsynced = true;
         Ok(())
@@ -559,6 +585,7 @@ impl Storage for FileStorage {
             .map_err(on("truncating", &self.log_path))?;
         self.records.truncate(keep);
         self.log_end = new_end;
+        self.log_len = new_end;
         self.unsynced = true;
         self.truncated_unsynced = true;
         Ok(())
