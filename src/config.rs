@@ -32,7 +32,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::raft::{NodeId, RaftConfig};
+use crate::raft::{FastPath, NodeId, RaftConfig};
 use crate::server::NodeArgs;
 
 /// Exit code for bad flags, a bad member list, a busy port or unusable data directory.
@@ -345,6 +345,12 @@ pub struct Tuning {
     /// least CPU); at most 10000.
     #[arg(long, value_name = "US", default_value_t = 500)]
     pub poll_us: u64,
+    /// Turn off parts of the fast path, to measure what each is worth
+    /// (docs/performance.md): a comma-separated list of group-commit,
+    /// batching, pipelining, parallel-write, read-rounds. Raft stays correct
+    /// without them, only slower.
+    #[arg(long, value_name = "PART,...", default_value = "")]
+    pub fast_path_off: String,
 }
 
 impl Tuning {
@@ -352,6 +358,7 @@ impl Tuning {
     pub fn check(&self) -> Result<Timing, ConfigError> {
         check_snapshot_threshold(self.snapshot_threshold)?;
         check_poll_us(self.poll_us)?;
+        parse_fast_path_off(&self.fast_path_off)?;
         Timing::new(&self.election_timeout_ms, self.heartbeat_ms, self.tick_ms)
     }
 
@@ -370,6 +377,8 @@ impl Tuning {
             self.log_level.as_flag().into(),
             "--poll-us".into(),
             self.poll_us.to_string(),
+            "--fast-path-off".into(),
+            self.fast_path_off.clone(),
         ]
     }
 }
@@ -395,6 +404,9 @@ pub struct NodeConfig {
     pub log_level: LogLevel,
     /// how long the event loop polls before it sleeps (`--poll-us`)
     pub poll: Duration,
+    /// what `--fast-path-off` left on
+    pub fast_path: FastPath,
+    pub pipelining: bool,
 }
 
 impl NodeConfig {
@@ -403,6 +415,7 @@ impl NodeConfig {
         let members = load_members(args.peers.as_deref(), args.config.as_deref())?;
         NodeConfig::check_membership(args.id, &members)?;
         let timing = args.tuning.check()?;
+        let (fast_path, pipelining) = parse_fast_path_off(&args.tuning.fast_path_off)?;
         Ok(NodeConfig {
             id: args.id,
             members,
@@ -411,6 +424,8 @@ impl NodeConfig {
             snapshot_threshold: args.tuning.snapshot_threshold,
             log_level: args.tuning.log_level,
             poll: Duration::from_micros(args.tuning.poll_us),
+            fast_path,
+            pipelining,
         })
     }
 
@@ -442,11 +457,38 @@ impl NodeConfig {
         config.election_timeout_ticks = self.timing.election_timeout_ticks;
         config.heartbeat_ticks = self.timing.heartbeat_ticks;
         config.snapshot_threshold = self.snapshot_threshold;
+        config.fast_path = self.fast_path;
+        if !self.pipelining {
+            // One AppendEntries with entries in flight per follower: send,
+            // wait for the reply, send the next.
+            config.max_in_flight = 1;
+        }
         // A restarted node must not replay the timeouts of its last run, or
         // two nodes restarted together could keep splitting the vote (§5.2).
         config.seed = rand::random();
         config
     }
+}
+
+/// Parse `--fast-path-off`: what stays on, and whether pipelining does.
+pub fn parse_fast_path_off(list: &str) -> Result<(FastPath, bool), ConfigError> {
+    let mut fast_path = FastPath::default();
+    let mut pipelining = true;
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part {
+            "group-commit" => fast_path.group_commit = false,
+            "batching" => fast_path.batching = false,
+            "pipelining" => pipelining = false,
+            "parallel-write" => fast_path.parallel_write = false,
+            "read-rounds" => fast_path.shared_read_rounds = false,
+            other => {
+                return error(format!(
+                    "--fast-path-off: unknown part '{other}' (known: group-commit, batching, pipelining, parallel-write, read-rounds)"
+                ))
+            }
+        }
+    }
+    Ok((fast_path, pipelining))
 }
 
 /// Check `--poll-us`.
@@ -692,6 +734,18 @@ mod tests {
             "--snapshot-threshold must be at least 1"
         );
         assert_eq!(check_snapshot_threshold(10_000), Ok(10_000));
+    }
+
+    #[test]
+    fn fast_path_off_names_known_parts() {
+        let (fast_path, pipelining) = parse_fast_path_off("").unwrap();
+        assert_eq!((fast_path, pipelining), (FastPath::default(), true));
+        let (fast_path, pipelining) = parse_fast_path_off("pipelining, group-commit").unwrap();
+        assert!(!pipelining && !fast_path.group_commit && fast_path.batching);
+        assert_eq!(
+            parse_fast_path_off("batching,turbo").unwrap_err().0,
+            "--fast-path-off: unknown part 'turbo' (known: group-commit, batching, pipelining, parallel-write, read-rounds)"
+        );
     }
 
     #[test]

@@ -341,6 +341,33 @@ fn clients_on_unreliable_network_8() {
     }
 }
 
+/// The fast path (docs/performance.md) only makes things faster: with its
+/// parts off — no pipelining, the leader syncing before it sends, a ReadIndex
+/// round per batch of reads — the same kind of workload on an unreliable
+/// network keeps the same guarantees.
+#[test]
+fn clients_without_the_fast_path_8() {
+    for seed in seeds(30) {
+        let config = SimConfig::new(5, seed)
+            .unreliable(0.1, 3)
+            .without_fast_path();
+        let mut c = Cluster::new(config);
+        let mut w = Workload::new(seed, 2, 3, 3);
+        for round in 0..6 {
+            for _ in 0..40 {
+                w.step(&mut c);
+                c.tick();
+            }
+            if let (Some(leader), 0) = (c.leader(), round % 2) {
+                c.crash(leader);
+                c.restart(leader);
+            }
+        }
+        c.set_unreliable(0.0, 0);
+        w.finish(&mut c, 2000);
+    }
+}
+
 /// Dissertation §6.3, one key: a Set, then a Delete whose answer is lost and
 /// is retried with the same (client_id, sequence) after another client wrote
 /// the key again. The retry gets the recorded answer (existed: true) and is

@@ -127,7 +127,8 @@ impl RaftNode {
             .pending_reads
             .back()
             .is_some_and(|read| read.round > leader.read_round);
-        if waiting && confirmed_round >= leader.read_round {
+        let in_flight = confirmed_round < leader.read_round;
+        if waiting && (!in_flight || !self.config.fast_path.shared_read_rounds) {
             leader.read_round += 1;
             self.broadcast_append_entries(true);
         }

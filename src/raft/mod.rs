@@ -27,7 +27,7 @@ pub mod storage;
 pub use self::log::{Command, Entry, Log};
 pub use message::*;
 pub use state::{
-    ClientError, ClientRequest, ClientResponse, ClientResult, NodeStatus, Outbox, RaftConfig,
-    RaftNode, RequestId, Role,
+    ClientError, ClientRequest, ClientResponse, ClientResult, FastPath, NodeStatus, Outbox,
+    RaftConfig, RaftNode, RequestId, Role,
 };
 pub use storage::{HardState, MemStorage, Recovered, Snapshot, Storage};

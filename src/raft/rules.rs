@@ -55,6 +55,12 @@ impl RaftNode {
     /// commit on followers). Figure 2's "persist before responding" holds:
     /// the replies leave only after the sync.
     pub fn step_batch(&mut self, messages: Vec<(NodeId, Message)>) -> Vec<Option<Message>> {
+        if !self.config.fast_path.group_commit {
+            return messages
+                .into_iter()
+                .map(|(from, message)| self.step(from, message))
+                .collect();
+        }
         self.log.defer_sync(true);
         let replies = messages
             .into_iter()
@@ -200,6 +206,9 @@ impl RaftNode {
             .collect();
         // Leaders: "If command received from client: append entry to local log".
         self.log.append_unsynced(entries);
+        if !self.config.fast_path.parallel_write {
+            self.log.sync();
+        }
         self.broadcast_append_entries(false);
         self.outbox.flush();
         self.log.sync();

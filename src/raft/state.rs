@@ -104,6 +104,36 @@ pub struct RaftConfig {
     pub max_in_flight: usize,
     /// seed of the RNG that randomizes election timeouts
     pub seed: u64,
+    /// the parts of the fast path that are on (all, unless measuring them)
+    pub fast_path: FastPath,
+}
+
+/// The parts of the fast path (docs/performance.md). Each is on by default
+/// and none is needed for correctness: `--fast-path-off` turns them off, to
+/// measure what each is worth. (Pipelining is `max_in_flight > 1`.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastPath {
+    /// `step_batch` syncs once for all its messages, not after each one
+    pub group_commit: bool,
+    /// the runtime gives the core every waiting client request at once
+    pub batching: bool,
+    /// the leader sends AppendEntries before its own fsync, not after
+    /// (dissertation §10.2.1)
+    pub parallel_write: bool,
+    /// one ReadIndex heartbeat round in flight at a time, shared by every
+    /// read that arrives meanwhile, rather than one per batch of reads
+    pub shared_read_rounds: bool,
+}
+
+impl Default for FastPath {
+    fn default() -> Self {
+        FastPath {
+            group_commit: true,
+            batching: true,
+            parallel_write: true,
+            shared_read_rounds: true,
+        }
+    }
 }
 
 impl RaftConfig {
@@ -119,6 +149,7 @@ impl RaftConfig {
             max_entries_per_message: 1024,
             max_in_flight: 8,
             seed: id,
+            fast_path: FastPath::default(),
         }
     }
 }

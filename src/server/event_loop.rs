@@ -272,8 +272,12 @@ impl EventLoop {
                 }
             }
         }
-        if !batch.is_empty() {
+        if self.node.config().fast_path.batching {
             self.node.client_requests(batch);
+        } else {
+            for request in batch {
+                self.node.client_requests(vec![request]);
+            }
         }
     }
 

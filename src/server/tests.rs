@@ -19,7 +19,7 @@ use crate::proto::kv::{
 };
 use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::{AppendEntriesRequest, LogEntry, RequestVoteRequest};
-use crate::raft::{MemStorage, NodeId};
+use crate::raft::{FastPath, MemStorage, NodeId};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -71,6 +71,8 @@ impl TestCluster {
             snapshot_threshold: self.snapshot_threshold,
             log_level: LogLevel::Info,
             poll: Duration::from_micros(500),
+            fast_path: FastPath::default(),
+            pipelining: true,
         };
         let listener = self.listeners[i].take().expect("each node starts once");
         let disk = Box::new(self.disks[i].clone());

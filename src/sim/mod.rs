@@ -19,8 +19,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::raft::{
-    ClientError, ClientRequest, ClientResult, LogIndex, MemStorage, Message, NodeId, Outbox,
-    RaftConfig, RaftNode, RequestId, Term,
+    ClientError, ClientRequest, ClientResult, FastPath, LogIndex, MemStorage, Message, NodeId,
+    Outbox, RaftConfig, RaftNode, RequestId, Term,
 };
 pub use invariants::Invariants;
 pub use timeline::{Event, EventKind};
@@ -40,6 +40,9 @@ pub struct SimConfig {
     pub heartbeat_ticks: u64,
     pub snapshot_threshold: usize,
     pub snapshot_chunk_bytes: usize,
+    /// the fast path's parts (docs/performance.md), all on by default
+    pub fast_path: FastPath,
+    pub max_in_flight: usize,
 }
 
 impl SimConfig {
@@ -54,7 +57,22 @@ impl SimConfig {
             heartbeat_ticks: 5,
             snapshot_threshold: 10_000,
             snapshot_chunk_bytes: 1 << 20,
+            fast_path: FastPath::default(),
+            max_in_flight: RaftConfig::new(1, vec![1]).max_in_flight,
         }
+    }
+
+    /// Every part of the fast path off: no group commit, no pipelining, the
+    /// leader syncing before it sends, a ReadIndex round per batch of reads.
+    pub fn without_fast_path(mut self) -> Self {
+        self.fast_path = FastPath {
+            group_commit: false,
+            batching: false,
+            parallel_write: false,
+            shared_read_rounds: false,
+        };
+        self.max_in_flight = 1;
+        self
     }
 
     /// Lose `drop_rate` of messages and delay each by up to `max_delay` ticks.
@@ -195,6 +213,8 @@ impl Cluster {
         config.heartbeat_ticks = self.config.heartbeat_ticks;
         config.snapshot_threshold = self.config.snapshot_threshold;
         config.snapshot_chunk_bytes = self.config.snapshot_chunk_bytes;
+        config.fast_path = self.config.fast_path;
+        config.max_in_flight = self.config.max_in_flight;
         // Each node, and each restart of it, draws different timeouts.
         config.seed = self.config.seed ^ (id << 32) ^ (sim.restarts << 48);
         sim.outbox = SimOutbox::default();
