@@ -5,7 +5,7 @@ CARGO ?= cargo
 PEERS := 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 
 .PHONY: build release test lint fmt clean cluster skeleton skeleton-check \
-	test-election test-replication test-persistence test-snapshots test-kv test-e2e bench bench-etcd bench-compare
+	test-election test-replication test-persistence test-snapshots test-kv test-e2e bench bench-etcd bench-compare bench-fastpath
 
 build:
 	$(CARGO) build
@@ -83,3 +83,7 @@ bench-etcd:
 ## raft-kv, then etcd, in one run: one table with the ratios raft-kv / etcd.
 bench-compare:
 	src/bench/etcd.sh compare $(BENCH_FLAGS)
+
+## Each part of the fast path turned off in turn, and what it costs (docs/performance.md).
+bench-fastpath: release
+	src/bench/fastpath.sh $(BENCH_FLAGS)
