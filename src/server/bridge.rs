@@ -17,11 +17,11 @@
 //!   message is dropped: Raft treats it as lost and retries (§5.3). Channels
 //!   connect lazily, so a dead peer costs a failed connect, never a stall.
 //!
-//! The runtime is `current_thread`. Measured with three nodes sharing two
-//! cores, 64 concurrent clients writing to the leader: about 11k sets/s and
-//! 0.7 ms per set for a lone client, and a multi-threaded runtime with one
-//! or two workers did no better (the differences were within run-to-run
-//! noise). So each node keeps the simpler runtime and one tokio thread.
+//! The runtime is `current_thread`. With three nodes sharing two cores and
+//! 64 concurrent clients writing to the leader, a multi-threaded runtime
+//! with one or two workers did no better (the differences were within
+//! run-to-run noise), so each node keeps the simpler runtime and one tokio
+//! thread.
 
 mod convert;
 mod services;
