@@ -1,7 +1,9 @@
-//! `--local`: a fresh three-member cluster of raft-kv nodes or etcd members,
-//! as child processes on free loopback ports with their data in a scratch
-//! directory. The bench owns the processes, so the failover workload can
-//! `kill -9` the leader and start it again on the same data.
+//! `--local`: a fresh cluster of `--nodes` raft-kv nodes or etcd members
+//! (3 by default), as child processes on free loopback ports with their data
+//! in a scratch directory. The bench owns the processes, so the failover
+//! workload can `kill -9` the leader and start it again on the same data, and
+//! it can read each member's resident memory, data dir and log
+//! ([`LocalCluster::footprint`], [`LocalCluster::log_since`]).
 //!
 //! Every process is killed and reaped when the [`LocalCluster`] is dropped,
 //! and on Linux the kernel kills them if the bench itself dies
@@ -15,11 +17,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::stats::{self, Footprint};
 use crate::config::Tuning;
 use crate::server::die_with_parent;
 
-/// Members of every local cluster: the smallest that survives a crash (§5).
-pub const MEMBERS: usize = 3;
+/// Members of a local cluster by default: the smallest that survives a
+/// crash (§5).
+pub const DEFAULT_MEMBERS: usize = 3;
+/// The most `--nodes` accepts: more members than that only add CPU load on
+/// a small machine.
+pub const MAX_MEMBERS: usize = 7;
 /// The ports `make cluster` uses stay free for people running it.
 const RESERVED_PORTS: std::ops::RangeInclusive<u16> = 7001..=7003;
 
@@ -43,6 +50,7 @@ pub struct LocalCluster {
 struct Member {
     name: String,
     client_addr: String,
+    data_dir: PathBuf,
     program: PathBuf,
     args: Vec<OsString>,
     log: PathBuf,
@@ -50,12 +58,12 @@ struct Member {
 }
 
 impl LocalCluster {
-    /// Start every member; they elect a leader on their own.
-    pub fn start(spec: &Spec) -> Result<LocalCluster, String> {
+    /// Start `n` members; they elect a leader on their own.
+    pub fn start(spec: &Spec, n: usize) -> Result<LocalCluster, String> {
         let dir = ScratchDir::new().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
         let members = match spec {
-            Spec::RaftKv { exe, tuning } => raft_kv_members(exe, tuning, &dir.0)?,
-            Spec::Etcd { exe, extra_flags } => etcd_members(exe, extra_flags, &dir.0)?,
+            Spec::RaftKv { exe, tuning } => raft_kv_members(exe, tuning, &dir.0, n)?,
+            Spec::Etcd { exe, extra_flags } => etcd_members(exe, extra_flags, &dir.0, n)?,
         };
         let mut cluster = LocalCluster { dir, members };
         for i in 0..cluster.members.len() {
@@ -114,6 +122,45 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// What to look at to measure each member while a workload runs; plain
+    /// data, so a sampler can use it without the cluster.
+    pub fn probes(&self) -> Vec<Probe> {
+        self.members
+            .iter()
+            .map(|m| Probe {
+                pid: m.child.as_ref().map(Child::id),
+                data_dir: m.data_dir.clone(),
+            })
+            .collect()
+    }
+
+    /// Each member's resident memory and data dir, now.
+    pub fn footprint(&self) -> Vec<Footprint> {
+        self.probes().iter().map(Probe::measure).collect()
+    }
+
+    /// The length of each member's log file now, to read what it logs from
+    /// here on with [`LocalCluster::logs_since`].
+    pub fn log_lengths(&self) -> Vec<u64> {
+        self.members
+            .iter()
+            .map(|m| stats::file_bytes(&m.log).unwrap_or(0))
+            .collect()
+    }
+
+    /// Each member's name and what it logged after `lengths` (from
+    /// [`LocalCluster::log_lengths`]).
+    pub fn logs_since(&self, lengths: &[u64]) -> Vec<(String, String)> {
+        self.members
+            .iter()
+            .zip(lengths)
+            .map(|(m, &from)| {
+                let text = read_from(&m.log, from).unwrap_or_default();
+                (m.name.clone(), text)
+            })
+            .collect()
+    }
+
     /// Leave the scratch directory (data and logs) in place when dropped.
     pub fn keep_files(&mut self) -> &Path {
         self.dir.1 = true;
@@ -150,9 +197,14 @@ impl Drop for LocalCluster {
     }
 }
 
-fn raft_kv_members(exe: &Path, tuning: &Tuning, dir: &Path) -> Result<Vec<Member>, String> {
+fn raft_kv_members(
+    exe: &Path,
+    tuning: &Tuning,
+    dir: &Path,
+    n: usize,
+) -> Result<Vec<Member>, String> {
     tuning.check().map_err(|e| e.to_string())?;
-    let addrs: Vec<String> = free_ports(MEMBERS)?
+    let addrs: Vec<String> = free_ports(n)?
         .into_iter()
         .map(|port| format!("127.0.0.1:{port}"))
         .collect();
@@ -167,6 +219,7 @@ fn raft_kv_members(exe: &Path, tuning: &Tuning, dir: &Path) -> Result<Vec<Member
         .enumerate()
         .map(|(i, addr)| {
             let id = i + 1;
+            let data_dir = dir.join(format!("node{id}"));
             let mut args: Vec<OsString> = vec![
                 "node".into(),
                 "--id".into(),
@@ -174,12 +227,13 @@ fn raft_kv_members(exe: &Path, tuning: &Tuning, dir: &Path) -> Result<Vec<Member
                 "--peers".into(),
                 peers.clone().into(),
                 "--data-dir".into(),
-                dir.join(format!("node{id}")).into(),
+                data_dir.clone().into(),
             ];
             args.extend(tuning.to_flags().into_iter().map(OsString::from));
             Member {
                 name: format!("node {id}"),
                 client_addr: addr.clone(),
+                data_dir,
                 program: exe.to_path_buf(),
                 args,
                 log: dir.join(format!("node{id}.log")),
@@ -191,19 +245,25 @@ fn raft_kv_members(exe: &Path, tuning: &Tuning, dir: &Path) -> Result<Vec<Member
 
 /// etcd members with etcd's defaults (fsync on, heartbeat 100 ms, election
 /// 1000 ms) except the addresses, plus `extra_flags`.
-fn etcd_members(exe: &Path, extra_flags: &[String], dir: &Path) -> Result<Vec<Member>, String> {
-    let ports = free_ports(2 * MEMBERS)?;
-    let (client_ports, peer_ports) = ports.split_at(MEMBERS);
+fn etcd_members(
+    exe: &Path,
+    extra_flags: &[String],
+    dir: &Path,
+    n: usize,
+) -> Result<Vec<Member>, String> {
+    let ports = free_ports(2 * n)?;
+    let (client_ports, peer_ports) = ports.split_at(n);
     let peer_url = |i: usize| format!("http://127.0.0.1:{}", peer_ports[i]);
-    let initial_cluster = (0..MEMBERS)
+    let initial_cluster = (0..n)
         .map(|i| format!("m{}={}", i + 1, peer_url(i)))
         .collect::<Vec<_>>()
         .join(",");
     // A token of its own keeps members of an earlier run from joining.
     let token = format!("raft-kv-bench-{}-{}", std::process::id(), nanos_now());
-    Ok((0..MEMBERS)
+    Ok((0..n)
         .map(|i| {
             let name = format!("m{}", i + 1);
+            let data_dir = dir.join(&name);
             let client_url = format!("http://127.0.0.1:{}", client_ports[i]);
             let mut args: Vec<OsString> = [
                 "--name",
@@ -227,11 +287,12 @@ fn etcd_members(exe: &Path, extra_flags: &[String], dir: &Path) -> Result<Vec<Me
             .map(OsString::from)
             .collect();
             args.push("--data-dir".into());
-            args.push(dir.join(&name).into());
+            args.push(data_dir.clone().into());
             args.extend(extra_flags.iter().map(OsString::from));
             Member {
                 name: format!("etcd {name}"),
                 client_addr: format!("127.0.0.1:{}", client_ports[i]),
+                data_dir,
                 program: exe.to_path_buf(),
                 args,
                 log: dir.join(format!("{name}.log")),
@@ -262,6 +323,35 @@ fn nanos_now() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
+}
+
+/// A member's process and data dir, to measure it.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// `None` while the member is not running.
+    pub pid: Option<u32>,
+    pub data_dir: PathBuf,
+}
+
+impl Probe {
+    pub fn measure(&self) -> Footprint {
+        Footprint {
+            rss_bytes: self.pid.and_then(|pid| stats::rss_bytes(Some(pid))),
+            data_bytes: stats::dir_bytes(&self.data_dir),
+            // raft-kv's files (docs/storage.md); etcd has neither.
+            log_bytes: stats::file_bytes(&self.data_dir.join("log")),
+            snapshot_bytes: stats::file_bytes(&self.data_dir.join("snapshot")),
+        }
+    }
+}
+
+/// A file's contents from byte `from` on.
+fn read_from(path: &Path, from: u64) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The last 2 KiB of a log file, for an error message.
@@ -334,8 +424,8 @@ mod tests {
     #[test]
     fn etcd_members_share_one_initial_cluster_and_own_their_ports() {
         let dir = Path::new("/nonexistent");
-        let members = etcd_members(Path::new("etcd"), &["--x".into()], dir).unwrap();
-        assert_eq!(members.len(), MEMBERS);
+        let members = etcd_members(Path::new("etcd"), &["--x".into()], dir, 5).unwrap();
+        assert_eq!(members.len(), 5);
         let flag = |m: &Member, name: &str| {
             let at = m.args.iter().position(|a| a == name).unwrap();
             m.args[at + 1].to_string_lossy().into_owned()

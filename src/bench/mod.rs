@@ -9,12 +9,17 @@
 //! cluster as it can; it reports what it took.
 //!
 //! - `workload.rs`: rtt, write-latency, write-throughput, read-throughput, failover.
-//! - `local.rs`: `--local`, a fresh 3-member cluster the bench starts and kills.
+//! - `grow.rs`: grow, the state growing to --keyspace keys, sampled each second.
+//! - `local.rs`: `--local`, a fresh cluster of --nodes members the bench
+//!   starts, measures (memory, data dir, logs) and kills.
 //! - `report.rs`: the tables and the JSON.
 //! - `etcd.proto`: the few etcd messages the bench sends; `etcd.sh` installs
 //!   etcd and runs the comparison (`make bench-etcd`, `make bench-compare`).
+//! - `scaling.sh` and `plot.py`: `make bench-scaling`, the bench over node
+//!   counts, client counts and value sizes, plotted as SVG.
 
 mod client;
+mod grow;
 mod local;
 mod report;
 mod stats;
@@ -33,8 +38,8 @@ use crate::cli::parse_duration;
 use crate::config::{Tuning, EXIT_BAD_CONFIG};
 use crate::server::interrupt;
 use client::{Pool, System};
-use local::{LocalCluster, Spec};
-use report::Summary;
+use local::{LocalCluster, Spec, DEFAULT_MEMBERS, MAX_MEMBERS};
+use report::{Setup, Summary};
 use workload::{CpuMeter, Data, Measured, Op, Progress, Workload};
 
 /// raft-kv's addresses under `make cluster`.
@@ -52,18 +57,23 @@ pub struct BenchArgs {
     /// local cluster, and prints one table with ratios (needs --local).
     #[arg(long, value_enum, default_value_t = TargetArg::RaftKv)]
     pub target: TargetArg,
-    /// Start a fresh 3-member cluster on free loopback ports, with its data in
-    /// a temporary directory, and stop it at the end. Failover needs it: the
-    /// bench must own the processes to kill the leader.
+    /// Start a fresh cluster (--nodes members) on free loopback ports, with
+    /// its data in a temporary directory, and stop it at the end. Failover
+    /// needs it: the bench must own the processes to kill the leader. So do
+    /// the members' resident memory and data dirs, which it reports.
     #[arg(long)]
     pub local: bool,
+    /// Members of the --local cluster: an odd number from 1 to 7 [default: 3].
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<usize>,
     /// Client addresses of every member of a running cluster, comma-separated
     /// (without --local). Default: raft-kv's 127.0.0.1:7001-7003 (`make
     /// cluster`), etcd's 127.0.0.1:2379.
     #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
     pub cluster: Vec<String>,
     /// What to run, comma-separated: all, or any of rtt, write-latency,
-    /// write-throughput, read-throughput, failover (run in that order).
+    /// write-throughput, read-throughput, failover, grow (run in that order).
+    /// `all` is every one but grow.
     #[arg(
         long,
         value_enum,
@@ -72,11 +82,12 @@ pub struct BenchArgs {
         default_value = "all"
     )]
     pub workload: Vec<WorkloadArg>,
-    /// Concurrent clients of write-throughput and read-throughput.
+    /// Concurrent clients of write-throughput, read-throughput and grow.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub clients: usize,
     /// Operations per workload [default: 5000 for rtt and write-latency,
-    /// 50000 for write-throughput, 100000 for read-throughput].
+    /// 50000 for write-throughput, 100000 for read-throughput]. Grow
+    /// writes --keyspace keys instead.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     /// Bytes per key.
@@ -85,7 +96,8 @@ pub struct BenchArgs {
     /// Bytes per value.
     #[arg(long, value_name = "BYTES", default_value_t = 128)]
     pub value_size: usize,
-    /// Distinct keys: writes cycle through them, reads find them all.
+    /// Distinct keys: writes cycle through them, reads find them all, grow
+    /// writes each once.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub keyspace: usize,
     /// read-throughput reads any member's own state (raft-kv STALE, etcd
@@ -150,6 +162,7 @@ pub enum WorkloadArg {
     WriteThroughput,
     ReadThroughput,
     Failover,
+    Grow,
 }
 
 /// The checked flags: what to run, against what.
@@ -157,6 +170,8 @@ pub enum WorkloadArg {
 struct Plan {
     systems: Vec<System>,
     local: bool,
+    /// Members of each local cluster.
+    nodes: usize,
     /// Without --local: the addresses of each system's cluster.
     cluster: Vec<String>,
     workloads: Vec<Workload>,
@@ -204,16 +219,32 @@ impl Plan {
                 WorkloadArg::WriteThroughput => w == Workload::WriteThroughput,
                 WorkloadArg::ReadThroughput => w == Workload::ReadThroughput,
                 WorkloadArg::Failover => w == Workload::Failover,
+                WorkloadArg::Grow => w == Workload::Grow,
             })
         };
+        let nodes = match args.nodes {
+            None => DEFAULT_MEMBERS,
+            Some(_) if !args.local => {
+                return Err(
+                    "--nodes needs --local: a running cluster has the members it has".into(),
+                )
+            }
+            Some(n) => check_nodes(n)?,
+        };
         let all = args.workload.contains(&WorkloadArg::All);
-        let mut workloads: Vec<Workload> = Workload::ALL
+        let mut workloads: Vec<Workload> = Workload::ORDER
             .into_iter()
-            .filter(|&w| all || named(w))
+            .filter(|&w| (all && Workload::ALL.contains(&w)) || named(w))
             .collect();
         let mut skipped = None;
-        if !args.local && workloads.contains(&Workload::Failover) {
-            let why = "failover needs --local: the bench must own the processes to kill the leader";
+        let failover_impossible = if !args.local {
+            Some("failover needs --local: the bench must own the processes to kill the leader")
+        } else if nodes == 1 {
+            Some("failover needs --nodes 3 or more: a single member has no one to take over")
+        } else {
+            None
+        };
+        if let Some(why) = failover_impossible.filter(|_| workloads.contains(&Workload::Failover)) {
             if named(Workload::Failover) {
                 return Err(why.into());
             }
@@ -255,6 +286,7 @@ impl Plan {
         Ok(Plan {
             systems,
             local: args.local,
+            nodes,
             cluster,
             workloads,
             skipped,
@@ -282,12 +314,15 @@ impl Plan {
     }
 
     fn count(&self, workload: Workload) -> u64 {
-        self.count.unwrap_or(workload.default_count())
+        match workload {
+            Workload::Grow => self.keyspace as u64,
+            _ => self.count.unwrap_or(workload.default_count()),
+        }
     }
 
     fn clients(&self, workload: Workload) -> usize {
         match workload {
-            Workload::WriteThroughput | Workload::ReadThroughput => self.clients,
+            Workload::WriteThroughput | Workload::ReadThroughput | Workload::Grow => self.clients,
             Workload::Rtt | Workload::WriteLatency | Workload::Failover => 1,
         }
     }
@@ -306,10 +341,31 @@ impl Plan {
         })
     }
 
+    /// What every JSON object repeats about the run.
+    fn setup(&self, system: System) -> Setup {
+        Setup {
+            nodes: if self.local {
+                self.nodes
+            } else {
+                self.cluster.len()
+            },
+            local: self.local,
+            key_size: self.key_size,
+            value_size: self.value_size,
+            keyspace: self.keyspace,
+            stale: self.stale,
+            snapshot_threshold: (self.local && system == System::RaftKv)
+                .then_some(self.tuning.snapshot_threshold),
+        }
+    }
+
     /// The settings, printed above the tables.
     fn describe(&self) -> String {
         let mut lines = vec![if self.local {
-            "cluster: a fresh local 3-member cluster per system and run, on loopback".to_string()
+            format!(
+                "cluster: a fresh local {}-member cluster per system and run, on loopback",
+                self.nodes
+            )
         } else {
             format!("cluster: {}", self.cluster.join(","))
         }];
@@ -370,6 +426,25 @@ fn split(list: &str) -> Vec<String> {
 fn is_host_port(addr: &str) -> bool {
     addr.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// `--nodes`: an odd number of members, 1 to [`MAX_MEMBERS`].
+fn check_nodes(n: usize) -> Result<usize, String> {
+    if !(1..=MAX_MEMBERS).contains(&n) || n.is_multiple_of(2) {
+        let why = if n.is_multiple_of(2) && (1..=MAX_MEMBERS).contains(&n) {
+            format!(
+                ": {n} members tolerate no more failures than {} (a majority of {n} is {})",
+                n - 1,
+                n / 2 + 1
+            )
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "--nodes must be an odd number from 1 to {MAX_MEMBERS}, not {n}{why}"
+        ));
+    }
+    Ok(n)
 }
 
 fn positive(flag: &str, value: usize) -> Result<(), String> {
@@ -449,11 +524,14 @@ pub fn run_bench(args: BenchArgs) -> i32 {
 
 fn render(plan: &Plan, summaries: &[Summary], load_before: Option<&str>) -> String {
     if plan.json {
-        return summaries.iter().map(|s| report::json(s) + "\n").collect();
+        return summaries
+            .iter()
+            .map(|s| report::json(s, &plan.setup(s.system)) + "\n")
+            .collect();
     }
     let of = |system: System| -> Vec<&Summary> {
         let mut mine: Vec<&Summary> = summaries.iter().filter(|s| s.system == system).collect();
-        mine.sort_by_key(|s| Workload::ALL.iter().position(|&w| w == s.workload));
+        mine.sort_by_key(|s| Workload::ORDER.iter().position(|&w| w == s.workload));
         mine
     };
     let mut out = format!("{}\n", plan.describe());
@@ -495,7 +573,7 @@ fn run_once(
     run: usize,
 ) -> Result<Vec<(Workload, Measured)>, String> {
     let mut cluster = if plan.local {
-        Some(LocalCluster::start(&plan.spec(system)?)?)
+        Some(LocalCluster::start(&plan.spec(system)?, plan.nodes)?)
     } else {
         None
     };
@@ -557,9 +635,10 @@ async fn run_workload(
         workload::preload(pool, plan.clients, data).await?;
     }
     let pids = cluster.as_ref().map_or_else(Vec::new, |c| c.pids());
+    let log_lengths = cluster.as_ref().map(|c| c.log_lengths());
     let cpu = CpuMeter::start(pids);
     let (mut measured, pids_after) = if workload == Workload::Failover {
-        let Some(cluster) = cluster else {
+        let Some(cluster) = cluster.as_deref_mut() else {
             return Err("failover needs --local".into());
         };
         let addrs = cluster.client_addrs();
@@ -569,6 +648,15 @@ async fn run_workload(
         let measured = workload::failover(cluster, &pool, plan.kills, data, &progress).await?;
         // The killed members were restarted: their CPU is not comparable.
         (measured, Vec::new())
+    } else if workload == Workload::Grow {
+        let probes = cluster.as_ref().map_or_else(Vec::new, |c| c.probes());
+        let progress = Progress::new(label, Some(plan.count(workload)));
+        let _shown = progress.show();
+        let measured = grow::grow(pool, clients, data, &progress, &probes).await?;
+        (
+            measured,
+            cluster.as_ref().map_or_else(Vec::new, |c| c.pids()),
+        )
     } else {
         let op = match workload {
             Workload::Rtt => Op::Status,
@@ -579,9 +667,24 @@ async fn run_workload(
         let progress = Progress::new(label, Some(count));
         let _shown = progress.show();
         let measured = workload::closed_loop(pool, clients, count, op, data, &progress).await?;
-        (measured, cluster.map_or_else(Vec::new, |c| c.pids()))
+        (
+            measured,
+            cluster.as_ref().map_or_else(Vec::new, |c| c.pids()),
+        )
     };
     cpu.finish(&pids_after, &mut measured);
+    if let (Some(cluster), Some(lengths)) = (cluster, log_lengths) {
+        measured.member_names = (0..cluster.client_addrs().len())
+            .map(|i| cluster.member_name(i).to_string())
+            .collect();
+        measured.members = cluster.footprint();
+        measured.snapshots = cluster
+            .logs_since(&lengths)
+            .iter()
+            .flat_map(|(name, log)| grow::snapshot_events(name, log, measured.started_unix))
+            .collect();
+        measured.snapshots.sort_by(|a, b| a.at.total_cmp(&b.at));
+    }
     Ok(measured)
 }
 
@@ -678,6 +781,49 @@ mod tests {
     }
 
     #[test]
+    fn nodes_and_the_grow_workload() {
+        assert_eq!(plan(&["--local"]).unwrap().nodes, 3);
+        let p = plan(&["--local", "--nodes", "5", "--workload", "all"]).unwrap();
+        assert_eq!(p.nodes, 5);
+        assert_eq!(p.workloads, Workload::ALL);
+        assert!(p.describe().contains("a fresh local 5-member cluster"));
+        assert_eq!(p.setup(System::RaftKv).nodes, 5);
+        assert_eq!(p.setup(System::RaftKv).snapshot_threshold, Some(10_000));
+        assert_eq!(p.setup(System::Etcd).snapshot_threshold, None);
+        // Without --local the cluster has the members --cluster names.
+        let p = plan(&[
+            "--cluster",
+            "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3,127.0.0.1:4,127.0.0.1:5",
+        ]);
+        assert_eq!(p.unwrap().setup(System::RaftKv).nodes, 5);
+        // One node: everything but failover, which needs a member to take over.
+        let p = plan(&["--local", "--nodes", "1"]).unwrap();
+        assert_eq!(p.nodes, 1);
+        assert!(!p.workloads.contains(&Workload::Failover));
+        assert!(p
+            .skipped
+            .unwrap()
+            .contains("failover needs --nodes 3 or more"));
+        let p = plan(&["--local", "--nodes", "7", "--target", "etcd"]).unwrap();
+        assert_eq!((p.nodes, p.systems.as_slice()), (7, &[System::Etcd][..]));
+        // Grow is never part of all, writes --keyspace keys with --clients.
+        let p = plan(&[
+            "--workload",
+            "grow",
+            "--keyspace",
+            "1000000",
+            "--count",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(p.workloads, [Workload::Grow]);
+        assert_eq!(p.count(Workload::Grow), 1_000_000);
+        assert_eq!(p.clients(Workload::Grow), 64);
+        let p = plan(&["--local", "--workload", "grow,all"]).unwrap();
+        assert_eq!(p.workloads, Workload::ORDER);
+    }
+
+    #[test]
     fn bad_flags_are_one_line_errors() {
         let cases: &[(&[&str], &str)] = &[
             (&["--target", "both"], "--target both needs --local"),
@@ -710,6 +856,23 @@ mod tests {
             ),
             (&["--rpc-timeout", "0"], "not a positive duration"),
             (&["--workload", "sideways"], "invalid value 'sideways'"),
+            (&["--nodes", "5"], "--nodes needs --local"),
+            (
+                &["--local", "--nodes", "4"],
+                "--nodes must be an odd number from 1 to 7, not 4: 4 members tolerate no more failures than 3 (a majority of 4 is 3)",
+            ),
+            (
+                &["--local", "--nodes", "9"],
+                "--nodes must be an odd number from 1 to 7, not 9",
+            ),
+            (
+                &["--local", "--nodes", "0"],
+                "--nodes must be an odd number from 1 to 7, not 0",
+            ),
+            (
+                &["--local", "--nodes", "1", "--workload", "failover"],
+                "failover needs --nodes 3 or more",
+            ),
         ];
         for (flags, expected) in cases {
             let error = plan(flags)

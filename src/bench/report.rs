@@ -4,8 +4,24 @@
 use std::fmt::Write;
 
 use super::client::System;
+use super::grow::{Growth, Interval, SnapshotEvent};
 use super::stats::{median, Percentiles};
 use super::workload::{Measured, Workload};
+
+/// The settings every JSON object repeats, so that one file can collect the
+/// objects of many runs (src/bench/scaling.sh) and still tell them apart.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    /// Members of the cluster.
+    pub nodes: usize,
+    /// Whether the bench started them (--local).
+    pub local: bool,
+    pub key_size: usize,
+    pub value_size: usize,
+    pub keyspace: usize,
+    pub stale: bool,
+    pub snapshot_threshold: Option<usize>,
+}
 
 /// Every run of one workload against one system.
 pub struct Summary {
@@ -48,6 +64,30 @@ impl Summary {
     fn first_error(&self) -> Option<&str> {
         self.runs.iter().find_map(|m| m.first_error.as_deref())
     }
+
+    /// The largest member's resident memory, median over the runs, bytes.
+    fn max_rss(&self) -> Option<f64> {
+        self.median(|m| m.max_rss().map(|b| b as f64))
+    }
+
+    /// The largest member's data dir, median over the runs, bytes.
+    fn max_data(&self) -> Option<f64> {
+        self.median(|m| m.max_data().map(|b| b as f64))
+    }
+
+    /// Member `j`'s `pick`, median over the runs.
+    fn member_median(
+        &self,
+        j: usize,
+        pick: impl Fn(&super::stats::Footprint) -> Option<u64>,
+    ) -> Option<f64> {
+        self.median(|m| m.members.get(j).and_then(&pick).map(|b| b as f64))
+    }
+
+    /// The last run: the one whose timeline and snapshots are shown.
+    fn last(&self) -> Option<&Measured> {
+        self.runs.last()
+    }
 }
 
 /// One system's results as an aligned table, failover on lines of its own.
@@ -64,6 +104,8 @@ pub fn table(summaries: &[&Summary]) -> String {
         "max ms",
         "bench CPU",
         "server CPU",
+        "server RSS",
+        "data dir",
     ];
     let mut rows = vec![header.map(String::from).to_vec()];
     let mut notes = String::new();
@@ -95,6 +137,8 @@ pub fn table(summaries: &[&Summary]) -> String {
                 number(s.percentile(|p| p.max), 2),
                 percent(s.median(|m| m.client_cpu)),
                 percent(s.median(|m| m.server_cpu)),
+                mib(s.max_rss()),
+                mib(s.max_data()),
             ]);
         }
         if let Some(error) = s.first_error() {
@@ -103,6 +147,146 @@ pub fn table(summaries: &[&Summary]) -> String {
     }
     let mut out = align(&rows);
     out.push_str(&notes);
+    for s in summaries {
+        if let Some(last) = s.last().filter(|m| m.growth.is_some()) {
+            out.push('\n');
+            out.push_str(&growth_table(last, s.runs.len(), s.system));
+        }
+    }
+    out
+}
+
+/// The grow workload's timeline, one row per second or per few seconds,
+/// then its snapshots and the memory and disk at the end.
+fn growth_table(m: &Measured, runs: usize, system: System) -> String {
+    let Some(growth) = &m.growth else {
+        return String::new();
+    };
+    let per_row = match (
+        growth.rows.first(),
+        growth.timeline.len() > growth.rows.len(),
+    ) {
+        (Some(row), true) => format!("{:.0} s", row.seconds),
+        _ => "1 s".to_string(),
+    };
+    let mut out = format!(
+        "grow: {} keys written by {} clients{}, one row per {per_row}; server RSS, data dir and log: the largest member's at the row's end\n",
+        m.ops,
+        m.clients,
+        if runs > 1 { " (the last run)" } else { "" },
+    );
+    let header = [
+        "t s",
+        "keys",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "snapshots",
+        "server RSS",
+        "data dir",
+        "log",
+    ];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    // Only raft-kv's snapshots are read from the members' logs.
+    let reads_snapshots = system == System::RaftKv;
+    let mut previous_end = f64::NEG_INFINITY;
+    for (i, row) in growth.rows.iter().enumerate() {
+        let last = i + 1 == growth.rows.len();
+        let taken = m
+            .snapshots
+            .iter()
+            .filter(|e| e.at > previous_end && (e.at <= row.end || last))
+            .count();
+        previous_end = row.end;
+        rows.push(vec![
+            format!("{:.1}", row.end),
+            row.keys.to_string(),
+            format!("{:.0}", row.ops_per_sec()),
+            number(row.latency.map(|p| p.p50), 2),
+            number(row.latency.map(|p| p.p99), 2),
+            number(row.latency.map(|p| p.max), 2),
+            if reads_snapshots {
+                taken.to_string()
+            } else {
+                "-".into()
+            },
+            mib(row.max_rss().map(|b| b as f64)),
+            mib(row.max_data().map(|b| b as f64)),
+            mib(row.max_log().map(|b| b as f64)),
+        ]);
+    }
+    out.push_str(&align(&rows));
+    if reads_snapshots {
+        out.push_str(&snapshot_summary(&m.snapshots, &m.member_names));
+    }
+    out.push_str(&growth_summary(growth, &m.member_names));
+    out
+}
+
+/// One line on the snapshots: how many each member took, and what writing
+/// them cost.
+fn snapshot_summary(events: &[SnapshotEvent], names: &[String]) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
+    let per_member: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let of = |installed: bool| {
+                events
+                    .iter()
+                    .filter(|e| &e.member == name && e.installed == installed)
+                    .count()
+            };
+            match of(true) {
+                0 => format!("{name}: {}", of(false)),
+                n => format!("{name}: {} (+{n} installed)", of(false)),
+            }
+        })
+        .collect();
+    let writes: Vec<f64> = events.iter().filter_map(|e| e.write_ms).collect();
+    let rewrites: Vec<f64> = events.iter().filter_map(|e| e.rewrite_ms).collect();
+    let largest = events.iter().filter_map(|e| e.file_bytes).max();
+    let mut out = format!("snapshots: {} ({})", events.len(), per_member.join(", "));
+    if !writes.is_empty() {
+        let _ = write!(
+            out,
+            "; file write median {} ms, max {} ms; log rewrite median {} ms, max {} ms; largest file {}",
+            number(median(&writes), 1),
+            number(writes.iter().copied().reduce(f64::max), 1),
+            number(median(&rewrites), 1),
+            number(rewrites.iter().copied().reduce(f64::max), 1),
+            mib(largest.map(|b| b as f64)),
+        );
+    }
+    out.push('\n');
+    out
+}
+
+/// The members' memory and disk at the end against the most seen, and the
+/// bench's own memory.
+fn growth_summary(growth: &Growth, names: &[String]) -> String {
+    let mut out = String::new();
+    if let Some(end) = growth.timeline.last().filter(|_| !names.is_empty()) {
+        let most =
+            |pick: fn(&Interval) -> Option<u64>| growth.timeline.iter().filter_map(pick).max();
+        let _ = writeln!(
+            out,
+            "at the end: server RSS {} (max seen {}), data dir {} (max seen {}), log {} (max seen {})",
+            mib(end.max_rss().map(|b| b as f64)),
+            mib(most(Interval::max_rss).map(|b| b as f64)),
+            mib(end.max_data().map(|b| b as f64)),
+            mib(most(Interval::max_data).map(|b| b as f64)),
+            mib(end.max_log().map(|b| b as f64)),
+            mib(most(Interval::max_log).map(|b| b as f64)),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "bench RSS: max {}",
+        mib(growth.bench_rss_max_bytes.map(|b| b as f64))
+    );
     out
 }
 
@@ -235,11 +419,21 @@ pub fn comparison(raft_kv: &[&Summary], etcd: &[&Summary], clients: usize, stale
 }
 
 /// One JSON object (one line) per summary.
-pub fn json(summary: &Summary) -> String {
+pub fn json(summary: &Summary, setup: &Setup) -> String {
     let s = summary;
     let mut fields = vec![
         ("target", string(s.system.name())),
         ("workload", string(s.workload.name())),
+        ("nodes", setup.nodes.to_string()),
+        ("local", setup.local.to_string()),
+        ("key_size", setup.key_size.to_string()),
+        ("value_size", setup.value_size.to_string()),
+        ("keyspace", setup.keyspace.to_string()),
+        ("stale", setup.stale.to_string()),
+        (
+            "snapshot_threshold",
+            json_int(setup.snapshot_threshold.map(|t| t as u64)),
+        ),
         ("runs", s.runs.len().to_string()),
         ("clients", s.clients().to_string()),
         ("ops", number(s.median(|m| Some(m.ops as f64)), 0)),
@@ -263,6 +457,45 @@ pub fn json(summary: &Summary) -> String {
         let per_run = s.runs.iter().map(|m| Some(m.ops_per_sec()));
         fields.push(("ops_per_sec_runs", json_array(per_run)));
     }
+    fields.push((
+        "server_rss_max_bytes",
+        json_int(s.max_rss().map(|b| b as u64)),
+    ));
+    fields.push(("data_max_bytes", json_int(s.max_data().map(|b| b as u64))));
+    let names = s.runs.first().map_or(&[][..], |m| &m.member_names[..]);
+    let members: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            let int = |pick: fn(&super::stats::Footprint) -> Option<u64>| {
+                json_int(s.member_median(j, pick).map(|b| b as u64))
+            };
+            format!(
+                "{{\"name\":{},\"rss_bytes\":{},\"data_bytes\":{},\"log_bytes\":{},\"snapshot_bytes\":{}}}",
+                string(name),
+                int(|f| f.rss_bytes),
+                int(|f| Some(f.data_bytes)),
+                int(|f| f.log_bytes),
+                int(|f| f.snapshot_bytes),
+            )
+        })
+        .collect();
+    fields.push(("members", format!("[{}]", members.join(","))));
+    if let Some(last) = s
+        .last()
+        .filter(|_| !names.is_empty() && s.system == System::RaftKv)
+    {
+        let taken = last.snapshots.iter().filter(|e| !e.installed).count();
+        fields.push(("snapshots_taken", taken.to_string()));
+    }
+    if let Some(last) = s.last() {
+        if let Some(growth) = &last.growth {
+            fields.push(("timeline", json_timeline(&growth.timeline)));
+            let events: Vec<String> = last.snapshots.iter().map(json_snapshot).collect();
+            fields.push(("snapshots", format!("[{}]", events.join(","))));
+            fields.push(("bench_rss_max_bytes", json_int(growth.bench_rss_max_bytes)));
+        }
+    }
     fields.push(("first_error", s.first_error().map_or("null".into(), string)));
     let body: Vec<String> = fields
         .into_iter()
@@ -270,6 +503,67 @@ pub fn json(summary: &Summary) -> String {
         .collect();
     format!("{{{}}}", body.join(","))
 }
+
+/// Every second of a grow run: the members' values are arrays in the
+/// members' order (`members` of the object names them).
+fn json_timeline(timeline: &[Interval]) -> String {
+    let items: Vec<String> = timeline
+        .iter()
+        .map(|i| {
+            let ints = |pick: fn(&super::stats::Footprint) -> Option<u64>| {
+                let values: Vec<String> = i.members.iter().map(|f| json_int(pick(f))).collect();
+                format!("[{}]", values.join(","))
+            };
+            format!(
+                "{{\"t\":{},\"seconds\":{},\"keys\":{},\"ops\":{},\"ops_per_sec\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"rss_bytes\":{},\"data_bytes\":{},\"log_bytes\":{},\"snapshot_bytes\":{}}}",
+                json_number(Some(i.end)),
+                json_number(Some(i.seconds)),
+                i.keys,
+                i.ops,
+                json_number(Some(i.ops_per_sec())),
+                json_number(i.latency.map(|p| p.p50)),
+                json_number(i.latency.map(|p| p.p99)),
+                json_number(i.latency.map(|p| p.max)),
+                ints(|f| f.rss_bytes),
+                ints(|f| Some(f.data_bytes)),
+                ints(|f| f.log_bytes),
+                ints(|f| f.snapshot_bytes),
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+fn json_snapshot(e: &SnapshotEvent) -> String {
+    format!(
+        "{{\"member\":{},\"t\":{},\"index\":{},\"installed\":{},\"state_bytes\":{},\"file_bytes\":{},\"write_ms\":{},\"rewrite_ms\":{}}}",
+        string(&e.member),
+        json_number(Some(e.at)),
+        e.index,
+        e.installed,
+        json_int(e.state_bytes),
+        json_int(e.file_bytes),
+        json_number(e.write_ms),
+        json_number(e.rewrite_ms),
+    )
+}
+
+fn json_int(value: Option<u64>) -> String {
+    value.map_or("null".into(), |v| v.to_string())
+}
+
+/// Bytes as MiB, or KiB below 1 MiB: one decimal below 10 of either.
+fn mib(bytes: Option<f64>) -> String {
+    match bytes {
+        Some(b) if b < 10.0 * 1024.0 => format!("{:.1} KiB", b / 1024.0),
+        Some(b) if b < MIB => format!("{:.0} KiB", b / 1024.0),
+        Some(b) if b / MIB < 10.0 => format!("{:.1} MiB", b / MIB),
+        Some(b) => format!("{:.0} MiB", b / MIB),
+        None => "-".into(),
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 fn number(value: Option<f64>, decimals: usize) -> String {
     value.map_or("-".into(), |v| format!("{v:.decimals$}"))
@@ -314,6 +608,7 @@ fn string(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::stats::Footprint;
     use super::*;
 
     fn measured(ops: u64, seconds: f64, p50: f64) -> Measured {
@@ -375,11 +670,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "workload          clients    ops  errors  ops/s  p50 ms  p90 ms  p99 ms  max ms  bench CPU  server CPU"
+            "workload          clients    ops  errors  ops/s  p50 ms  p90 ms  p99 ms  max ms  bench CPU  server CPU  server RSS  data dir"
         );
         assert_eq!(
             lines[1],
-            "write-throughput       64  20000       0   5000    1.50    3.00    6.00   15.00          -        150%"
+            "write-throughput       64  20000       0   5000    1.50    3.00    6.00   15.00          -        150%           -         -"
         );
         assert_eq!(
             lines[2],
@@ -422,12 +717,24 @@ mod tests {
             Workload::ReadThroughput,
             vec![measured(100, 2.0, 0.5)],
         );
+        let setup = Setup {
+            nodes: 3,
+            local: false,
+            key_size: 16,
+            value_size: 128,
+            keyspace: 1000,
+            stale: false,
+            snapshot_threshold: None,
+        };
         assert_eq!(
-            json(&s),
-            "{\"target\":\"etcd\",\"workload\":\"read-throughput\",\"runs\":1,\"clients\":64,\
+            json(&s, &setup),
+            "{\"target\":\"etcd\",\"workload\":\"read-throughput\",\"nodes\":3,\"local\":false,\
+             \"key_size\":16,\"value_size\":128,\"keyspace\":1000,\"stale\":false,\
+             \"snapshot_threshold\":null,\"runs\":1,\"clients\":64,\
              \"ops\":100,\"errors\":0,\"seconds\":2.000,\"ops_per_sec\":50.000,\
              \"p50_ms\":0.500,\"p90_ms\":1.000,\"p99_ms\":2.000,\"max_ms\":5.000,\
              \"client_cpu_pct\":null,\"server_cpu_pct\":150.000,\"ops_per_sec_runs\":[50.000],\
+             \"server_rss_max_bytes\":null,\"data_max_bytes\":null,\"members\":[],\
              \"first_error\":null}"
         );
         let failover = Measured {
@@ -435,11 +742,151 @@ mod tests {
             first_error: Some("a \"quoted\"\nline\u{1}".into()),
             ..Measured::default()
         };
-        let f = json(&summary(System::RaftKv, Workload::Failover, vec![failover]));
+        let f = json(
+            &summary(System::RaftKv, Workload::Failover, vec![failover]),
+            &setup,
+        );
         assert!(f.contains("\"kills\":2,\"gap_median_ms\":2.000,\"gap_max_ms\":3.000,\"gaps_ms\":[1.000,3.000]"), "{f}");
         assert!(
             f.ends_with("\"first_error\":\"a \\\"quoted\\\"\\nline\\u0001\"}"),
             "{f}"
         );
+    }
+    fn footprint(rss_mib: u64, data_kib: u64) -> Footprint {
+        Footprint {
+            rss_bytes: Some(rss_mib << 20),
+            data_bytes: data_kib << 10,
+            log_bytes: Some(data_kib << 9),
+            snapshot_bytes: Some(data_kib << 9),
+        }
+    }
+
+    #[test]
+    fn members_memory_and_disk_the_largest_in_the_table_each_in_json() {
+        let mut runs = Vec::new();
+        for rss in [100, 300, 200] {
+            let mut m = measured(1000, 1.0, 1.0);
+            m.member_names = vec!["node 1".into(), "node 2".into()];
+            m.members = vec![footprint(rss, 2048), footprint(rss / 2, 20)];
+            runs.push(m);
+        }
+        let s = summary(System::RaftKv, Workload::WriteThroughput, runs);
+        assert_eq!(s.max_rss(), Some(200.0 * MIB));
+        let line = table(&[&s]).lines().nth(1).unwrap().to_string();
+        assert!(line.ends_with("150%     200 MiB   2.0 MiB"), "{line}");
+        let setup = Setup {
+            nodes: 2,
+            ..Setup::default()
+        };
+        let j = json(&s, &setup);
+        assert!(
+            j.contains(&format!(
+                "\"server_rss_max_bytes\":{},\"data_max_bytes\":2097152,\"members\":[\
+                 {{\"name\":\"node 1\",\"rss_bytes\":{},\"data_bytes\":2097152,\"log_bytes\":1048576,\"snapshot_bytes\":1048576}},\
+                 {{\"name\":\"node 2\",\"rss_bytes\":{},\"data_bytes\":20480,\"log_bytes\":10240,\"snapshot_bytes\":10240}}],\
+                 \"snapshots_taken\":0,",
+                200 << 20,
+                200 << 20,
+                100 << 20
+            )),
+            "{j}"
+        );
+        assert_eq!(mib(Some(1.25 * MIB)), "1.2 MiB");
+        assert_eq!(mib(Some(123.6 * MIB)), "124 MiB");
+        assert_eq!(mib(Some(2560.0)), "2.5 KiB");
+        assert_eq!(mib(None), "-");
+    }
+
+    fn grown() -> Measured {
+        let interval = |end: f64, keys: u64, ops: u64, rss: u64| Interval {
+            end,
+            seconds: 1.0,
+            keys,
+            ops,
+            latency: Some(Percentiles {
+                p50: 1.0,
+                p90: 2.0,
+                p99: 3.0,
+                max: 40.0,
+            }),
+            members: vec![footprint(rss, 1024)],
+        };
+        let event = |at: f64, index: u64, write_ms: f64| SnapshotEvent {
+            member: "node 1".into(),
+            at,
+            index,
+            state_bytes: Some(5000),
+            file_bytes: Some(5040),
+            write_ms: Some(write_ms),
+            rewrite_ms: Some(0.5),
+            ..SnapshotEvent::default()
+        };
+        let mut timeline = vec![
+            interval(1.0, 900, 900, 50),
+            interval(2.0, 1900, 1000, 80),
+            interval(2.5, 2000, 100, 70),
+        ];
+        timeline[2].seconds = 0.5;
+        Measured {
+            clients: 8,
+            ops: 2000,
+            seconds: 2.5,
+            member_names: vec!["node 1".into()],
+            members: vec![footprint(70, 1024)],
+            snapshots: vec![event(0.5, 1000, 4.0), event(1.7, 2000, 6.0)],
+            growth: Some(Growth {
+                rows: timeline.clone(),
+                timeline,
+                bench_rss_max_bytes: Some(30 << 20),
+            }),
+            ..Measured::default()
+        }
+    }
+
+    #[test]
+    fn growth_timeline_table() {
+        let s = summary(System::RaftKv, Workload::Grow, vec![grown()]);
+        let text = table(&[&s]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("grow     "), "{text}");
+        assert_eq!(
+            lines[3],
+            "grow: 2000 keys written by 8 clients, one row per 1 s; server RSS, data dir and log: the largest member's at the row's end"
+        );
+        assert_eq!(
+            &lines[4..],
+            [
+                "t s  keys  ops/s  p50 ms  p99 ms  max ms  snapshots  server RSS  data dir      log",
+                "1.0   900    900    1.00    3.00   40.00          1      50 MiB   1.0 MiB  512 KiB",
+                "2.0  1900   1000    1.00    3.00   40.00          1      80 MiB   1.0 MiB  512 KiB",
+                "2.5  2000    200    1.00    3.00   40.00          0      70 MiB   1.0 MiB  512 KiB",
+                "snapshots: 2 (node 1: 2); file write median 5.0 ms, max 6.0 ms; log rewrite median 0.5 ms, max 0.5 ms; largest file 4.9 KiB",
+                "at the end: server RSS 70 MiB (max seen 80 MiB), data dir 1.0 MiB (max seen 1.0 MiB), log 512 KiB (max seen 512 KiB)",
+                "bench RSS: max 30 MiB",
+            ]
+        );
+    }
+
+    #[test]
+    fn growth_json_has_the_timeline_and_the_snapshots() {
+        let s = summary(System::RaftKv, Workload::Grow, vec![grown()]);
+        let j = json(&s, &Setup::default());
+        assert!(
+            j.contains(
+                "\"timeline\":[{\"t\":1.000,\"seconds\":1.000,\"keys\":900,\"ops\":900,\"ops_per_sec\":900.000,\
+                 \"p50_ms\":1.000,\"p99_ms\":3.000,\"max_ms\":40.000,\"rss_bytes\":[52428800],\
+                 \"data_bytes\":[1048576],\"log_bytes\":[524288],\"snapshot_bytes\":[524288]},"
+            ),
+            "{j}"
+        );
+        assert!(
+            j.contains(
+                "\"snapshots\":[{\"member\":\"node 1\",\"t\":0.500,\"index\":1000,\"installed\":false,\
+                 \"state_bytes\":5000,\"file_bytes\":5040,\"write_ms\":4.000,\"rewrite_ms\":0.500},"
+            ),
+            "{j}"
+        );
+        assert!(j.contains("\"snapshots_taken\":2,"), "{j}");
+        assert!(j.contains("\"bench_rss_max_bytes\":31457280,"), "{j}");
     }
 }

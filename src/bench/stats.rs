@@ -1,5 +1,7 @@
-//! Latency percentiles, medians across runs, and CPU time from /proc.
+//! Latency percentiles, medians across runs, CPU time and resident memory
+//! from /proc, the size of a data dir, and the timestamps of the nodes' logs.
 
+use std::path::Path;
 use std::time::Duration;
 
 /// Latency percentiles in milliseconds.
@@ -80,6 +82,130 @@ fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// One member's memory and disk at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Footprint {
+    /// VmRSS, bytes; `None` when the member is not running.
+    pub rss_bytes: Option<u64>,
+    /// Every file in its data dir.
+    pub data_bytes: u64,
+    /// raft-kv's `log` and `snapshot` files; `None` when not there (etcd).
+    pub log_bytes: Option<u64>,
+    pub snapshot_bytes: Option<u64>,
+}
+
+/// Resident memory (VmRSS) of process `pid`, or of this process when `pid` is
+/// `None`, in bytes; `None` where /proc is not there or the process is gone.
+pub fn rss_bytes(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    parse_vm_rss(&std::fs::read_to_string(path).ok()?)
+}
+
+/// The `VmRSS:` line of proc(5)'s status file, which the kernel gives in
+/// kibibytes ("kB"), in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let kib: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => Some(kib * 1024),
+        _ => None,
+    }
+}
+
+/// The bytes a data dir holds: every file's length, in every subdirectory
+/// (etcd keeps its WAL and snapshots in some). Files that vanish while it
+/// looks (a snapshot being replaced) count as empty; a missing dir is 0.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The length of a file, `None` if it is not there.
+pub fn file_bytes(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp as the nodes' logs
+/// start their lines (`2024-05-01T12:00:00.123456789Z`, or with an offset
+/// such as `+02:00` instead of `Z`); `None` if `text` does not start with one.
+pub fn parse_rfc3339(text: &str) -> Option<f64> {
+    let b = text.as_bytes();
+    let digits = |from: usize, len: usize| -> Option<i64> {
+        let part = text.get(from..from + len)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    let mut at = 19;
+    let mut fraction = 0.0;
+    if b.get(at) == Some(&b'.') {
+        let start = at + 1;
+        at = start;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        fraction = format!("0.{}", &text[start..at]).parse().ok()?;
+    }
+    let offset = match b.get(at)? {
+        b'Z' | b'z' => 0,
+        sign @ (b'+' | b'-') => {
+            if b.get(at + 3) != Some(&b':') {
+                return None;
+            }
+            let minutes = digits(at + 1, 2)? * 60 + digits(at + 4, 2)?;
+            if *sign == b'+' {
+                minutes * 60
+            } else {
+                -minutes * 60
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    Some(seconds as f64 + fraction)
+}
+
+/// Days from 1970-01-01 to the given date of the proleptic Gregorian
+/// calendar (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(target_os = "linux")]
@@ -165,5 +291,67 @@ mod tests {
     fn this_process_has_a_cpu_time() {
         assert!(cpu_time(None).is_some());
         assert!(cpu_time(Some(std::process::id())).is_some());
+    }
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\traft-kv\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\nThreads:\t7\n";
+        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
+        assert_eq!(parse_vm_rss("VmRSS:\t0 kB"), Some(0));
+        // A kernel thread has no VmRSS line; an unknown unit is not guessed.
+        assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
+        assert_eq!(parse_vm_rss("VmRSS:\t12 MB\n"), None);
+        assert_eq!(parse_vm_rss("VmRSS:\tmany kB\n"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_has_a_resident_size() {
+        assert!(rss_bytes(None).is_some_and(|b| b > 0));
+        assert_eq!(rss_bytes(Some(u32::MAX)), None);
+    }
+
+    #[test]
+    fn dir_bytes_adds_up_every_file_below() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(dir_bytes(dir.path()), 0);
+        std::fs::write(dir.path().join("log"), [0u8; 100]).unwrap();
+        std::fs::create_dir_all(dir.path().join("member/wal")).unwrap();
+        std::fs::write(dir.path().join("member/wal/0.wal"), [0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("member/x"), b"abc").unwrap();
+        assert_eq!(dir_bytes(dir.path()), 4199);
+        assert_eq!(file_bytes(&dir.path().join("log")), Some(100));
+        assert_eq!(file_bytes(&dir.path().join("snapshot")), None);
+        assert_eq!(dir_bytes(&dir.path().join("nonexistent")), 0);
+    }
+
+    #[test]
+    fn rfc3339_timestamps_of_the_log_lines() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(parse_rfc3339("2000-03-01T00:00:00Z"), Some(951_868_800.0));
+        // Leap day, and the line's text after the stamp is ignored.
+        assert_eq!(
+            parse_rfc3339("2024-02-29T23:59:59.5Z [INFO] node 1 term 2: ..."),
+            Some(1_709_251_199.5)
+        );
+        let t = parse_rfc3339("2026-11-26T23:47:01.215831506Z").unwrap();
+        assert!((t - 1_795_736_821.215_831_5).abs() < 1e-5, "{t}");
+        assert_eq!(
+            parse_rfc3339("1970-01-01T02:00:00+02:00"),
+            parse_rfc3339("1970-01-01T00:00:00Z")
+        );
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some(-1.0));
+        for bad in [
+            "",
+            "[INFO] 2024-02-29T23:59:59Z",
+            "2024-02-29 23:59",
+            "2024-13-01T00:00:00Z",
+            "2024-02-29T24:00:00Z",
+            "2024-02-29T23:59:59",
+            "2024-02-29T23:59:59.Z",
+            "2024-02-29T23:59:59+0200",
+            "2024-0a-29T23:59:59Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
     }
 }

@@ -3,18 +3,20 @@
 //! so latency and throughput are measured together, as by etcd's
 //! `benchmark` tool.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::distributions::Alphanumeric;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Barrier;
 
 use super::client::{BenchClient, NoLeader, Pool};
-use super::local::LocalCluster;
-use super::stats::{self, Percentiles};
+use super::grow::{Growth, RawSample, SnapshotEvent};
+use super::local::{LocalCluster, Probe};
+use super::stats::{self, Footprint, Percentiles};
 use crate::server::interrupt;
 
 /// How long a cluster may take to elect a leader, start a member, or let a
@@ -41,6 +43,9 @@ pub enum Workload {
     ReadThroughput,
     /// 1 writer while the leader is killed --kills times.
     Failover,
+    /// --clients writers write each of --keyspace keys once, so the state
+    /// grows to --keyspace keys, sampled once a second. Not part of `all`.
+    Grow,
 }
 
 impl Workload {
@@ -52,6 +57,16 @@ impl Workload {
         Workload::Failover,
     ];
 
+    /// Every workload, in the order they run: `all`'s, then grow.
+    pub const ORDER: [Workload; 6] = [
+        Workload::Rtt,
+        Workload::WriteLatency,
+        Workload::WriteThroughput,
+        Workload::ReadThroughput,
+        Workload::Failover,
+        Workload::Grow,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Workload::Rtt => "rtt",
@@ -59,6 +74,7 @@ impl Workload {
             Workload::WriteThroughput => "write-throughput",
             Workload::ReadThroughput => "read-throughput",
             Workload::Failover => "failover",
+            Workload::Grow => "grow",
         }
     }
 
@@ -69,15 +85,20 @@ impl Workload {
             Workload::Rtt | Workload::WriteLatency => 5_000,
             Workload::WriteThroughput => 50_000,
             Workload::ReadThroughput => 100_000,
-            Workload::Failover => 0,
+            // Grow writes --keyspace keys; failover runs until its kills are done.
+            Workload::Failover | Workload::Grow => 0,
         }
     }
 }
 
-/// The keys and the value every request uses, made before the clock starts.
+/// The keys and the value every request uses. The value is made before the
+/// clock starts and shared by every request; a key is written into a buffer
+/// its client reuses, so a keyspace of millions costs no memory.
 #[derive(Debug)]
 pub struct Data {
-    pub keys: Vec<String>,
+    pub keyspace: u64,
+    /// Digits after the `b` of every key.
+    key_digits: usize,
     pub value: String,
     pub stale: bool,
 }
@@ -99,20 +120,30 @@ impl Data {
                 digits + 1
             ));
         }
-        let keys = (0..keyspace)
-            .map(|i| format!("b{i:0width$}", width = key_size - 1))
-            .collect();
         // A fixed seed: the same bytes in every run and for every system.
         let value = rand::rngs::SmallRng::seed_from_u64(7)
             .sample_iter(&Alphanumeric)
             .take(value_size)
             .map(char::from)
             .collect();
-        Ok(Data { keys, value, stale })
+        Ok(Data {
+            keyspace: keyspace as u64,
+            key_digits: key_size - 1,
+            value,
+            stale,
+        })
     }
 
-    fn key(&self, n: u64) -> &str {
-        &self.keys[(n % self.keys.len() as u64) as usize]
+    /// Key number `n` modulo the keyspace, written into `buffer`.
+    pub fn key<'a>(&self, n: u64, buffer: &'a mut String) -> &'a str {
+        buffer.clear();
+        let _ = write!(
+            buffer,
+            "b{:0width$}",
+            n % self.keyspace,
+            width = self.key_digits
+        );
+        buffer
     }
 }
 
@@ -136,9 +167,30 @@ pub struct Measured {
     /// writes, from the last one before the kill until the killed member
     /// has restarted and caught up (milliseconds).
     pub gaps_ms: Vec<f64>,
+    /// When the clock started, in seconds since the Unix epoch (to place
+    /// the lines of the members' logs).
+    pub started_unix: f64,
+    /// With --local: each member's name, and its resident memory and data
+    /// dir at the end of the workload.
+    pub member_names: Vec<String>,
+    pub members: Vec<Footprint>,
+    /// With --local: the snapshots the members took (or installed) while it ran.
+    pub snapshots: Vec<SnapshotEvent>,
+    /// Grow: the timeline.
+    pub growth: Option<Growth>,
 }
 
 impl Measured {
+    /// The largest resident memory of any member, bytes.
+    pub fn max_rss(&self) -> Option<u64> {
+        self.members.iter().filter_map(|f| f.rss_bytes).max()
+    }
+
+    /// The largest data dir of any member, bytes.
+    pub fn max_data(&self) -> Option<u64> {
+        self.members.iter().map(|f| f.data_bytes).max()
+    }
+
     pub fn ops_per_sec(&self) -> f64 {
         if self.seconds > 0.0 {
             self.ops as f64 / self.seconds
@@ -240,11 +292,17 @@ pub enum Op {
 }
 
 impl Op {
-    async fn run(self, client: &mut BenchClient, data: &Data, n: u64) -> Result<(), String> {
+    async fn run(
+        self,
+        client: &mut BenchClient,
+        data: &Data,
+        n: u64,
+        key: &mut String,
+    ) -> Result<(), String> {
         match self {
             Op::Status => client.status().await,
-            Op::Put => client.put(data.key(n), &data.value).await,
-            Op::Get => client.get(data.key(n), data.stale).await.map(|_| ()),
+            Op::Put => client.put(data.key(n, key), &data.value).await,
+            Op::Get => client.get(data.key(n, key), data.stale).await.map(|_| ()),
         }
     }
 }
@@ -287,8 +345,7 @@ pub async fn wait_for_leader(
 /// Write every key once, so reads find them; not measured.
 pub async fn preload(pool: &Pool, clients: usize, data: &Arc<Data>) -> Result<(), String> {
     let progress = Progress::new(String::new(), None);
-    let total = data.keys.len() as u64;
-    let loaded = closed_loop(pool, clients, total, Op::Put, data, &progress).await?;
+    let loaded = closed_loop(pool, clients, data.keyspace, Op::Put, data, &progress).await?;
     match loaded.first_error {
         None => Ok(()),
         Some(error) => Err(format!("cannot preload the keys: {error}")),
@@ -305,6 +362,30 @@ pub async fn closed_loop(
     data: &Arc<Data>,
     progress: &Arc<Progress>,
 ) -> Result<Measured, String> {
+    let (measured, _) = sampled_loop(pool, clients, total, op, data, progress, None).await?;
+    Ok(measured)
+}
+
+/// What [`sampled_loop`] saw besides the totals: every operation's
+/// completion time (seconds since the start) and latency (ns), and a
+/// sample of the members once a second.
+pub struct Sampled {
+    pub completions: Vec<(f64, u64)>,
+    pub samples: Vec<RawSample>,
+}
+
+/// [`closed_loop`], and with `probes`, once a second (and at the end) each
+/// probed member's footprint, and when each operation completed.
+pub async fn sampled_loop(
+    pool: &Pool,
+    clients: usize,
+    total: u64,
+    op: Op,
+    data: &Arc<Data>,
+    progress: &Arc<Progress>,
+    probes: Option<&[Probe]>,
+) -> Result<(Measured, Option<Sampled>), String> {
+    let sampling = probes.is_some();
     // Every client connects (and finds the leader) before the clock starts.
     let ready = Arc::new(Barrier::new(clients + 1));
     let next = Arc::new(AtomicU64::new(0));
@@ -318,10 +399,13 @@ pub async fn closed_loop(
             Arc::clone(progress),
         );
         tasks.spawn(async move {
-            let warm_up = op.run(&mut client, &data, i as u64).await;
+            let mut key = String::new();
+            let warm_up = op.run(&mut client, &data, i as u64, &mut key).await;
             ready.wait().await;
             warm_up?;
-            let mut latencies = Vec::with_capacity((total / clients as u64 + 1) as usize);
+            let share = (total / clients as u64 + 1) as usize;
+            let mut latencies = Vec::with_capacity(share);
+            let mut completed = Vec::with_capacity(if sampling { share } else { 0 });
             let (mut errors, mut first_error) = (0, None);
             while !interrupt::happened() {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -329,8 +413,14 @@ pub async fn closed_loop(
                     break;
                 }
                 let sent = Instant::now();
-                match op.run(&mut client, &data, n).await {
-                    Ok(()) => latencies.push(sent.elapsed().as_nanos() as u64),
+                match op.run(&mut client, &data, n, &mut key).await {
+                    Ok(()) => {
+                        let done = Instant::now();
+                        latencies.push((done - sent).as_nanos() as u64);
+                        if sampling {
+                            completed.push(done);
+                        }
+                    }
                     Err(error) => {
                         errors += 1;
                         first_error.get_or_insert(error);
@@ -338,20 +428,51 @@ pub async fn closed_loop(
                 }
                 progress.add(1);
             }
-            Ok::<_, String>((latencies, errors, first_error, Instant::now()))
+            Ok::<_, String>((latencies, completed, errors, first_error, Instant::now()))
         });
     }
     ready.wait().await;
     let started = Instant::now();
+    let started_unix = unix_now();
     let mut measured = Measured {
         clients,
+        started_unix,
         ..Measured::default()
     };
     let mut latencies = Vec::with_capacity(total as usize);
+    let mut completions = Vec::new();
+    let mut samples = Vec::new();
+    let sample = |samples: &mut Vec<RawSample>| {
+        samples.push(RawSample {
+            seconds: started.elapsed().as_secs_f64(),
+            members: probes.unwrap_or(&[]).iter().map(Probe::measure).collect(),
+            bench_rss_bytes: stats::rss_bytes(None),
+        })
+    };
+    let second = Duration::from_secs(1);
+    let mut ticker = tokio::time::interval_at((started + second).into(), second);
+    // A late tick (a busy machine) is taken late, not twice.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut finished = started;
-    while let Some(joined) = tasks.join_next().await {
-        let (mine, errors, first_error, done) =
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => joined,
+            _ = ticker.tick(), if sampling => {
+                sample(&mut samples);
+                continue;
+            }
+        };
+        let Some(joined) = joined else { break };
+        let (mine, completed, errors, first_error, done) =
             joined.map_err(|e| format!("a client task failed: {e}"))??;
+        if sampling {
+            completions.extend(
+                completed
+                    .iter()
+                    .zip(&mine)
+                    .map(|(at, &latency)| ((*at - started).as_secs_f64(), latency)),
+            );
+        }
         latencies.extend(mine);
         measured.errors += errors;
         measured.first_error = measured.first_error.or(first_error);
@@ -363,7 +484,24 @@ pub async fn closed_loop(
     measured.ops = latencies.len() as u64;
     measured.seconds = (finished - started).as_secs_f64();
     measured.latency = Percentiles::of(&mut latencies);
-    Ok(measured)
+    if !sampling {
+        return Ok((measured, None));
+    }
+    sample(&mut samples);
+    Ok((
+        measured,
+        Some(Sampled {
+            completions,
+            samples,
+        }),
+    ))
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Successful writes of the failover writer, by completion time.
@@ -421,8 +559,9 @@ pub async fn failover(
         );
         tokio::spawn(async move {
             let (mut errors, mut first_error, mut n) = (0u64, None, 0);
+            let mut key = String::new();
             while !stop.load(Ordering::Relaxed) && !interrupt::happened() {
-                match client.put(data.key(n), &data.value).await {
+                match client.put(data.key(n, &mut key), &data.value).await {
                     Ok(()) => successes.push(Instant::now()),
                     Err(error) => {
                         errors += 1;
@@ -436,6 +575,7 @@ pub async fn failover(
         })
     };
     let started = Instant::now();
+    let started_unix = unix_now();
     let result = kill_leaders(cluster, pool, kills, &successes, progress).await;
     stop.store(true, Ordering::Relaxed);
     let (errors, first_error) = writer
@@ -450,6 +590,7 @@ pub async fn failover(
         first_error,
         seconds: started.elapsed().as_secs_f64(),
         gaps_ms: gaps.iter().map(|gap| gap.as_secs_f64() * 1e3).collect(),
+        started_unix,
         ..Measured::default()
     })
 }
@@ -588,15 +729,22 @@ mod tests {
     #[test]
     fn keys_have_the_asked_size_and_are_distinct() {
         let data = Data::new(1000, 16, 128, false).unwrap();
-        assert_eq!(data.keys.len(), 1000);
-        assert!(data.keys.iter().all(|k| k.len() == 16));
-        assert_eq!(data.keys[42], "b000000000000042");
-        let mut unique = data.keys.clone();
+        let mut buffer = String::new();
+        let keys: Vec<String> = (0..1000)
+            .map(|n| data.key(n, &mut buffer).to_string())
+            .collect();
+        assert!(keys.iter().all(|k| k.len() == 16));
+        assert_eq!(keys[42], "b000000000000042");
+        let mut unique = keys.clone();
         unique.dedup();
         assert_eq!(unique.len(), 1000);
         assert_eq!(data.value.len(), 128);
         assert!(data.value.bytes().all(|b| b.is_ascii_alphanumeric()));
-        assert_eq!(data.key(1042), "b000000000000042");
+        assert_eq!(data.key(1042, &mut buffer), "b000000000000042");
+        // A million keys, made one at a time: the last fits the key size.
+        let big = Data::new(1_000_000, 16, 128, false).unwrap();
+        assert_eq!(big.key(999_999, &mut buffer), "b000000000999999");
+        assert_eq!(big.key(1_000_000, &mut buffer), "b000000000000000");
         // The value is the same in every run, so both systems get the same bytes.
         assert_eq!(data.value, Data::new(1, 2, 128, false).unwrap().value);
     }
@@ -609,7 +757,12 @@ mod tests {
             error,
             "--key-size 2 is too small for --keyspace 11: distinct keys need at least 3 bytes"
         );
-        assert_eq!(Data::new(1, 2, 0, false).unwrap().keys, ["b0"]);
+        assert_eq!(
+            Data::new(1, 2, 0, false)
+                .unwrap()
+                .key(5, &mut String::new()),
+            "b0"
+        );
         assert!(Data::new(1, 1, 0, false).is_err());
         assert_eq!(Data::new(5, 4, 0, false).unwrap().value, "");
     }
