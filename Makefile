@@ -5,7 +5,8 @@ CARGO ?= cargo
 PEERS := 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 
 .PHONY: build release test lint fmt clean cluster skeleton skeleton-check \
-	test-election test-replication test-persistence test-snapshots test-kv test-e2e bench bench-etcd bench-compare bench-fastpath
+	test-election test-replication test-persistence test-snapshots test-kv test-e2e bench bench-etcd bench-compare bench-fastpath \
+	bench-scaling
 
 build:
 	$(CARGO) build
@@ -87,3 +88,11 @@ bench-compare:
 ## Each part of the fast path turned off in turn, and what it costs (docs/performance.md).
 bench-fastpath: release
 	src/bench/fastpath.sh $(BENCH_FLAGS)
+
+## Scaling and memory: 3 and 5 nodes x 1-256 clients x 128 B / 16 KiB values, and
+## grow to 100k and 1M keys; results and plots in docs/perf (src/bench/scaling.sh).
+## make bench-scaling QUICK=1 tries it with tiny counts; OUT_DIR=dir writes elsewhere.
+QUICK ?= 0
+OUT_DIR ?= docs/perf
+bench-scaling: release
+	QUICK=$(QUICK) OUT_DIR=$(OUT_DIR) src/bench/scaling.sh $(BENCH_FLAGS)
