@@ -437,9 +437,10 @@ def plot_growth(points, path, meta):
         memory.line([(t, v / MIB) for t, v in largest("snapshot_bytes") if v is not None], COLOURS[3],
                     "snapshot file", dash="2,3", markers=False)
         panels += [(ops, "bottom-left"), (latency, "top-left"), (memory, "top-left")]
-    notes = [meta_note(meta) + "; snapshot threshold "
-             + str(runs[0].get("snapshot_threshold")) + " entries; vertical lines: snapshots"]
-    write_svg(path, column_w * len(runs), 30 + 3 * panel_h + 30,
+    notes = [meta_note(meta),
+             f"snapshot threshold {runs[0].get('snapshot_threshold')} entries;"
+             " vertical lines: one member's snapshots"]
+    write_svg(path, column_w * len(runs), 30 + 3 * panel_h + 44,
               "raft-kv: writing new keys as the state grows", panels, notes)
     return True
 

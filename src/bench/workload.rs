@@ -488,6 +488,14 @@ pub async fn sampled_loop(
         return Ok((measured, None));
     }
     sample(&mut samples);
+    // The last interval ends with the last answer, not when the clients
+    // had all been joined.
+    let last_answer = measured.seconds;
+    if let [.., before, last] = &mut samples[..] {
+        last.seconds = last_answer.max(before.seconds);
+    } else if let [only] = &mut samples[..] {
+        only.seconds = last_answer;
+    }
     Ok((
         measured,
         Some(Sampled {
