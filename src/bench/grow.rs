@@ -130,7 +130,7 @@ pub fn intervals(
     if ends.last() != samples.len().checked_sub(1).as_ref() {
         ends.extend(samples.len().checked_sub(1));
     }
-    let mut out = Vec::with_capacity(ends.len());
+    let mut out: Vec<Interval> = Vec::with_capacity(ends.len());
     let (mut from, mut previous_end) = (0, 0.0);
     for (n, &i) in ends.iter().enumerate() {
         let sample = &samples[i];
@@ -139,6 +139,14 @@ pub fn intervals(
         } else {
             from + completions[from..].partition_point(|c| c.0 <= sample.seconds)
         };
+        if to == from && sample.seconds <= previous_end && !out.is_empty() {
+            // Nothing happened in no time (a last sample moved back onto
+            // the one before it): no interval, but the later reading.
+            if let Some(previous) = out.last_mut() {
+                previous.members = sample.members.clone();
+            }
+            continue;
+        }
         let mut latencies: Vec<u64> = completions[from..to].iter().map(|c| c.1).collect();
         out.push(Interval {
             end: sample.seconds,
@@ -348,6 +356,12 @@ mod tests {
         let empty = intervals(&mut none, &samples[..1], 1);
         assert_eq!((empty[0].ops, empty[0].latency), (0, None));
         assert!(intervals(&mut none, &[], 1).is_empty());
+        // A last sample moved back onto the one before it adds no interval.
+        let twice = [sample(1.0, 10), sample(1.0, 12)];
+        let mut one = vec![(0.5, ms(1))];
+        let merged = intervals(&mut one, &twice, 1);
+        assert_eq!((merged.len(), merged[0].ops), (1, 1));
+        assert_eq!(merged[0].max_rss(), Some(12));
     }
 
     const LOG: &str = "\

@@ -488,14 +488,7 @@ pub async fn sampled_loop(
         return Ok((measured, None));
     }
     sample(&mut samples);
-    // The last interval ends with the last answer, not when the clients
-    // had all been joined.
-    let last_answer = measured.seconds;
-    if let [.., before, last] = &mut samples[..] {
-        last.seconds = last_answer.max(before.seconds);
-    } else if let [only] = &mut samples[..] {
-        only.seconds = last_answer;
-    }
+    end_at_last_answer(&mut samples, measured.seconds);
     Ok((
         measured,
         Some(Sampled {
@@ -503,6 +496,17 @@ pub async fn sampled_loop(
             samples,
         }),
     ))
+}
+
+/// The last sample, taken once every client has been joined, is moved back
+/// to the last answer, so the last interval's rate is not diluted by the
+/// joining; never before the sample ahead of it.
+fn end_at_last_answer(samples: &mut [RawSample], last_answer: f64) {
+    match samples {
+        [.., before, last] => last.seconds = last_answer.max(before.seconds),
+        [only] => only.seconds = last_answer,
+        [] => {}
+    }
 }
 
 /// Now, in seconds since the Unix epoch.
@@ -773,6 +777,26 @@ mod tests {
         );
         assert!(Data::new(1, 1, 0, false).is_err());
         assert_eq!(Data::new(5, 4, 0, false).unwrap().value, "");
+    }
+
+    #[test]
+    fn the_last_sample_ends_with_the_last_answer() {
+        let at = |seconds: f64| RawSample {
+            seconds,
+            ..RawSample::default()
+        };
+        let ends = |samples: &[RawSample]| samples.iter().map(|s| s.seconds).collect::<Vec<_>>();
+        let mut samples = [at(1.0), at(2.0), at(2.4)];
+        end_at_last_answer(&mut samples, 2.1);
+        assert_eq!(ends(&samples), [1.0, 2.0, 2.1]);
+        // A tick that came after the last answer: the interval is empty, not negative.
+        let mut samples = [at(1.0), at(2.0), at(2.01)];
+        end_at_last_answer(&mut samples, 1.99);
+        assert_eq!(ends(&samples), [1.0, 2.0, 2.0]);
+        let mut samples = [at(0.6)];
+        end_at_last_answer(&mut samples, 0.5);
+        assert_eq!(ends(&samples), [0.5]);
+        end_at_last_answer(&mut [], 1.0);
     }
 
     #[test]
