@@ -536,7 +536,7 @@ def growth_markdown(runs):
                         or (tenth == max(tenths) and e["t"] > last["t"])]
             rows.append([
                 last["keys"],
-                f"{start:.0f}-{last['t']:.0f}",
+                f"{start:.1f}-{last['t']:.1f}",
                 fmt(ops / seconds if seconds else None),
                 fmt(max_or_none(i.get("p99_ms") for i in chunk), 2),
                 fmt(max_or_none(i.get("max_ms") for i in chunk), 1),
