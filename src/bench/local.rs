@@ -337,10 +337,10 @@ impl Probe {
     pub fn measure(&self) -> Footprint {
         Footprint {
             rss_bytes: self.pid.and_then(|pid| stats::rss_bytes(Some(pid))),
-            data_bytes: stats::dir_bytes(&self.data_dir),
+            data_bytes: stats::dir_disk_bytes(&self.data_dir),
             // raft-kv's files (docs/storage.md); etcd has neither.
-            log_bytes: stats::file_bytes(&self.data_dir.join("log")),
-            snapshot_bytes: stats::file_bytes(&self.data_dir.join("snapshot")),
+            log_bytes: stats::disk_bytes(&self.data_dir.join("log")),
+            snapshot_bytes: stats::disk_bytes(&self.data_dir.join("snapshot")),
         }
     }
 }

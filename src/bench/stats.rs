@@ -84,7 +84,9 @@ fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// One member's memory and disk at one moment.
+/// One member's memory and disk at one moment. Disk is what the files
+/// take on disk (allocated blocks, as `du` counts), not their lengths: the
+/// space raft-kv's `log` is grown ahead into is a hole until written.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Footprint {
     /// VmRSS, bytes; `None` when the member is not running.
@@ -118,21 +120,38 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     }
 }
 
-/// The bytes a data dir holds: every file's length, in every subdirectory
-/// (etcd keeps its WAL and snapshots in some). Files that vanish while it
-/// looks (a snapshot being replaced) count as empty; a missing dir is 0.
-pub fn dir_bytes(dir: &Path) -> u64 {
+/// The bytes a data dir takes on disk: every file's allocated blocks, in
+/// every subdirectory (etcd keeps its WAL and snapshots in some), as `du`
+/// counts them. Files that vanish while it looks (a snapshot being
+/// replaced) count as empty; a missing dir is 0.
+pub fn dir_disk_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
         .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
-            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Ok(kind) if kind.is_dir() => dir_disk_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| allocated(&m)),
             Err(_) => 0,
         })
         .sum()
+}
+
+/// What a file takes on disk (its allocated blocks), `None` if it is not there.
+pub fn disk_bytes(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| allocated(&m))
+}
+
+#[cfg(unix)]
+fn allocated(metadata: &std::fs::Metadata) -> u64 {
+    // st_blocks counts 512-byte units whatever the file system's block size.
+    std::os::unix::fs::MetadataExt::blocks(metadata) * 512
+}
+
+#[cfg(not(unix))]
+fn allocated(metadata: &std::fs::Metadata) -> u64 {
+    metadata.len()
 }
 
 /// The length of a file, `None` if it is not there.
@@ -311,17 +330,30 @@ mod tests {
     }
 
     #[test]
-    fn dir_bytes_adds_up_every_file_below() {
+    fn disk_bytes_count_what_is_written_in_every_file_below() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(dir_bytes(dir.path()), 0);
-        std::fs::write(dir.path().join("log"), [0u8; 100]).unwrap();
+        assert_eq!(dir_disk_bytes(dir.path()), 0);
+        // Written data takes its blocks; a file grown with set_len is a hole
+        // beyond them, as raft-kv's log grown ahead is.
+        let log = dir.path().join("log");
+        std::fs::write(&log, [1u8; 64 << 10]).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        assert_eq!(file_bytes(&log), Some(16 << 20));
+        let on_disk = disk_bytes(&log).unwrap();
+        assert!((64 << 10..1 << 20).contains(&on_disk), "{on_disk}");
         std::fs::create_dir_all(dir.path().join("member/wal")).unwrap();
-        std::fs::write(dir.path().join("member/wal/0.wal"), [0u8; 4096]).unwrap();
-        std::fs::write(dir.path().join("member/x"), b"abc").unwrap();
-        assert_eq!(dir_bytes(dir.path()), 4199);
-        assert_eq!(file_bytes(&dir.path().join("log")), Some(100));
+        std::fs::write(dir.path().join("member/wal/0.wal"), [1u8; 256 << 10]).unwrap();
+        let wal = disk_bytes(&dir.path().join("member/wal/0.wal")).unwrap();
+        assert!(wal >= 256 << 10, "{wal}");
+        assert_eq!(dir_disk_bytes(dir.path()), on_disk + wal);
+        assert_eq!(disk_bytes(&dir.path().join("snapshot")), None);
         assert_eq!(file_bytes(&dir.path().join("snapshot")), None);
-        assert_eq!(dir_bytes(&dir.path().join("nonexistent")), 0);
+        assert_eq!(dir_disk_bytes(&dir.path().join("nonexistent")), 0);
     }
 
     #[test]
