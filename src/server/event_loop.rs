@@ -272,7 +272,9 @@ impl EventLoop {
                 }
             }
         }
-        if self.node.config().fast_path.batching {
+        if batch.is_empty() {
+            // Only Status calls this turn: nothing to propose.
+        } else if self.node.config().fast_path.batching {
             self.node.client_requests(batch);
         } else {
             for request in batch {
