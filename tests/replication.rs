@@ -132,6 +132,35 @@ fn batch_is_one_append_and_one_fsync_5_3() {
     }
 }
 
+/// The two halves of the fast path apart: without batching every write is
+/// its own append and its own AppendEntries, but group commit still makes
+/// all the writes given to the leader at once cost it one fsync; with group
+/// commit off as well, one each. Every write commits either way.
+#[test]
+fn group_commit_without_batching_is_one_fsync_per_batch() {
+    for (group_commit, fsyncs) in [(true, 1), (false, 100)] {
+        let mut config = SimConfig::new(3, 7);
+        config.fast_path.batching = false;
+        config.fast_path.group_commit = group_commit;
+        let mut c = Cluster::new(config);
+        let leader = c.elect(200);
+        c.ticks(10);
+        let before = c.disk(leader).fsyncs();
+        let ids = c.requests(
+            leader,
+            (0..100).map(|i| set(&format!("k{i}"), "v")).collect(),
+        );
+        assert_eq!(
+            c.disk(leader).fsyncs() - before,
+            fsyncs,
+            "group commit {group_commit}"
+        );
+        for id in ids {
+            assert_eq!(c.wait_response(id, 200), Some(Ok(ClientResponse::Set)));
+        }
+    }
+}
+
 fn session_set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientRequest {
     ClientRequest::Set {
         key: key.into(),

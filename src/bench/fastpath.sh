@@ -22,6 +22,7 @@ configs=(
   "everything on|"
   "no group commit|--fast-path-off group-commit"
   "no batching|--fast-path-off batching"
+  "no batching, no group commit|--fast-path-off batching,group-commit"
   "no pipelining|--fast-path-off pipelining"
   "no parallel leader write|--fast-path-off parallel-write"
   "no shared read rounds|--fast-path-off read-rounds"

@@ -194,6 +194,27 @@ impl RaftNode {
     /// Returns the index of the first new entry.
     pub(super) fn append_as_leader(&mut self, commands: Vec<Command>) -> u64 {
         let first = self.log.last_index() + 1;
+        if self.config.fast_path.batching {
+            // One append and one AppendEntries per follower for all of them.
+            self.append_and_send(commands);
+        } else {
+            for command in commands {
+                self.append_and_send(vec![command]);
+                if !self.config.fast_path.group_commit {
+                    self.outbox.flush();
+                    self.log.sync();
+                }
+            }
+        }
+        // Group commit: one fsync for everything appended above.
+        self.outbox.flush();
+        self.log.sync();
+        self.advance_commit_index();
+        first
+    }
+
+    fn append_and_send(&mut self, commands: Vec<Command>) {
+        let first = self.log.last_index() + 1;
         let term = self.current_term;
         let entries: Vec<Entry> = commands
             .into_iter()
@@ -210,10 +231,6 @@ impl RaftNode {
             self.log.sync();
         }
         self.broadcast_append_entries(false);
-        self.outbox.flush();
-        self.log.sync();
-        self.advance_commit_index();
-        first
     }
 
     /// All Servers: "If commitIndex > lastApplied: increment lastApplied,

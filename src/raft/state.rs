@@ -113,9 +113,12 @@ pub struct RaftConfig {
 /// measure what each is worth. (Pipelining is `max_in_flight > 1`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastPath {
-    /// `step_batch` syncs once for all its messages, not after each one
+    /// one fsync for every entry appended in one event-loop turn: a
+    /// follower's `step_batch` syncs once for all its messages, a leader
+    /// once for all the commands it is given at once
     pub group_commit: bool,
-    /// the runtime gives the core every waiting client request at once
+    /// every client write given to the leader at once becomes one append and
+    /// one AppendEntries per follower, rather than one per write
     pub batching: bool,
     /// the leader sends AppendEntries before its own fsync, not after
     /// (dissertation §10.2.1)

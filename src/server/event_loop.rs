@@ -256,7 +256,8 @@ impl EventLoop {
 
     /// Take `first` and every call already waiting, and give all the client
     /// requests among them to the core in one batch: one append, one fsync,
-    /// one AppendEntries per follower for all of them.
+    /// one AppendEntries per follower for all of them (unless
+    /// `--fast-path-off` says otherwise: `RaftNode::append_as_leader`).
     fn on_client_calls(&mut self, first: ClientCall) {
         let mut batch = Vec::new();
         for call in std::iter::once(first).chain(self.inputs.client_calls.try_iter()) {
@@ -272,14 +273,8 @@ impl EventLoop {
                 }
             }
         }
-        if batch.is_empty() {
-            // Only Status calls this turn: nothing to propose.
-        } else if self.node.config().fast_path.batching {
+        if !batch.is_empty() {
             self.node.client_requests(batch);
-        } else {
-            for request in batch {
-                self.node.client_requests(vec![request]);
-            }
         }
     }
 
