@@ -161,15 +161,7 @@ impl StateMachine {
             }
         }
         let pair_len = |key, value| field_len(1, key) + field_len(2, value);
-        let sessions: Vec<pb::Session> = self
-            .sessions
-            .iter()
-            .map(|(&client_id, s)| pb::Session {
-                client_id,
-                sequence: s.sequence,
-                existed: s.existed,
-            })
-            .collect();
+        let sessions = self.session_messages();
         let size = self
             .data
             .iter()
@@ -196,6 +188,17 @@ impl StateMachine {
             message::encode(2, session, &mut buf);
         }
         buf
+    }
+
+    fn session_messages(&self) -> Vec<pb::Session> {
+        self.sessions
+            .iter()
+            .map(|(&client_id, s)| pb::Session {
+                client_id,
+                sequence: s.sequence,
+                existed: s.existed,
+            })
+            .collect()
     }
 
     /// Rebuild the state machine from a snapshot (Figure 13 step 8).
@@ -257,15 +260,7 @@ mod tests {
                     value: value.clone(),
                 })
                 .collect(),
-            sessions: state
-                .sessions
-                .iter()
-                .map(|(&client_id, s)| pb::Session {
-                    client_id,
-                    sequence: s.sequence,
-                    existed: s.existed,
-                })
-                .collect(),
+            sessions: state.session_messages(),
         }
         .encode_to_vec();
         let bytes = state.snapshot();
