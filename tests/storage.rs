@@ -5,7 +5,6 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use prost::Message as _;
 use raft_kv::kv::encode_command;
@@ -50,11 +49,10 @@ fn term(current_term: Term) -> HardState {
     }
 }
 
-/// Where each record in `log` ends: the file is grown ahead of them, and
-/// the rest reads as zeros (docs/storage.md).
-fn record_ends(dir: &Path) -> Vec<u64> {
+/// Where the records in `log` end: the file is grown ahead of them, and the
+/// rest reads as zeros (docs/storage.md).
+fn log_end(dir: &Path) -> u64 {
     let bytes = fs::read(dir.join("log")).unwrap();
-    let mut ends = Vec::new();
     let mut at = 8;
     while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
@@ -62,18 +60,8 @@ fn record_ends(dir: &Path) -> Vec<u64> {
             break;
         }
         at += 8 + len;
-        ends.push(at as u64);
     }
-    ends
-}
-
-/// Where the records in `log` end.
-fn log_end(dir: &Path) -> u64 {
-    record_ends(dir).last().copied().unwrap_or(8)
-}
-
-fn records_in_log(dir: &Path) -> usize {
-    record_ends(dir).len()
+    at as u64
 }
 
 /// A fresh dir holding current_term `term` and the entries, each appended
@@ -620,99 +608,6 @@ fn a_compaction_interrupted_by_a_crash_is_finished_at_open() {
     storage.sync().unwrap();
     drop(storage);
     assert_eq!(reopen(short.path()).entries, [set(9, 1)]);
-}
-
-/// A snapshot of the node's own state is written by a background thread
-/// (`save_own_snapshot`): appends go on meanwhile, the log is compacted once
-/// the snapshot is durable, and a snapshot from the leader waits for it.
-#[test]
-fn an_own_snapshot_is_written_in_the_background_while_appends_go_on() {
-    let log = entries(1..=10, 1);
-    let (dir, _) = dir_with(1, &log);
-    let own = |last_included_index| Snapshot {
-        last_included_index,
-        last_included_term: 1,
-        data: vec![7; 3 << 20],
-    };
-    let mut storage = open(dir.path());
-    storage.save_own_snapshot(Arc::new(own(6))).unwrap();
-    storage.append(&entries(11..=12, 1)).unwrap();
-    storage.sync().unwrap();
-    // Refused at once, as save_snapshot would: it goes back.
-    let error = storage.save_own_snapshot(Arc::new(own(5))).unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
-    drop(storage);
-    let recovered = reopen(dir.path());
-    assert_eq!(recovered.snapshot, Some(own(6)));
-    assert_eq!(recovered.entries, entries(7..=12, 1));
-
-    // The compaction happens in the node's own calls once the write is done.
-    let mut storage = open(dir.path());
-    storage.save_own_snapshot(Arc::new(own(9))).unwrap();
-    let before = log_end(dir.path());
-    let waited = std::time::Instant::now();
-    while log_end(dir.path()) >= before {
-        assert!(
-            waited.elapsed().as_secs() < 30,
-            "the log was never compacted"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        storage.sync().unwrap();
-    }
-    assert_eq!(records_in_log(dir.path()), 3, "entries 10..=12");
-    // A snapshot from the leader (Figure 13 step 7) after an own one still
-    // being written: one at a time, in order.
-    storage.save_own_snapshot(Arc::new(own(12))).unwrap();
-    let leaders = Snapshot {
-        last_included_index: 40,
-        last_included_term: 1,
-        data: b"through 40".to_vec(),
-    };
-    storage.save_snapshot(&leaders, false).unwrap();
-    storage.append(&[set(41, 1)]).unwrap();
-    storage.sync().unwrap();
-    drop(storage);
-    let recovered = reopen(dir.path());
-    assert_eq!(recovered.snapshot, Some(leaders));
-    assert_eq!(recovered.entries, [set(41, 1)]);
-}
-
-/// Until the background write is done, the dir holds the previous snapshot
-/// and the whole log (plus perhaps a half-written `snapshot.tmp`); from the
-/// rename on, the new snapshot and a log that still has what it covers. A
-/// crash at any moment must recover one of the two, with every entry.
-#[test]
-fn a_crash_during_a_background_snapshot_write_loses_nothing() {
-    let log = entries(1..=10, 1);
-    let (dir, _) = dir_with(1, &log);
-    let snapshot = Snapshot {
-        last_included_index: 6,
-        last_included_term: 1,
-        data: vec![7; 8 << 20],
-    };
-    let mut storage = open(dir.path());
-    storage
-        .save_own_snapshot(Arc::new(snapshot.clone()))
-        .unwrap();
-    // "Crash" by copying the dir while the thread writes, several times.
-    let mut seen = Vec::new();
-    for _ in 0..20 {
-        let copy = TempDir::new().unwrap();
-        for file in ["hardstate", "log", "snapshot", "snapshot.tmp"] {
-            let _ = fs::copy(dir.path().join(file), copy.path().join(file));
-        }
-        let recovered = reopen(copy.path());
-        match &recovered.snapshot {
-            None => assert_eq!(recovered.entries, log),
-            Some(s) => {
-                assert_eq!(s, &snapshot);
-                assert_eq!(recovered.entries, log[6..]);
-            }
-        }
-        seen.push(recovered.snapshot.is_some());
-    }
-    drop(storage);
-    assert_eq!(reopen(dir.path()).snapshot, Some(snapshot), "seen {seen:?}");
 }
 
 /// Figure 13 steps 6–7 across a crash: a snapshot from the leader whose

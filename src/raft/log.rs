@@ -8,8 +8,6 @@
 //! method that makes it, so no caller can forget to persist (Figure 2:
 //! "updated on stable storage before responding to RPCs").
 
-use std::sync::Arc;
-
 use super::message::{LogIndex, Term};
 use super::storage::{HardState, Snapshot, Storage};
 
@@ -62,7 +60,7 @@ pub struct Log {
     /// term of that entry
     snapshot_term: Term,
     /// the latest snapshot, kept to send to followers that lag behind it
-    snapshot: Option<Arc<Snapshot>>,
+    snapshot: Option<Snapshot>,
     /// entries snapshot_index+1 ..= last_index
     entries: Vec<Entry>,
     /// entries up to here are on stable storage (see `append_unsynced`)
@@ -115,7 +113,7 @@ impl Log {
             storage,
             snapshot_index,
             snapshot_term,
-            snapshot: recovered.snapshot.map(Arc::new),
+            snapshot: recovered.snapshot,
             entries,
             durable_index,
             deferring_sync: false,
@@ -153,7 +151,7 @@ impl Log {
     }
 
     pub fn snapshot(&self) -> Option<&Snapshot> {
-        self.snapshot.as_deref()
+        self.snapshot.as_ref()
     }
 
     /// The first index still held as an entry (not compacted into the snapshot).
@@ -293,30 +291,13 @@ impl Log {
     /// log already has the snapshot's last entry); otherwise the whole log is
     /// discarded (step 7). Durable when this returns.
     pub fn install_snapshot(&mut self, snapshot: Snapshot, keep_suffix: bool) {
+        let index = snapshot.last_included_index;
         // The storage makes the snapshot durable before it trims the log: a
         // crash in between leaves both, and `recover` reconciles them.
-        let keep_suffix = keep_suffix && snapshot.last_included_index <= self.last_index();
+        let keep_suffix = keep_suffix && index <= self.last_index();
         self.storage
             .save_snapshot(&snapshot, keep_suffix)
             .unwrap_or_else(|e| fatal("saving a snapshot", e));
-        self.discard_covered(Arc::new(snapshot), keep_suffix);
-    }
-
-    /// Compact the log with a snapshot of this server's own applied state
-    /// (§7). The storage may write it in the background; so that a crash
-    /// meanwhile loses nothing, every entry is made durable first — the log
-    /// on disk keeps the covered ones until the snapshot is.
-    pub fn compact(&mut self, snapshot: Snapshot) {
-        self.sync();
-        let snapshot = Arc::new(snapshot);
-        self.storage
-            .save_own_snapshot(Arc::clone(&snapshot))
-            .unwrap_or_else(|e| fatal("saving a snapshot", e));
-        self.discard_covered(snapshot, true);
-    }
-
-    fn discard_covered(&mut self, snapshot: Arc<Snapshot>, keep_suffix: bool) {
-        let index = snapshot.last_included_index;
         if keep_suffix {
             self.entries.drain(..(index - self.snapshot_index) as usize);
         } else {

@@ -71,16 +71,6 @@ pub trait Storage: Send {
     /// trimmed one — never a suffix without the entry that shows whether it
     /// agrees with the snapshot.
     fn save_snapshot(&mut self, snapshot: &Snapshot, keep_suffix: bool) -> io::Result<()>;
-    /// `save_snapshot(snapshot, true)` for a snapshot this node took of its
-    /// own applied state (§7), which the storage may finish later, off the
-    /// caller's thread, so that writing a large snapshot does not stall the
-    /// node (the paper's §7 asks that it not delay normal operations). The
-    /// caller must have synced the log first: until the snapshot is durable
-    /// a crash leaves the previous snapshot and the whole log, which recover
-    /// to the same state, and nothing this node told others depends on it.
-    fn save_own_snapshot(&mut self, snapshot: Arc<Snapshot>) -> io::Result<()> {
-        self.save_snapshot(&snapshot, true)
-    }
 }
 
 /// The simulated disk of the test harness: what `sync` (or a durable method)

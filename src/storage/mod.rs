@@ -18,9 +18,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{info, warn};
 
@@ -74,18 +72,6 @@ pub struct FileStorage {
     truncated_unsynced: bool,
     /// What `open` read, handed over by the first `recover`.
     recovered: Option<Recovered>,
-    /// A snapshot of the node's own that a background thread is writing
-    /// (`save_own_snapshot`).
-    snapshot_write: Option<SnapshotWrite>,
-}
-
-/// `snapshot.tmp` being written, fsynced and renamed into place by a thread
-/// of its own; the log keeps the entries it covers until it is done.
-struct SnapshotWrite {
-    index: LogIndex,
-    bytes: usize,
-    /// How long the file took to write, or why it failed.
-    thread: JoinHandle<io::Result<Duration>>,
 }
 
 impl fmt::Debug for FileStorage {
@@ -391,7 +377,6 @@ impl FileStorage {
             snapshot_index,
             unsynced: false,
             truncated_unsynced: false,
-            snapshot_write: None,
             recovered: None,
         };
         let mut entries = scanned.entries;
@@ -516,71 +501,6 @@ impl FileStorage {
         }
         self.rewrite_log(index + 1)
     }
-
-    /// Refuse a snapshot that would go back, or run ahead of the hard state.
-    fn check_snapshot(&self, snapshot: &Snapshot) -> io::Result<()> {
-        let index = snapshot.last_included_index;
-        if index == 0 {
-            return Err(invalid_input(
-                "a snapshot must cover at least entry 1".into(),
-            ));
-        }
-        if index < self.snapshot_index {
-            return Err(invalid_input(format!(
-                "snapshot through {index} is older than the stored one through {}",
-                self.snapshot_index
-            )));
-        }
-        if snapshot.last_included_term > self.hard_state.current_term {
-            return Err(invalid_input(format!(
-                "snapshot of term {} is newer than current_term {} (save the hard state first)",
-                snapshot.last_included_term, self.hard_state.current_term
-            )));
-        }
-        Ok(())
-    }
-
-    /// If the background snapshot write is done (or, with `wait`, once it
-    /// is), take the snapshot as stored and drop the entries it covers from
-    /// `log`: only now that the snapshot is durable may they go (§7).
-    fn finish_snapshot_write(&mut self, wait: bool) -> io::Result<()> {
-        match &self.snapshot_write {
-            Some(write) if wait || write.thread.is_finished() => {}
-            _ => return Ok(()),
-        }
-        let write = self.snapshot_write.take().expect("matched above");
-        let written = write
-            .thread
-            .join()
-            .map_err(|_| io::Error::other("the snapshot writer thread panicked"))??;
-        self.snapshot_index = write.index;
-        let started = Instant::now();
-        self.drop_covered_entries(write.index, true)?;
-        log_snapshot_cost(write.bytes, written, started.elapsed());
-        Ok(())
-    }
-}
-
-/// What a snapshot costs, for `raft-kv bench`'s grow workload
-/// (docs/performance.md), which reads this line from the node's log.
-fn log_snapshot_cost(bytes: usize, written: Duration, rewritten: Duration) {
-    info!(
-        "snapshot file written: {bytes} bytes in {:.1} ms, log rewritten in {:.1} ms",
-        written.as_secs_f64() * 1e3,
-        rewritten.as_secs_f64() * 1e3
-    );
-}
-
-impl Drop for FileStorage {
-    /// A snapshot write in flight finishes before the lock is let go, so
-    /// that no other server can open the dir while this one still writes.
-    fn drop(&mut self) {
-        if let Some(write) = self.snapshot_write.take() {
-            if let Ok(Err(error)) = write.thread.join() {
-                warn!("{}: writing a snapshot: {error}", self.dir.display());
-            }
-        }
-    }
 }
 
 impl Storage for FileStorage {
@@ -633,7 +553,6 @@ impl Storage for FileStorage {
         if entries.is_empty() {
             return Ok(());
         }
-        self.finish_snapshot_write(false)?;
         self.check_append(entries)?;
         let mut buffer = Vec::new();
         let mut records = Vec::with_capacity(entries.len());
@@ -691,7 +610,6 @@ impl Storage for FileStorage {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.finish_snapshot_write(false)?;
         if !self.unsynced {
             return Ok(());
         }
@@ -705,10 +623,24 @@ impl Storage for FileStorage {
     }
 
     fn save_snapshot(&mut self, snapshot: &Snapshot, keep_suffix: bool) -> io::Result<()> {
-        // One snapshot write at a time, in order.
-        self.finish_snapshot_write(true)?;
-        self.check_snapshot(snapshot)?;
         let index = snapshot.last_included_index;
+        if index == 0 {
+            return Err(invalid_input(
+                "a snapshot must cover at least entry 1".into(),
+            ));
+        }
+        if index < self.snapshot_index {
+            return Err(invalid_input(format!(
+                "snapshot through {index} is older than the stored one through {}",
+                self.snapshot_index
+            )));
+        }
+        if snapshot.last_included_term > self.hard_state.current_term {
+            return Err(invalid_input(format!(
+                "snapshot of term {} is newer than current_term {} (save the hard state first)",
+                snapshot.last_included_term, self.hard_state.current_term
+            )));
+        }
         let header = format::encode_snapshot_header(snapshot);
         let started = Instant::now();
         replace_atomically(&self.dir, SNAPSHOT_FILE, |f| {
@@ -720,36 +652,14 @@ impl Storage for FileStorage {
         // Only now that the snapshot is durable may the entries it covers go
         // (§7); a crash before the rewrite leaves both, and `open` finishes it.
         self.drop_covered_entries(index, keep_suffix)?;
-        log_snapshot_cost(
+        // What a snapshot costs the node's event loop, for `raft-kv bench`'s
+        // grow workload (docs/performance.md).
+        info!(
+            "snapshot file written: {} bytes in {:.1} ms, log rewritten in {:.1} ms",
             header.len() + snapshot.data.len(),
-            written,
-            started.elapsed() - written,
+            written.as_secs_f64() * 1e3,
+            (started.elapsed() - written).as_secs_f64() * 1e3
         );
-        Ok(())
-    }
-
-    fn save_own_snapshot(&mut self, snapshot: Arc<Snapshot>) -> io::Result<()> {
-        self.finish_snapshot_write(true)?;
-        self.check_snapshot(&snapshot)?;
-        let index = snapshot.last_included_index;
-        let header = format::encode_snapshot_header(&snapshot);
-        let bytes = header.len() + snapshot.data.len();
-        let dir = self.dir.clone();
-        let thread = thread::Builder::new()
-            .name("snapshot-writer".into())
-            .spawn(move || {
-                let started = Instant::now();
-                replace_atomically(&dir, SNAPSHOT_FILE, |f| {
-                    f.write_all(&header)?;
-                    f.write_all(&snapshot.data)
-                })?;
-                Ok(started.elapsed())
-            })?;
-        self.snapshot_write = Some(SnapshotWrite {
-            index,
-            bytes,
-            thread,
-        });
         Ok(())
     }
 }
