@@ -136,10 +136,10 @@ fn batch_is_one_append_and_one_fsync_5_3() {
     assert_eq!(fsyncs, 1, "one fsync for the whole batch");
 }
 
-/// The two halves of the fast path apart: without batching every write is
-/// its own append and its own AppendEntries, but group commit still makes
-/// all the writes given to the leader at once cost it one fsync; with group
-/// commit off as well, one each. Every write commits either way.
+/// The two halves of the fast path apart, counted in the leader's fsyncs:
+/// without batching every write is its own append, but group commit still
+/// makes all the writes given to the leader at once cost it one fsync; with
+/// group commit off as well, one each. Every write commits either way.
 #[test]
 fn group_commit_without_batching_is_one_fsync_per_batch() {
     for (group_commit, expected) in [(true, 1), (false, 100)] {
