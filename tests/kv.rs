@@ -851,3 +851,88 @@ fn sessions_survive_snapshot_and_restart_6_3() {
         );
     }
 }
+
+/// Dissertation §6.4, a regression: a reply confirms leadership only for a
+/// request of the leader's current term. Read rounds start again at 0 in
+/// every term, so a rejection of an old-term heartbeat that echoed its read
+/// round would confirm the same-numbered round of a later term of the same
+/// leader. The schedule: L leads term t at read round R; one heartbeat of
+/// round R to B is held back; L loses and regains leadership (term t+2 or
+/// later); the old heartbeat reaches B, which rejects it in that term; L is
+/// cut off, the
+/// others elect a leader and acknowledge a newer write; a read at L, which
+/// still believes it leads, must not be answered with the old value.
+#[test]
+fn a_reply_to_an_old_term_heartbeat_confirms_no_read_round_6_4() {
+    for seed in seeds(10) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        let l = c.elect(200);
+        assert_eq!(
+            c.submit(set("k", "old", 1, 1), 200),
+            Some(Ok(ClientResponse::Set))
+        );
+        c.converge(50);
+        for _ in 0..3 {
+            assert_eq!(c.submit(get("k"), 50), Some(value("old")));
+        }
+        let b = c.ids().into_iter().find(|&id| id != l).unwrap();
+        let n = c.node(l);
+        let Role::Leader(leader) = n.role() else {
+            panic!("n{l} leads")
+        };
+        assert!(leader.read_round >= 3, "the reads started read rounds");
+        let held_back = Message::AppendEntries(AppendEntries {
+            term: n.current_term(),
+            leader_id: l,
+            prev_log_index: n.log().last_index(),
+            prev_log_term: n.log().last_term(),
+            entries: vec![],
+            leader_commit: n.commit_index(),
+            read_round: leader.read_round,
+        });
+        let t = n.current_term();
+
+        // L loses leadership (t+1) and wins it back (t+2), its timer alone
+        // running out.
+        c.crash(l);
+        assert!(c.run_until(300, |c| c.leader().is_some()));
+        c.restart(l);
+        c.converge(100);
+        let follower_term = c.node(l).current_term();
+        while !matches!(c.node(l).role(), Role::Candidate { .. }) {
+            c.with_node(l, |n| n.tick());
+        }
+        c.tick();
+        assert!(c.node(l).is_leader(), "n{l} won the election it started");
+        assert!(c.node(l).current_term() == follower_term + 1 && follower_term > t);
+
+        // The held-back heartbeat of term t reaches B, now in L's new term.
+        let reply = c
+            .with_node(b, |n| n.step(l, held_back))
+            .expect("a request is answered");
+        c.with_node(l, |n| {
+            n.step(b, reply);
+        });
+
+        // L is cut off; the others elect a leader and acknowledge a write.
+        c.isolate(l);
+        assert!(c.run_until(300, |c| c.leaders().iter().any(|&x| x != l)));
+        let new = c.leaders().into_iter().find(|&x| x != l).unwrap();
+        let write = c.request(new, set("k", "new", 1, 2));
+        assert_eq!(c.wait_response(write, 50), Some(Ok(ClientResponse::Set)));
+        assert!(c.node(l).is_leader(), "check-quorum has not fired yet");
+
+        let read = c.request(l, get("k"));
+        c.ticks(100);
+        assert!(
+            matches!(
+                c.response(read),
+                None | Some(Err(
+                    ClientError::LeadershipLost | ClientError::NotLeader { .. }
+                ))
+            ),
+            "the cut-off leader answered {:?} after `new` was acknowledged",
+            c.response(read)
+        );
+    }
+}

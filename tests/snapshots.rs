@@ -295,8 +295,9 @@ fn restarted_node_starts_from_its_snapshot_7() {
 /// Figure 13 receiver steps 2–4: a chunk is written only where it continues
 /// what the follower holds ("write data into snapshot file at given
 /// offset"); one that skips ahead or repeats — reordered or duplicated on the
-/// network — is not, and the reply says where to resume. A chunk at offset 0
-/// starts the file over. What is installed is exactly the leader's snapshot.
+/// network — is not, and the reply says where to resume. A first chunk sent
+/// again keeps what has arrived; the first chunk of another snapshot starts
+/// the file over. What is installed is exactly the leader's snapshot.
 #[test]
 fn chunks_written_only_at_their_offset_figure_13() {
     let mut c = Cluster::new(config(3, 1));
@@ -341,7 +342,23 @@ fn chunks_written_only_at_their_offset_figure_13() {
         (2 * CHUNK, false),
         "a repeated chunk was written twice"
     );
-    assert_eq!(send(&mut c, 0), (CHUNK, false), "offset 0 starts over");
+    assert_eq!(
+        send(&mut c, 0),
+        (2 * CHUNK, false),
+        "the first chunk sent again threw away what had arrived"
+    );
+    let other = InstallSnapshot {
+        last_included_index: snapshot.last_included_index + 1,
+        ..chunk(0)
+    };
+    let reply = c.with_node(follower, |n| n.handle_install_snapshot(other));
+    assert_eq!(reply.next_offset, CHUNK as u64);
+    assert_eq!(send(&mut c, 2), (0, false), "another snapshot had started");
+    assert_eq!(
+        send(&mut c, 0),
+        (CHUNK, false),
+        "its first chunk starts over"
+    );
     for i in 1..chunks - 1 {
         assert_eq!(send(&mut c, i), ((i + 1) * CHUNK, false));
     }

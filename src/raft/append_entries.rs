@@ -1,6 +1,8 @@
 //! Figure 2 "AppendEntries RPC", the leader's rules for replicating its log
 //! (§5.3), and the commit rule (§5.3, §5.4.2, Figure 8).
 
+use log::warn;
+
 use super::message::{AppendEntries, AppendEntriesReply, Message, NodeId};
 use super::state::{RaftNode, Role};
 
@@ -41,9 +43,7 @@ impl RaftNode {
         let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
         if next_index <= self.log.snapshot_index() {
             // The entries the follower needs are compacted away (§7).
-            if always || flow.snapshot_offset.is_none() {
-                self.send_snapshot_chunk(peer);
-            }
+            self.send_snapshot_chunk(peer, always);
             return;
         }
         let has_new_entries = next_index <= self.log.last_index();
@@ -71,8 +71,8 @@ impl RaftNode {
             }
             entries.push(entry.clone());
         }
+        flow.in_flight += 1;
         if let Some(last) = entries.last() {
-            flow.in_flight += 1;
             if !flow.probing {
                 // Pipelining: assume these arrive and send what follows next
                 // time without waiting; a rejection resets next_index.
@@ -111,14 +111,17 @@ impl RaftNode {
     pub fn handle_append_entries(&mut self, request: AppendEntries) -> AppendEntriesReply {
         let mut reply = AppendEntriesReply {
             term: self.current_term,
+            request_term: request.term,
             success: false,
             match_index: 0,
             conflict_term: 0,
             conflict_index: 0,
             read_round: request.read_round,
         };
-        // 1. "Reply false if term < currentTerm (§5.1)".
+        // 1. "Reply false if term < currentTerm (§5.1)". The sender is no
+        // longer leader of our term: its read round is confirmed by nothing.
         if request.term < self.current_term {
+            reply.read_round = 0;
             return reply;
         }
         // The sender is the leader of our term. Candidates: "If AppendEntries
@@ -165,6 +168,7 @@ impl RaftNode {
                 // but different terms), delete the existing entry and all that
                 // follow it (§5.3)".
                 Some(_) => {
+                    // `refusal` turned away any message that could get here.
                     assert!(
                         entry.index > self.commit_index,
                         "a committed entry ({}) conflicts with the leader's log",
@@ -198,16 +202,25 @@ impl RaftNode {
     /// The leader's handling of an AppendEntries reply (Figure 2 "Rules for
     /// Servers / Leaders").
     pub(super) fn handle_append_entries_reply(&mut self, from: NodeId, reply: AppendEntriesReply) {
-        if !self.is_current(reply.term) {
+        // Only a reply to a request of our current term says anything about
+        // it; an older request's reply may carry our term all the same.
+        if !self.is_current(reply.term) || !self.is_current(reply.request_term) {
             return;
         }
         let last_index = self.log.last_index();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
+        if reply.success && reply.match_index > last_index {
+            warn!(
+                "node {} term {}: ignored an AppendEntries reply from {from} matching entry {}, past our last entry {last_index}",
+                self.config.id, self.current_term, reply.match_index
+            );
+            return;
+        }
         leader.heard_from.insert(from);
-        // Any reply in our term confirms we were still leader when the
-        // follower saw the round it echoes (dissertation §6.4).
+        // A reply to a request of our term confirms we were still leader
+        // when the follower saw the round it echoes (dissertation §6.4).
         let acked = leader.acked_read_round.entry(from).or_insert(0);
         *acked = (*acked).max(reply.read_round);
         let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
@@ -241,7 +254,7 @@ impl RaftNode {
                 *next_index = hinted.min(last_index + 1);
                 flow.probing = true;
                 flow.in_flight = 0;
-                flow.snapshot_offset = None;
+                flow.snapshot = None;
                 self.send_append_entries(from, true);
             }
         }

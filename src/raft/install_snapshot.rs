@@ -3,7 +3,7 @@
 use log::{info, warn};
 
 use super::message::{InstallSnapshot, InstallSnapshotReply, Message, NodeId};
-use super::state::{RaftNode, Role};
+use super::state::{IncomingSnapshot, RaftNode, Role, SnapshotTransfer};
 use super::storage::Snapshot;
 use crate::kv::StateMachine;
 
@@ -40,10 +40,13 @@ impl RaftNode {
         // END SOLUTION
     }
 
-    /// Send the next chunk of our snapshot to a follower that needs entries
-    /// we have compacted away (§7: "the leader must occasionally send
-    /// snapshots to followers that lag behind").
-    pub(super) fn send_snapshot_chunk(&mut self, peer: NodeId) {
+    /// Send our snapshot to a follower that needs entries we have compacted
+    /// away (§7: "the leader must occasionally send snapshots to followers
+    /// that lag behind"), one chunk at a time: the next chunk leaves when the
+    /// follower has answered this one. With `resend` (a heartbeat), a chunk
+    /// unanswered for a whole heartbeat interval is presumed lost and sent
+    /// again.
+    pub(super) fn send_snapshot_chunk(&mut self, peer: NodeId, resend: bool) {
         // BEGIN SOLUTION snapshots
         let chunk_bytes = self.config.snapshot_chunk_bytes;
         let Role::Leader(leader) = &mut self.role else {
@@ -51,9 +54,23 @@ impl RaftNode {
         };
         let snapshot = self.log.snapshot().expect("a compacted log has a snapshot");
         let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
-        let offset = *flow.snapshot_offset.get_or_insert(0);
-        let start = (offset as usize).min(snapshot.data.len());
+        let transfer = match &mut flow.snapshot {
+            Some(t) if t.last_included_index == snapshot.last_included_index => t,
+            other => other.insert(SnapshotTransfer {
+                last_included_index: snapshot.last_included_index,
+                offset: 0,
+                chunk_in_flight: false,
+                waited_a_heartbeat: false,
+            }),
+        };
+        if transfer.chunk_in_flight && !(resend && transfer.waited_a_heartbeat) {
+            transfer.waited_a_heartbeat |= resend;
+            return;
+        }
+        let start = (transfer.offset as usize).min(snapshot.data.len());
         let end = (start + chunk_bytes).min(snapshot.data.len());
+        transfer.chunk_in_flight = true;
+        transfer.waited_a_heartbeat = false;
         let request = InstallSnapshot {
             term: self.current_term,
             leader_id: self.config.id,
@@ -72,7 +89,9 @@ impl RaftNode {
         // BEGIN SOLUTION snapshots
         let mut reply = InstallSnapshotReply {
             term: self.current_term,
+            request_term: request.term,
             last_included_index: request.last_included_index,
+            offset: request.offset,
             next_offset: 0,
             done: false,
         };
@@ -90,22 +109,30 @@ impl RaftNode {
             reply.done = true;
             return reply;
         }
-        // 2. "Create new snapshot file if first chunk (offset is 0)". The
-        // chunks are gathered in memory; the file is written once, in step 5.
-        if request.offset == 0 {
-            self.incoming_snapshot = Some((index, Vec::new()));
+        // 2. "Create new snapshot file if first chunk (offset is 0)" — unless
+        // it is the snapshot we are already receiving: a first chunk sent
+        // again must not throw away what has arrived. The chunks are
+        // gathered in memory; the file is written once, in step 5.
+        let same_snapshot = |s: &IncomingSnapshot| {
+            (s.last_included_index, s.last_included_term) == (index, request.last_included_term)
+        };
+        if request.offset == 0 && !self.incoming_snapshot.as_ref().is_some_and(same_snapshot) {
+            self.incoming_snapshot = Some(IncomingSnapshot {
+                last_included_index: index,
+                last_included_term: request.last_included_term,
+                data: Vec::new(),
+                idle_ticks: 0,
+            });
         }
         // 3. "Write data into snapshot file at given offset". A chunk that
         // does not continue what we have is answered with where we are.
-        let Some((incoming_index, data)) = &mut self.incoming_snapshot else {
+        let Some(incoming) = self.incoming_snapshot.as_mut().filter(|s| same_snapshot(s)) else {
             return reply;
         };
-        if *incoming_index != index || data.len() as u64 != request.offset {
-            reply.next_offset = if *incoming_index == index {
-                data.len() as u64
-            } else {
-                0
-            };
+        incoming.idle_ticks = 0;
+        let data = &mut incoming.data;
+        if data.len() as u64 != request.offset {
+            reply.next_offset = data.len() as u64;
             return reply;
         }
         data.extend_from_slice(&request.data);
@@ -114,7 +141,7 @@ impl RaftNode {
         if !request.done {
             return reply;
         }
-        let (_, data) = self.incoming_snapshot.take().expect("checked above");
+        let data = self.incoming_snapshot.take().expect("checked above").data;
         let state_machine = match StateMachine::restore(&data) {
             Ok(state_machine) => state_machine,
             Err(error) => {
@@ -152,48 +179,82 @@ impl RaftNode {
         // END SOLUTION
     }
 
-    /// The leader's handling of an InstallSnapshot reply: send the next
-    /// chunk, or, once installed, continue with AppendEntries after it.
+    /// The leader's handling of an InstallSnapshot reply: once the follower
+    /// has installed the snapshot, continue with AppendEntries after it;
+    /// otherwise send the next chunk from where the follower says it is.
     pub(super) fn handle_install_snapshot_reply(
         &mut self,
         from: NodeId,
         reply: InstallSnapshotReply,
     ) {
         // BEGIN SOLUTION snapshots
-        if !self.is_current(reply.term) {
+        if !self.is_current(reply.term) || !self.is_current(reply.request_term) {
             return;
         }
-        let snapshot_index = self.log.snapshot_index();
+        let snapshot_len = self.log.snapshot().map_or(0, |s| s.data.len() as u64);
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         leader.heard_from.insert(from);
         let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
-        if reply.last_included_index != snapshot_index {
-            // An answer about an older snapshot of ours: start over with the current one.
-            if reply.done {
-                let match_index = leader.match_index.get_mut(&from).expect("every peer");
-                *match_index = (*match_index).max(reply.last_included_index);
-                let next_index = leader.next_index.get_mut(&from).expect("every peer");
-                *next_index = (*next_index).max(*match_index + 1);
-            }
-            flow.snapshot_offset = None;
-            self.send_append_entries(from, true);
-            return;
-        }
         if reply.done {
+            // The follower holds everything through last_included_index.
             let match_index = leader.match_index.get_mut(&from).expect("every peer");
-            *match_index = (*match_index).max(snapshot_index);
-            leader.next_index.insert(from, *match_index + 1);
-            flow.snapshot_offset = None;
-            flow.probing = false;
-            flow.in_flight = 0;
+            *match_index = (*match_index).max(reply.last_included_index);
+            let next_index = leader.next_index.get_mut(&from).expect("every peer");
+            *next_index = (*next_index).max(*match_index + 1);
+            if flow
+                .snapshot
+                .as_ref()
+                .is_some_and(|t| t.last_included_index <= reply.last_included_index)
+            {
+                flow.snapshot = None;
+                flow.probing = false;
+                flow.in_flight = 0;
+            }
             self.advance_commit_index();
             self.send_append_entries(from, false);
-        } else {
-            flow.snapshot_offset = Some(reply.next_offset);
-            self.send_snapshot_chunk(from);
+            return;
         }
+        // Only the answer to the chunk in flight moves the transfer on: any
+        // other is a late or repeated one, already superseded.
+        let Some(transfer) = flow.snapshot.as_mut().filter(|t| {
+            t.chunk_in_flight
+                && t.last_included_index == reply.last_included_index
+                && t.offset == reply.offset
+        }) else {
+            return;
+        };
+        if reply.next_offset > snapshot_len {
+            warn!(
+                "node {} term {}: ignored an InstallSnapshot reply from {from} holding {} bytes of a {snapshot_len}-byte snapshot",
+                self.config.id, self.current_term, reply.next_offset
+            );
+            return;
+        }
+        transfer.offset = reply.next_offset;
+        transfer.chunk_in_flight = false;
+        self.send_snapshot_chunk(from, false);
         // END SOLUTION
+    }
+
+    /// A follower drops a snapshot it is receiving when no chunk has come
+    /// for two election timeouts: the leader that sent it has given up (or
+    /// lost office), and the memory it holds must not stay taken for good.
+    pub(super) fn drop_abandoned_snapshot(&mut self) {
+        let limit = 2 * self.config.election_timeout_ticks.1;
+        if let Some(incoming) = &mut self.incoming_snapshot {
+            incoming.idle_ticks += 1;
+            if incoming.idle_ticks > limit {
+                info!(
+                    "node {} term {}: no chunk of the snapshot through {} for {limit} ticks; dropping the {} bytes received",
+                    self.config.id,
+                    self.current_term,
+                    incoming.last_included_index,
+                    incoming.data.len()
+                );
+                self.incoming_snapshot = None;
+            }
+        }
     }
 }

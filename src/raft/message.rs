@@ -40,6 +40,18 @@ impl Message {
         }
     }
 
+    /// The message's kind, for log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::RequestVote(_) => "RequestVote",
+            Message::RequestVoteReply(_) => "RequestVoteReply",
+            Message::AppendEntries(_) => "AppendEntries",
+            Message::AppendEntriesReply(_) => "AppendEntriesReply",
+            Message::InstallSnapshot(_) => "InstallSnapshot",
+            Message::InstallSnapshotReply(_) => "InstallSnapshotReply",
+        }
+    }
+
     /// True for the three requests, false for the replies.
     pub fn is_request(&self) -> bool {
         matches!(
@@ -97,6 +109,12 @@ pub struct AppendEntries {
 pub struct AppendEntriesReply {
     /// currentTerm, for leader to update itself
     pub term: Term,
+    /// Not in Figure 2: the term of the request this answers. A leader counts
+    /// a reply (its match_index, its read_round) only when it answers a
+    /// request of the leader's current term: a late reply to an older term's
+    /// request carries the follower's newer term, which may be the leader's
+    /// own again, but confirms nothing about it.
+    pub request_term: Term,
     /// true if follower contained entry matching prev_log_index and prev_log_term
     pub success: bool,
     /// On success, the index of the last entry known to match the leader's
@@ -109,7 +127,8 @@ pub struct AppendEntriesReply {
     pub conflict_term: Term,
     /// The first index of conflict_term, or last log index + 1 when conflict_term is 0.
     pub conflict_index: LogIndex,
-    /// Echo of the request's read_round (dissertation §6.4).
+    /// Echo of the request's read_round (dissertation §6.4); 0 when the
+    /// request was refused for its stale term.
     pub read_round: u64,
 }
 
@@ -139,8 +158,13 @@ pub struct InstallSnapshot {
 pub struct InstallSnapshotReply {
     /// currentTerm, for leader to update itself
     pub term: Term,
+    /// the term of the request this answers (see AppendEntriesReply)
+    pub request_term: Term,
     /// echo of the request's last_included_index
     pub last_included_index: LogIndex,
+    /// echo of the request's offset: the leader moves its transfer on only
+    /// with the answer to the chunk it has in flight
+    pub offset: u64,
     /// bytes of the snapshot the follower holds so far: where the next chunk starts
     pub next_offset: u64,
     /// true once the follower has installed the whole snapshot

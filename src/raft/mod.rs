@@ -11,6 +11,7 @@
 //! | InstallSnapshot RPC (Figure 13)   | `install_snapshot.rs`|
 //! | Client interaction (§8, ch. 6)    | `client.rs`          |
 //! | Stable storage boundary           | `storage.rs`         |
+//! | What no correct peer sends        | `validate.rs`        |
 //!
 //! `docs/paper-map.md` maps every rule to its function.
 
@@ -23,6 +24,7 @@ mod request_vote;
 mod rules;
 pub mod state;
 pub mod storage;
+mod validate;
 
 pub use self::log::{Command, Entry, Log};
 pub use message::*;
@@ -31,3 +33,4 @@ pub use state::{
     RaftConfig, RaftNode, RequestId, Role,
 };
 pub use storage::{HardState, MemStorage, Recovered, Snapshot, Storage};
+pub use validate::MAX_TERM_JUMP;

@@ -15,9 +15,16 @@ impl RaftNode {
         // BEGIN SOLUTION election
         let old_role = self.role.name();
         let me = self.config.id;
+        let Some(term) = self.current_term.checked_add(1) else {
+            log::error!(
+                "node {me}: current_term is {}, the largest term there is: no election can start",
+                self.current_term
+            );
+            return;
+        };
         // Term and self-vote are persisted together before any RequestVote
         // leaves, so a crash cannot make us vote twice in this term.
-        self.set_term(self.current_term + 1, Some(me));
+        self.set_term(term, Some(me));
         self.role = Role::Candidate {
             votes: BTreeSet::from([me]),
         };

@@ -1,7 +1,7 @@
 //! Figure 2 "Rules for Servers": what every server does on each message and
 //! each tick, and the role changes (§5.1, Figure 4).
 
-use log::{debug, info};
+use log::{debug, info, warn};
 
 use super::message::{Message, NodeId, Term};
 use super::state::{ClientError, Flow, Leader, RaftNode, Role};
@@ -15,6 +15,15 @@ impl RaftNode {
             "node {} term {}: <- {from} {message:?}",
             self.config.id, self.current_term
         );
+        if let Some(reason) = self.refusal(from, &message) {
+            warn!(
+                "node {} term {}: refused a {} from {from}: {reason}",
+                self.config.id,
+                self.current_term,
+                message.name()
+            );
+            return None;
+        }
         // All Servers: "If RPC request or response contains term T >
         // currentTerm: set currentTerm = T, convert to follower (§5.1)".
         if message.term() > self.current_term {
@@ -73,6 +82,7 @@ impl RaftNode {
 
     /// One unit of logical time has passed.
     pub fn tick(&mut self) {
+        self.drop_abandoned_snapshot();
         match &mut self.role {
             // Followers (§5.2): "If election timeout elapses without receiving
             // AppendEntries RPC from current leader or granting vote to
@@ -133,7 +143,9 @@ impl RaftNode {
         if let Role::Leader(leader_state) = std::mem::replace(&mut self.role, Role::Follower) {
             self.fail_pending_requests(leader_state);
         }
-        if leader.is_some() {
+        // A leader that steps down no longer knows who leads: clients it
+        // redirects must not be sent back to it.
+        if leader.is_some() || self.leader_id == Some(self.config.id) {
             self.leader_id = leader;
         }
         if old_role != "follower" {

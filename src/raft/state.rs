@@ -98,6 +98,9 @@ pub struct RaftConfig {
     pub snapshot_threshold: usize,
     /// bytes of snapshot per InstallSnapshot message
     pub snapshot_chunk_bytes: usize,
+    /// the largest snapshot a follower accepts: the chunks are gathered in
+    /// memory until the last one arrives
+    pub max_snapshot_bytes: u64,
     /// most entries in one AppendEntries
     pub max_entries_per_message: usize,
     /// most unanswered AppendEntries carrying entries per follower (pipelining)
@@ -149,6 +152,7 @@ impl RaftConfig {
             heartbeat_ticks: 5,
             snapshot_threshold: 10_000,
             snapshot_chunk_bytes: 1 << 20,
+            max_snapshot_bytes: 1 << 30,
             max_entries_per_message: 1024,
             max_in_flight: 8,
             seed: id,
@@ -218,11 +222,37 @@ pub struct Flow {
     /// false once it matches: entries are pipelined, next_index advancing
     /// as they are sent.
     pub probing: bool,
-    /// AppendEntries with entries sent and not yet answered.
+    /// AppendEntries sent in this term and not yet answered (forgotten at
+    /// every heartbeat, since replies can be lost).
     pub in_flight: usize,
-    /// Byte offset of the snapshot chunk being sent, when the follower needs
-    /// entries the leader has compacted (§7, Figure 13).
-    pub snapshot_offset: Option<u64>,
+    /// The snapshot being sent, when the follower needs entries the leader
+    /// has compacted (§7, Figure 13).
+    pub snapshot: Option<SnapshotTransfer>,
+}
+
+/// A snapshot on its way to one follower, one chunk at a time.
+#[derive(Clone, Debug)]
+pub struct SnapshotTransfer {
+    /// the last index the snapshot covers: which snapshot this is
+    pub last_included_index: LogIndex,
+    /// where the chunk in flight, or the next one to send, starts
+    pub offset: u64,
+    /// a chunk at `offset` was sent and not answered yet
+    pub chunk_in_flight: bool,
+    /// a heartbeat has passed since the chunk in flight was sent: at the
+    /// next one it is presumed lost and sent again
+    pub waited_a_heartbeat: bool,
+}
+
+/// A snapshot a follower is receiving (Figure 13 steps 2–4).
+#[derive(Debug)]
+pub struct IncomingSnapshot {
+    pub last_included_index: LogIndex,
+    pub last_included_term: Term,
+    /// the chunks so far
+    pub data: Vec<u8>,
+    /// ticks since the last chunk: a transfer the leader abandoned is dropped
+    pub idle_ticks: u64,
 }
 
 /// A linearizable read waiting on the leader.
@@ -269,8 +299,8 @@ pub struct RaftNode {
 
     /// the replicated state machine
     pub(super) state_machine: StateMachine,
-    /// a snapshot being received from the leader: (last_included_index, bytes so far)
-    pub(super) incoming_snapshot: Option<(LogIndex, Vec<u8>)>,
+    /// a snapshot being received from the leader
+    pub(super) incoming_snapshot: Option<IncomingSnapshot>,
     pub(super) outbox: Box<dyn Outbox>,
 }
 
@@ -363,6 +393,11 @@ impl RaftNode {
 
     pub fn config(&self) -> &RaftConfig {
         &self.config
+    }
+
+    /// Bytes of a snapshot being received and held in memory.
+    pub fn incoming_snapshot_bytes(&self) -> usize {
+        self.incoming_snapshot.as_ref().map_or(0, |s| s.data.len())
     }
 
     /// Hand every message the core has produced to the network now (see

@@ -100,6 +100,7 @@ pub fn append_entries_to_proto(m: AppendEntries) -> pb::AppendEntriesRequest {
 pub fn append_entries_reply_from_proto(m: pb::AppendEntriesReply) -> AppendEntriesReply {
     AppendEntriesReply {
         term: m.term,
+        request_term: m.request_term,
         success: m.success,
         match_index: m.match_index,
         conflict_term: m.conflict_term,
@@ -111,6 +112,7 @@ pub fn append_entries_reply_from_proto(m: pb::AppendEntriesReply) -> AppendEntri
 pub fn append_entries_reply_to_proto(m: AppendEntriesReply) -> pb::AppendEntriesReply {
     pb::AppendEntriesReply {
         term: m.term,
+        request_term: m.request_term,
         success: m.success,
         match_index: m.match_index,
         conflict_term: m.conflict_term,
@@ -146,7 +148,9 @@ pub fn install_snapshot_to_proto(m: InstallSnapshot) -> pb::InstallSnapshotReque
 pub fn install_snapshot_reply_from_proto(m: pb::InstallSnapshotReply) -> InstallSnapshotReply {
     InstallSnapshotReply {
         term: m.term,
+        request_term: m.request_term,
         last_included_index: m.last_included_index,
+        offset: m.offset,
         next_offset: m.next_offset,
         done: m.done,
     }
@@ -155,7 +159,9 @@ pub fn install_snapshot_reply_from_proto(m: pb::InstallSnapshotReply) -> Install
 pub fn install_snapshot_reply_to_proto(m: InstallSnapshotReply) -> pb::InstallSnapshotReply {
     pb::InstallSnapshotReply {
         term: m.term,
+        request_term: m.request_term,
         last_included_index: m.last_included_index,
+        offset: m.offset,
         next_offset: m.next_offset,
         done: m.done,
     }
@@ -276,6 +282,7 @@ mod tests {
         );
         let append_reply = AppendEntriesReply {
             term: 4,
+            request_term: 3,
             success: false,
             match_index: 0,
             conflict_term: 2,
@@ -301,7 +308,9 @@ mod tests {
         );
         let snapshot_reply = InstallSnapshotReply {
             term: 4,
+            request_term: 3,
             last_included_index: 100,
+            offset: 4096,
             next_offset: 4099,
             done: true,
         };
