@@ -1,0 +1,387 @@
+//! No message may crash a node. Every message from the network is input: one
+//! that no correct server sends is refused with a warning and changes
+//! nothing, and the node keeps serving (src/raft/validate.rs). Each test
+//! here hands a node one such message, as a member or an outsider could
+//! send it, then checks the node — and the cluster — carry on.
+//! Deterministic: replay one seed with
+//! `RAFT_SEED=N cargo test --release --test robustness NAME`.
+
+use raft_kv::raft::{
+    AppendEntries, AppendEntriesReply, ClientError, ClientRequest, ClientResponse, Command, Entry,
+    InstallSnapshot, Message, NodeId, RequestVote, Role, MAX_TERM_JUMP,
+};
+use raft_kv::sim::{seeds, Cluster, SimConfig};
+
+fn set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientRequest {
+    ClientRequest::Set {
+        key: key.into(),
+        value: value.into(),
+        client_id,
+        sequence,
+    }
+}
+
+/// A cluster of three with a leader and one write committed everywhere;
+/// returns (cluster, leader, a follower).
+fn running_cluster(seed: u64) -> (Cluster, NodeId, NodeId) {
+    let mut c = Cluster::new(SimConfig::new(3, seed));
+    let leader = c.elect(200);
+    assert_eq!(
+        c.submit(set("k", "1", 1, 1), 200),
+        Some(Ok(ClientResponse::Set))
+    );
+    let leader = c.converge(100);
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    (c, leader, follower)
+}
+
+/// Hand `message` from `from` to node `to`; true if it was answered.
+fn deliver(c: &mut Cluster, from: NodeId, to: NodeId, message: Message) -> bool {
+    c.with_node(to, |n| n.step(from, message)).is_some()
+}
+
+/// The cluster still commits writes and every node agrees.
+fn still_serves(c: &mut Cluster, sequence: u64) {
+    assert_eq!(
+        c.submit(set("after", &sequence.to_string(), 2, sequence), 500),
+        Some(Ok(ClientResponse::Set)),
+        "the cluster no longer commits writes"
+    );
+    c.converge(300);
+}
+
+/// §5.1: terms only grow, one per election. A RequestVote at the largest
+/// term would be adopted and persisted, and the next election could not
+/// count up from it: every node would be stuck for good, even after a
+/// restart. A term that far ahead is refused.
+#[test]
+fn a_term_at_the_end_of_the_range_is_refused_5_1() {
+    for seed in seeds(5) {
+        let (mut c, leader, follower) = running_cluster(seed);
+        let term = c.node(leader).current_term();
+        for huge in [u64::MAX, term + MAX_TERM_JUMP + 1] {
+            let vote = Message::RequestVote(RequestVote {
+                term: huge,
+                candidate_id: follower,
+                last_log_index: u64::MAX,
+                last_log_term: 1,
+            });
+            assert!(!deliver(&mut c, follower, leader, vote));
+            assert_eq!(c.node(leader).current_term(), term);
+            assert!(c.node(leader).is_leader());
+        }
+        c.restart(leader);
+        still_serves(&mut c, 1);
+    }
+}
+
+/// A term that is far ahead but possible (a server partitioned for a long
+/// time, without pre-vote) is still adopted (§5.1): the limit refuses only
+/// what no correct server reaches.
+#[test]
+fn a_large_but_possible_term_is_adopted_5_1() {
+    let (mut c, leader, follower) = running_cluster(1);
+    let term = c.node(leader).current_term() + MAX_TERM_JUMP;
+    let vote = Message::RequestVote(RequestVote {
+        term,
+        candidate_id: follower,
+        last_log_index: 0,
+        last_log_term: 0,
+    });
+    assert!(deliver(&mut c, follower, leader, vote));
+    assert_eq!(c.node(leader).current_term(), term);
+    still_serves(&mut c, 1);
+}
+
+/// A success reply can only match entries the leader sent. One that claims
+/// to match past the leader's last entry is ignored: the leader neither
+/// commits on it nor sends from past its log.
+#[test]
+fn a_reply_matching_past_the_leaders_log_is_ignored_5_3() {
+    for seed in seeds(5) {
+        let (mut c, leader, follower) = running_cluster(seed);
+        let term = c.node(leader).current_term();
+        let last = c.node(leader).log().last_index();
+        let commit = c.node(leader).commit_index();
+        let reply = Message::AppendEntriesReply(AppendEntriesReply {
+            term,
+            request_term: term,
+            success: true,
+            match_index: last + 100,
+            conflict_term: 0,
+            conflict_index: 0,
+            read_round: 0,
+        });
+        deliver(&mut c, follower, leader, reply);
+        assert_eq!(c.node(leader).commit_index(), commit);
+        still_serves(&mut c, 1);
+    }
+}
+
+/// §5.4 (Leader Completeness): a leader of our term or a newer one holds
+/// every entry we know committed. An AppendEntries that would overwrite a
+/// committed entry did not come from a correct leader: it is refused and the
+/// follower's log is unchanged.
+#[test]
+fn an_append_entries_that_overwrites_a_committed_entry_is_refused_5_4() {
+    for seed in seeds(5) {
+        let (mut c, leader, follower) = running_cluster(seed);
+        let term = c.node(leader).current_term();
+        let committed = c.node(follower).commit_index();
+        let before: Vec<Entry> = (1..=c.node(follower).log().last_index())
+            .filter_map(|i| c.node(follower).log().get(i).cloned())
+            .collect();
+        let forged = Message::AppendEntries(AppendEntries {
+            term: term + 1,
+            leader_id: leader,
+            prev_log_index: committed - 1,
+            prev_log_term: c.node(follower).log().term_at(committed - 1).unwrap(),
+            entries: vec![Entry {
+                index: committed,
+                term: term + 1,
+                command: Command::Noop,
+            }],
+            leader_commit: committed,
+            read_round: 0,
+        });
+        assert!(!deliver(&mut c, leader, follower, forged));
+        let after: Vec<Entry> = (1..=c.node(follower).log().last_index())
+            .filter_map(|i| c.node(follower).log().get(i).cloned())
+            .collect();
+        assert_eq!(after, before, "the follower's log changed");
+        assert_eq!(c.node(follower).current_term(), term);
+        still_serves(&mut c, 1);
+    }
+}
+
+/// A leader appends entries only in its own term, one index after another
+/// (§5.3): entries out of order, with terms that decrease, of term 0 or
+/// newer than the message are refused before they reach the disk, and a
+/// snapshot of a term newer than its message too.
+#[test]
+fn entries_and_snapshots_that_break_the_log_rules_are_refused_5_3() {
+    let (mut c, leader, follower) = running_cluster(3);
+    let term = c.node(leader).current_term();
+    let last = c.node(follower).log().last_index();
+    let last_term = c.node(follower).log().last_term();
+    let entry = |index, term| Entry {
+        index,
+        term,
+        command: Command::Noop,
+    };
+    let append = |entries: Vec<Entry>| {
+        Message::AppendEntries(AppendEntries {
+            term,
+            leader_id: leader,
+            prev_log_index: last,
+            prev_log_term: last_term,
+            entries,
+            leader_commit: 0,
+            read_round: 0,
+        })
+    };
+    let bad = [
+        ("newer than the message", vec![entry(last + 1, term + 1)]),
+        (
+            "decreasing terms",
+            vec![entry(last + 1, term), entry(last + 2, term - 1)],
+        ),
+        ("term 0", vec![entry(last + 1, 0)]),
+        ("a gap", vec![entry(last + 2, term)]),
+        (
+            "repeated index",
+            vec![entry(last + 1, term), entry(last + 1, term)],
+        ),
+        ("index overflow", vec![entry(u64::MAX, term)]),
+    ];
+    for (what, entries) in bad {
+        assert!(
+            !deliver(&mut c, leader, follower, append(entries)),
+            "entries with {what} were answered"
+        );
+        assert_eq!(c.node(follower).log().last_index(), last, "{what}");
+    }
+    let snapshot = Message::InstallSnapshot(InstallSnapshot {
+        term,
+        leader_id: leader,
+        last_included_index: last + 10,
+        last_included_term: term + 1,
+        offset: 0,
+        data: vec![],
+        done: true,
+    });
+    assert!(!deliver(&mut c, leader, follower, snapshot));
+    assert_eq!(c.node(follower).log().snapshot_index(), 0);
+    still_serves(&mut c, 1);
+}
+
+/// Only members take part, each under its own name: a message from a
+/// server outside the cluster, or one that names another member as its
+/// sender, is refused.
+#[test]
+fn messages_from_outsiders_or_under_another_name_are_refused() {
+    let (mut c, leader, follower) = running_cluster(4);
+    let term = c.node(leader).current_term();
+    let other = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader && id != follower)
+        .unwrap();
+    let reply = |match_index| {
+        Message::AppendEntriesReply(AppendEntriesReply {
+            term,
+            request_term: term,
+            success: true,
+            match_index,
+            conflict_term: 0,
+            conflict_index: 0,
+            read_round: 0,
+        })
+    };
+    deliver(&mut c, 99, leader, reply(1));
+    deliver(&mut c, leader, leader, reply(1));
+    let vote = Message::RequestVote(RequestVote {
+        term: term + 1,
+        candidate_id: other,
+        last_log_index: 100,
+        last_log_term: term,
+    });
+    assert!(!deliver(&mut c, follower, leader, vote.clone()));
+    assert!(!deliver(&mut c, 99, leader, vote));
+    assert_eq!(c.node(leader).current_term(), term);
+    assert!(c.node(leader).is_leader());
+    still_serves(&mut c, 1);
+}
+
+/// Figure 13 gathers a snapshot's chunks in memory until the last one. A
+/// chunk past `max_snapshot_bytes` is refused, and a transfer that stops
+/// coming is dropped after two election timeouts, so chunks that never
+/// finish cannot take a node's memory.
+#[test]
+fn snapshot_chunks_that_never_finish_are_bounded_and_dropped_figure_13() {
+    let (mut c, leader, follower) = running_cluster(5);
+    let term = c.node(leader).current_term();
+    c.isolate(follower);
+    let max = c.node(follower).config().max_snapshot_bytes;
+    let chunk = |offset: u64, len: usize| {
+        Message::InstallSnapshot(InstallSnapshot {
+            term,
+            leader_id: leader,
+            last_included_index: 1000,
+            last_included_term: term,
+            offset,
+            data: vec![7; len],
+            done: false,
+        })
+    };
+    const MIB: usize = 1 << 20;
+    for i in 0..8 {
+        assert!(deliver(
+            &mut c,
+            leader,
+            follower,
+            chunk(i * MIB as u64, MIB)
+        ));
+    }
+    assert_eq!(c.node(follower).incoming_snapshot_bytes(), 8 * MIB);
+    assert!(!deliver(&mut c, leader, follower, chunk(max, 1)));
+    assert!(!deliver(&mut c, leader, follower, chunk(u64::MAX, 1)));
+    assert_eq!(c.node(follower).incoming_snapshot_bytes(), 8 * MIB);
+    let timeout = c.config.election_timeout_ticks.1;
+    c.ticks(2 * timeout + 1);
+    assert_eq!(
+        c.node(follower).incoming_snapshot_bytes(),
+        0,
+        "an abandoned snapshot transfer still holds memory"
+    );
+    c.heal();
+    still_serves(&mut c, 1);
+}
+
+/// Dissertation §6.2: a leader that steps down because it no longer hears
+/// from a majority does not know who leads. It must not redirect clients to
+/// itself.
+#[test]
+fn a_leader_that_steps_down_redirects_to_nobody_6_2() {
+    for seed in seeds(5) {
+        let (mut c, leader, _) = running_cluster(seed);
+        c.isolate(leader);
+        assert!(c.run_until(200, |c| !c.node(leader).is_leader()));
+        assert_ne!(c.node(leader).leader_id(), Some(leader));
+        let id = c.request(leader, set("k", "2", 1, 2));
+        assert!(
+            matches!(
+                c.response(id),
+                Some(Err(ClientError::NotLeader { leader: l })) if *l != Some(leader)
+            ),
+            "answered {:?}",
+            c.response(id)
+        );
+    }
+}
+
+/// Pipelining (flow control, not in the paper): at most `max_in_flight`
+/// AppendEntries go unanswered to a follower. A heartbeat counts as one of
+/// them, since its reply counts as an answer: otherwise each heartbeat reply
+/// would make room for one more message than the window allows.
+#[test]
+fn unanswered_append_entries_stay_within_the_window() {
+    let mut config = SimConfig::new(3, 6);
+    config.max_in_flight = 2;
+    let mut c = Cluster::new(config);
+    let leader = c.elect(200);
+    let leader = {
+        assert_eq!(
+            c.submit(set("k", "0", 1, 1), 200),
+            Some(Ok(ClientResponse::Set))
+        );
+        c.converge(100);
+        leader
+    };
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    c.isolate(follower);
+    // The next heartbeat goes out to the follower (and is lost).
+    let heartbeats = |c: &Cluster| match c.node(leader).role() {
+        Role::Leader(l) => l.flow[&follower].in_flight,
+        _ => panic!("n{leader} leads"),
+    };
+    let before = c.node(leader).log().last_index();
+    c.run_until(20, |c| heartbeats(c) > 0);
+    let term = c.node(leader).current_term();
+    for sequence in 2..=4 {
+        c.request(leader, set("k", &sequence.to_string(), 1, sequence));
+    }
+    // The heartbeat's reply arrives; the three writes' never do.
+    let reply = Message::AppendEntriesReply(AppendEntriesReply {
+        term,
+        request_term: term,
+        success: true,
+        match_index: before,
+        conflict_term: 0,
+        conflict_index: 0,
+        read_round: 0,
+    });
+    deliver(&mut c, follower, leader, reply);
+    let Role::Leader(l) = c.node(leader).role() else {
+        panic!("n{leader} leads")
+    };
+    assert!(
+        l.flow[&follower].in_flight <= 2,
+        "{} AppendEntries unanswered, the window is 2",
+        l.flow[&follower].in_flight
+    );
+    let with_entries = c
+        .trace()
+        .iter()
+        .rev()
+        .take_while(|line| !line.contains("isolate"))
+        .filter(|line| {
+            line.contains(&format!("n{leader}@{term} -> n{follower} AppendEntries"))
+                && !line.contains(" [] ")
+        })
+        .count();
+    assert!(
+        with_entries <= 2,
+        "{with_entries} AppendEntries with entries sent unanswered, the window is 2"
+    );
+}
