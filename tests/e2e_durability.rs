@@ -143,6 +143,50 @@ fn a_follower_far_behind_catches_up_through_install_snapshot() {
     assert_eq!(local.get("key-199", true).unwrap().as_deref(), Some("199"));
 }
 
+/// docs/storage.md's procedure for a node whose data dir is damaged: move
+/// the dir aside and start the node on an empty one; the leader notices
+/// that the node no longer holds entries it acknowledged, says so, and
+/// refills it — here through InstallSnapshot, since it has compacted them.
+#[test]
+fn a_follower_whose_data_dir_was_wiped_is_refilled() {
+    let mut cluster = Cluster::start(&["--snapshot-threshold", "50"]);
+    let leader = cluster.wait_for_leader();
+    let wiped = cluster.follower_of(leader);
+    let mut client = cluster.client();
+    for i in 0..100 {
+        client.set(&format!("key-{i}"), &i.to_string()).unwrap();
+    }
+    let mut local = cluster.client_of(wiped);
+    eventually("the follower to apply every write", || {
+        (local.get("key-99", true).unwrap().as_deref() == Some("99")).then_some(())
+    });
+
+    cluster.kill(wiped);
+    let dir = cluster.data_dir(wiped);
+    std::fs::rename(&dir, dir.with_extension("damaged")).unwrap();
+    cluster.spawn(wiped);
+    client.set("after-wipe", "yes").unwrap();
+    let leader = cluster.wait_for_leader();
+    let commit_index = cluster.status(leader).unwrap().commit_index;
+    eventually("the wiped follower to apply the leader's commit", || {
+        let status = cluster.status(wiped)?;
+        (status.last_applied >= commit_index).then_some(())
+    });
+    assert!(
+        cluster
+            .log(leader)
+            .contains(&format!("node {wiped} no longer holds entries")),
+        "the leader did not warn about node {wiped}:\n{}",
+        cluster.log_tail(leader)
+    );
+    let mut local = cluster.client_of(wiped);
+    assert_eq!(local.get("key-0", true).unwrap().as_deref(), Some("0"));
+    assert_eq!(
+        local.get("after-wipe", true).unwrap().as_deref(),
+        Some("yes")
+    );
+}
+
 /// Kills a stray process if the test fails before it exits by itself.
 struct KillOnDrop(Child);
 

@@ -110,6 +110,7 @@ fn a_reply_matching_past_the_leaders_log_is_ignored_5_3() {
             match_index: last + 100,
             conflict_term: 0,
             conflict_index: 0,
+            prev_log_index: 0,
             read_round: 0,
         });
         deliver(&mut c, follower, leader, reply);
@@ -235,6 +236,7 @@ fn messages_from_outsiders_or_under_another_name_are_refused() {
             match_index,
             conflict_term: 0,
             conflict_index: 0,
+            prev_log_index: 0,
             read_round: 0,
         })
     };
@@ -356,6 +358,7 @@ fn unanswered_append_entries_stay_within_the_window() {
         match_index: before,
         conflict_term: 0,
         conflict_index: 0,
+        prev_log_index: 0,
         read_round: 0,
     });
     deliver(&mut c, follower, leader, reply);
@@ -523,6 +526,7 @@ fn random_message(rng: &mut impl rand::Rng, from: NodeId, term: u64, last: u64) 
             match_index: i,
             conflict_term: t,
             conflict_index: i,
+            prev_log_index: i,
             read_round: x,
         }),
         4 => Message::RequestVoteReply(raft_kv::raft::RequestVoteReply {
@@ -604,6 +608,7 @@ fn malformed_message(
             match_index: rng.gen(),
             conflict_term: 0,
             conflict_index: 0,
+            prev_log_index: 0,
             read_round: u64::MAX,
         }),
         5 => Message::AppendEntries(AppendEntries {
@@ -622,6 +627,7 @@ fn malformed_message(
             match_index: last + rng.gen_range(1..1000),
             conflict_term: 0,
             conflict_index: 0,
+            prev_log_index: 0,
             read_round: 0,
         }),
         _ => Message::AppendEntriesReply(AppendEntriesReply {
@@ -631,6 +637,7 @@ fn malformed_message(
             match_index: last,
             conflict_term: 0,
             conflict_index: 0,
+            prev_log_index: 0,
             read_round: u64::MAX,
         }),
     })

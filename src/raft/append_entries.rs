@@ -116,6 +116,7 @@ impl RaftNode {
             match_index: 0,
             conflict_term: 0,
             conflict_index: 0,
+            prev_log_index: request.prev_log_index,
             read_round: request.read_round,
         };
         // 1. "Reply false if term < currentTerm (§5.1)". The sender is no
@@ -248,8 +249,21 @@ impl RaftNode {
                 }
             };
             // A hint at or below match_index answers an older, reordered
-            // request: the follower already holds more. Retrying would only
-            // repeat it, so wait for the next reply or heartbeat.
+            // request: the follower already holds more, so wait for the next
+            // reply or heartbeat — unless the follower says its log ends
+            // before entries it acknowledged, in answer to a request about
+            // one of them. Then it has lost them: Figure 2 assumes stable
+            // storage, but disks are wiped and replaced. Send them again.
+            let lost_entries = reply.conflict_term == 0
+                && reply.conflict_index <= *match_index
+                && reply.prev_log_index >= *match_index;
+            if lost_entries {
+                warn!(
+                    "node {} term {}: node {from} no longer holds entries {}..={} it acknowledged (a wiped or damaged disk?); sending them again",
+                    self.config.id, self.current_term, reply.conflict_index, *match_index
+                );
+                *match_index = reply.conflict_index.saturating_sub(1);
+            }
             if hinted > *match_index {
                 *next_index = hinted.min(last_index + 1);
                 flow.probing = true;

@@ -127,6 +127,9 @@ pub struct AppendEntriesReply {
     pub conflict_term: Term,
     /// The first index of conflict_term, or last log index + 1 when conflict_term is 0.
     pub conflict_index: LogIndex,
+    /// Echo of the request's prev_log_index: on failure, the entry the
+    /// follower could not match.
+    pub prev_log_index: LogIndex,
     /// Echo of the request's read_round (dissertation §6.4); 0 when the
     /// request was refused for its stale term.
     pub read_round: u64,

@@ -105,6 +105,7 @@ pub fn append_entries_reply_from_proto(m: pb::AppendEntriesReply) -> AppendEntri
         match_index: m.match_index,
         conflict_term: m.conflict_term,
         conflict_index: m.conflict_index,
+        prev_log_index: m.prev_log_index,
         read_round: m.read_round,
     }
 }
@@ -117,6 +118,7 @@ pub fn append_entries_reply_to_proto(m: AppendEntriesReply) -> pb::AppendEntries
         match_index: m.match_index,
         conflict_term: m.conflict_term,
         conflict_index: m.conflict_index,
+        prev_log_index: m.prev_log_index,
         read_round: m.read_round,
     }
 }
@@ -287,6 +289,7 @@ mod tests {
             match_index: 0,
             conflict_term: 2,
             conflict_index: 6,
+            prev_log_index: 9,
             read_round: 5,
         };
         assert_eq!(
