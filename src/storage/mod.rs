@@ -344,13 +344,17 @@ impl FileStorage {
                 torn.reason,
                 scanned.entries.last().map_or(0, |e| e.index)
             );
-            log.set_len(scanned.end)
-                .and_then(|_| log.sync_all())
-                .map_err(StorageError::io(format!(
-                    "truncating {}",
-                    log_path.display()
-                )))?;
+            log.set_len(scanned.end).map_err(StorageError::io(format!(
+                "truncating {}",
+                log_path.display()
+            )))?;
         }
+        // A process that crashed after an append but before its fsync leaves
+        // the records in the page cache, where the scan read them; the core
+        // takes every entry `recover` returns as durable (Figure 2), so make
+        // them so. This also makes a truncation above durable.
+        log.sync_data()
+            .map_err(StorageError::io(format!("syncing {}", log_path.display())))?;
 
         let log_len = log
             .metadata()
