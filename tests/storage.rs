@@ -49,19 +49,28 @@ fn term(current_term: Term) -> HardState {
     }
 }
 
-/// Where the records in `log` end: the file is grown ahead of them, and the
-/// rest reads as zeros (docs/storage.md).
-fn log_end(dir: &Path) -> u64 {
-    let bytes = fs::read(dir.join("log")).unwrap();
+/// The bytes before each record's payload (docs/storage.md, "File formats").
+const RECORD_HEADER_LEN: usize = 16;
+
+/// Where each record of the log `bytes` starts, and where the records end:
+/// the file is grown ahead of them, and the rest reads as zeros
+/// (docs/storage.md).
+fn record_starts(bytes: &[u8]) -> (Vec<usize>, usize) {
+    let mut starts = Vec::new();
     let mut at = 8;
-    while at + 8 <= bytes.len() {
+    while at + RECORD_HEADER_LEN <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if len == 0 {
             break;
         }
-        at += 8 + len;
+        starts.push(at);
+        at += RECORD_HEADER_LEN + len;
     }
-    at as u64
+    (starts, at)
+}
+
+fn log_end(dir: &Path) -> u64 {
+    record_starts(&fs::read(dir.join("log")).unwrap()).1 as u64
 }
 
 /// A fresh dir holding current_term `term` and the entries, each appended
@@ -91,7 +100,8 @@ fn copy_with_log(from: &Path, log_bytes: &[u8]) -> TempDir {
     to
 }
 
-/// One record as docs/storage.md describes it, built without FileStorage.
+/// One record as docs/storage.md describes it, built without FileStorage,
+/// as if every entry before it had been synced.
 fn record(index: LogIndex, term: Term) -> Vec<u8> {
     let payload = LogEntry {
         index,
@@ -99,15 +109,18 @@ fn record(index: LogIndex, term: Term) -> Vec<u8> {
         command: encode_command(&set(index, term).command),
     }
     .encode_to_vec();
+    let durable_before = index - 1;
+    let mut checksummed = durable_before.to_le_bytes().to_vec();
+    checksummed.extend_from_slice(&payload);
     let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(&crc32fast::hash(&checksummed).to_le_bytes());
+    bytes.extend_from_slice(&checksummed);
     bytes
 }
 
 fn handmade_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
     let mut bytes = b"RKVL".to_vec();
-    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(&2u32.to_le_bytes());
     let mut offsets = Vec::new();
     for &(index, term) in records {
         offsets.push(bytes.len());
@@ -312,6 +325,69 @@ fn a_torn_batch_keeps_its_complete_records() {
     let cut = (first_batch_end + third + fourth / 2) as usize;
     let copy = copy_with_log(dir.path(), &bytes[..cut]);
     assert_eq!(reopen(copy.path()).entries, entries(1..=3, 1));
+}
+
+/// A log as a build of format version 1 wrote it: records without
+/// durable_before (docs/storage.md, "Upgrading from version 1").
+fn version_1_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = b"RKVL".to_vec();
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    let mut offsets = Vec::new();
+    for &(index, term) in records {
+        offsets.push(bytes.len());
+        let payload = LogEntry {
+            index,
+            term,
+            command: encode_command(&set(index, term).command),
+        }
+        .encode_to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+    }
+    (bytes, offsets)
+}
+
+#[test]
+fn a_version_1_log_is_rewritten_as_version_2_at_open() {
+    let (dir, _) = dir_with(1, &[]);
+    let (version_1, offsets) = version_1_log(&[(1, 1), (2, 1), (3, 1)]);
+    let copy = copy_with_log(dir.path(), &version_1);
+    let mut storage = open(copy.path());
+    assert_eq!(storage.recover().unwrap().entries, entries(1..=3, 1));
+    storage.append(&[set(4, 1)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    assert_eq!(upgraded[4..8], 2u32.to_le_bytes(), "format version 2");
+    let (expected, _) = handmade_log(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
+    assert_eq!(upgraded[..record_starts(&upgraded).1], expected);
+    assert!(!copy.path().join("log.tmp").exists());
+    assert_eq!(reopen(copy.path()).entries, entries(1..=4, 1));
+
+    // Version 1's rules still decide what its damage means: a torn last
+    // record is cut off in the upgrade...
+    let torn = &version_1[..version_1.len() - 5];
+    let copy = copy_with_log(dir.path(), torn);
+    assert_eq!(reopen(copy.path()).entries, entries(1..=2, 1));
+    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    assert_eq!(
+        upgraded[..record_starts(&upgraded).1],
+        handmade_log(&[(1, 1), (2, 1)]).0
+    );
+
+    // ...and damage before a valid record is refused, leaving the log as it was.
+    let mut damaged = version_1.clone();
+    damaged[offsets[1] + 12] ^= 4;
+    let copy = copy_with_log(dir.path(), &damaged);
+    let error = open_error(copy.path());
+    let expected = format!(
+        "{} is corrupt at byte offset {}:",
+        copy.path().join("log").display(),
+        offsets[1]
+    );
+    assert!(error.starts_with(&expected), "{error}");
+    assert_eq!(fs::read(copy.path().join("log")).unwrap(), damaged);
 }
 
 #[test]

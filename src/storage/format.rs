@@ -11,7 +11,11 @@ use crate::kv::{decode_command, encode_command};
 use crate::proto::peer::LogEntry;
 use crate::raft::{Entry, HardState, LogIndex, Snapshot, Term};
 
+/// The format version of `hardstate` and `snapshot`.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of `log`. Version 2 added durable_before to each record;
+/// `FileStorage::open` rewrites a version-1 log in it.
+pub const LOG_FORMAT_VERSION: u32 = 2;
 
 pub const HARD_STATE_MAGIC: &[u8; 4] = b"RKVH";
 /// magic, version, current_term, voted_for, crc32
@@ -24,8 +28,10 @@ pub const SNAPSHOT_HEADER_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4;
 pub const LOG_MAGIC: &[u8; 4] = b"RKVL";
 /// magic, version
 pub const LOG_HEADER_LEN: u64 = 8;
+/// payload length, crc32 of durable_before and the payload, durable_before
+pub const RECORD_HEADER_LEN: usize = 16;
 /// payload length, crc32 of the payload
-pub const RECORD_HEADER_LEN: usize = 8;
+const VERSION_1_RECORD_HEADER_LEN: usize = 8;
 /// Far above the largest entry `kv::validate` admits (4 KiB key + 1 MiB
 /// value), so a length beyond it can only be damage.
 pub const MAX_RECORD_PAYLOAD: usize = 16 << 20;
@@ -59,6 +65,18 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 /// Check the 8 bytes every file starts with.
 fn check_magic_and_version(bytes: &[u8], magic: &[u8; 4], what: &str) -> Result<(), Corruption> {
+    check_magic(bytes, magic, what)?;
+    let version = u32_at(bytes, 4);
+    if version != FORMAT_VERSION {
+        return Err(corruption(
+            4,
+            format!("format version {version}, but this build reads version {FORMAT_VERSION}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_magic(bytes: &[u8], magic: &[u8; 4], what: &str) -> Result<(), Corruption> {
     if &bytes[0..4] != magic {
         return Err(corruption(
             0,
@@ -67,13 +85,6 @@ fn check_magic_and_version(bytes: &[u8], magic: &[u8; 4], what: &str) -> Result<
                 &bytes[0..4],
                 magic
             ),
-        ));
-    }
-    let version = u32_at(bytes, 4);
-    if version != FORMAT_VERSION {
-        return Err(corruption(
-            4,
-            format!("format version {version}, but this build reads version {FORMAT_VERSION}"),
         ));
     }
     Ok(())
@@ -184,13 +195,19 @@ pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
 pub fn log_header() -> [u8; LOG_HEADER_LEN as usize] {
     let mut header = [0; LOG_HEADER_LEN as usize];
     header[0..4].copy_from_slice(LOG_MAGIC);
-    header[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[4..8].copy_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
     header
 }
 
 /// Append one log record for `entry` to `buffer`; returns the record's length.
+/// `durable_before` is the last entry that was on disk when the record was
+/// written (docs/storage.md, "Torn writes and corruption").
 /// On error (an entry too large to be read back) `buffer` is unchanged.
-pub fn encode_record(entry: &Entry, buffer: &mut Vec<u8>) -> Result<usize, String> {
+pub fn encode_record(
+    entry: &Entry,
+    durable_before: LogIndex,
+    buffer: &mut Vec<u8>,
+) -> Result<usize, String> {
     let start = buffer.len();
     buffer.extend_from_slice(&[0; RECORD_HEADER_LEN]);
     LogEntry {
@@ -208,8 +225,9 @@ pub fn encode_record(entry: &Entry, buffer: &mut Vec<u8>) -> Result<usize, Strin
             entry.index
         ));
     }
-    let crc = crc32fast::hash(&buffer[start + RECORD_HEADER_LEN..]);
     buffer[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    buffer[start + 8..start + 16].copy_from_slice(&durable_before.to_le_bytes());
+    let crc = crc32fast::hash(&buffer[start + 8..]);
     buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(buffer.len() - start)
 }
@@ -217,6 +235,8 @@ pub fn encode_record(entry: &Entry, buffer: &mut Vec<u8>) -> Result<usize, Strin
 /// What a scan of the `log` file found.
 #[derive(Debug, Default)]
 pub struct ScannedLog {
+    /// the format version in the header (below `LOG_FORMAT_VERSION`: to upgrade)
+    pub version: u32,
     /// the entries of the complete records, in file order
     pub entries: Vec<Entry>,
     /// where each of those records starts
@@ -227,16 +247,35 @@ pub struct ScannedLog {
     pub torn: Option<Corruption>,
 }
 
+/// How a log's records are laid out, by the format version in its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// payload length, crc32 of the payload, payload
+    Version1,
+    /// payload length, crc32 of durable_before and the payload, durable_before, payload
+    Version2,
+}
+
+impl Layout {
+    fn header_len(self) -> usize {
+        match self {
+            Layout::Version1 => VERSION_1_RECORD_HEADER_LEN,
+            Layout::Version2 => RECORD_HEADER_LEN,
+        }
+    }
+}
+
 enum RecordAt<'a> {
     Complete { payload: &'a [u8], next: usize },
     Damaged(String),
 }
 
-fn record_at(bytes: &[u8], at: usize) -> RecordAt<'_> {
+fn record_at(bytes: &[u8], at: usize, layout: Layout) -> RecordAt<'_> {
+    let header_len = layout.header_len();
     let rest = &bytes[at..];
-    if rest.len() < RECORD_HEADER_LEN {
+    if rest.len() < header_len {
         return RecordAt::Damaged(format!(
-            "record header cut short ({} of {RECORD_HEADER_LEN} bytes)",
+            "record header cut short ({} of {header_len} bytes)",
             rest.len()
         ));
     }
@@ -246,15 +285,19 @@ fn record_at(bytes: &[u8], at: usize) -> RecordAt<'_> {
             "record length {len} is outside 1..={MAX_RECORD_PAYLOAD}"
         ));
     }
-    let available = rest.len() - RECORD_HEADER_LEN;
+    let available = rest.len() - header_len;
     if len > available {
         return RecordAt::Damaged(format!(
             "record of {len} bytes runs past the end of the file ({available} bytes left)"
         ));
     }
-    let payload = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
+    let payload = &rest[header_len..header_len + len];
+    let checksummed = match layout {
+        Layout::Version1 => payload,
+        Layout::Version2 => &rest[8..header_len + len],
+    };
     let stored = u32_at(rest, 4);
-    let computed = crc32fast::hash(payload);
+    let computed = crc32fast::hash(checksummed);
     if stored != computed {
         return RecordAt::Damaged(format!(
             "crc32 mismatch (stored {stored:#010x}, computed {computed:#010x})"
@@ -262,17 +305,18 @@ fn record_at(bytes: &[u8], at: usize) -> RecordAt<'_> {
     }
     RecordAt::Complete {
         payload,
-        next: at + RECORD_HEADER_LEN + len,
+        next: at + header_len + len,
     }
 }
 
 /// The first offset at or after `from` where a complete record with a good
 /// checksum and a decodable payload starts, if there is one.
-fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
-    (from..bytes.len().saturating_sub(RECORD_HEADER_LEN)).find(|&at| {
+fn next_valid_record(bytes: &[u8], from: usize, layout: Layout) -> Option<usize> {
+    let header_len = layout.header_len();
+    (from..bytes.len().saturating_sub(header_len)).find(|&at| {
         // The tag test rejects almost every offset before the crc is computed.
-        bytes[at + RECORD_HEADER_LEN] == INDEX_FIELD_TAG
-            && matches!(record_at(bytes, at),
+        bytes[at + header_len] == INDEX_FIELD_TAG
+            && matches!(record_at(bytes, at, layout),
                 RecordAt::Complete { payload, .. } if LogEntry::decode(payload).is_ok())
     })
 }
@@ -291,8 +335,24 @@ pub fn scan_log(bytes: &[u8]) -> Result<ScannedLog, Corruption> {
             ),
         ));
     }
-    check_magic_and_version(bytes, LOG_MAGIC, "log")?;
-    let mut scanned = ScannedLog::default();
+    check_magic(bytes, LOG_MAGIC, "log")?;
+    let version = u32_at(bytes, 4);
+    let layout = match version {
+        1 => Layout::Version1,
+        LOG_FORMAT_VERSION => Layout::Version2,
+        _ => {
+            return Err(corruption(
+                4,
+                format!(
+                    "format version {version}, but this build reads versions 1 and {LOG_FORMAT_VERSION}"
+                ),
+            ))
+        }
+    };
+    let mut scanned = ScannedLog {
+        version,
+        ..Default::default()
+    };
     let mut at = LOG_HEADER_LEN as usize;
     while at < bytes.len() {
         if bytes[at..].iter().all(|&b| b == 0) {
@@ -301,10 +361,10 @@ pub fn scan_log(bytes: &[u8]) -> Result<ScannedLog, Corruption> {
             // reached the disk: the clean end of the log either way.
             break;
         }
-        let (payload, next) = match record_at(bytes, at) {
+        let (payload, next) = match record_at(bytes, at, layout) {
             RecordAt::Complete { payload, next } => (payload, next),
             RecordAt::Damaged(reason) => {
-                if let Some(valid) = next_valid_record(bytes, at + 1) {
+                if let Some(valid) = next_valid_record(bytes, at + 1, layout) {
                     return Err(corruption(
                         at as u64,
                         format!("{reason}, yet a valid record follows at byte offset {valid}"),
@@ -387,13 +447,14 @@ mod tests {
         }
     }
 
-    /// A log file holding `entries`, and where each record starts.
+    /// A log file holding `entries`, each appended and synced on its own,
+    /// and where each record starts.
     fn log_bytes(entries: &[Entry]) -> (Vec<u8>, Vec<usize>) {
         let mut bytes = log_header().to_vec();
         let mut offsets = Vec::new();
         for e in entries {
             offsets.push(bytes.len());
-            encode_record(e, &mut bytes).unwrap();
+            encode_record(e, e.index - 1, &mut bytes).unwrap();
         }
         (bytes, offsets)
     }
@@ -519,6 +580,52 @@ mod tests {
     }
 
     #[test]
+    fn durable_before_is_stored_and_checksummed() {
+        let mut bytes = Vec::new();
+        encode_record(&entry(9, 2), 7, &mut bytes).unwrap();
+        assert_eq!(bytes[8..16], 7u64.to_le_bytes());
+        assert!(matches!(
+            record_at(&bytes, 0, Layout::Version2),
+            RecordAt::Complete { .. }
+        ));
+        bytes[8] ^= 1;
+        assert!(matches!(
+            record_at(&bytes, 0, Layout::Version2),
+            RecordAt::Damaged(reason) if reason.contains("crc32 mismatch")
+        ));
+    }
+
+    /// A log as version 1 wrote it: 8-byte record headers, no durable_before.
+    fn version_1_log_bytes(entries: &[Entry]) -> Vec<u8> {
+        let mut bytes = b"RKVL\x01\0\0\0".to_vec();
+        for e in entries {
+            let mut record = Vec::new();
+            encode_record(e, 0, &mut record).unwrap();
+            let payload = &record[RECORD_HEADER_LEN..];
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            bytes.extend_from_slice(payload);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_version_1_log_is_read_by_its_own_layout() {
+        let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+        let bytes = version_1_log_bytes(&entries);
+        let scanned = scan_log(&bytes).unwrap();
+        assert_eq!(scanned.version, 1);
+        assert_eq!(scanned.entries, entries);
+        assert_eq!(scanned.end, bytes.len() as u64);
+
+        let mut future = bytes.clone();
+        future[4] = 3;
+        let error = scan_log(&future).unwrap_err();
+        assert_eq!(error.offset, 4);
+        assert!(error.reason.contains("format version 3"), "{error:?}");
+    }
+
+    #[test]
     fn an_oversized_entry_is_not_encoded() {
         let huge = Entry {
             index: 1,
@@ -531,7 +638,7 @@ mod tests {
             },
         };
         let mut buffer = vec![1, 2, 3];
-        assert!(encode_record(&huge, &mut buffer).is_err());
+        assert!(encode_record(&huge, 0, &mut buffer).is_err());
         assert_eq!(buffer, [1, 2, 3]);
     }
 }
