@@ -263,10 +263,29 @@ impl Layout {
             Layout::Version2 => RECORD_HEADER_LEN,
         }
     }
+
+    fn version(self) -> u32 {
+        match self {
+            Layout::Version1 => 1,
+            Layout::Version2 => 2,
+        }
+    }
+
+    fn other(self) -> Layout {
+        match self {
+            Layout::Version1 => Layout::Version2,
+            Layout::Version2 => Layout::Version1,
+        }
+    }
 }
 
 enum RecordAt<'a> {
-    Complete { payload: &'a [u8], next: usize },
+    Complete {
+        payload: &'a [u8],
+        /// None in a version-1 log, which did not record it
+        durable_before: Option<LogIndex>,
+        next: usize,
+    },
     Damaged(String),
 }
 
@@ -292,9 +311,9 @@ fn record_at(bytes: &[u8], at: usize, layout: Layout) -> RecordAt<'_> {
         ));
     }
     let payload = &rest[header_len..header_len + len];
-    let checksummed = match layout {
-        Layout::Version1 => payload,
-        Layout::Version2 => &rest[8..header_len + len],
+    let (checksummed, durable_before) = match layout {
+        Layout::Version1 => (payload, None),
+        Layout::Version2 => (&rest[8..header_len + len], Some(u64_at(rest, 8))),
     };
     let stored = u32_at(rest, 4);
     let computed = crc32fast::hash(checksummed);
@@ -305,27 +324,114 @@ fn record_at(bytes: &[u8], at: usize, layout: Layout) -> RecordAt<'_> {
     }
     RecordAt::Complete {
         payload,
+        durable_before,
         next: at + header_len + len,
     }
 }
 
-/// The first offset at or after `from` where a complete record with a good
-/// checksum and a decodable payload starts, if there is one.
-fn next_valid_record(bytes: &[u8], from: usize, layout: Layout) -> Option<usize> {
+/// A complete record with a good checksum and a decodable payload.
+struct ValidRecord {
+    offset: usize,
+    durable_before: Option<LogIndex>,
+    next: usize,
+}
+
+/// The first valid record at or after `from`, if there is one.
+fn next_valid_record(bytes: &[u8], from: usize, layout: Layout) -> Option<ValidRecord> {
     let header_len = layout.header_len();
-    (from..bytes.len().saturating_sub(header_len)).find(|&at| {
+    (from..bytes.len().saturating_sub(header_len)).find_map(|at| {
         // The tag test rejects almost every offset before the crc is computed.
-        bytes[at + header_len] == INDEX_FIELD_TAG
-            && matches!(record_at(bytes, at, layout),
-                RecordAt::Complete { payload, .. } if LogEntry::decode(payload).is_ok())
+        if bytes[at + header_len] != INDEX_FIELD_TAG {
+            return None;
+        }
+        match record_at(bytes, at, layout) {
+            RecordAt::Complete {
+                payload,
+                durable_before,
+                next,
+            } if LogEntry::decode(payload).is_ok() => Some(ValidRecord {
+                offset: at,
+                durable_before,
+                next,
+            }),
+            _ => None,
+        }
     })
 }
 
-/// Read a whole `log` file. A damaged record with nothing valid after it is a
-/// write the crash interrupted (the caller cuts it off); damage followed by a
-/// valid record, or a record that passes its checksum but breaks the log's
-/// rules, is corruption and an error.
-pub fn scan_log(bytes: &[u8]) -> Result<ScannedLog, Corruption> {
+/// Damage at byte offset `at`, in the record that held entry `damaged_index`:
+/// a torn write (returned, for the caller to cut off) or corruption (the
+/// error). Each valid record after it says which entries were on disk when
+/// it was written. If none says entry `damaged_index` was, then nothing from
+/// `at` on had been fsynced, so nothing there was acknowledged (Figure 2),
+/// whatever the crash left of it: a record cut short, zeros, garbage, or a
+/// hole with later records of the same unsynced writes after it.
+fn judge_damage(
+    bytes: &[u8],
+    at: usize,
+    layout: Layout,
+    damaged_index: LogIndex,
+    reason: String,
+) -> Result<Corruption, Corruption> {
+    let mut first_valid = None;
+    let mut from = at + 1;
+    while let Some(valid) = next_valid_record(bytes, from, layout) {
+        match valid.durable_before {
+            // Version 1 did not record what was on disk, so any valid record
+            // after the damage is taken for proof, as version 1 did.
+            None => {
+                return Err(corruption(
+                    at as u64,
+                    format!(
+                        "{reason}, yet a valid record follows at byte offset {}",
+                        valid.offset
+                    ),
+                ))
+            }
+            Some(durable) if durable >= damaged_index => {
+                return Err(corruption(
+                    at as u64,
+                    format!(
+                        "{reason}, yet a valid record follows at byte offset {}, written when entries through {durable} were durable",
+                        valid.offset
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        first_valid.get_or_insert(valid.offset);
+        from = valid.next;
+    }
+    // A version number damaged into the other one makes every record look
+    // damaged, and the whole log would be cut off as torn.
+    if let Some(valid) = next_valid_record(bytes, at, layout.other()) {
+        return Err(corruption(
+            at as u64,
+            format!(
+                "{reason}, yet a valid record of format version {} is at byte offset {} (the header says version {})",
+                layout.other().version(),
+                valid.offset,
+                layout.version()
+            ),
+        ));
+    }
+    Ok(corruption(
+        at as u64,
+        match first_valid {
+            None => reason,
+            Some(offset) => format!(
+                "{reason}; the valid records from byte offset {offset} on were all written before entry {damaged_index} was durable"
+            ),
+        },
+    ))
+}
+
+/// Read a whole `log` file; `snapshot_index` is where the snapshot beside it
+/// ends (0 without one). A damaged record is a write the crash interrupted
+/// (the caller cuts it off) or corruption (an error), as `judge_damage`
+/// decides; a record that passes its checksum but breaks the log's rules is
+/// corruption.
+pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Corruption> {
     if (bytes.len() as u64) < LOG_HEADER_LEN {
         return Err(corruption(
             0,
@@ -362,15 +468,17 @@ pub fn scan_log(bytes: &[u8]) -> Result<ScannedLog, Corruption> {
             break;
         }
         let (payload, next) = match record_at(bytes, at, layout) {
-            RecordAt::Complete { payload, next } => (payload, next),
+            RecordAt::Complete { payload, next, .. } => (payload, next),
             RecordAt::Damaged(reason) => {
-                if let Some(valid) = next_valid_record(bytes, at + 1, layout) {
-                    return Err(corruption(
-                        at as u64,
-                        format!("{reason}, yet a valid record follows at byte offset {valid}"),
-                    ));
-                }
-                scanned.torn = Some(corruption(at as u64, reason));
+                // The entry after the last good one; in the first record, the
+                // entry after the snapshot (or, if a crash interrupted a
+                // compaction, one the snapshot covers and makes redundant).
+                let damaged_index = scanned
+                    .entries
+                    .last()
+                    .map_or(snapshot_index, |e| e.index)
+                    .saturating_add(1);
+                scanned.torn = Some(judge_damage(bytes, at, layout, damaged_index, reason)?);
                 break;
             }
         };
@@ -497,7 +605,7 @@ mod tests {
     fn scan_reads_back_what_was_encoded() {
         let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1 + i / 3)).collect();
         let (bytes, offsets) = log_bytes(&entries);
-        let scanned = scan_log(&bytes).unwrap();
+        let scanned = scan_log(&bytes, 0).unwrap();
         assert_eq!(scanned.entries, entries);
         assert_eq!(
             scanned.offsets,
@@ -514,14 +622,14 @@ mod tests {
 
         let mut last_damaged = bytes.clone();
         *last_damaged.last_mut().unwrap() ^= 0x10;
-        let scanned = scan_log(&last_damaged).unwrap();
+        let scanned = scan_log(&last_damaged, 0).unwrap();
         assert_eq!(scanned.entries, entries[..2]);
         assert_eq!(scanned.end, offsets[2] as u64);
         assert_eq!(scanned.torn.unwrap().offset, offsets[2] as u64);
 
         let mut middle_damaged = bytes.clone();
         middle_damaged[offsets[1] + RECORD_HEADER_LEN + 2] ^= 0x10;
-        let error = scan_log(&middle_damaged).unwrap_err();
+        let error = scan_log(&middle_damaged, 0).unwrap_err();
         assert_eq!(error.offset, offsets[1] as u64);
         assert!(
             error.reason.contains(&format!(
@@ -541,7 +649,7 @@ mod tests {
         let (mut bytes, _) = log_bytes(&entries);
         let end = bytes.len();
         bytes.extend_from_slice(&[0; 100]);
-        let scanned = scan_log(&bytes).unwrap();
+        let scanned = scan_log(&bytes, 0).unwrap();
         assert_eq!(scanned.entries, entries);
         assert_eq!(scanned.end, end as u64);
         assert_eq!(scanned.torn, None);
@@ -554,7 +662,7 @@ mod tests {
         // Only the first bytes of the second record reached the disk.
         bytes.truncate(offsets[1] + 3);
         bytes.extend_from_slice(&[0; 100]);
-        let scanned = scan_log(&bytes).unwrap();
+        let scanned = scan_log(&bytes, 0).unwrap();
         assert_eq!(scanned.entries, entries[..1]);
         assert_eq!(scanned.end, offsets[1] as u64);
         assert!(scanned.torn.is_some());
@@ -563,7 +671,7 @@ mod tests {
     #[test]
     fn checksummed_records_that_break_the_log_rules_are_refused() {
         let (gap, offsets) = log_bytes(&[entry(1, 1), entry(2, 1), entry(4, 1)]);
-        let error = scan_log(&gap).unwrap_err();
+        let error = scan_log(&gap, 0).unwrap_err();
         assert_eq!(error.offset, offsets[2] as u64);
         assert!(
             error.reason.contains("entry 4 follows entry 2"),
@@ -571,10 +679,99 @@ mod tests {
         );
 
         let (regression, offsets) = log_bytes(&[entry(1, 2), entry(2, 3), entry(3, 2)]);
-        let error = scan_log(&regression).unwrap_err();
+        let error = scan_log(&regression, 0).unwrap_err();
         assert_eq!(error.offset, offsets[2] as u64);
         assert!(
             error.reason.contains("lower than the previous"),
+            "{error:?}"
+        );
+    }
+
+    /// Entries 1 and 2 appended and synced one by one, then 3..=5 in one
+    /// append; `later` adds entry 6, appended after that append was synced.
+    fn batch_log(later: bool) -> (Vec<u8>, Vec<usize>, Vec<Entry>) {
+        let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1)).collect();
+        let mut bytes = log_header().to_vec();
+        let mut offsets = Vec::new();
+        let durable_before = [0, 1, 2, 2, 2, 5];
+        let count = if later { 6 } else { 5 };
+        for (e, durable) in entries.iter().zip(durable_before).take(count) {
+            offsets.push(bytes.len());
+            encode_record(e, durable, &mut bytes).unwrap();
+        }
+        (bytes, offsets, entries)
+    }
+
+    #[test]
+    fn a_hole_is_torn_unless_a_later_record_was_written_after_it_was_durable() {
+        let (mut unsynced, offsets, entries) = batch_log(false);
+        unsynced[offsets[2]..offsets[3]].fill(0);
+        let scanned = scan_log(&unsynced, 0).unwrap();
+        assert_eq!(scanned.entries, entries[..2]);
+        assert_eq!(scanned.end, offsets[2] as u64);
+        let torn = scanned.torn.unwrap();
+        assert_eq!(torn.offset, offsets[2] as u64);
+        assert!(
+            torn.reason.contains(&format!(
+                "the valid records from byte offset {} on were all written before entry 3 was durable",
+                offsets[3]
+            )),
+            "{torn:?}"
+        );
+
+        let (mut synced, offsets, _) = batch_log(true);
+        synced[offsets[2]..offsets[3]].fill(0);
+        let error = scan_log(&synced, 0).unwrap_err();
+        assert_eq!(error.offset, offsets[2] as u64);
+        assert!(
+            error.reason.contains(&format!(
+                "a valid record follows at byte offset {}, written when entries through 5 were durable",
+                offsets[5]
+            )),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_first_record_holds_the_entry_after_the_snapshot() {
+        // Entries 6..=8 appended in one go after a snapshot through 5.
+        let mut bytes = log_header().to_vec();
+        let mut offsets = Vec::new();
+        for index in 6..=8 {
+            offsets.push(bytes.len());
+            encode_record(&entry(index, 1), 5, &mut bytes).unwrap();
+        }
+        bytes[offsets[0] + RECORD_HEADER_LEN] ^= 1;
+        let scanned = scan_log(&bytes, 5).unwrap();
+        assert!(scanned.entries.is_empty());
+        assert_eq!(scanned.torn.unwrap().offset, LOG_HEADER_LEN);
+        // Without the snapshot, entry 1 would have been durable before them.
+        assert_eq!(scan_log(&bytes, 0).unwrap_err().offset, LOG_HEADER_LEN);
+    }
+
+    #[test]
+    fn a_version_damaged_into_the_other_is_refused_not_cut() {
+        // Read by the other layout, every record looks damaged and nothing
+        // valid of that layout follows: a cut would drop the whole log.
+        let entries: Vec<Entry> = (1..=2).map(|i| entry(i, 1)).collect();
+        let (mut version_2, _) = log_bytes(&entries[..1]);
+        version_2[4] = 1;
+        let error = scan_log(&version_2, 0).unwrap_err();
+        assert_eq!(error.offset, LOG_HEADER_LEN);
+        assert!(
+            error
+                .reason
+                .contains("a valid record of format version 2 is at byte offset 8"),
+            "{error:?}"
+        );
+
+        let mut version_1 = version_1_log_bytes(&entries[..1]);
+        version_1[4] = 2;
+        let error = scan_log(&version_1, 0).unwrap_err();
+        assert!(
+            error
+                .reason
+                .contains("a valid record of format version 1 is at byte offset 8"),
             "{error:?}"
         );
     }
@@ -586,7 +783,10 @@ mod tests {
         assert_eq!(bytes[8..16], 7u64.to_le_bytes());
         assert!(matches!(
             record_at(&bytes, 0, Layout::Version2),
-            RecordAt::Complete { .. }
+            RecordAt::Complete {
+                durable_before: Some(7),
+                ..
+            }
         ));
         bytes[8] ^= 1;
         assert!(matches!(
@@ -613,14 +813,14 @@ mod tests {
     fn a_version_1_log_is_read_by_its_own_layout() {
         let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
         let bytes = version_1_log_bytes(&entries);
-        let scanned = scan_log(&bytes).unwrap();
+        let scanned = scan_log(&bytes, 0).unwrap();
         assert_eq!(scanned.version, 1);
         assert_eq!(scanned.entries, entries);
         assert_eq!(scanned.end, bytes.len() as u64);
 
         let mut future = bytes.clone();
         future[4] = 3;
-        let error = scan_log(&future).unwrap_err();
+        let error = scan_log(&future, 0).unwrap_err();
         assert_eq!(error.offset, 4);
         assert!(error.reason.contains("format version 3"), "{error:?}");
     }

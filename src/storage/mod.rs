@@ -193,9 +193,12 @@ fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, StorageError> {
         .transpose()
 }
 
-fn read_log(path: &Path) -> Result<Option<format::ScannedLog>, StorageError> {
+fn read_log(
+    path: &Path,
+    snapshot_index: LogIndex,
+) -> Result<Option<format::ScannedLog>, StorageError> {
     read_if_present(path)?
-        .map(|bytes| format::scan_log(&bytes).map_err(corrupt(path)))
+        .map(|bytes| format::scan_log(&bytes, snapshot_index).map_err(corrupt(path)))
         .transpose()
 }
 
@@ -309,8 +312,9 @@ fn upgrade_log(dir: &Path, scanned: &mut format::ScannedLog) -> io::Result<()> {
 
 impl FileStorage {
     /// Open (creating on first boot) the data dir `dir`, lock it, and read
-    /// everything it holds for [`Storage::recover`]. A torn last log record
-    /// is cut off; any other damage is an error naming the file and offset.
+    /// everything it holds for [`Storage::recover`]. A torn write (damage in
+    /// log records no fsync had covered) is cut off; any other damage is an
+    /// error naming the file and offset.
     pub fn open(dir: &Path) -> Result<FileStorage, StorageError> {
         create_dir_durably(dir).map_err(StorageError::io("preparing the data dir"))?;
         let lock = lock(dir)?;
@@ -319,8 +323,11 @@ impl FileStorage {
         let hard_state_path = dir.join(HARD_STATE_FILE);
         let hard_state = read_hard_state(&hard_state_path)?;
         let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
+        let (snapshot_index, snapshot_term) = snapshot
+            .as_ref()
+            .map_or((0, 0), |s| (s.last_included_index, s.last_included_term));
         let log_path = dir.join(LOG_FILE);
-        let mut scanned = match read_log(&log_path)? {
+        let mut scanned = match read_log(&log_path, snapshot_index)? {
             Some(scanned) => scanned,
             None if hard_state.is_some() || snapshot.is_some() => {
                 // `open` creates the log before anything else can be saved,
@@ -343,9 +350,6 @@ impl FileStorage {
                 }
             }
         };
-        let (snapshot_index, snapshot_term) = snapshot
-            .as_ref()
-            .map_or((0, 0), |s| (s.last_included_index, s.last_included_term));
         let first_index = snapshot_index + 1;
         if let Some(first) = scanned.entries.first() {
             check_log_follows_snapshot(&log_path, first.index, snapshot.as_ref())?;
@@ -359,9 +363,9 @@ impl FileStorage {
         let hard_state = hard_state.unwrap_or_default();
 
         if let Some(torn) = &scanned.torn {
-            // A crash in the middle of an append: the record never reached the
-            // disk whole, so it was never fsynced, so no RPC reply and no
-            // majority counted on it (Figure 2).
+            // A crash before an fsync covered the records from here on (no
+            // later record says otherwise), so no RPC reply and no majority
+            // counted on them (Figure 2).
             warn!(
                 "{}: torn write at byte offset {} ({}); truncating the log to its last complete record at entry {}",
                 log_path.display(),
@@ -556,7 +560,9 @@ impl Storage for FileStorage {
         }
         // Asked again: the first call handed over its copy, so read the files.
         let snapshot = read_snapshot(&self.dir.join(SNAPSHOT_FILE))?;
-        let entries = read_log(&self.log_path)?.unwrap_or_default().entries;
+        let entries = read_log(&self.log_path, self.snapshot_index)?
+            .unwrap_or_default()
+            .entries;
         Ok(Recovered {
             hard_state: self.hard_state,
             snapshot,
