@@ -472,6 +472,44 @@ fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
     assert!(error.contains("corrupt at byte offset 8:"), "{error}");
 }
 
+/// A snapshot from the leader that conflicts with the log replaces all of it
+/// (Figure 13 step 7): the batch written after it says only the entries in
+/// the snapshot were durable, not the discarded ones.
+#[test]
+fn a_hole_in_the_first_batch_after_a_conflicting_snapshot_is_cut_off() {
+    let (dir, _) = dir_with(2, &entries(1..=10, 1));
+    let old_log = fs::read(dir.path().join("log")).unwrap();
+    let mut storage = open(dir.path());
+    let snapshot = Snapshot {
+        last_included_index: 6,
+        last_included_term: 2,
+        data: b"from the leader".to_vec(),
+    };
+    storage.save_snapshot(&snapshot, false).unwrap();
+    storage.append(&entries(7..=9, 2)).unwrap();
+    drop(storage);
+    let torn_first_batch = |dir: &Path| {
+        let bytes = fs::read(dir.join("log")).unwrap();
+        let (starts, end) = record_starts(&bytes);
+        let copy = copy_with_log(
+            dir,
+            &with_hole(&bytes[..end], starts[0]..starts[1], Hole::Zeros),
+        );
+        let recovered = reopen(copy.path());
+        assert_eq!(recovered.snapshot.as_ref(), Some(&snapshot));
+        assert!(recovered.entries.is_empty());
+    };
+    torn_first_batch(dir.path());
+
+    // The same when a crash interrupted the install and `open` finished it.
+    fs::write(dir.path().join("log"), &old_log).unwrap();
+    let mut storage = open(dir.path());
+    assert!(storage.recover().unwrap().entries.is_empty());
+    storage.append(&entries(7..=9, 2)).unwrap();
+    drop(storage);
+    torn_first_batch(dir.path());
+}
+
 /// A truncation takes the entries it removes out of what is durable: the
 /// batch written after it says only the kept ones were.
 #[test]

@@ -443,9 +443,8 @@ impl FileStorage {
                 storage.last_index()
             );
             storage
-                .rewrite_log(storage.last_index() + 1)
+                .discard_log(first_index)
                 .map_err(StorageError::io("discarding the log"))?;
-            storage.first_index = first_index;
             entries.clear();
         } else if storage.first_index < first_index {
             // A crash between the two steps of save_snapshot: the snapshot is
@@ -507,6 +506,16 @@ impl FileStorage {
         Ok(())
     }
 
+    /// Replace `log` with an empty one, to be continued at `first_index`.
+    fn discard_log(&mut self, first_index: LogIndex) -> io::Result<()> {
+        self.rewrite_log(self.last_index() + 1)?;
+        self.first_index = first_index;
+        // The discarded entries are no longer on disk, whatever rewrite_log
+        // counted; the ones before `first_index` are, in the snapshot.
+        self.durable_index = self.last_index();
+        Ok(())
+    }
+
     /// Refuse what would leave the dir in a state `open` refuses.
     fn check_append(&self, entries: &[Entry]) -> io::Result<()> {
         let mut previous = (self.last_index(), self.records.last().map(|r| r.term));
@@ -539,9 +548,7 @@ impl FileStorage {
         if !keep_suffix {
             // Figure 13 step 7, in the same rewrite: the old log, entry
             // `index` included, stays whole until the new one replaces it.
-            self.rewrite_log(self.last_index() + 1)?;
-            self.first_index = index + 1;
-            return Ok(());
+            return self.discard_log(index + 1);
         }
         if self.records.is_empty() || self.first_index > index {
             self.first_index = self.first_index.max(index + 1);
