@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::ErrorKind;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
@@ -49,19 +50,28 @@ fn term(current_term: Term) -> HardState {
     }
 }
 
-/// Where the records in `log` end: the file is grown ahead of them, and the
-/// rest reads as zeros (docs/storage.md).
-fn log_end(dir: &Path) -> u64 {
-    let bytes = fs::read(dir.join("log")).unwrap();
+/// The bytes before each record's payload (docs/storage.md, "File formats").
+const RECORD_HEADER_LEN: usize = 16;
+
+/// Where each record of the log `bytes` starts, and where the records end:
+/// the file is grown ahead of them, and the rest reads as zeros
+/// (docs/storage.md).
+fn record_starts(bytes: &[u8]) -> (Vec<usize>, usize) {
+    let mut starts = Vec::new();
     let mut at = 8;
-    while at + 8 <= bytes.len() {
+    while at + RECORD_HEADER_LEN <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if len == 0 {
             break;
         }
-        at += 8 + len;
+        starts.push(at);
+        at += RECORD_HEADER_LEN + len;
     }
-    at as u64
+    (starts, at)
+}
+
+fn log_end(dir: &Path) -> u64 {
+    record_starts(&fs::read(dir.join("log")).unwrap()).1 as u64
 }
 
 /// A fresh dir holding current_term `term` and the entries, each appended
@@ -91,7 +101,8 @@ fn copy_with_log(from: &Path, log_bytes: &[u8]) -> TempDir {
     to
 }
 
-/// One record as docs/storage.md describes it, built without FileStorage.
+/// One record as docs/storage.md describes it, built without FileStorage,
+/// as if every entry before it had been synced.
 fn record(index: LogIndex, term: Term) -> Vec<u8> {
     let payload = LogEntry {
         index,
@@ -99,15 +110,18 @@ fn record(index: LogIndex, term: Term) -> Vec<u8> {
         command: encode_command(&set(index, term).command),
     }
     .encode_to_vec();
+    let durable_before = index - 1;
+    let mut checksummed = durable_before.to_le_bytes().to_vec();
+    checksummed.extend_from_slice(&payload);
     let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(&crc32fast::hash(&checksummed).to_le_bytes());
+    bytes.extend_from_slice(&checksummed);
     bytes
 }
 
 fn handmade_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
     let mut bytes = b"RKVL".to_vec();
-    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(&2u32.to_le_bytes());
     let mut offsets = Vec::new();
     for &(index, term) in records {
         offsets.push(bytes.len());
@@ -312,6 +326,271 @@ fn a_torn_batch_keeps_its_complete_records() {
     let cut = (first_batch_end + third + fourth / 2) as usize;
     let copy = copy_with_log(dir.path(), &bytes[..cut]);
     assert_eq!(reopen(copy.path()).entries, entries(1..=3, 1));
+}
+
+/// What the disk holds where a page of a write never reached it: the zeros
+/// the file was grown with, or garbage.
+#[derive(Clone, Copy, Debug)]
+enum Hole {
+    Zeros,
+    Garbage,
+}
+
+/// `bytes` with a hole over `range`.
+fn with_hole(bytes: &[u8], range: Range<usize>, hole: Hole) -> Vec<u8> {
+    let mut damaged = bytes.to_vec();
+    for at in range {
+        damaged[at] = match hole {
+            Hole::Zeros => 0,
+            // Never the byte that was written.
+            Hole::Garbage => damaged[at] ^ ((at as u8).wrapping_mul(151) | 1),
+        };
+    }
+    assert_ne!(damaged, bytes, "the hole changes something");
+    damaged
+}
+
+/// A power loss during the fsync of a batch that one `pwrite` wrote: the
+/// kernel may have written a later page of it but not an earlier one. Nothing
+/// of the batch was acknowledged, so the log is cut where the hole starts.
+#[test]
+fn a_hole_in_a_batch_never_synced_is_cut_off_at_every_offset() {
+    let log = entries(1..=8, 1);
+    let (dir, _) = dir_with(1, &log[..3]);
+    let mut storage = open(dir.path());
+    storage.append(&log[3..]).unwrap();
+    drop(storage); // the crash came before `sync` returned
+    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let (starts, end) = record_starts(&bytes);
+    let bytes = &bytes[..end];
+    let last = starts[7];
+    for hole_start in starts[3]..last {
+        let damaged = starts.iter().rposition(|&s| s <= hole_start).unwrap();
+        // The rest of the damaged record, or everything up to the batch's
+        // last record; that one is whole either way.
+        for hole_end in [starts[damaged + 1], last] {
+            for hole in [Hole::Zeros, Hole::Garbage] {
+                let case = format!("{hole:?} at {hole_start}..{hole_end}");
+                let copy = copy_with_log(dir.path(), &with_hole(bytes, hole_start..hole_end, hole));
+                let mut storage = open(copy.path());
+                assert_eq!(storage.recover().unwrap().entries, log[..damaged], "{case}");
+                assert_eq!(log_end(copy.path()), starts[damaged] as u64, "{case}");
+                if hole_end == last && matches!(hole, Hole::Zeros) {
+                    storage.append(&log[damaged..]).unwrap();
+                    storage.sync().unwrap();
+                    drop(storage);
+                    assert_eq!(reopen(copy.path()).entries, log, "{case}");
+                }
+            }
+        }
+    }
+}
+
+/// The same holes in a batch that was fsynced before the next one was
+/// written: the next batch's records say so, and the damaged entries may
+/// have been acknowledged (Figure 2).
+#[test]
+fn a_hole_in_a_batch_synced_before_a_later_one_is_refused_at_every_offset() {
+    let log = entries(1..=8, 1);
+    let dir = TempDir::new().unwrap();
+    let mut storage = open(dir.path());
+    storage.save_hard_state(term(1)).unwrap();
+    storage.append(&log[..5]).unwrap();
+    storage.sync().unwrap();
+    storage.append(&log[5..]).unwrap();
+    drop(storage);
+    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let (starts, end) = record_starts(&bytes);
+    let bytes = &bytes[..end];
+    let later_batch = starts[5];
+    for hole_start in starts[0]..later_batch {
+        let damaged = starts.iter().rposition(|&s| s <= hole_start).unwrap();
+        for hole_end in [starts[damaged + 1], later_batch] {
+            for hole in [Hole::Zeros, Hole::Garbage] {
+                let case = format!("{hole:?} at {hole_start}..{hole_end}");
+                let torn = with_hole(bytes, hole_start..hole_end, hole);
+                let copy = copy_with_log(dir.path(), &torn);
+                let error = open_error(copy.path());
+                let expected = format!(
+                    "{} is corrupt at byte offset {}:",
+                    copy.path().join("log").display(),
+                    starts[damaged]
+                );
+                assert!(error.starts_with(&expected), "{case}: {error}");
+                let proof = format!(
+                    "a valid record follows at byte offset {later_batch}, written when entries through 5 were durable"
+                );
+                assert!(error.contains(&proof), "{case}: {error}");
+                assert_eq!(
+                    fs::read(copy.path().join("log")).unwrap(),
+                    torn,
+                    "{case}: a refused log is left as it was"
+                );
+            }
+        }
+    }
+}
+
+/// With no record before the hole to say which entry the damaged one held,
+/// the snapshot says it: the entry after it.
+#[test]
+fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
+    let (dir, _) = dir_with(1, &entries(1..=5, 1));
+    let mut storage = open(dir.path());
+    let snapshot = Snapshot {
+        last_included_index: 5,
+        last_included_term: 1,
+        data: b"through 5".to_vec(),
+    };
+    storage.save_snapshot(&snapshot, true).unwrap();
+    storage.append(&entries(6..=9, 1)).unwrap();
+    drop(storage);
+    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let (starts, end) = record_starts(&bytes);
+    assert_eq!(starts[0], 8, "the batch is the log's first");
+    let copy = copy_with_log(
+        dir.path(),
+        &with_hole(&bytes[..end], starts[0]..starts[1], Hole::Zeros),
+    );
+    let recovered = reopen(copy.path());
+    assert_eq!(recovered.snapshot, Some(snapshot));
+    assert!(recovered.entries.is_empty());
+    assert_eq!(log_end(copy.path()), 8);
+
+    // Once it is synced (here by `open`) and another batch follows, the
+    // same hole is refused.
+    let mut storage = open(dir.path());
+    storage.append(&entries(10..=10, 1)).unwrap();
+    drop(storage);
+    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let (starts, end) = record_starts(&bytes);
+    let copy = copy_with_log(
+        dir.path(),
+        &with_hole(&bytes[..end], starts[0]..starts[1], Hole::Zeros),
+    );
+    let error = open_error(copy.path());
+    assert!(error.contains("corrupt at byte offset 8:"), "{error}");
+}
+
+/// A snapshot from the leader that conflicts with the log replaces all of it
+/// (Figure 13 step 7): the batch written after it says only the entries in
+/// the snapshot were durable, not the discarded ones.
+#[test]
+fn a_hole_in_the_first_batch_after_a_conflicting_snapshot_is_cut_off() {
+    let (dir, _) = dir_with(2, &entries(1..=10, 1));
+    let old_log = fs::read(dir.path().join("log")).unwrap();
+    let mut storage = open(dir.path());
+    let snapshot = Snapshot {
+        last_included_index: 6,
+        last_included_term: 2,
+        data: b"from the leader".to_vec(),
+    };
+    storage.save_snapshot(&snapshot, false).unwrap();
+    storage.append(&entries(7..=9, 2)).unwrap();
+    drop(storage);
+    let torn_first_batch = |dir: &Path| {
+        let bytes = fs::read(dir.join("log")).unwrap();
+        let (starts, end) = record_starts(&bytes);
+        let copy = copy_with_log(
+            dir,
+            &with_hole(&bytes[..end], starts[0]..starts[1], Hole::Zeros),
+        );
+        let recovered = reopen(copy.path());
+        assert_eq!(recovered.snapshot.as_ref(), Some(&snapshot));
+        assert!(recovered.entries.is_empty());
+    };
+    torn_first_batch(dir.path());
+
+    // The same when a crash interrupted the install and `open` finished it.
+    fs::write(dir.path().join("log"), &old_log).unwrap();
+    let mut storage = open(dir.path());
+    assert!(storage.recover().unwrap().entries.is_empty());
+    storage.append(&entries(7..=9, 2)).unwrap();
+    drop(storage);
+    torn_first_batch(dir.path());
+}
+
+/// A truncation takes the entries it removes out of what is durable: the
+/// batch written after it says only the kept ones were.
+#[test]
+fn a_hole_in_a_batch_written_after_a_truncation_is_cut_off() {
+    let (dir, _) = dir_with(1, &entries(1..=5, 1));
+    let mut storage = open(dir.path());
+    storage.save_hard_state(term(2)).unwrap();
+    storage.truncate_from(3).unwrap();
+    storage.sync().unwrap();
+    storage.append(&entries(3..=6, 2)).unwrap();
+    drop(storage);
+    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let (starts, end) = record_starts(&bytes);
+    let copy = copy_with_log(
+        dir.path(),
+        &with_hole(&bytes[..end], starts[2]..starts[3], Hole::Zeros),
+    );
+    assert_eq!(reopen(copy.path()).entries, entries(1..=2, 1));
+}
+
+/// A log as a build of format version 1 wrote it: records without
+/// durable_before (docs/storage.md, "Upgrading from version 1").
+fn version_1_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = b"RKVL".to_vec();
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    let mut offsets = Vec::new();
+    for &(index, term) in records {
+        offsets.push(bytes.len());
+        let payload = LogEntry {
+            index,
+            term,
+            command: encode_command(&set(index, term).command),
+        }
+        .encode_to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+    }
+    (bytes, offsets)
+}
+
+#[test]
+fn a_version_1_log_is_rewritten_as_version_2_at_open() {
+    let (dir, _) = dir_with(1, &[]);
+    let (version_1, offsets) = version_1_log(&[(1, 1), (2, 1), (3, 1)]);
+    let copy = copy_with_log(dir.path(), &version_1);
+    let mut storage = open(copy.path());
+    assert_eq!(storage.recover().unwrap().entries, entries(1..=3, 1));
+    storage.append(&[set(4, 1)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    assert_eq!(upgraded[4..8], 2u32.to_le_bytes(), "format version 2");
+    let (expected, _) = handmade_log(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
+    assert_eq!(upgraded[..record_starts(&upgraded).1], expected);
+    assert!(!copy.path().join("log.tmp").exists());
+    assert_eq!(reopen(copy.path()).entries, entries(1..=4, 1));
+
+    // Version 1's rules still decide what its damage means: a torn last
+    // record is cut off in the upgrade...
+    let torn = &version_1[..version_1.len() - 5];
+    let copy = copy_with_log(dir.path(), torn);
+    assert_eq!(reopen(copy.path()).entries, entries(1..=2, 1));
+    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    assert_eq!(
+        upgraded[..record_starts(&upgraded).1],
+        handmade_log(&[(1, 1), (2, 1)]).0
+    );
+
+    // ...and damage before a valid record is refused, leaving the log as it was.
+    let mut damaged = version_1.clone();
+    damaged[offsets[1] + 12] ^= 4;
+    let copy = copy_with_log(dir.path(), &damaged);
+    let error = open_error(copy.path());
+    let expected = format!(
+        "{} is corrupt at byte offset {}:",
+        copy.path().join("log").display(),
+        offsets[1]
+    );
+    assert!(error.starts_with(&expected), "{error}");
+    assert_eq!(fs::read(copy.path().join("log")).unwrap(), damaged);
 }
 
 #[test]

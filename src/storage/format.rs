@@ -11,7 +11,11 @@ use crate::kv::{decode_command, encode_command};
 use crate::proto::peer::LogEntry;
 use crate::raft::{Entry, HardState, LogIndex, Snapshot, Term};
 
+/// The format version of `hardstate` and `snapshot`.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of `log`. Version 2 added durable_before to each record;
+/// `FileStorage::open` rewrites a version-1 log in it.
+pub const LOG_FORMAT_VERSION: u32 = 2;
 
 pub const HARD_STATE_MAGIC: &[u8; 4] = b"RKVH";
 /// magic, version, current_term, voted_for, crc32
@@ -24,8 +28,10 @@ pub const SNAPSHOT_HEADER_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4;
 pub const LOG_MAGIC: &[u8; 4] = b"RKVL";
 /// magic, version
 pub const LOG_HEADER_LEN: u64 = 8;
+/// payload length, crc32 of durable_before and the payload, durable_before
+pub const RECORD_HEADER_LEN: usize = 16;
 /// payload length, crc32 of the payload
-pub const RECORD_HEADER_LEN: usize = 8;
+const VERSION_1_RECORD_HEADER_LEN: usize = 8;
 /// Far above the largest entry `kv::validate` admits (4 KiB key + 1 MiB
 /// value), so a length beyond it can only be damage.
 pub const MAX_RECORD_PAYLOAD: usize = 16 << 20;
@@ -59,6 +65,18 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 /// Check the 8 bytes every file starts with.
 fn check_magic_and_version(bytes: &[u8], magic: &[u8; 4], what: &str) -> Result<(), Corruption> {
+    check_magic(bytes, magic, what)?;
+    let version = u32_at(bytes, 4);
+    if version != FORMAT_VERSION {
+        return Err(corruption(
+            4,
+            format!("format version {version}, but this build reads version {FORMAT_VERSION}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_magic(bytes: &[u8], magic: &[u8; 4], what: &str) -> Result<(), Corruption> {
     if &bytes[0..4] != magic {
         return Err(corruption(
             0,
@@ -67,13 +85,6 @@ fn check_magic_and_version(bytes: &[u8], magic: &[u8; 4], what: &str) -> Result<
                 &bytes[0..4],
                 magic
             ),
-        ));
-    }
-    let version = u32_at(bytes, 4);
-    if version != FORMAT_VERSION {
-        return Err(corruption(
-            4,
-            format!("format version {version}, but this build reads version {FORMAT_VERSION}"),
         ));
     }
     Ok(())
@@ -184,13 +195,19 @@ pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
 pub fn log_header() -> [u8; LOG_HEADER_LEN as usize] {
     let mut header = [0; LOG_HEADER_LEN as usize];
     header[0..4].copy_from_slice(LOG_MAGIC);
-    header[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[4..8].copy_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
     header
 }
 
 /// Append one log record for `entry` to `buffer`; returns the record's length.
+/// `durable_before` is the last entry that was on disk when the record was
+/// written (docs/storage.md, "Torn writes and corruption").
 /// On error (an entry too large to be read back) `buffer` is unchanged.
-pub fn encode_record(entry: &Entry, buffer: &mut Vec<u8>) -> Result<usize, String> {
+pub fn encode_record(
+    entry: &Entry,
+    durable_before: LogIndex,
+    buffer: &mut Vec<u8>,
+) -> Result<usize, String> {
     let start = buffer.len();
     buffer.extend_from_slice(&[0; RECORD_HEADER_LEN]);
     LogEntry {
@@ -208,8 +225,9 @@ pub fn encode_record(entry: &Entry, buffer: &mut Vec<u8>) -> Result<usize, Strin
             entry.index
         ));
     }
-    let crc = crc32fast::hash(&buffer[start + RECORD_HEADER_LEN..]);
     buffer[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    buffer[start + 8..start + 16].copy_from_slice(&durable_before.to_le_bytes());
+    let crc = crc32fast::hash(&buffer[start + 8..]);
     buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(buffer.len() - start)
 }
@@ -217,6 +235,8 @@ pub fn encode_record(entry: &Entry, buffer: &mut Vec<u8>) -> Result<usize, Strin
 /// What a scan of the `log` file found.
 #[derive(Debug, Default)]
 pub struct ScannedLog {
+    /// the format version in the header (below `LOG_FORMAT_VERSION`: to upgrade)
+    pub version: u32,
     /// the entries of the complete records, in file order
     pub entries: Vec<Entry>,
     /// where each of those records starts
@@ -227,16 +247,54 @@ pub struct ScannedLog {
     pub torn: Option<Corruption>,
 }
 
+/// How a log's records are laid out, by the format version in its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// payload length, crc32 of the payload, payload
+    Version1,
+    /// payload length, crc32 of durable_before and the payload, durable_before, payload
+    Version2,
+}
+
+impl Layout {
+    fn header_len(self) -> usize {
+        match self {
+            Layout::Version1 => VERSION_1_RECORD_HEADER_LEN,
+            Layout::Version2 => RECORD_HEADER_LEN,
+        }
+    }
+
+    fn version(self) -> u32 {
+        match self {
+            Layout::Version1 => 1,
+            Layout::Version2 => 2,
+        }
+    }
+
+    fn other(self) -> Layout {
+        match self {
+            Layout::Version1 => Layout::Version2,
+            Layout::Version2 => Layout::Version1,
+        }
+    }
+}
+
 enum RecordAt<'a> {
-    Complete { payload: &'a [u8], next: usize },
+    Complete {
+        payload: &'a [u8],
+        /// None in a version-1 log, which did not record it
+        durable_before: Option<LogIndex>,
+        next: usize,
+    },
     Damaged(String),
 }
 
-fn record_at(bytes: &[u8], at: usize) -> RecordAt<'_> {
+fn record_at(bytes: &[u8], at: usize, layout: Layout) -> RecordAt<'_> {
+    let header_len = layout.header_len();
     let rest = &bytes[at..];
-    if rest.len() < RECORD_HEADER_LEN {
+    if rest.len() < header_len {
         return RecordAt::Damaged(format!(
-            "record header cut short ({} of {RECORD_HEADER_LEN} bytes)",
+            "record header cut short ({} of {header_len} bytes)",
             rest.len()
         ));
     }
@@ -246,15 +304,19 @@ fn record_at(bytes: &[u8], at: usize) -> RecordAt<'_> {
             "record length {len} is outside 1..={MAX_RECORD_PAYLOAD}"
         ));
     }
-    let available = rest.len() - RECORD_HEADER_LEN;
+    let available = rest.len() - header_len;
     if len > available {
         return RecordAt::Damaged(format!(
             "record of {len} bytes runs past the end of the file ({available} bytes left)"
         ));
     }
-    let payload = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
+    let payload = &rest[header_len..header_len + len];
+    let (checksummed, durable_before) = match layout {
+        Layout::Version1 => (payload, None),
+        Layout::Version2 => (&rest[8..header_len + len], Some(u64_at(rest, 8))),
+    };
     let stored = u32_at(rest, 4);
-    let computed = crc32fast::hash(payload);
+    let computed = crc32fast::hash(checksummed);
     if stored != computed {
         return RecordAt::Damaged(format!(
             "crc32 mismatch (stored {stored:#010x}, computed {computed:#010x})"
@@ -262,26 +324,114 @@ fn record_at(bytes: &[u8], at: usize) -> RecordAt<'_> {
     }
     RecordAt::Complete {
         payload,
-        next: at + RECORD_HEADER_LEN + len,
+        durable_before,
+        next: at + header_len + len,
     }
 }
 
-/// The first offset at or after `from` where a complete record with a good
-/// checksum and a decodable payload starts, if there is one.
-fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
-    (from..bytes.len().saturating_sub(RECORD_HEADER_LEN)).find(|&at| {
+/// A complete record with a good checksum and a decodable payload.
+struct ValidRecord {
+    offset: usize,
+    durable_before: Option<LogIndex>,
+    next: usize,
+}
+
+/// The first valid record at or after `from`, if there is one.
+fn next_valid_record(bytes: &[u8], from: usize, layout: Layout) -> Option<ValidRecord> {
+    let header_len = layout.header_len();
+    (from..bytes.len().saturating_sub(header_len)).find_map(|at| {
         // The tag test rejects almost every offset before the crc is computed.
-        bytes[at + RECORD_HEADER_LEN] == INDEX_FIELD_TAG
-            && matches!(record_at(bytes, at),
-                RecordAt::Complete { payload, .. } if LogEntry::decode(payload).is_ok())
+        if bytes[at + header_len] != INDEX_FIELD_TAG {
+            return None;
+        }
+        match record_at(bytes, at, layout) {
+            RecordAt::Complete {
+                payload,
+                durable_before,
+                next,
+            } if LogEntry::decode(payload).is_ok() => Some(ValidRecord {
+                offset: at,
+                durable_before,
+                next,
+            }),
+            _ => None,
+        }
     })
 }
 
-/// Read a whole `log` file. A damaged record with nothing valid after it is a
-/// write the crash interrupted (the caller cuts it off); damage followed by a
-/// valid record, or a record that passes its checksum but breaks the log's
-/// rules, is corruption and an error.
-pub fn scan_log(bytes: &[u8]) -> Result<ScannedLog, Corruption> {
+/// Damage at byte offset `at`, in the record that held entry `damaged_index`:
+/// a torn write (returned, for the caller to cut off) or corruption (the
+/// error). Each valid record after it says which entries were on disk when
+/// it was written. If none says entry `damaged_index` was, then nothing from
+/// `at` on had been fsynced, so nothing there was acknowledged (Figure 2),
+/// whatever the crash left of it: a record cut short, zeros, garbage, or a
+/// hole with later records of the same unsynced writes after it.
+fn judge_damage(
+    bytes: &[u8],
+    at: usize,
+    layout: Layout,
+    damaged_index: LogIndex,
+    reason: String,
+) -> Result<Corruption, Corruption> {
+    let mut first_valid = None;
+    let mut from = at + 1;
+    while let Some(valid) = next_valid_record(bytes, from, layout) {
+        match valid.durable_before {
+            // Version 1 did not record what was on disk, so any valid record
+            // after the damage is taken for proof, as version 1 did.
+            None => {
+                return Err(corruption(
+                    at as u64,
+                    format!(
+                        "{reason}, yet a valid record follows at byte offset {}",
+                        valid.offset
+                    ),
+                ))
+            }
+            Some(durable) if durable >= damaged_index => {
+                return Err(corruption(
+                    at as u64,
+                    format!(
+                        "{reason}, yet a valid record follows at byte offset {}, written when entries through {durable} were durable",
+                        valid.offset
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        first_valid.get_or_insert(valid.offset);
+        from = valid.next;
+    }
+    // A version number damaged into the other one makes every record look
+    // damaged, and the whole log would be cut off as torn.
+    if let Some(valid) = next_valid_record(bytes, at, layout.other()) {
+        return Err(corruption(
+            at as u64,
+            format!(
+                "{reason}, yet a valid record of format version {} is at byte offset {} (the header says version {})",
+                layout.other().version(),
+                valid.offset,
+                layout.version()
+            ),
+        ));
+    }
+    Ok(corruption(
+        at as u64,
+        match first_valid {
+            None => reason,
+            Some(offset) => format!(
+                "{reason}; the valid records from byte offset {offset} on were all written before entry {damaged_index} was durable"
+            ),
+        },
+    ))
+}
+
+/// Read a whole `log` file; `snapshot_index` is where the snapshot beside it
+/// ends (0 without one). A damaged record is a write the crash interrupted
+/// (the caller cuts it off) or corruption (an error), as `judge_damage`
+/// decides; a record that passes its checksum but breaks the log's rules is
+/// corruption.
+pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Corruption> {
     if (bytes.len() as u64) < LOG_HEADER_LEN {
         return Err(corruption(
             0,
@@ -291,8 +441,24 @@ pub fn scan_log(bytes: &[u8]) -> Result<ScannedLog, Corruption> {
             ),
         ));
     }
-    check_magic_and_version(bytes, LOG_MAGIC, "log")?;
-    let mut scanned = ScannedLog::default();
+    check_magic(bytes, LOG_MAGIC, "log")?;
+    let version = u32_at(bytes, 4);
+    let layout = match version {
+        1 => Layout::Version1,
+        LOG_FORMAT_VERSION => Layout::Version2,
+        _ => {
+            return Err(corruption(
+                4,
+                format!(
+                    "format version {version}, but this build reads versions 1 and {LOG_FORMAT_VERSION}"
+                ),
+            ))
+        }
+    };
+    let mut scanned = ScannedLog {
+        version,
+        ..Default::default()
+    };
     let mut at = LOG_HEADER_LEN as usize;
     while at < bytes.len() {
         if bytes[at..].iter().all(|&b| b == 0) {
@@ -301,16 +467,18 @@ pub fn scan_log(bytes: &[u8]) -> Result<ScannedLog, Corruption> {
             // reached the disk: the clean end of the log either way.
             break;
         }
-        let (payload, next) = match record_at(bytes, at) {
-            RecordAt::Complete { payload, next } => (payload, next),
+        let (payload, next) = match record_at(bytes, at, layout) {
+            RecordAt::Complete { payload, next, .. } => (payload, next),
             RecordAt::Damaged(reason) => {
-                if let Some(valid) = next_valid_record(bytes, at + 1) {
-                    return Err(corruption(
-                        at as u64,
-                        format!("{reason}, yet a valid record follows at byte offset {valid}"),
-                    ));
-                }
-                scanned.torn = Some(corruption(at as u64, reason));
+                // The entry after the last good one; in the first record, the
+                // entry after the snapshot (or, if a crash interrupted a
+                // compaction, one the snapshot covers and makes redundant).
+                let damaged_index = scanned
+                    .entries
+                    .last()
+                    .map_or(snapshot_index, |e| e.index)
+                    .saturating_add(1);
+                scanned.torn = Some(judge_damage(bytes, at, layout, damaged_index, reason)?);
                 break;
             }
         };
@@ -387,13 +555,14 @@ mod tests {
         }
     }
 
-    /// A log file holding `entries`, and where each record starts.
+    /// A log file holding `entries`, each appended and synced on its own,
+    /// and where each record starts.
     fn log_bytes(entries: &[Entry]) -> (Vec<u8>, Vec<usize>) {
         let mut bytes = log_header().to_vec();
         let mut offsets = Vec::new();
         for e in entries {
             offsets.push(bytes.len());
-            encode_record(e, &mut bytes).unwrap();
+            encode_record(e, e.index - 1, &mut bytes).unwrap();
         }
         (bytes, offsets)
     }
@@ -436,7 +605,7 @@ mod tests {
     fn scan_reads_back_what_was_encoded() {
         let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1 + i / 3)).collect();
         let (bytes, offsets) = log_bytes(&entries);
-        let scanned = scan_log(&bytes).unwrap();
+        let scanned = scan_log(&bytes, 0).unwrap();
         assert_eq!(scanned.entries, entries);
         assert_eq!(
             scanned.offsets,
@@ -453,14 +622,14 @@ mod tests {
 
         let mut last_damaged = bytes.clone();
         *last_damaged.last_mut().unwrap() ^= 0x10;
-        let scanned = scan_log(&last_damaged).unwrap();
+        let scanned = scan_log(&last_damaged, 0).unwrap();
         assert_eq!(scanned.entries, entries[..2]);
         assert_eq!(scanned.end, offsets[2] as u64);
         assert_eq!(scanned.torn.unwrap().offset, offsets[2] as u64);
 
         let mut middle_damaged = bytes.clone();
         middle_damaged[offsets[1] + RECORD_HEADER_LEN + 2] ^= 0x10;
-        let error = scan_log(&middle_damaged).unwrap_err();
+        let error = scan_log(&middle_damaged, 0).unwrap_err();
         assert_eq!(error.offset, offsets[1] as u64);
         assert!(
             error.reason.contains(&format!(
@@ -480,7 +649,7 @@ mod tests {
         let (mut bytes, _) = log_bytes(&entries);
         let end = bytes.len();
         bytes.extend_from_slice(&[0; 100]);
-        let scanned = scan_log(&bytes).unwrap();
+        let scanned = scan_log(&bytes, 0).unwrap();
         assert_eq!(scanned.entries, entries);
         assert_eq!(scanned.end, end as u64);
         assert_eq!(scanned.torn, None);
@@ -493,7 +662,7 @@ mod tests {
         // Only the first bytes of the second record reached the disk.
         bytes.truncate(offsets[1] + 3);
         bytes.extend_from_slice(&[0; 100]);
-        let scanned = scan_log(&bytes).unwrap();
+        let scanned = scan_log(&bytes, 0).unwrap();
         assert_eq!(scanned.entries, entries[..1]);
         assert_eq!(scanned.end, offsets[1] as u64);
         assert!(scanned.torn.is_some());
@@ -502,7 +671,7 @@ mod tests {
     #[test]
     fn checksummed_records_that_break_the_log_rules_are_refused() {
         let (gap, offsets) = log_bytes(&[entry(1, 1), entry(2, 1), entry(4, 1)]);
-        let error = scan_log(&gap).unwrap_err();
+        let error = scan_log(&gap, 0).unwrap_err();
         assert_eq!(error.offset, offsets[2] as u64);
         assert!(
             error.reason.contains("entry 4 follows entry 2"),
@@ -510,12 +679,150 @@ mod tests {
         );
 
         let (regression, offsets) = log_bytes(&[entry(1, 2), entry(2, 3), entry(3, 2)]);
-        let error = scan_log(&regression).unwrap_err();
+        let error = scan_log(&regression, 0).unwrap_err();
         assert_eq!(error.offset, offsets[2] as u64);
         assert!(
             error.reason.contains("lower than the previous"),
             "{error:?}"
         );
+    }
+
+    /// Entries 1 and 2 appended and synced one by one, then 3..=5 in one
+    /// append; `later` adds entry 6, appended after that append was synced.
+    fn batch_log(later: bool) -> (Vec<u8>, Vec<usize>, Vec<Entry>) {
+        let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1)).collect();
+        let mut bytes = log_header().to_vec();
+        let mut offsets = Vec::new();
+        let durable_before = [0, 1, 2, 2, 2, 5];
+        let count = if later { 6 } else { 5 };
+        for (e, durable) in entries.iter().zip(durable_before).take(count) {
+            offsets.push(bytes.len());
+            encode_record(e, durable, &mut bytes).unwrap();
+        }
+        (bytes, offsets, entries)
+    }
+
+    #[test]
+    fn a_hole_is_torn_unless_a_later_record_was_written_after_it_was_durable() {
+        let (mut unsynced, offsets, entries) = batch_log(false);
+        unsynced[offsets[2]..offsets[3]].fill(0);
+        let scanned = scan_log(&unsynced, 0).unwrap();
+        assert_eq!(scanned.entries, entries[..2]);
+        assert_eq!(scanned.end, offsets[2] as u64);
+        let torn = scanned.torn.unwrap();
+        assert_eq!(torn.offset, offsets[2] as u64);
+        assert!(
+            torn.reason.contains(&format!(
+                "the valid records from byte offset {} on were all written before entry 3 was durable",
+                offsets[3]
+            )),
+            "{torn:?}"
+        );
+
+        let (mut synced, offsets, _) = batch_log(true);
+        synced[offsets[2]..offsets[3]].fill(0);
+        let error = scan_log(&synced, 0).unwrap_err();
+        assert_eq!(error.offset, offsets[2] as u64);
+        assert!(
+            error.reason.contains(&format!(
+                "a valid record follows at byte offset {}, written when entries through 5 were durable",
+                offsets[5]
+            )),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_first_record_holds_the_entry_after_the_snapshot() {
+        // Entries 6..=8 appended in one go after a snapshot through 5.
+        let mut bytes = log_header().to_vec();
+        let mut offsets = Vec::new();
+        for index in 6..=8 {
+            offsets.push(bytes.len());
+            encode_record(&entry(index, 1), 5, &mut bytes).unwrap();
+        }
+        bytes[offsets[0] + RECORD_HEADER_LEN] ^= 1;
+        let scanned = scan_log(&bytes, 5).unwrap();
+        assert!(scanned.entries.is_empty());
+        assert_eq!(scanned.torn.unwrap().offset, LOG_HEADER_LEN);
+        // Without the snapshot, entry 1 would have been durable before them.
+        assert_eq!(scan_log(&bytes, 0).unwrap_err().offset, LOG_HEADER_LEN);
+    }
+
+    #[test]
+    fn a_version_damaged_into_the_other_is_refused_not_cut() {
+        // Read by the other layout, every record looks damaged and nothing
+        // valid of that layout follows: a cut would drop the whole log.
+        let entries: Vec<Entry> = (1..=2).map(|i| entry(i, 1)).collect();
+        let (mut version_2, _) = log_bytes(&entries[..1]);
+        version_2[4] = 1;
+        let error = scan_log(&version_2, 0).unwrap_err();
+        assert_eq!(error.offset, LOG_HEADER_LEN);
+        assert!(
+            error
+                .reason
+                .contains("a valid record of format version 2 is at byte offset 8"),
+            "{error:?}"
+        );
+
+        let mut version_1 = version_1_log_bytes(&entries[..1]);
+        version_1[4] = 2;
+        let error = scan_log(&version_1, 0).unwrap_err();
+        assert!(
+            error
+                .reason
+                .contains("a valid record of format version 1 is at byte offset 8"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn durable_before_is_stored_and_checksummed() {
+        let mut bytes = Vec::new();
+        encode_record(&entry(9, 2), 7, &mut bytes).unwrap();
+        assert_eq!(bytes[8..16], 7u64.to_le_bytes());
+        assert!(matches!(
+            record_at(&bytes, 0, Layout::Version2),
+            RecordAt::Complete {
+                durable_before: Some(7),
+                ..
+            }
+        ));
+        bytes[8] ^= 1;
+        assert!(matches!(
+            record_at(&bytes, 0, Layout::Version2),
+            RecordAt::Damaged(reason) if reason.contains("crc32 mismatch")
+        ));
+    }
+
+    /// A log as version 1 wrote it: 8-byte record headers, no durable_before.
+    fn version_1_log_bytes(entries: &[Entry]) -> Vec<u8> {
+        let mut bytes = b"RKVL\x01\0\0\0".to_vec();
+        for e in entries {
+            let mut record = Vec::new();
+            encode_record(e, 0, &mut record).unwrap();
+            let payload = &record[RECORD_HEADER_LEN..];
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            bytes.extend_from_slice(payload);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_version_1_log_is_read_by_its_own_layout() {
+        let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+        let bytes = version_1_log_bytes(&entries);
+        let scanned = scan_log(&bytes, 0).unwrap();
+        assert_eq!(scanned.version, 1);
+        assert_eq!(scanned.entries, entries);
+        assert_eq!(scanned.end, bytes.len() as u64);
+
+        let mut future = bytes.clone();
+        future[4] = 3;
+        let error = scan_log(&future, 0).unwrap_err();
+        assert_eq!(error.offset, 4);
+        assert!(error.reason.contains("format version 3"), "{error:?}");
     }
 
     #[test]
@@ -531,7 +838,7 @@ mod tests {
             },
         };
         let mut buffer = vec![1, 2, 3];
-        assert!(encode_record(&huge, &mut buffer).is_err());
+        assert!(encode_record(&huge, 0, &mut buffer).is_err());
         assert_eq!(buffer, [1, 2, 3]);
     }
 }

@@ -64,6 +64,12 @@ pub struct FileStorage {
     log_end: u64,
     /// The length of `log`: `log_end` and zeros after it.
     log_len: u64,
+    /// The last entry known to be on disk (fsynced, or in the snapshot).
+    /// Each record written carries it as durable_before, so that recovery
+    /// can tell a torn write of entries never acknowledged from damage to
+    /// ones that may have been (Figure 2; docs/storage.md, "Torn writes and
+    /// corruption").
+    durable_index: LogIndex,
     hard_state: HardState,
     snapshot_index: LogIndex,
     /// `log` was written or truncated since the last fsync.
@@ -187,9 +193,12 @@ fn read_snapshot(path: &Path) -> Result<Option<Snapshot>, StorageError> {
         .transpose()
 }
 
-fn read_log(path: &Path) -> Result<Option<format::ScannedLog>, StorageError> {
+fn read_log(
+    path: &Path,
+    snapshot_index: LogIndex,
+) -> Result<Option<format::ScannedLog>, StorageError> {
     read_if_present(path)?
-        .map(|bytes| format::scan_log(&bytes).map_err(corrupt(path)))
+        .map(|bytes| format::scan_log(&bytes, snapshot_index).map_err(corrupt(path)))
         .transpose()
 }
 
@@ -281,10 +290,31 @@ fn check_hard_state_is_newest(
     })
 }
 
+/// Rewrite the version-1 log `scanned` was read from in the current format,
+/// leaving out a torn record. The new file is fsynced whole before it
+/// replaces the old one, so each of its records can say that every entry
+/// before it is durable.
+fn upgrade_log(dir: &Path, scanned: &mut format::ScannedLog) -> io::Result<()> {
+    let mut bytes = format::log_header().to_vec();
+    let mut offsets = Vec::with_capacity(scanned.entries.len());
+    for entry in &scanned.entries {
+        offsets.push(bytes.len() as u64);
+        format::encode_record(entry, entry.index.saturating_sub(1), &mut bytes)
+            .map_err(invalid_input)?;
+    }
+    replace_atomically(dir, LOG_FILE, |f| f.write_all(&bytes))?;
+    scanned.version = format::LOG_FORMAT_VERSION;
+    scanned.offsets = offsets;
+    scanned.end = bytes.len() as u64;
+    scanned.torn = None;
+    Ok(())
+}
+
 impl FileStorage {
     /// Open (creating on first boot) the data dir `dir`, lock it, and read
-    /// everything it holds for [`Storage::recover`]. A torn last log record
-    /// is cut off; any other damage is an error naming the file and offset.
+    /// everything it holds for [`Storage::recover`]. A torn write (damage in
+    /// log records no fsync had covered) is cut off; any other damage is an
+    /// error naming the file and offset.
     pub fn open(dir: &Path) -> Result<FileStorage, StorageError> {
         create_dir_durably(dir).map_err(StorageError::io("preparing the data dir"))?;
         let lock = lock(dir)?;
@@ -293,8 +323,11 @@ impl FileStorage {
         let hard_state_path = dir.join(HARD_STATE_FILE);
         let hard_state = read_hard_state(&hard_state_path)?;
         let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
+        let (snapshot_index, snapshot_term) = snapshot
+            .as_ref()
+            .map_or((0, 0), |s| (s.last_included_index, s.last_included_term));
         let log_path = dir.join(LOG_FILE);
-        let scanned = match read_log(&log_path)? {
+        let mut scanned = match read_log(&log_path, snapshot_index)? {
             Some(scanned) => scanned,
             None if hard_state.is_some() || snapshot.is_some() => {
                 // `open` creates the log before anything else can be saved,
@@ -311,16 +344,12 @@ impl FileStorage {
                 replace_atomically(dir, LOG_FILE, |f| f.write_all(&format::log_header()))
                     .map_err(StorageError::io("creating the log"))?;
                 format::ScannedLog {
+                    version: format::LOG_FORMAT_VERSION,
                     end: format::LOG_HEADER_LEN,
                     ..Default::default()
                 }
             }
         };
-        let log = open_for_writing(&log_path).map_err(StorageError::io("opening the log"))?;
-
-        let (snapshot_index, snapshot_term) = snapshot
-            .as_ref()
-            .map_or((0, 0), |s| (s.last_included_index, s.last_included_term));
         let first_index = snapshot_index + 1;
         if let Some(first) = scanned.entries.first() {
             check_log_follows_snapshot(&log_path, first.index, snapshot.as_ref())?;
@@ -334,9 +363,9 @@ impl FileStorage {
         let hard_state = hard_state.unwrap_or_default();
 
         if let Some(torn) = &scanned.torn {
-            // A crash in the middle of an append: the record never reached the
-            // disk whole, so it was never fsynced, so no RPC reply and no
-            // majority counted on it (Figure 2).
+            // A crash before an fsync covered the records from here on (no
+            // later record says otherwise), so no RPC reply and no majority
+            // counted on them (Figure 2).
             warn!(
                 "{}: torn write at byte offset {} ({}); truncating the log to its last complete record at entry {}",
                 log_path.display(),
@@ -344,13 +373,29 @@ impl FileStorage {
                 torn.reason,
                 scanned.entries.last().map_or(0, |e| e.index)
             );
-            log.set_len(scanned.end)
-                .and_then(|_| log.sync_all())
-                .map_err(StorageError::io(format!(
-                    "truncating {}",
-                    log_path.display()
-                )))?;
         }
+        if scanned.version < format::LOG_FORMAT_VERSION {
+            info!(
+                "{}: format version {}; rewriting it in version {} (docs/storage.md, \"Upgrading from version 1\")",
+                log_path.display(),
+                scanned.version,
+                format::LOG_FORMAT_VERSION
+            );
+            upgrade_log(dir, &mut scanned).map_err(StorageError::io("upgrading the log"))?;
+        }
+        let log = open_for_writing(&log_path).map_err(StorageError::io("opening the log"))?;
+        if scanned.torn.is_some() {
+            log.set_len(scanned.end).map_err(StorageError::io(format!(
+                "truncating {}",
+                log_path.display()
+            )))?;
+        }
+        // A process that crashed after an append but before its fsync leaves
+        // the records in the page cache, where the scan read them; the core
+        // takes every entry `recover` returns as durable (Figure 2), so make
+        // them so. This also makes a truncation above durable.
+        log.sync_data()
+            .map_err(StorageError::io(format!("syncing {}", log_path.display())))?;
 
         let log_len = log
             .metadata()
@@ -373,6 +418,8 @@ impl FileStorage {
             first_index: scanned.entries.first().map_or(first_index, |e| e.index),
             log_end: scanned.end,
             log_len,
+            // The sync above made every record durable.
+            durable_index: scanned.entries.last().map_or(first_index - 1, |e| e.index),
             hard_state,
             snapshot_index,
             unsynced: false,
@@ -396,9 +443,8 @@ impl FileStorage {
                 storage.last_index()
             );
             storage
-                .rewrite_log(storage.last_index() + 1)
+                .discard_log(first_index)
                 .map_err(StorageError::io("discarding the log"))?;
-            storage.first_index = first_index;
             entries.clear();
         } else if storage.first_index < first_index {
             // A crash between the two steps of save_snapshot: the snapshot is
@@ -454,8 +500,19 @@ impl FileStorage {
         self.log_len = self.log_end;
         self.first_index = keep_from.max(self.first_index);
         // The new file was fsynced whole before the rename.
+        self.durable_index = self.last_index();
         self.unsynced = false;
         self.truncated_unsynced = false;
+        Ok(())
+    }
+
+    /// Replace `log` with an empty one, to be continued at `first_index`.
+    fn discard_log(&mut self, first_index: LogIndex) -> io::Result<()> {
+        self.rewrite_log(self.last_index() + 1)?;
+        self.first_index = first_index;
+        // The discarded entries are no longer on disk, whatever rewrite_log
+        // counted; the ones before `first_index` are, in the snapshot.
+        self.durable_index = self.last_index();
         Ok(())
     }
 
@@ -491,12 +548,12 @@ impl FileStorage {
         if !keep_suffix {
             // Figure 13 step 7, in the same rewrite: the old log, entry
             // `index` included, stays whole until the new one replaces it.
-            self.rewrite_log(self.last_index() + 1)?;
-            self.first_index = index + 1;
-            return Ok(());
+            return self.discard_log(index + 1);
         }
         if self.records.is_empty() || self.first_index > index {
             self.first_index = self.first_index.max(index + 1);
+            // The entries through `index` are on disk in the snapshot.
+            self.durable_index = self.durable_index.max(index);
             return Ok(());
         }
         self.rewrite_log(index + 1)
@@ -510,7 +567,9 @@ impl Storage for FileStorage {
         }
         // Asked again: the first call handed over its copy, so read the files.
         let snapshot = read_snapshot(&self.dir.join(SNAPSHOT_FILE))?;
-        let entries = read_log(&self.log_path)?.unwrap_or_default().entries;
+        let entries = read_log(&self.log_path, self.snapshot_index)?
+            .unwrap_or_default()
+            .entries;
         Ok(Recovered {
             hard_state: self.hard_state,
             snapshot,
@@ -554,21 +613,22 @@ impl Storage for FileStorage {
             return Ok(());
         }
         self.check_append(entries)?;
+        if self.truncated_unsynced {
+            // Writing over bytes whose removal is not yet durable could, after
+            // a crash, splice old and new records into a log that reads as
+            // corrupt. Make the truncation durable first (and durable_index
+            // with it, before the records below carry it).
+            self.sync()?;
+        }
         let mut buffer = Vec::new();
         let mut records = Vec::with_capacity(entries.len());
         for entry in entries {
             let offset = self.log_end + buffer.len() as u64;
-            format::encode_record(entry, &mut buffer).map_err(invalid_input)?;
+            format::encode_record(entry, self.durable_index, &mut buffer).map_err(invalid_input)?;
             records.push(Record {
                 offset,
                 term: entry.term,
             });
-        }
-        if self.truncated_unsynced {
-            // Writing over bytes whose removal is not yet durable could, after
-            // a crash, splice old and new records into a log that reads as
-            // corrupt. Make the truncation durable first.
-            self.sync()?;
         }
         let new_end = self.log_end + buffer.len() as u64;
         if new_end > self.log_len {
@@ -604,6 +664,7 @@ impl Storage for FileStorage {
         self.records.truncate(keep);
         self.log_end = new_end;
         self.log_len = new_end;
+        self.durable_index = self.durable_index.min(index.saturating_sub(1));
         self.unsynced = true;
         self.truncated_unsynced = true;
         Ok(())
@@ -617,6 +678,7 @@ impl Storage for FileStorage {
         self.log
             .sync_data()
             .map_err(on("syncing", &self.log_path))?;
+        self.durable_index = self.last_index();
         self.unsynced = false;
         self.truncated_unsynced = false;
         Ok(())
