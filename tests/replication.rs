@@ -228,6 +228,36 @@ fn agreement_with_follower_down_5_3() {
     }
 }
 
+/// Figure 2 assumes stable storage, but a disk can be wiped or replaced,
+/// or a damaged log cut short. A follower that comes back without entries
+/// it acknowledged rejects the leader's AppendEntries with a log that ends
+/// before match_index; the leader must take that for what it is — not for
+/// a late reply — and send the entries again.
+#[test]
+fn a_follower_that_lost_acknowledged_entries_is_refilled_5_3() {
+    for seed in seeds(20) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        let leader = c.elect(200);
+        for i in 0..10 {
+            let id = c.request(leader, set(&format!("k{i}"), "v"));
+            assert_eq!(c.wait_response(id, 50), Some(Ok(ClientResponse::Set)));
+        }
+        converge(&mut c, 100);
+        let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+        if seed % 2 == 0 {
+            c.wipe(follower);
+        } else {
+            c.crash(follower);
+            c.disk(follower).lose_entries_from(5);
+            c.restart(follower);
+        }
+        let id = c.request(leader, set("after", "1"));
+        assert_eq!(c.wait_response(id, 50), Some(Ok(ClientResponse::Set)));
+        converge(&mut c, 200);
+        assert_eq!(c.node(follower).state_machine().get("k0"), Some("v"));
+    }
+}
+
 /// §5.3 "fail-agree": a disconnected follower misses writes and catches up
 /// once reconnected, while the leader keeps committing in between.
 #[test]

@@ -119,6 +119,15 @@ impl MemStorage {
         self.disk.lock().unwrap().fsyncs
     }
 
+    /// Damage: the durable log loses its entries from `index` on, as when
+    /// a node's log is cut at a damaged record (for tests).
+    pub fn lose_entries_from(&self, index: LogIndex) {
+        let mut disk = self.disk.lock().unwrap();
+        disk.durable.entries.retain(|e| e.index < index);
+        disk.written = disk.durable.clone();
+        disk.unsynced_from = None;
+    }
+
     /// The durable log entries (for tests).
     pub fn durable_entries(&self) -> Vec<Entry> {
         self.disk.lock().unwrap().durable.entries.clone()

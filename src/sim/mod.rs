@@ -517,6 +517,16 @@ impl Cluster {
         self.check();
     }
 
+    /// Crash node `id` and start it again on an empty disk, as an operator
+    /// does with a node whose data dir was damaged (docs/storage.md).
+    pub fn wipe(&mut self, id: NodeId) {
+        self.crash(id);
+        self.nodes.get_mut(&id).unwrap().disk = MemStorage::new();
+        self.note(format!("wipe n{id}"));
+        self.start_node(id);
+        self.check();
+    }
+
     pub fn set_unreliable(&mut self, drop_rate: f64, max_delay: u64) {
         self.config.drop_rate = drop_rate;
         self.config.max_delay = max_delay;
