@@ -1,6 +1,7 @@
 //! The `raft-kv` binary: run a node, a local cluster, or talk to a cluster.
 
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// A Raft-replicated key-value store, written to be read beside the Raft paper.
 #[derive(Parser)]
@@ -31,7 +32,10 @@ enum Command {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => std::process::exit(usage_error(error)),
+    };
     let code = match args.command {
         Command::Node(a) => raft_kv::server::run_node(a),
         Command::Cluster(a) => raft_kv::server::run_cluster(a),
@@ -43,4 +47,34 @@ fn main() {
         Command::Skeleton(a) => raft_kv::course::run_skeleton(a),
     };
     std::process::exit(code);
+}
+
+/// A bad subcommand or flag: one line, `raft-kv: error: …`, and exit code 2,
+/// as for every other error (docs/api.md). Help and the version print as
+/// clap prints them; so does the help shown for a bare `raft-kv`.
+fn usage_error(error: clap::Error) -> i32 {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    // The subcommand whose flags were wrong, to point at its --help.
+    let subcommand = std::env::args().nth(1).filter(|word| {
+        Args::command()
+            .get_subcommands()
+            .any(|command| command.get_name() == word)
+    });
+    let command = match subcommand {
+        Some(name) => format!("raft-kv {name}"),
+        None => "raft-kv".to_string(),
+    };
+    let rendered = error.render().to_string();
+    eprintln!(
+        "raft-kv: error: {}",
+        raft_kv::cli::usage_error_line(&rendered, &command)
+    );
+    2
 }

@@ -123,11 +123,11 @@ fn bad_flags_exit_2_with_one_line() {
     let cases: Vec<(Vec<&str>, String)> = vec![
         (
             vec!["--id", "4", "--peers", &peers],
-            "error: --id 4 is not in the member list (1, 2, 3)".to_string(),
+            "raft-kv: error: --id 4 is not in the member list (1, 2, 3)".to_string(),
         ),
         (
             vec!["--id", "1", "--peers", &peers, "--heartbeat-ms", "150"],
-            "error: --heartbeat-ms 150 must be less than the minimum election timeout (150 ms)"
+            "raft-kv: error: --heartbeat-ms 150 must be less than the minimum election timeout (150 ms)"
                 .to_string(),
         ),
         (
@@ -139,11 +139,11 @@ fn bad_flags_exit_2_with_one_line() {
                 "--election-timeout-ms",
                 "300-150",
             ],
-            "error: --election-timeout-ms 300-150: MIN must be less than MAX".to_string(),
+            "raft-kv: error: --election-timeout-ms 300-150: MIN must be less than MAX".to_string(),
         ),
         (
             vec!["--id", "1", "--peers", &peers_with_taken],
-            format!("error: address 127.0.0.1:{taken_port} is already in use"),
+            format!("raft-kv: error: address 127.0.0.1:{taken_port} is already in use"),
         ),
     ];
     for (args, expected) in cases {

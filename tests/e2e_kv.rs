@@ -249,6 +249,85 @@ fn cli_stores_values_from_stdin_and_files_byte_for_byte() {
 }
 
 #[test]
+fn bad_subcommands_and_flags_get_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let ports = free_ports(2);
+    let semicolons = format!("1=127.0.0.1:{};2=127.0.0.1:{}", ports[0], ports[1]);
+    let cases: [(&[&str], &str); 8] = [
+        (&["bogus"], "unrecognized subcommand 'bogus'"),
+        (
+            &["get"],
+            "the following required arguments were not provided: <KEY>",
+        ),
+        (
+            &["get", "k", "--stal"],
+            "unexpected argument '--stal' found (tip: a similar argument exists: '--stale')",
+        ),
+        (&["get", "k", "--timeout", "0"], "invalid value '0' for '--timeout <DURATION>'"),
+        (
+            &["set", "k", "v", "--value-file", "f"],
+            "the argument '[VALUE]' cannot be used with '--value-file <FILE>'",
+        ),
+        (
+            &["node", "--id", "x", "--peers", "1=127.0.0.1:1", "--data-dir", data_dir],
+            "invalid value 'x' for '--id <N>'",
+        ),
+        (
+            &["cluster", "--log-level", "loud"],
+            "invalid value 'loud' for '--log-level <LEVEL>' [possible values: error, warn, info, debug, trace]",
+        ),
+        (
+            &["node", "--id", "1", "--peers", &semicolons, "--data-dir", data_dir],
+            "--peers entry 1 (",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(stdout(&out), "", "{args:?}");
+        let message = stderr(&out);
+        assert!(
+            message.starts_with(&format!("raft-kv: error: {expected}"))
+                && message.lines().count() == 1,
+            "{args:?}: {message:?}"
+        );
+    }
+    let out = cli(&["get", "k", "--stal"]);
+    assert!(stderr(&out).ends_with("; see 'raft-kv get --help'\n"));
+    assert!(stderr(&cli(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        &semicolons,
+        "--data-dir",
+        data_dir
+    ]))
+    .contains("separate members with commas"));
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused node wrote its data dir"
+    );
+
+    // Help and the version still print in full, with exit 0.
+    for args in [
+        &["--help"][..],
+        &["get", "--help"],
+        &["help", "set"],
+        &["--version"],
+    ] {
+        let out = cli(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            !stdout(&out).is_empty() && stderr(&out).is_empty(),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
 fn a_follower_redirects_to_the_leader() {
     let mut cluster = Cluster::start(&[]);
     let rt = runtime();

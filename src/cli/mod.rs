@@ -198,6 +198,36 @@ fn run(flags: &ClusterFlags, command: impl FnOnce(&mut Client) -> Result<i32, Er
     })
 }
 
+/// One line for one of clap's errors, which it renders in 3 to 7 lines:
+/// the error itself, its tip if it has one, and where to read more, e.g.
+/// `unexpected argument '--stal' found (tip: a similar argument exists:
+/// '--stale'); see 'raft-kv get --help'`. `command` is the command whose
+/// flags were being parsed (`raft-kv get`).
+pub fn usage_error_line(rendered: &str, command: &str) -> String {
+    let mut error = String::new();
+    let mut tips = Vec::new();
+    // clap separates the error, each tip, the usage and the "try --help"
+    // line with blank lines.
+    for (i, paragraph) in rendered.trim().split("\n\n").enumerate() {
+        let text = paragraph
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if i == 0 {
+            error = text
+                .strip_prefix("error:")
+                .unwrap_or(&text)
+                .trim()
+                .to_owned();
+        } else if let Some(tip) = text.strip_prefix("tip:") {
+            tips.push(format!(" (tip: {})", tip.trim()));
+        }
+    }
+    format!("{error}{}; see '{command} --help'", tips.concat())
+}
+
 /// The status table, aligned, one row per address; an unreachable node's row
 /// says why.
 pub fn status_table(rows: &[(String, Result<StatusResponse, String>)]) -> String {
@@ -318,6 +348,25 @@ mod tests {
         assert!(
             message.starts_with(&format!("cannot read {}: ", missing.display())),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        let rendered = "error: unexpected argument '--stal' found\n\n  tip: a similar argument exists: '--stale'\n\nUsage: raft-kv get --stale <KEY>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(rendered, "raft-kv get"),
+            "unexpected argument '--stal' found (tip: a similar argument exists: '--stale'); see 'raft-kv get --help'"
+        );
+        let rendered = "error: the following required arguments were not provided:\n  <KEY>\n\nUsage: raft-kv get <KEY>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(rendered, "raft-kv get"),
+            "the following required arguments were not provided: <KEY>; see 'raft-kv get --help'"
+        );
+        let rendered = "error: invalid value 'loud' for '--log-level <LEVEL>'\n  [possible values: error, warn]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(rendered, "raft-kv node"),
+            "invalid value 'loud' for '--log-level <LEVEL>' [possible values: error, warn]; see 'raft-kv node --help'"
         );
     }
 
