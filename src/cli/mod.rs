@@ -48,7 +48,9 @@ pub struct SetArgs {
 pub struct GetArgs {
     /// The key to read.
     pub key: String,
-    /// Read from any node's state machine instead of the leader (may be stale).
+    /// Read from any node's state machine instead of the leader (may be
+    /// stale). A node that may be behind (just restarted, or in an election)
+    /// says so instead of answering; the next node is tried.
     #[arg(long)]
     pub stale: bool,
     /// Print the value exactly as stored, without a newline after it (what
