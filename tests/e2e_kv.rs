@@ -311,7 +311,8 @@ fn bad_subcommands_and_flags_get_one_line_and_exit_2() {
         "a refused node wrote its data dir"
     );
 
-    // Help and the version still print in full, with exit 0.
+    // Help and the version still print in full, with exit 0; every
+    // command's help ends with its exit codes.
     for args in [
         &["--help"][..],
         &["get", "--help"],
@@ -324,6 +325,12 @@ fn bad_subcommands_and_flags_get_one_line_and_exit_2() {
             !stdout(&out).is_empty() && stderr(&out).is_empty(),
             "{args:?}"
         );
+    }
+    for command in [
+        "node", "cluster", "set", "get", "delete", "status", "bench", "skeleton",
+    ] {
+        let help = stdout(&cli(&[command, "--help"]));
+        assert!(help.contains("\nExit codes"), "{command} --help:\n{help}");
     }
 }
 
