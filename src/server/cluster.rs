@@ -51,6 +51,15 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 const COMMANDS: &str =
     "kill N, restart N, pause N, resume N, status, help, quit (N: a node id or 'leader')";
+const HELP: [&str; 7] = [
+    "kill N      SIGKILL node N, as in a crash (N: a node id, or 'leader')",
+    "restart N   start node N again on its data dir with the same flags (killed first if running)",
+    "pause N     SIGSTOP node N: it stays connected but answers nothing",
+    "resume N    SIGCONT node N: it carries on and catches up",
+    "status      each node's process, and its role, term and leader as it says",
+    "quit        stop every node and exit, as Ctrl-C does",
+    "Only this cluster's own nodes are touched.",
+];
 
 /// `raft-kv cluster`: run every member as a local child process.
 #[derive(clap::Args, Debug)]
@@ -285,7 +294,11 @@ impl Cluster {
             None => return Flow::Continue,
         };
         match (verb, args) {
-            ("help", []) => announce(&format!("commands: {COMMANDS}")),
+            ("help", []) => {
+                for line in HELP {
+                    announce(line);
+                }
+            }
             ("status", []) => self.print_status(),
             ("quit", []) => return Flow::Quit,
             ("kill" | "restart" | "pause" | "resume", [which]) => match self.node_id(which) {
