@@ -70,14 +70,20 @@ impl Address {
         let Some((host, port)) = text.rsplit_once(':') else {
             return Err(format!("address '{text}' is not HOST:PORT"));
         };
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(format!("address '{text}' has no valid host"));
-        }
         let bracketed = host.starts_with('[') && host.ends_with(']');
-        if host.contains(':') && !bracketed {
+        let looks_like_ipv6 = host.contains(':')
+            && host
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+        if looks_like_ipv6 {
             return Err(format!(
                 "address '{text}': write an IPv6 host in brackets, like [::1]:7001"
             ));
+        }
+        // A name or an IPv4 address; anything else (`;`, spaces, …) is a typo.
+        let name_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+        if host.is_empty() || !(bracketed || host.chars().all(name_chars)) {
+            return Err(format!("address '{text}' has no valid host"));
         }
         match port.parse::<u16>() {
             Ok(port) if port > 0 => Ok(Address {
@@ -118,6 +124,12 @@ impl Members {
                     position + 1
                 ));
             };
+            if address.contains('=') {
+                return error(format!(
+                    "--peers entry {} ('{entry}') holds more than one member: separate members with commas, like 1=127.0.0.1:7001,2=127.0.0.1:7002",
+                    position + 1
+                ));
+            }
             let member = parse_member(id.trim(), address.trim())
                 .map_err(|why| ConfigError(format!("--peers entry '{entry}': {why}")))?;
             entries.push(member);
@@ -596,6 +608,23 @@ mod tests {
             "--peers entry '1=:7001': address ':7001' has no valid host"
         );
         assert!(peers_error("1=::1:7001").contains("write an IPv6 host in brackets"));
+        // Another separator than a comma is not an IPv6 problem.
+        assert_eq!(
+            peers_error("1=127.0.0.1:7001;2=127.0.0.1:7002"),
+            "--peers entry 1 ('1=127.0.0.1:7001;2=127.0.0.1:7002') holds more than one member: separate members with commas, like 1=127.0.0.1:7001,2=127.0.0.1:7002"
+        );
+        assert_eq!(
+            peers_error("1=127.0.0.1:7001 2=127.0.0.1:7002"),
+            "--peers entry 1 ('1=127.0.0.1:7001 2=127.0.0.1:7002') holds more than one member: separate members with commas, like 1=127.0.0.1:7001,2=127.0.0.1:7002"
+        );
+        assert_eq!(
+            peers_error("1=127.0.0.1;x:7001"),
+            "--peers entry '1=127.0.0.1;x:7001': address '127.0.0.1;x:7001' has no valid host"
+        );
+        assert_eq!(
+            peers_error("1=my host:7001"),
+            "--peers entry '1=my host:7001': address 'my host:7001' has no valid host"
+        );
     }
 
     #[test]

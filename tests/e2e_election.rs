@@ -7,7 +7,8 @@
 //! - Bad flags stop a node at once with exit code 2 and a one-line message.
 //! - `raft-kv cluster` prefixes its nodes' lines, survives the death of one
 //!   and, on SIGINT, stops its nodes and exits 0; killed outright, it takes
-//!   its nodes with it (Linux).
+//!   its nodes with it (Linux). Commands typed on its stdin kill, restart,
+//!   pause and resume its nodes; with stdin closed it runs on.
 //!
 //! Every process started here is killed by a Drop guard, even when a test
 //! fails (`common::Cluster` for nodes, `Processes` for a cluster).
@@ -16,13 +17,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{eventually, free_ports, Cluster, BIN, PATIENCE};
+use raft_kv::cli::Client;
+use raft_kv::proto::kv::StatusResponse;
 
 fn peers_flag(ports: &[u16]) -> String {
     ports
@@ -120,11 +123,11 @@ fn bad_flags_exit_2_with_one_line() {
     let cases: Vec<(Vec<&str>, String)> = vec![
         (
             vec!["--id", "4", "--peers", &peers],
-            "error: --id 4 is not in the member list (1, 2, 3)".to_string(),
+            "raft-kv: error: --id 4 is not in the member list (1, 2, 3)".to_string(),
         ),
         (
             vec!["--id", "1", "--peers", &peers, "--heartbeat-ms", "150"],
-            "error: --heartbeat-ms 150 must be less than the minimum election timeout (150 ms)"
+            "raft-kv: error: --heartbeat-ms 150 must be less than the minimum election timeout (150 ms)"
                 .to_string(),
         ),
         (
@@ -136,11 +139,11 @@ fn bad_flags_exit_2_with_one_line() {
                 "--election-timeout-ms",
                 "300-150",
             ],
-            "error: --election-timeout-ms 300-150: MIN must be less than MAX".to_string(),
+            "raft-kv: error: --election-timeout-ms 300-150: MIN must be less than MAX".to_string(),
         ),
         (
             vec!["--id", "1", "--peers", &peers_with_taken],
-            format!("error: address 127.0.0.1:{taken_port} is already in use"),
+            format!("raft-kv: error: address 127.0.0.1:{taken_port} is already in use"),
         ),
     ];
     for (args, expected) in cases {
@@ -222,6 +225,10 @@ impl Drop for Processes {
 struct RunningCluster {
     process: Processes,
     pid: u32,
+    /// Where commands are typed, when started with `start_cluster_with_commands`.
+    commands: Option<ChildStdin>,
+    /// `addrs[id - 1]` is node `id`'s address.
+    addrs: Vec<String>,
     output: ClusterOutput,
     node_pids: BTreeMap<u64, u32>,
     /// (id, term) of the latest leader announced
@@ -229,9 +236,18 @@ struct RunningCluster {
     _dir: tempfile::TempDir,
 }
 
-/// Start `raft-kv cluster` and wait until every node has announced its pid
-/// and a leader is elected.
+/// Start `raft-kv cluster` with stdin closed and wait until every node has
+/// announced its pid and a leader is elected.
 fn start_cluster() -> RunningCluster {
+    start_cluster_with(Stdio::null())
+}
+
+/// The same, with a pipe to type commands into.
+fn start_cluster_with_commands() -> RunningCluster {
+    start_cluster_with(Stdio::piped())
+}
+
+fn start_cluster_with(stdin: Stdio) -> RunningCluster {
     let ports = free_ports(3);
     let dir = tempfile::tempdir().unwrap();
     let mut process = Processes(vec![Some(
@@ -240,7 +256,7 @@ fn start_cluster() -> RunningCluster {
             .args(["--peers", &peers_flag(&ports)])
             .arg("--data-dir")
             .arg(dir.path())
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -248,6 +264,7 @@ fn start_cluster() -> RunningCluster {
     )]);
     let child = process.0[0].as_mut().unwrap();
     let pid = child.id();
+    let commands = child.stdin.take();
     let stdout = child.stdout.take().unwrap();
     let (line_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
@@ -277,6 +294,8 @@ fn start_cluster() -> RunningCluster {
     RunningCluster {
         process,
         pid,
+        commands,
+        addrs: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
         output,
         node_pids,
         leader: latest_leader.unwrap(),
@@ -293,6 +312,7 @@ fn cluster_prefixes_lines_outlives_a_killed_leader_and_stops_on_sigint() {
         node_pids: pids,
         leader: (leader, term),
         _dir,
+        ..
     } = start_cluster();
 
     assert!(signal("-KILL", pids[&leader]));
@@ -340,5 +360,137 @@ fn nodes_do_not_outlive_a_killed_cluster() {
         eventually(&format!("node {id} (pid {pid}) to stop"), || {
             finished(pid).then_some(())
         });
+    }
+}
+
+impl RunningCluster {
+    /// Type `command` and Enter in the cluster's terminal.
+    fn type_command(&mut self, command: &str) {
+        let stdin = self.commands.as_mut().expect("started with commands");
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Wait for the `[cluster] ` line that starts with `start`.
+    fn wait_for_answer(&mut self, start: &str) -> String {
+        let start = format!("[cluster] {start}");
+        self.output.wait_for(&format!("'{start}'"), |line| {
+            line.starts_with(&start).then(|| line.to_string())
+        })
+    }
+
+    /// Node `id`'s own status, or None if it does not answer within a second.
+    fn status(&self, id: u64) -> Option<StatusResponse> {
+        Client::new(&[&self.addrs[id as usize - 1]])
+            .unwrap()
+            .with_rpc_timeout(Duration::from_secs(1))
+            .status_all()
+            .pop()
+            .and_then(|(_, answer)| answer.ok())
+    }
+
+    /// Node `id`'s own copy of `key`, once it has one.
+    fn stale_read(&self, id: u64, key: &str) -> Option<String> {
+        let mut client = Client::new(&[&self.addrs[id as usize - 1]])
+            .unwrap()
+            .with_timeout(Duration::from_secs(1));
+        client.get(key, true).ok().flatten()
+    }
+}
+
+#[test]
+fn cluster_commands_kill_restart_pause_and_resume_its_own_nodes() {
+    let mut cluster = start_cluster_with_commands();
+    let mut client = Client::new(&cluster.addrs).unwrap().with_timeout(PATIENCE);
+    client.set("before", "the crash").unwrap();
+
+    // Mistakes change nothing and are answered in one line.
+    cluster.type_command("frobnicate 2");
+    cluster.wait_for_answer("unknown command 'frobnicate 2'; commands: kill N, restart N");
+    cluster.type_command("kill 9");
+    cluster.wait_for_answer("'9' is not a node of this cluster (1, 2, 3)");
+    cluster.type_command("pause");
+    cluster.wait_for_answer("'pause' takes one node id, like: pause 2");
+
+    // kill: the leader crashes, the others elect a new one.
+    let old_leader = eventually("a leader", || {
+        cluster
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(i, _)| i as u64 + 1)
+            .find(|&id| cluster.status(id).is_some_and(|s| s.role == "leader"))
+    });
+    cluster.type_command("kill leader");
+    let answer = cluster.wait_for_answer("node ");
+    let killed: u64 = answer["[cluster] node ".len()..]
+        .split_once(' ')
+        .and_then(|(id, _)| id.parse().ok())
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert!(answer.ends_with("killed with SIGKILL"), "{answer}");
+    assert_eq!(killed, old_leader, "{answer}");
+    cluster.output.wait_for("the killed leader's exit", |line| {
+        (line == format!("[node{killed}] exited: signal 9")).then_some(())
+    });
+    let (new_leader, _) = cluster.output.wait_for("a new leader", new_leader);
+    assert_ne!(new_leader, killed);
+    client.set("after", "the crash").unwrap();
+    cluster.type_command(&format!("pause {killed}"));
+    cluster.wait_for_answer(&format!(
+        "node {killed} is not running (it exited: signal 9); 'restart {killed}' starts it"
+    ));
+
+    // restart: the same node, on its data dir, rejoins and catches up.
+    cluster.type_command(&format!("restart {killed}"));
+    let old_pid = cluster.node_pids[&killed];
+    let new_pid = cluster.output.wait_for("the restarted node's pid", |line| {
+        node_pid(line).and_then(|(id, pid)| (id == killed).then_some(pid))
+    });
+    assert_ne!(new_pid, old_pid);
+    cluster.node_pids.insert(killed, new_pid);
+    eventually(
+        "the restarted node to apply the write made without it",
+        || (cluster.stale_read(killed, "after").as_deref() == Some("the crash")).then_some(()),
+    );
+    assert_eq!(
+        cluster.stale_read(killed, "before").as_deref(),
+        Some("the crash")
+    );
+
+    // pause: a follower stops answering; the others carry on without it.
+    let paused = eventually("a follower", || {
+        (1..=3).find(|&id| cluster.status(id).is_some_and(|s| s.role == "follower"))
+    });
+    cluster.type_command(&format!("pause {paused}"));
+    cluster.wait_for_answer(&format!("node {paused} (pid "));
+    assert!(cluster.status(paused).is_none(), "a paused node answered");
+    client.set("while", "paused").unwrap();
+    cluster.type_command("status");
+    cluster.wait_for_answer(&format!(
+        "node {paused} at {}: paused, pid ",
+        cluster.addrs[paused as usize - 1]
+    ));
+    cluster.type_command(&format!("resume {paused}"));
+    cluster.wait_for_answer(&format!("node {paused} (pid "));
+    eventually("the resumed node to catch up", || {
+        (cluster.stale_read(paused, "while").as_deref() == Some("paused")).then_some(())
+    });
+
+    // With its stdin closed, the cluster runs on as before.
+    drop(cluster.commands.take());
+    client.set("stdin", "closed").unwrap();
+    let process = cluster.process.0[0].as_mut().unwrap();
+    assert!(process.try_wait().unwrap().is_none(), "the cluster exited");
+
+    assert!(signal("-INT", cluster.pid));
+    let status = eventually("exit of the cluster after SIGINT", || {
+        process.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0), "{}", cluster.output.seen.join("\n"));
+    for (id, pid) in &cluster.node_pids {
+        assert!(
+            !signal("-0", *pid),
+            "node {id} (pid {pid}) outlived the cluster"
+        );
     }
 }

@@ -142,6 +142,198 @@ fn cli_prints_values_and_exits_0_1_or_2() {
     }
 }
 
+/// Exactly `len` bytes of UTF-8 with newlines, two-byte characters and a
+/// trailing newline, different for each `seed`.
+fn big_value(len: usize, seed: u32) -> String {
+    let mut value = String::new();
+    let mut line = 0;
+    while value.len() < len {
+        line += 1;
+        value.push_str(&format!("{seed} line {line} héhé\n"));
+    }
+    value.truncate(len - 2);
+    while !value.is_char_boundary(value.len()) {
+        value.pop();
+    }
+    while value.len() < len - 1 {
+        value.push('x');
+    }
+    value.push('\n');
+    assert_eq!(value.len(), len);
+    value
+}
+
+#[test]
+fn cli_stores_values_from_stdin_and_files_byte_for_byte() {
+    let cluster = Cluster::start(&[]);
+    let limit = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let read_back = |key: &str| {
+        let out = cluster.cli(&["get", key, "--raw"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        out.stdout
+    };
+
+    // 1 MiB, the documented limit, through stdin (`-`) and through a file.
+    let piped = big_value(limit, 1);
+    let out = cluster.cli_with_input(&["set", "piped", "-"], piped.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "OK\n");
+    assert!(
+        read_back("piped") == piped.as_bytes(),
+        "stdin value changed"
+    );
+
+    let from_file = big_value(limit, 2);
+    let path = dir.path().join("value.txt");
+    std::fs::write(&path, &from_file).unwrap();
+    let path_arg = path.to_str().unwrap();
+    let out = cluster.cli(&["set", "from-file", "--value-file", path_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        read_back("from-file") == from_file.as_bytes(),
+        "file value changed"
+    );
+    // Without --raw, get adds one newline for the terminal.
+    let out = cluster.cli(&["get", "from-file"]);
+    assert_eq!(out.stdout.len(), limit + 1);
+
+    // A literal `-` goes through stdin; the argument `-` never is the value.
+    let out = cluster.cli_with_input(&["set", "dash", "-"], b"-");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_back("dash"), b"-");
+    let out = cluster.cli_with_input(&["set", "empty", "-"], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_back("empty"), b"");
+
+    // Over the limit: refused with the node's own message, nothing stored.
+    let too_big = big_value(limit + 1, 3);
+    let out = cluster.cli_with_input(&["set", "too-big", "-"], too_big.as_bytes());
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "raft-kv: error: invalid argument: value is {} bytes; the limit is {limit}\n",
+            limit + 1
+        )
+    );
+    let huge = dir.path().join("huge.txt");
+    std::fs::write(&huge, big_value(5 * limit, 4)).unwrap();
+    let out = cluster.cli(&["set", "too-big", "--value-file", huge.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "raft-kv: error: invalid argument: value is {} bytes; the limit is {limit}\n",
+            5 * limit
+        )
+    );
+    let out = cluster.cli(&["set", "too-big", "--value-file", "/nonexistent/value"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "raft-kv: error: cannot read /nonexistent/value: No such file or directory (os error 2)\n"
+    );
+    let not_utf8 = dir.path().join("latin1.txt");
+    std::fs::write(&not_utf8, b"caf\xe9").unwrap();
+    let out = cluster.cli(&["set", "too-big", "--value-file", not_utf8.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "raft-kv: error: the value in {} is not UTF-8 (byte 3 is not)\n",
+            not_utf8.display()
+        )
+    );
+    assert_eq!(cluster.cli(&["get", "too-big"]).status.code(), Some(1));
+}
+
+#[test]
+fn bad_subcommands_and_flags_get_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let ports = free_ports(2);
+    let semicolons = format!("1=127.0.0.1:{};2=127.0.0.1:{}", ports[0], ports[1]);
+    let cases: [(&[&str], &str); 8] = [
+        (&["bogus"], "unrecognized subcommand 'bogus'"),
+        (
+            &["get"],
+            "the following required arguments were not provided: <KEY>",
+        ),
+        (
+            &["get", "k", "--stal"],
+            "unexpected argument '--stal' found (tip: a similar argument exists: '--stale')",
+        ),
+        (&["get", "k", "--timeout", "0"], "invalid value '0' for '--timeout <DURATION>'"),
+        (
+            &["set", "k", "v", "--value-file", "f"],
+            "the argument '[VALUE]' cannot be used with '--value-file <FILE>'",
+        ),
+        (
+            &["node", "--id", "x", "--peers", "1=127.0.0.1:1", "--data-dir", data_dir],
+            "invalid value 'x' for '--id <N>'",
+        ),
+        (
+            &["cluster", "--log-level", "loud"],
+            "invalid value 'loud' for '--log-level <LEVEL>' [possible values: error, warn, info, debug, trace]",
+        ),
+        (
+            &["node", "--id", "1", "--peers", &semicolons, "--data-dir", data_dir],
+            "--peers entry 1 (",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(stdout(&out), "", "{args:?}");
+        let message = stderr(&out);
+        assert!(
+            message.starts_with(&format!("raft-kv: error: {expected}"))
+                && message.lines().count() == 1,
+            "{args:?}: {message:?}"
+        );
+    }
+    let out = cli(&["get", "k", "--stal"]);
+    assert!(stderr(&out).ends_with("; see 'raft-kv get --help'\n"));
+    assert!(stderr(&cli(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        &semicolons,
+        "--data-dir",
+        data_dir
+    ]))
+    .contains("separate members with commas"));
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused node wrote its data dir"
+    );
+
+    // Help and the version still print in full, with exit 0; every
+    // command's help ends with its exit codes.
+    for args in [
+        &["--help"][..],
+        &["get", "--help"],
+        &["help", "set"],
+        &["--version"],
+    ] {
+        let out = cli(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            !stdout(&out).is_empty() && stderr(&out).is_empty(),
+            "{args:?}"
+        );
+    }
+    for command in [
+        "node", "cluster", "set", "get", "delete", "status", "bench", "skeleton",
+    ] {
+        let help = stdout(&cli(&[command, "--help"]));
+        assert!(help.contains("\nExit codes"), "{command} --help:\n{help}");
+    }
+}
+
 #[test]
 fn a_follower_redirects_to_the_leader() {
     let mut cluster = Cluster::start(&[]);

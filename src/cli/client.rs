@@ -44,8 +44,14 @@ pub enum Error {
     /// The write's sequence is older than one this client already had
     /// applied (FAILED_PRECONDITION, dissertation §6.3).
     StaleSequence(String),
-    /// No leader answered before the deadline; `last` is the last failure seen.
-    Unavailable { waited: Duration, last: String },
+    /// No node could serve the call before the deadline: no leader, or for
+    /// a stale read no node that is caught up (`leader_only` says which);
+    /// `last` is the last failure seen.
+    Unavailable {
+        waited: Duration,
+        last: String,
+        leader_only: bool,
+    },
     /// A node answered with a status this client does not expect.
     Server { addr: String, status: String },
 }
@@ -57,10 +63,15 @@ impl fmt::Display for Error {
             Error::BadAddress(addr) => write!(f, "bad address {addr:?}: expected host:port"),
             Error::InvalidArgument(message) => write!(f, "invalid argument: {message}"),
             Error::StaleSequence(message) => write!(f, "stale request: {message}"),
-            Error::Unavailable { waited, last } => {
+            Error::Unavailable {
+                waited,
+                last,
+                leader_only,
+            } => {
+                let who = if *leader_only { "leader" } else { "node" };
                 write!(
                     f,
-                    "no leader answered within {} (last: {last})",
+                    "no {who} answered within {} (last: {last})",
                     human(*waited)
                 )
             }
@@ -159,6 +170,8 @@ impl Client {
 
     /// Read `key`: from the leader after it confirms its leadership
     /// (linearizable), or with `stale`, from whichever node answers first.
+    /// A node that may be behind (just restarted) refuses a stale read;
+    /// the next one is tried, as after any UNAVAILABLE.
     pub fn get(&mut self, key: &str, stale: bool) -> Result<Option<String>, Error> {
         let consistency = if stale {
             Consistency::Stale
@@ -237,6 +250,7 @@ impl Client {
                 return Err(Error::Unavailable {
                     waited: started.elapsed(),
                     last,
+                    leader_only,
                 });
             }
             let kv = self.channel(target);

@@ -5,9 +5,12 @@ pub(crate) mod client;
 
 pub use client::{Client, Error, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT};
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::kv::{self, MAX_VALUE_BYTES};
 use crate::proto::kv::StatusResponse;
 
 /// The addresses `make cluster` uses.
@@ -29,8 +32,14 @@ pub struct ClusterFlags {
 pub struct SetArgs {
     /// The key: 1 byte to 4 KiB of UTF-8.
     pub key: String,
-    /// The value: up to 1 MiB of UTF-8.
-    pub value: String,
+    /// The value: up to 1 MiB of UTF-8. `-` reads it from stdin, byte for
+    /// byte (to store a literal `-`: printf %s - | raft-kv set KEY -).
+    #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+    pub value: Option<String>,
+    /// Read the value from FILE instead, byte for byte (a trailing newline
+    /// is kept): for values longer than a command line may be.
+    #[arg(long, value_name = "FILE")]
+    pub value_file: Option<PathBuf>,
     #[command(flatten)]
     pub flags: ClusterFlags,
 }
@@ -39,9 +48,15 @@ pub struct SetArgs {
 pub struct GetArgs {
     /// The key to read.
     pub key: String,
-    /// Read from any node's state machine instead of the leader (may be stale).
+    /// Read from any node's state machine instead of the leader (may be
+    /// stale). A node that may be behind (just restarted, or in an election)
+    /// says so instead of answering; the next node is tried.
     #[arg(long)]
     pub stale: bool,
+    /// Print the value exactly as stored, without a newline after it (what
+    /// set --value-file stored, byte for byte).
+    #[arg(long)]
+    pub raw: bool,
     #[command(flatten)]
     pub flags: ClusterFlags,
 }
@@ -65,10 +80,55 @@ pub struct StatusArgs {
 
 /// `raft-kv set KEY VALUE`: prints `OK` once the write is committed and applied.
 pub fn set(a: SetArgs) -> i32 {
+    let value = match read_value(a.value.as_deref(), a.value_file.as_deref()) {
+        Ok(value) => value,
+        Err(message) => {
+            eprintln!("raft-kv: error: {message}");
+            return 2;
+        }
+    };
     run(&a.flags, |client| {
-        client.set(&a.key, &a.value)?;
+        client.set(&a.key, &value)?;
         println!("OK");
         Ok(0)
+    })
+}
+
+/// The value of `set`: the argument itself, stdin for `-`, or the file.
+fn read_value(value: Option<&str>, file: Option<&Path>) -> Result<String, String> {
+    match (value, file) {
+        (Some("-"), _) => read_limited(io::stdin().lock(), "stdin"),
+        (Some(value), _) => Ok(value.to_owned()),
+        (None, Some(path)) => {
+            let cannot_read = |e: io::Error| format!("cannot read {}: {e}", path.display());
+            let file = File::open(path).map_err(cannot_read)?;
+            read_limited(file, &path.display().to_string())
+        }
+        (None, None) => Err("give a VALUE, '-' for stdin, or --value-file FILE".into()),
+    }
+}
+
+/// Read a whole value, refusing one over the limit as a node would, and
+/// without holding more than the limit in memory.
+fn read_limited(mut reader: impl Read, source: &str) -> Result<String, String> {
+    let cannot_read = |e: io::Error| format!("cannot read {source}: {e}");
+    let limit = MAX_VALUE_BYTES as u64;
+    let mut bytes = Vec::new();
+    (&mut reader)
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot_read)?;
+    if bytes.len() as u64 > limit {
+        // Count the rest without keeping it, to say how long it is.
+        let rest = io::copy(&mut reader, &mut io::sink()).map_err(cannot_read)?;
+        let len = bytes.len() as u64 + rest;
+        return Err(Error::InvalidArgument(kv::value_too_long(len)).to_string());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the value in {source} is not UTF-8 (byte {} is not)",
+            e.utf8_error().valid_up_to()
+        )
     })
 }
 
@@ -77,7 +137,12 @@ pub fn set(a: SetArgs) -> i32 {
 pub fn get(a: GetArgs) -> i32 {
     run(&a.flags, |client| match client.get(&a.key, a.stale)? {
         Some(value) => {
-            println!("{value}");
+            if a.raw {
+                print!("{value}");
+                let _ = io::stdout().flush();
+            } else {
+                println!("{value}");
+            }
             Ok(0)
         }
         None => {
@@ -114,7 +179,7 @@ pub fn status(a: StatusArgs) -> i32 {
             // ANSI: clear the screen, cursor home.
             print!("\x1b[2J\x1b[H{}", status_table(&rows));
             println!("\nrefreshing every second; Ctrl-C to stop");
-            let _ = std::io::stdout().flush();
+            let _ = io::stdout().flush();
             std::thread::sleep(Duration::from_secs(1));
         }
     })
@@ -133,6 +198,36 @@ fn run(flags: &ClusterFlags, command: impl FnOnce(&mut Client) -> Result<i32, Er
         eprintln!("raft-kv: error: {error}");
         2
     })
+}
+
+/// One line for one of clap's errors, which it renders in 3 to 7 lines:
+/// the error itself, its tip if it has one, and where to read more, e.g.
+/// `unexpected argument '--stal' found (tip: a similar argument exists:
+/// '--stale'); see 'raft-kv get --help'`. `command` is the command whose
+/// flags were being parsed (`raft-kv get`).
+pub fn usage_error_line(rendered: &str, command: &str) -> String {
+    let mut error = String::new();
+    let mut tips = Vec::new();
+    // clap separates the error, each tip, the usage and the "try --help"
+    // line with blank lines.
+    for (i, paragraph) in rendered.trim().split("\n\n").enumerate() {
+        let text = paragraph
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if i == 0 {
+            error = text
+                .strip_prefix("error:")
+                .unwrap_or(&text)
+                .trim()
+                .to_owned();
+        } else if let Some(tip) = text.strip_prefix("tip:") {
+            tips.push(format!(" (tip: {})", tip.trim()));
+        }
+    }
+    format!("{error}{}; see '{command} --help'", tips.concat())
 }
 
 /// The status table, aligned, one row per address; an unreachable node's row
@@ -219,6 +314,62 @@ mod tests {
         for bad in ["", "0", "-1s", "fast", "ms", "1h", "inf", "NaN"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn values_are_read_byte_for_byte_up_to_the_limit() {
+        let value = "é\n".repeat(MAX_VALUE_BYTES / 3) + &"x".repeat(MAX_VALUE_BYTES % 3);
+        assert_eq!(value.len(), MAX_VALUE_BYTES);
+        assert_eq!(read_limited(value.as_bytes(), "stdin"), Ok(value.clone()));
+        assert_eq!(read_limited(&b"-"[..], "stdin"), Ok("-".into()));
+        assert_eq!(read_limited(&b""[..], "stdin"), Ok(String::new()));
+
+        let too_long = value + "xy";
+        assert_eq!(
+            read_limited(too_long.as_bytes(), "stdin"),
+            Err(format!(
+                "invalid argument: value is {} bytes; the limit is {MAX_VALUE_BYTES}",
+                MAX_VALUE_BYTES + 2
+            ))
+        );
+        assert_eq!(
+            read_limited(&b"ab\xffc"[..], "v.bin"),
+            Err("the value in v.bin is not UTF-8 (byte 2 is not)".into())
+        );
+    }
+
+    #[test]
+    fn a_value_comes_from_the_argument_stdin_or_a_file() {
+        assert_eq!(read_value(Some("plain"), None), Ok("plain".into()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("value");
+        std::fs::write(&path, "-\n").unwrap();
+        assert_eq!(read_value(None, Some(&path)), Ok("-\n".into()));
+        let missing = dir.path().join("missing");
+        let message = read_value(None, Some(&missing)).unwrap_err();
+        assert!(
+            message.starts_with(&format!("cannot read {}: ", missing.display())),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        let rendered = "error: unexpected argument '--stal' found\n\n  tip: a similar argument exists: '--stale'\n\nUsage: raft-kv get --stale <KEY>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(rendered, "raft-kv get"),
+            "unexpected argument '--stal' found (tip: a similar argument exists: '--stale'); see 'raft-kv get --help'"
+        );
+        let rendered = "error: the following required arguments were not provided:\n  <KEY>\n\nUsage: raft-kv get <KEY>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(rendered, "raft-kv get"),
+            "the following required arguments were not provided: <KEY>; see 'raft-kv get --help'"
+        );
+        let rendered = "error: invalid value 'loud' for '--log-level <LEVEL>'\n  [possible values: error, warn]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(rendered, "raft-kv node"),
+            "invalid value 'loud' for '--log-level <LEVEL>' [possible values: error, warn]; see 'raft-kv node --help'"
+        );
     }
 
     #[test]

@@ -30,13 +30,16 @@ pub fn validate(key: &str, value: Option<&str>) -> Result<(), String> {
     }
     if let Some(value) = value {
         if value.len() > MAX_VALUE_BYTES {
-            return Err(format!(
-                "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
-                value.len()
-            ));
+            return Err(value_too_long(value.len() as u64));
         }
     }
     Ok(())
+}
+
+/// The refusal of a value of `len` bytes, over the limit; the CLI gives the
+/// same one for a value it reads from a file.
+pub fn value_too_long(len: u64) -> String {
+    format!("value is {len} bytes; the limit is {MAX_VALUE_BYTES}")
 }
 
 /// What applying a command produced, returned to the client that proposed it.

@@ -35,6 +35,17 @@ impl RaftNode {
                     key,
                     linearizable: false,
                 } => {
+                    if self.may_be_behind() {
+                        self.outbox.respond(
+                            request,
+                            Err(ClientError::Behind {
+                                node: self.config.id,
+                                last_applied: self.last_applied,
+                                commit_index: self.commit_index,
+                            }),
+                        );
+                        continue;
+                    }
                     let value = self.state_machine.get(&key).map(str::to_owned);
                     self.outbox
                         .respond(request, Ok(ClientResponse::Value(value)));
@@ -112,6 +123,19 @@ impl RaftNode {
             self.start_read_round();
         }
         self.apply_committed();
+    }
+
+    /// Whether this node's state machine may be older than its own log, so
+    /// that a stale read could miss a write the node already holds. Only a
+    /// leader of the current term says what is committed (a new leader
+    /// itself learns it when its §8 no-op commits), and a restarted node's
+    /// commit index starts back at its snapshot. So the node may be behind
+    /// until it knows a leader, has seen an entry of its term committed,
+    /// and has applied everything it knows is committed.
+    fn may_be_behind(&self) -> bool {
+        self.leader_id.is_none()
+            || self.log.term_at(self.commit_index) != Some(self.current_term)
+            || self.last_applied < self.commit_index
     }
 
     /// Send a new heartbeat round for the waiting reads, if they need one and

@@ -62,6 +62,14 @@ pub enum ClientError {
     InvalidArgument(String),
     /// The request's sequence is older than its client's latest (§6.3).
     StaleSequence,
+    /// A stale read on a node whose state machine may lack writes it already
+    /// holds in its log (see `may_be_behind`): answering could call a key
+    /// that exists absent. Another node, or this one a little later, can answer.
+    Behind {
+        node: NodeId,
+        last_applied: LogIndex,
+        commit_index: LogIndex,
+    },
 }
 
 pub type ClientResult = Result<ClientResponse, ClientError>;

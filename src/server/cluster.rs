@@ -1,18 +1,35 @@
 //! `raft-kv cluster`: every member of a cluster as a child `raft-kv node`
 //! process on this machine, with every line they print prefixed `[nodeN] `.
 //!
-//! Killing a node (`kill -9 PID`) is the demonstration: the cluster keeps
-//! running, prints `[node2] exited: signal 9`, and the others elect a new
-//! leader. Ctrl-C reaches every process of the terminal's process group: the
-//! nodes stop at once (as in a crash; what they acknowledged is on disk), and
-//! the cluster waits for them and exits 0. `kill PID` of the cluster does the
-//! same, killing the nodes itself.
+//! Commands typed in its terminal act on its own nodes (and no one else's),
+//! so a crash is one word away:
+//!
+//! ```text
+//! kill N      SIGKILL: node N crashes; the others elect a new leader
+//! restart N   start node N again on its data dir, with the same flags
+//! pause N     SIGSTOP: node N stays connected but answers nothing
+//! resume N    SIGCONT: it carries on and catches up
+//! status      each node's process and what it says of itself
+//! help, quit
+//! ```
+//!
+//! N is a node id, or `leader` for the node that says it leads. The answers
+//! are prefixed `[cluster] `. When stdin is not a terminal the commands are
+//! read all the same (tests type them through a pipe); when it is closed or
+//! `/dev/null` the cluster just runs.
+//!
+//! Ctrl-C reaches every process of the terminal's process group: the nodes
+//! stop at once (as in a crash; what they acknowledged is on disk), and the
+//! cluster waits for them and exits 0. `kill PID` of the cluster does the
+//! same, killing the nodes itself. If every node exits on its own (none was
+//! stopped by a command), the cluster exits 1.
 //!
 //! If the cluster process dies without the chance to stop its nodes (even
 //! `kill -9`), Linux kills them too (`PR_SET_PDEATHSIG`). Elsewhere that last
 //! case is not covered, and the nodes must be stopped by hand.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -20,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
+use crate::cli::Client;
 use crate::config::{ConfigError, Members, Tuning, EXIT_BAD_CONFIG};
 use crate::raft::NodeId;
 
@@ -27,6 +45,21 @@ use crate::raft::NodeId;
 const GRACE: Duration = Duration::from_secs(2);
 /// How often the supervisor looks for an interrupt while the nodes are quiet.
 const POLL: Duration = Duration::from_millis(100);
+/// How long `status` (and `kill leader`) waits for a node's own answer: a
+/// paused node never answers.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+const COMMANDS: &str =
+    "kill N, restart N, pause N, resume N, status, help, quit (N: a node id or 'leader')";
+const HELP: [&str; 7] = [
+    "kill N      SIGKILL node N, as in a crash (N: a node id, or 'leader')",
+    "restart N   start node N again on its data dir with the same flags (killed first if running)",
+    "pause N     SIGSTOP node N: it stays connected but answers nothing",
+    "resume N    SIGCONT node N: it carries on and catches up",
+    "status      each node's process, and its role, term and leader as it says",
+    "quit        stop every node and exit, as Ctrl-C does",
+    "Only this cluster's own nodes are touched.",
+];
 
 /// `raft-kv cluster`: run every member as a local child process.
 #[derive(clap::Args, Debug)]
@@ -50,32 +83,38 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
     let members = match check(&args) {
         Ok(members) => members,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("raft-kv: error: {e}");
             return EXIT_BAD_CONFIG;
         }
     };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
-            eprintln!("error: cannot find the raft-kv executable: {e}");
+            eprintln!("raft-kv: error: cannot find the raft-kv executable: {e}");
             return 1;
         }
     };
     interrupt::catch();
     let (events_tx, events) = unbounded();
-    let mut nodes = Nodes(Vec::new());
-    for (id, _) in members.iter() {
-        let data_dir = args.data_dir.join(format!("node{id}"));
-        match spawn_node(&exe, id, &members, &data_dir, &args.tuning, &events_tx) {
-            Ok(child) => nodes.0.push((id, child)),
-            Err(e) => {
-                eprintln!("error: cannot start node {id}: {e}");
-                return 1;
-            }
+    let mut cluster = Cluster {
+        exe,
+        members,
+        data_dir: args.data_dir,
+        tuning: args.tuning,
+        events: events_tx,
+        nodes: BTreeMap::new(),
+    };
+    for id in cluster.members.ids() {
+        if let Err(e) = cluster.start(id) {
+            eprintln!("raft-kv: error: cannot start node {id}: {e}");
+            return 1;
         }
     }
-    drop(events_tx);
-    supervise(nodes, events)
+    if io::stdin().is_terminal() {
+        announce(&format!("type a command and Enter: {COMMANDS}"));
+    }
+    read_commands(cluster.events.clone());
+    cluster.supervise(events)
 }
 
 /// Check the flags here, so a mistake is reported once rather than by every node.
@@ -85,16 +124,417 @@ fn check(args: &ClusterArgs) -> Result<Members, ConfigError> {
     Ok(members)
 }
 
-/// What the output threads tell the supervisor.
+/// What the output threads and the command reader tell the supervisor.
 enum Event {
     Line(NodeId, String),
-    /// The node's output has ended: it has exited, or is about to.
-    Closed(NodeId),
+    /// The output of run `run` of the node has ended: it has exited, or is
+    /// about to.
+    Closed {
+        id: NodeId,
+        run: u64,
+    },
+    /// A line typed on stdin.
+    Command(String),
+    /// stdin is closed: no more commands will come.
+    InputClosed,
+}
+
+/// The cluster's nodes and what it needs to start them again.
+struct Cluster {
+    exe: PathBuf,
+    members: Members,
+    data_dir: PathBuf,
+    tuning: Tuning,
+    /// Kept to hand to the output thread of every node started.
+    events: Sender<Event>,
+    nodes: BTreeMap<NodeId, Node>,
+}
+
+/// One member's process, across its restarts.
+struct Node {
+    /// How many times it was started: the end of an earlier run's output
+    /// must not be taken for the end of this one.
+    run: u64,
+    state: State,
+}
+
+enum State {
+    Running {
+        child: Child,
+        paused: bool,
+        /// `kill` or `restart` sent it SIGKILL.
+        killed_by_command: bool,
+    },
+    Exited {
+        how: String,
+        by_command: bool,
+    },
+}
+
+impl Cluster {
+    /// Start node `id` (again) on its data dir, with the cluster's flags.
+    fn start(&mut self, id: NodeId) -> io::Result<()> {
+        let run = self.nodes.get(&id).map_or(1, |node| node.run + 1);
+        let data_dir = self.node_data_dir(id);
+        let child = spawn_node(
+            &self.exe,
+            id,
+            run,
+            &self.members,
+            &data_dir,
+            &self.tuning,
+            &self.events,
+        )?;
+        let state = State::Running {
+            child,
+            paused: false,
+            killed_by_command: false,
+        };
+        self.nodes.insert(id, Node { run, state });
+        Ok(())
+    }
+
+    fn node_data_dir(&self, id: NodeId) -> PathBuf {
+        self.data_dir.join(format!("node{id}"))
+    }
+
+    /// Print the nodes' lines and exits and obey typed commands until an
+    /// interrupt (and the grace period after it), `quit`, or until every node
+    /// has exited on its own.
+    fn supervise(&mut self, events: Receiver<Event>) -> i32 {
+        let mut interrupted_at: Option<Instant> = None;
+        let mut input_open = true;
+        let mut told_all_stopped = false;
+        loop {
+            match events.recv_timeout(POLL) {
+                Ok(Event::Line(id, line)) => say(id, &line),
+                Ok(Event::Closed { id, run }) => self.reap(id, run),
+                Ok(Event::Command(line)) if interrupted_at.is_none() => {
+                    if self.obey(&line) == Flow::Quit {
+                        self.kill_all();
+                        return 0;
+                    }
+                }
+                Ok(Event::Command(_)) => {}
+                Ok(Event::InputClosed) => input_open = false,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            if interrupted_at.is_none() && interrupt::happened() {
+                interrupted_at = Some(Instant::now());
+                // A stopped process acts on the terminal's SIGINT only once
+                // it runs again.
+                for node in self.nodes.values_mut() {
+                    if let State::Running { child, paused, .. } = &mut node.state {
+                        if *paused && send(child, Signal::Continue).is_ok() {
+                            *paused = false;
+                        }
+                    }
+                }
+            }
+            if self.running() == 0 {
+                if interrupted_at.is_some() {
+                    return 0;
+                }
+                // Nodes stopped by a command may be restarted by the next one.
+                if !input_open || !self.any_stopped_by_command() {
+                    eprintln!("raft-kv: error: every node has exited");
+                    return 1;
+                }
+                if !told_all_stopped {
+                    announce("every node is stopped: 'restart N' starts one, Ctrl-C quits");
+                    told_all_stopped = true;
+                }
+            } else {
+                told_all_stopped = false;
+            }
+            if interrupted_at.is_some_and(|at| at.elapsed() >= GRACE) {
+                self.kill_all();
+                return 0;
+            }
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|node| matches!(node.state, State::Running { .. }))
+            .count()
+    }
+
+    fn any_stopped_by_command(&self) -> bool {
+        self.nodes.values().any(|node| match node.state {
+            State::Exited { by_command, .. } => by_command,
+            State::Running { .. } => false,
+        })
+    }
+
+    /// Run `run` of node `id` has closed its output: wait for it and report
+    /// how it exited. An earlier run's end is old news (`restart` reaped it).
+    fn reap(&mut self, id: NodeId, run: u64) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.run == run {
+            node.wait_for_exit(id);
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for (&id, node) in &mut self.nodes {
+            node.kill();
+            node.wait_for_exit(id);
+        }
+    }
+
+    /// Carry out one typed command; every answer is one `[cluster]` line.
+    fn obey(&mut self, line: &str) -> Flow {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (verb, args) = match words.split_first() {
+            Some((verb, args)) => (*verb, args),
+            None => return Flow::Continue,
+        };
+        match (verb, args) {
+            ("help", []) => {
+                for line in HELP {
+                    announce(line);
+                }
+            }
+            ("status", []) => self.print_status(),
+            ("quit", []) => return Flow::Quit,
+            ("kill" | "restart" | "pause" | "resume", [which]) => match self.node_id(which) {
+                Ok(id) => self.act(verb, id),
+                Err(why) => announce(&why),
+            },
+            ("kill" | "restart" | "pause" | "resume", _) => {
+                announce(&format!("'{verb}' takes one node id, like: {verb} 2"))
+            }
+            ("help" | "status" | "quit", _) => announce(&format!("'{verb}' takes no arguments")),
+            _ => announce(&format!(
+                "unknown command '{}'; commands: {COMMANDS}",
+                line.trim()
+            )),
+        }
+        Flow::Continue
+    }
+
+    /// The node a command names: its id, or `leader`.
+    fn node_id(&self, which: &str) -> Result<NodeId, String> {
+        if which == "leader" {
+            return self
+                .leader()
+                .ok_or_else(|| "no node says it is the leader right now (an election may be running); try again, or type status".to_string());
+        }
+        match which.parse::<NodeId>() {
+            Ok(id) if self.nodes.contains_key(&id) => Ok(id),
+            _ => Err(format!(
+                "'{which}' is not a node of this cluster ({})",
+                self.ids().join(", ")
+            )),
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.nodes.keys().map(|id| id.to_string()).collect()
+    }
+
+    fn act(&mut self, verb: &str, id: NodeId) {
+        if verb == "restart" {
+            return self.restart(id);
+        }
+        let node = self.nodes.get_mut(&id).expect("checked in node_id");
+        let (child, paused) = match &mut node.state {
+            State::Running { child, paused, .. } => (child, paused),
+            State::Exited { how, .. } => {
+                return announce(&format!(
+                    "node {id} is not running (it exited: {how}); 'restart {id}' starts it"
+                ))
+            }
+        };
+        let pid = child.id();
+        match (verb, *paused) {
+            ("kill", _) => {
+                node.kill();
+                // Its exit is reported when its output ends, like any other.
+                announce(&format!("node {id} (pid {pid}) killed with SIGKILL"));
+            }
+            ("pause", true) => announce(&format!(
+                "node {id} is already paused; 'resume {id}' continues it"
+            )),
+            ("pause", false) => match send(child, Signal::Stop) {
+                Ok(()) => {
+                    *paused = true;
+                    announce(&format!(
+                        "node {id} (pid {pid}) paused with SIGSTOP: it answers nothing until 'resume {id}'"
+                    ));
+                }
+                Err(e) => announce(&format!("cannot pause node {id}: {e}")),
+            },
+            ("resume", false) => announce(&format!("node {id} is not paused")),
+            ("resume", true) => match send(child, Signal::Continue) {
+                Ok(()) => {
+                    *paused = false;
+                    announce(&format!("node {id} (pid {pid}) resumed with SIGCONT"));
+                }
+                Err(e) => announce(&format!("cannot resume node {id}: {e}")),
+            },
+            (verb, _) => unreachable!("obey passes no verb {verb}"),
+        }
+    }
+
+    /// Start node `id` again; a running one is killed first (a crash and a
+    /// restart).
+    fn restart(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("checked in node_id");
+        if let State::Running { .. } = node.state {
+            node.kill();
+            node.wait_for_exit(id);
+        }
+        let data_dir = self.node_data_dir(id);
+        announce(&format!(
+            "starting node {id} again on {}",
+            data_dir.display()
+        ));
+        if let Err(e) = self.start(id) {
+            announce(&format!("cannot start node {id}: {e}"));
+        }
+    }
+
+    /// The running, unpaused nodes' client addresses, by id.
+    fn answering(&self) -> Vec<(NodeId, String)> {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| matches!(node.state, State::Running { paused: false, .. }))
+            .filter_map(|(&id, _)| Some((id, self.members.address(id)?.to_string())))
+            .collect()
+    }
+
+    /// Ask the answering nodes for their status, at once.
+    fn statuses(&self) -> BTreeMap<NodeId, Result<crate::proto::kv::StatusResponse, String>> {
+        let answering = self.answering();
+        if answering.is_empty() {
+            return BTreeMap::new();
+        }
+        let addrs: Vec<&str> = answering.iter().map(|(_, addr)| addr.as_str()).collect();
+        let Ok(client) = Client::new(&addrs) else {
+            return BTreeMap::new();
+        };
+        let mut client = client.with_rpc_timeout(STATUS_TIMEOUT);
+        let answers = client.status_all();
+        answering
+            .iter()
+            .map(|(id, _)| *id)
+            .zip(answers.into_iter().map(|(_, answer)| answer))
+            .collect()
+    }
+
+    /// The node that says it leads, in the newest term any leader claims.
+    fn leader(&self) -> Option<NodeId> {
+        self.statuses()
+            .into_iter()
+            .filter_map(|(id, answer)| answer.ok().map(|status| (id, status)))
+            .filter(|(_, status)| status.role == "leader")
+            .max_by_key(|(_, status)| status.term)
+            .map(|(id, _)| id)
+    }
+
+    /// One line per node: its process, and what it says of itself.
+    fn print_status(&self) {
+        let statuses = self.statuses();
+        for (&id, node) in &self.nodes {
+            let address = self
+                .members
+                .address(id)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let line = match &node.state {
+                State::Exited { how, .. } => format!("exited ({how})"),
+                State::Running {
+                    child,
+                    paused: true,
+                    ..
+                } => format!("paused, pid {}", child.id()),
+                State::Running { child, .. } => {
+                    let raft = match statuses.get(&id) {
+                        Some(Ok(s)) => {
+                            let leader = match s.leader_id {
+                                0 => "none known".to_string(),
+                                leader => leader.to_string(),
+                            };
+                            format!(
+                                "{}, term {}, leader {leader}, commit {}, applied {}",
+                                s.role, s.term, s.commit_index, s.last_applied
+                            )
+                        }
+                        Some(Err(why)) => format!("no answer: {why}"),
+                        None => "no answer".to_string(),
+                    };
+                    format!("running, pid {}: {raft}", child.id())
+                }
+            };
+            announce(&format!("node {id} at {address}: {line}"));
+        }
+    }
+}
+
+impl Node {
+    /// SIGKILL, as in a crash. Its exit is reported by `wait_for_exit`.
+    fn kill(&mut self) {
+        if let State::Running {
+            child,
+            killed_by_command,
+            ..
+        } = &mut self.state
+        {
+            let _ = child.kill();
+            *killed_by_command = true;
+        }
+    }
+
+    /// Wait for the process, which has exited or been killed, and report how
+    /// it exited.
+    fn wait_for_exit(&mut self, id: NodeId) {
+        let State::Running {
+            child,
+            killed_by_command,
+            ..
+        } = &mut self.state
+        else {
+            return;
+        };
+        let how = match child.wait() {
+            Ok(status) => describe(status),
+            Err(e) => format!("status unknown: {e}"),
+        };
+        say(id, &format!("exited: {how}"));
+        self.state = State::Exited {
+            how,
+            by_command: *killed_by_command,
+        };
+    }
+}
+
+/// No path out of the cluster leaves a node behind.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let State::Running { child, .. } = &mut node.state {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Quit,
 }
 
 fn spawn_node(
     exe: &Path,
     id: NodeId,
+    run: u64,
     members: &Members,
     data_dir: &Path,
     tuning: &Tuning,
@@ -120,11 +560,11 @@ fn spawn_node(
     let events = events.clone();
     thread::Builder::new()
         .name(format!("node{id}-output"))
-        .spawn(move || forward_output(id, output, events))?;
+        .spawn(move || forward_output(id, run, output, events))?;
     Ok(child)
 }
 
-fn forward_output(id: NodeId, output: io::PipeReader, events: Sender<Event>) {
+fn forward_output(id: NodeId, run: u64, output: io::PipeReader, events: Sender<Event>) {
     let mut output = BufReader::new(output);
     let mut line = Vec::new();
     loop {
@@ -139,34 +579,41 @@ fn forward_output(id: NodeId, output: io::PipeReader, events: Sender<Event>) {
             }
         }
     }
-    let _ = events.send(Event::Closed(id));
+    let _ = events.send(Event::Closed { id, run });
 }
 
-/// Print the nodes' lines and exits until every node has exited, or until
-/// an interrupt and the grace period after it.
-fn supervise(mut nodes: Nodes, events: Receiver<Event>) -> i32 {
-    let mut interrupted_at: Option<Instant> = None;
-    loop {
-        match events.recv_timeout(POLL) {
-            Ok(Event::Line(id, line)) => say(id, &line),
-            Ok(Event::Closed(id)) => nodes.reap(id),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => nodes.reap_all(),
-        }
-        if interrupted_at.is_none() && interrupt::happened() {
-            interrupted_at = Some(Instant::now());
-        }
-        if nodes.0.is_empty() {
-            if interrupted_at.is_some() {
-                return 0;
+/// Read commands from stdin on a thread of its own until it is closed.
+fn read_commands(events: Sender<Event>) {
+    // A cluster in the background of a shell (`make cluster &`) must not be
+    // stopped for reading the terminal: with SIGTTIN ignored, the read fails
+    // with EIO instead, and is tried again later (after `fg`).
+    ignore_terminal_reads_in_background();
+    let reader = move || {
+        let stdin = io::stdin();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match stdin.lock().read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    if events.send(Event::Command(text)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_background_read(&e) => thread::sleep(Duration::from_secs(1)),
+                Err(_) => break,
             }
-            eprintln!("error: every node has exited");
-            return 1;
         }
-        if interrupted_at.is_some_and(|at| at.elapsed() >= GRACE) {
-            nodes.kill_all();
-            return 0;
-        }
+        let _ = events.send(Event::InputClosed);
+    };
+    if thread::Builder::new()
+        .name("commands".into())
+        .spawn(reader)
+        .is_err()
+    {
+        announce("cannot read commands: no thread for it; the cluster runs without them");
     }
 }
 
@@ -175,44 +622,9 @@ fn say(id: NodeId, line: &str) {
     let _ = writeln!(io::stdout(), "[node{id}] {line}");
 }
 
-/// The running nodes. Dropping it kills and reaps them, so no path out of
-/// the cluster leaves a node behind.
-struct Nodes(Vec<(NodeId, Child)>);
-
-impl Nodes {
-    /// Wait for node `id`, whose output has ended, and report how it exited.
-    fn reap(&mut self, id: NodeId) {
-        if let Some(position) = self.0.iter().position(|(node, _)| *node == id) {
-            let (_, mut child) = self.0.remove(position);
-            match child.wait() {
-                Ok(status) => say(id, &format!("exited: {}", describe(status))),
-                Err(e) => say(id, &format!("exited; its status is unknown: {e}")),
-            }
-        }
-    }
-
-    fn reap_all(&mut self) {
-        let ids: Vec<NodeId> = self.0.iter().map(|(id, _)| *id).collect();
-        for id in ids {
-            self.reap(id);
-        }
-    }
-
-    fn kill_all(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-        }
-        self.reap_all();
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// A line of the cluster's own, such as the answer to a command.
+fn announce(line: &str) {
+    let _ = writeln!(io::stdout(), "[cluster] {line}");
 }
 
 /// "code 2" or "signal 9".
@@ -230,29 +642,76 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// The signals `pause` and `resume` send (`kill` uses `Child::kill`).
+enum Signal {
+    Stop,
+    Continue,
+}
+
+#[cfg(unix)]
+fn send(child: &Child, signal: Signal) -> io::Result<()> {
+    let signal = match signal {
+        Signal::Stop => libc::SIGSTOP,
+        Signal::Continue => libc::SIGCONT,
+    };
+    let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
+    // SAFETY: kill(2) has no memory effects; the pid is our own child, not
+    // yet reaped, so it cannot name another process.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn send(_child: &Child, _signal: Signal) -> io::Result<()> {
+    Err(io::Error::other("pausing a process needs Unix signals"))
+}
+
+#[cfg(unix)]
+fn ignore_terminal_reads_in_background() {
+    // SAFETY: setting a signal to SIG_IGN installs no code.
+    unsafe {
+        libc::signal(libc::SIGTTIN, libc::SIG_IGN);
+    }
+}
+
+#[cfg(not(unix))]
+fn ignore_terminal_reads_in_background() {}
+
+/// A read of the terminal by a background process group (see `read_commands`).
+fn is_background_read(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        error.raw_os_error() == Some(libc::EIO) && io::stdin().is_terminal()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = error;
+        false
+    }
+}
+
 /// Have the kernel kill the node when the cluster process dies, however it
 /// dies. `raft-kv bench --local` uses it for its nodes too.
 #[cfg(target_os = "linux")]
 pub(crate) fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
-    const PR_SET_PDEATHSIG: i32 = 1;
-    const SIGKILL: std::ffi::c_ulong = 9;
-    const ESRCH: i32 = 3;
-    extern "C" {
-        fn prctl(option: i32, ...) -> i32;
-    }
     let parent = std::process::id();
-    // SAFETY: between fork and exec, the closure makes only two system calls
+    // SAFETY: between fork and exec, the closure makes only system calls
     // and allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            if prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // The cluster may have died before prctl took effect.
             if std::os::unix::process::parent_id() != parent {
-                return Err(io::Error::from_raw_os_error(ESRCH));
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
+            // The cluster ignores SIGTTIN (see `read_commands`); an ignored
+            // signal would stay ignored across exec.
+            libc::signal(libc::SIGTTIN, libc::SIG_DFL);
             Ok(())
         });
     }
@@ -270,23 +729,18 @@ pub(crate) mod interrupt {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-    const SIGINT: i32 = 2;
-    const SIGTERM: i32 = 15;
-
-    extern "C" {
-        fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
-    }
 
     // Runs inside a signal handler: one atomic store is all that is safe here.
-    extern "C" fn on_signal(_signum: i32) {
+    extern "C" fn on_signal(_signum: libc::c_int) {
         INTERRUPTED.store(true, Ordering::SeqCst);
     }
 
     pub fn catch() {
-        for signum in [SIGINT, SIGTERM] {
+        let handler: extern "C" fn(libc::c_int) = on_signal;
+        for signum in [libc::SIGINT, libc::SIGTERM] {
             // SAFETY: `on_signal` only stores to an atomic.
             unsafe {
-                signal(signum, on_signal);
+                libc::signal(signum, handler as libc::sighandler_t);
             }
         }
     }

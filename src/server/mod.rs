@@ -94,7 +94,7 @@ pub fn run_node(args: NodeArgs) -> i32 {
     let storage = match FileStorage::open(&config.data_dir) {
         Ok(storage) => storage,
         Err(e) => {
-            eprintln!("error: node {}: {e}", config.id);
+            eprintln!("raft-kv: error: node {}: {e}", config.id);
             return EXIT_BAD_CONFIG;
         }
     };
@@ -123,7 +123,7 @@ pub fn run_node(args: NodeArgs) -> i32 {
 }
 
 fn bad_config(error: config::ConfigError) -> i32 {
-    eprintln!("error: {error}");
+    eprintln!("raft-kv: error: {error}");
     EXIT_BAD_CONFIG
 }
 

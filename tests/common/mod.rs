@@ -214,6 +214,14 @@ impl Cluster {
         cli(&args)
     }
 
+    /// The same, with `input` on the CLI's stdin.
+    pub fn cli_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let cluster = self.addrs.join(",");
+        let mut args = args.to_vec();
+        args.extend(["--cluster", &cluster, "--timeout", "30s"]);
+        cli_with_input(&args, input)
+    }
+
     /// Everything node `id` has printed, across restarts.
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
@@ -247,6 +255,27 @@ pub fn cli(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run raft-kv")
+}
+
+/// Run `raft-kv ARGS` with `input` on its stdin.
+pub fn cli_with_input(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run raft-kv");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Written on a thread of its own: the CLI may answer before reading it all.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("wait for raft-kv");
+    writer.join().unwrap();
+    output
 }
 
 pub fn stdout(output: &Output) -> String {

@@ -183,6 +183,23 @@ impl ClientService {
             ClientError::StaleSequence => Status::failed_precondition(
                 "stale sequence: this client has already applied a later request",
             ),
+            ClientError::Behind {
+                node,
+                last_applied,
+                commit_index,
+            } => Status::unavailable(if last_applied < commit_index {
+                format!(
+                    "node {node} is behind: it has applied its log up to index \
+                     {last_applied} of {commit_index} committed; retry, or ask another node"
+                )
+            } else {
+                format!(
+                    "node {node} may be behind: it has applied its log up to index \
+                     {last_applied}, but no leader of its term has told it yet what is \
+                     committed (just restarted, or an election is running); retry, or \
+                     ask another node"
+                )
+            }),
         }
     }
 }
