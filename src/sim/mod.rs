@@ -2,7 +2,8 @@
 //!
 //! Every node is a real [`RaftNode`] with a simulated disk ([`MemStorage`]);
 //! the network is a queue that can drop, delay, reorder and partition
-//! messages; time advances only when the test calls [`Cluster::tick`]. All
+//! messages, and deliver some so late that their sender has lost and regained
+//! leadership meanwhile; time advances only when the test calls [`Cluster::tick`]. All
 //! randomness comes from one seed, so a failing run replays exactly:
 //! `RAFT_SEED=1234 cargo test name`. After every step the harness checks the
 //! safety properties of Figure 3 (see [`Cluster::check_invariants`]) and, on
@@ -36,6 +37,11 @@ pub struct SimConfig {
     pub drop_rate: f64,
     /// each message is delivered after 0..=max_delay ticks; > 0 reorders messages
     pub max_delay: u64,
+    /// probability that a message is delivered late: after more than the
+    /// longest election timeout, up to `max_late_delay` ticks — by then its
+    /// sender may have lost and regained leadership
+    pub late_rate: f64,
+    pub max_late_delay: u64,
     pub election_timeout_ticks: (u64, u64),
     pub heartbeat_ticks: u64,
     pub snapshot_threshold: usize,
@@ -53,6 +59,8 @@ impl SimConfig {
             seed,
             drop_rate: 0.0,
             max_delay: 0,
+            late_rate: 0.0,
+            max_late_delay: 0,
             election_timeout_ticks: (15, 30),
             heartbeat_ticks: 5,
             snapshot_threshold: 10_000,
@@ -79,6 +87,18 @@ impl SimConfig {
     pub fn unreliable(mut self, drop_rate: f64, max_delay: u64) -> Self {
         self.drop_rate = drop_rate;
         self.max_delay = max_delay;
+        self
+    }
+
+    /// Deliver `late_rate` of messages late: after a delay drawn from
+    /// (longest election timeout, `max_late_delay`], across elections.
+    pub fn late(mut self, late_rate: f64, max_late_delay: u64) -> Self {
+        assert!(
+            late_rate == 0.0 || max_late_delay > self.election_timeout_ticks.1,
+            "a late message must be later than an election timeout"
+        );
+        self.late_rate = late_rate;
+        self.max_late_delay = max_late_delay;
         self
     }
 
@@ -122,7 +142,10 @@ struct SimNode {
 struct InFlight {
     /// matches the Send event to the Deliver or Lost event in the timeline
     id: u64,
+    sent_at: u64,
     deliver_at: u64,
+    /// delayed past an election timeout (`SimConfig::late_rate`)
+    late: bool,
     /// tie-breaker among messages due at the same tick (random when reordering)
     order: u64,
     from: NodeId,
@@ -376,6 +399,7 @@ impl Cluster {
             to: m.to,
             term: to_term,
             what: describe(&m.message),
+            late_from: m.late.then_some(m.sent_at),
         });
         let node = self
             .nodes
@@ -420,13 +444,18 @@ impl Cluster {
         self.sent += 1;
         self.sent_bytes += trace::payload_bytes(&message);
         let lost = self.config.drop_rate > 0.0 && self.rng.gen_bool(self.config.drop_rate);
-        let delay = if self.config.max_delay > 0 {
+        let late = self.config.late_rate > 0.0 && self.rng.gen_bool(self.config.late_rate);
+        let delay = if late {
+            let longest_timeout = self.config.election_timeout_ticks.1;
+            self.rng
+                .gen_range(longest_timeout + 1..=self.config.max_late_delay)
+        } else if self.config.max_delay > 0 {
             self.rng.gen_range(0..=self.config.max_delay)
         } else {
             0
         };
         // Replies and requests may overtake each other when delays vary.
-        let order = if self.config.max_delay > 0 {
+        let order = if self.config.max_delay > 0 || late {
             self.rng.gen()
         } else {
             self.next_order += 1;
@@ -441,13 +470,16 @@ impl Cluster {
             to,
             what: describe(&message),
             dropped: lost,
+            late_until: (late && !lost).then_some(self.now + delay),
         });
         if lost {
             return;
         }
         self.network.push(InFlight {
             id,
+            sent_at: self.now,
             deliver_at: self.now + delay,
+            late,
             order,
             from,
             to,
@@ -521,6 +553,14 @@ impl Cluster {
         self.config.drop_rate = drop_rate;
         self.config.max_delay = max_delay;
         self.note(format!("network drop={drop_rate} delay<={max_delay}"));
+    }
+
+    /// Deliver `late_rate` of messages after more than an election timeout
+    /// (see [`SimConfig::late`]); 0.0 stops it.
+    pub fn set_late(&mut self, late_rate: f64, max_late_delay: u64) {
+        self.config.late_rate = late_rate;
+        self.config.max_late_delay = max_late_delay;
+        self.note(format!("network late={late_rate} delay<={max_late_delay}"));
     }
 
     /// The running leaders, by term (more than one only if an old leader has
