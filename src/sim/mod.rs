@@ -42,6 +42,10 @@ pub struct SimConfig {
     /// sender may have lost and regained leadership
     pub late_rate: f64,
     pub max_late_delay: u64,
+    /// when several messages are due at one node at once, hand it a seeded
+    /// random prefix of them in one `step_batch` call, as the runtime's event
+    /// loop does with every message waiting in one turn (follower group commit)
+    pub batch_delivery: bool,
     pub election_timeout_ticks: (u64, u64),
     pub heartbeat_ticks: u64,
     pub snapshot_threshold: usize,
@@ -61,6 +65,7 @@ impl SimConfig {
             max_delay: 0,
             late_rate: 0.0,
             max_late_delay: 0,
+            batch_delivery: true,
             election_timeout_ticks: (15, 30),
             heartbeat_ticks: 5,
             snapshot_threshold: 10_000,
@@ -157,6 +162,8 @@ struct InFlight {
 pub struct Cluster {
     pub config: SimConfig,
     rng: StdRng,
+    /// draws the batches of `deliver_due`, apart from the network's draws
+    batch_rng: StdRng,
     nodes: BTreeMap<NodeId, SimNode>,
     network: Vec<InFlight>,
     /// groups of nodes that can talk to each other; empty = no partition
@@ -178,6 +185,8 @@ pub struct Cluster {
     invariants: Invariants,
     /// messages delivered (sent by a node and not dropped), for RPC-count tests
     pub delivered: u64,
+    /// of those, the ones handed over in a `step_batch` call with others
+    pub batched: u64,
     /// messages sent by nodes, and the bytes of entries and snapshots in them
     pub sent: u64,
     pub sent_bytes: u64,
@@ -188,6 +197,7 @@ impl Cluster {
     pub fn new(config: SimConfig) -> Cluster {
         let mut cluster = Cluster {
             rng: StdRng::seed_from_u64(config.seed),
+            batch_rng: StdRng::seed_from_u64(config.seed ^ 0xba7c4),
             config,
             nodes: BTreeMap::new(),
             network: Vec::new(),
@@ -203,6 +213,7 @@ impl Cluster {
             next_message: 0,
             invariants: Invariants::default(),
             delivered: 0,
+            batched: 0,
             sent: 0,
             sent_bytes: 0,
         };
@@ -360,61 +371,94 @@ impl Cluster {
     /// while doing so (with no delay a whole round trip fits in one tick).
     fn deliver_due(&mut self) {
         loop {
-            let due = self
-                .network
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.deliver_at <= self.now)
-                .min_by_key(|(_, m)| (m.deliver_at, m.order))
-                .map(|(i, _)| i);
-            let Some(i) = due else { break };
-            let message = self.network.swap_remove(i);
-            self.deliver(message);
+            let mut due: Vec<usize> = (0..self.network.len())
+                .filter(|&i| self.network[i].deliver_at <= self.now)
+                .collect();
+            let key = |m: &InFlight| (m.deliver_at, m.order);
+            let Some(&first) = due.iter().min_by_key(|&&i| key(&self.network[i])) else {
+                break;
+            };
+            let to = self.network[first].to;
+            due.retain(|&i| self.network[i].to == to);
+            due.sort_by_key(|&i| key(&self.network[i]));
+            // The runtime steps every message waiting in one turn together;
+            // a random prefix stands for how many had arrived by then.
+            let take = if self.config.batch_delivery && due.len() > 1 {
+                self.batch_rng.gen_range(1..=due.len())
+            } else {
+                1
+            };
+            due.truncate(take);
+            let ids: BTreeSet<u64> = due.iter().map(|&i| self.network[i].id).collect();
+            let mut batch = Vec::with_capacity(take);
+            let mut i = 0;
+            while i < self.network.len() {
+                if ids.contains(&self.network[i].id) {
+                    batch.push(self.network.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            batch.sort_by_key(key);
+            self.deliver(batch);
         }
     }
 
-    fn deliver(&mut self, m: InFlight) {
-        let why = if !self.can_talk(m.from, m.to) {
-            Some("partitioned".to_string())
-        } else if !self.is_up(m.to) {
-            Some(format!("n{} is down", m.to))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            self.record(EventKind::Lost {
-                id: m.id,
-                from: m.from,
-                to: m.to,
-                what: describe(&m.message),
-                why,
-            });
+    /// Hand node `to` the messages of one event-loop turn, all for it.
+    fn deliver(&mut self, messages: Vec<InFlight>) {
+        let to = messages[0].to;
+        let mut batch = Vec::with_capacity(messages.len());
+        for m in messages {
+            let why = if !self.can_talk(m.from, m.to) {
+                Some("partitioned".to_string())
+            } else if !self.is_up(m.to) {
+                Some(format!("n{} is down", m.to))
+            } else {
+                None
+            };
+            match why {
+                Some(why) => self.record(EventKind::Lost {
+                    id: m.id,
+                    from: m.from,
+                    to: m.to,
+                    what: describe(&m.message),
+                    why,
+                }),
+                None => batch.push(m),
+            }
+        }
+        let size = batch.len();
+        if size == 0 {
             return;
         }
-        self.delivered += 1;
-        let to_term = self.node(m.to).current_term();
-        self.record(EventKind::Deliver {
-            id: m.id,
-            from: m.from,
-            to: m.to,
-            term: to_term,
-            what: describe(&m.message),
-            late_from: m.late.then_some(m.sent_at),
-        });
-        let node = self
-            .nodes
-            .get_mut(&m.to)
-            .unwrap()
-            .node
-            .as_mut()
-            .expect("up");
-        let reply = node.step(m.from, m.message);
-        let term = node.current_term();
-        self.observe(m.to);
-        if let Some(reply) = reply {
-            self.send(m.to, term, m.from, reply);
+        if size > 1 {
+            self.batched += size as u64;
         }
-        self.collect(m.to);
+        let to_term = self.node(to).current_term();
+        for (i, m) in batch.iter().enumerate() {
+            self.delivered += 1;
+            self.record(EventKind::Deliver {
+                id: m.id,
+                from: m.from,
+                to,
+                term: to_term,
+                what: describe(&m.message),
+                late_from: m.late.then_some(m.sent_at),
+                batch: (size > 1).then_some((i + 1, size)),
+            });
+        }
+        let senders: Vec<NodeId> = batch.iter().map(|m| m.from).collect();
+        let messages = batch.into_iter().map(|m| (m.from, m.message)).collect();
+        let node = self.nodes.get_mut(&to).unwrap().node.as_mut().expect("up");
+        let replies = node.step_batch(messages);
+        let term = node.current_term();
+        self.observe(to);
+        for (from, reply) in senders.into_iter().zip(replies) {
+            if let Some(reply) = reply {
+                self.send(to, term, from, reply);
+            }
+        }
+        self.collect(to);
         self.check();
     }
 

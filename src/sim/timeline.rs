@@ -37,6 +37,8 @@ pub enum EventKind {
         what: String,
         /// the tick it was sent at, when delivered late
         late_from: Option<u64>,
+        /// (position, size) of the `step_batch` call it was part of, if more than one
+        batch: Option<(usize, usize)>,
     },
     /// Message `id` never arrived (`why`: partitioned, node down).
     Lost {
@@ -92,11 +94,15 @@ impl fmt::Display for Event {
                 term,
                 what,
                 late_from,
+                batch,
                 ..
             } => {
                 write!(f, "t={t} n{from} -> n{to}@{term} {what}")?;
                 if let Some(sent) = late_from {
                     write!(f, " (late: sent t={sent})")?;
+                }
+                if let Some((i, n)) = batch {
+                    write!(f, " (batch {i}/{n})")?;
                 }
                 Ok(())
             }
