@@ -6,9 +6,11 @@
 //! leadership meanwhile; time advances only when the test calls [`Cluster::tick`]. All
 //! randomness comes from one seed, so a failing run replays exactly:
 //! `RAFT_SEED=1234 cargo test name`. After every step the harness checks the
-//! safety properties of Figure 3 (see [`Cluster::check_invariants`]) and, on
-//! any panic, prints the seed and the trace of the run.
+//! safety properties of Figure 3 and that every read answered so far was
+//! linearizable (see [`Cluster::check`]) and, on any panic, prints the seed
+//! and the trace of the run.
 
+mod history;
 mod invariants;
 mod timeline;
 mod trace;
@@ -19,10 +21,13 @@ use std::sync::{Arc, Mutex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use history::History;
+
 use crate::raft::{
     ClientError, ClientRequest, ClientResult, FastPath, LogIndex, MemStorage, Message, NodeId,
     Outbox, RaftConfig, RaftNode, RequestId, Term,
 };
+pub use history::ReadStats;
 pub use invariants::Invariants;
 pub use timeline::{Event, EventKind};
 pub use trace::describe;
@@ -183,6 +188,8 @@ pub struct Cluster {
     observed: BTreeMap<NodeId, (&'static str, Term, LogIndex)>,
     next_message: u64,
     invariants: Invariants,
+    /// every client request and answer, for the read checks
+    history: History,
     /// messages delivered (sent by a node and not dropped), for RPC-count tests
     pub delivered: u64,
     /// of those, the ones handed over in a `step_batch` call with others
@@ -212,6 +219,7 @@ impl Cluster {
             observed: BTreeMap::new(),
             next_message: 0,
             invariants: Invariants::default(),
+            history: History::default(),
             delivered: 0,
             batched: 0,
             sent: 0,
@@ -479,6 +487,7 @@ impl Cluster {
                 request,
                 result: format!("{result:?}"),
             });
+            self.history.answer(id, request, &result, self.now);
             let previous = self.responses.insert(request, result);
             assert!(previous.is_none(), "request {request} answered twice");
         }
@@ -647,6 +656,7 @@ impl Cluster {
         let id = self.next_request;
         self.next_request += 1;
         self.note(format!("client request {id} to n{to}: {request:?}"));
+        self.history.issue(id, &request, self.now);
         self.with_node(to, |node| node.client_requests(vec![(id, request)]));
         id
     }
@@ -663,6 +673,9 @@ impl Cluster {
             .collect();
         let ids = batch.iter().map(|(id, _)| *id).collect();
         self.note(format!("client batch of {} to n{to}", batch.len()));
+        for (id, request) in &batch {
+            self.history.issue(*id, request, self.now);
+        }
         self.with_node(to, |node| node.client_requests(batch));
         ids
     }
@@ -739,7 +752,9 @@ impl Cluster {
         self.invariants.committed()
     }
 
-    /// Check the safety properties now; panics with the trace on a violation.
+    /// Check the safety properties now — Figure 3's, and that every read
+    /// answered returns what a linearizable (or, for stale reads, some
+    /// committed) state held; panics with the trace on a violation.
     pub fn check(&mut self) {
         let nodes: Vec<(NodeId, &RaftNode)> = self
             .nodes
@@ -749,6 +764,17 @@ impl Cluster {
         if let Err(violation) = self.invariants.check(&nodes) {
             panic!("safety violation at t={}: {violation}", self.now);
         }
+        // After the commits of this step are recorded: an answer and the
+        // commit it depends on arrive in the same step.
+        let committed = self.invariants.committed();
+        if let Err(violation) = self.history.check(&nodes, committed) {
+            panic!("safety violation at t={}: {violation}", self.now);
+        }
+    }
+
+    /// How many read answers the checker verified, and how many it could not.
+    pub fn read_stats(&self) -> ReadStats {
+        self.history.stats()
     }
 
     /// Write the trace to `target/sim-traces/NAME-seedN.trace.txt` and the
