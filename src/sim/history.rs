@@ -183,8 +183,10 @@ pub struct History {
     answered: Vec<(NodeId, RequestId, ClientResult, u64)>,
     /// per key, the highest index of an acknowledged write, and its request
     acked: HashMap<String, (LogIndex, RequestId)>,
-    /// keys with an acknowledged write that could not be placed in the log
-    unplaced: HashMap<String, RequestId>,
+    /// keys with an acknowledged write that could not be placed in the log,
+    /// and the highest index it can have (the commit index at its answer);
+    /// a write placed beyond that supersedes it
+    unplaced: HashMap<String, LogIndex>,
     waiting: Vec<Read>,
     replay: Replay,
     stats: ReadStats,
@@ -254,6 +256,9 @@ impl History {
                     let write = write_of_request(&issued.request).expect("a write");
                     match self.place(&write, committed) {
                         Some(index) => {
+                            if self.unplaced.get(&key).is_some_and(|&bound| index > bound) {
+                                self.unplaced.remove(&key);
+                            }
                             let acked = self.acked.entry(key).or_insert((index, id));
                             if index > acked.0 {
                                 *acked = (index, id);
@@ -261,7 +266,8 @@ impl History {
                         }
                         None => {
                             self.stats.writes_unplaced += 1;
-                            self.unplaced.insert(key, id);
+                            let bound = self.unplaced.entry(key).or_insert(hi);
+                            *bound = (*bound).max(hi);
                         }
                     }
                 }
