@@ -131,6 +131,9 @@ impl Invariants {
             ));
         }
         let from = self.recorded_commit.get(&id).copied().unwrap_or(0);
+        if from < log.snapshot_index() {
+            self.record_compacted(id, node)?;
+        }
         for index in (from + 1)..=commit_index {
             let Some(entry) = log.get(index) else {
                 continue; // compacted into the snapshot
@@ -156,6 +159,39 @@ impl Invariants {
             }
         }
         self.recorded_commit.insert(id, commit_index.max(from));
+        Ok(())
+    }
+
+    /// Entries can be committed and compacted into a snapshot within one
+    /// step, before any check sees them committed. Every entry was in some
+    /// log at an earlier check, so they are recovered by walking back from
+    /// the snapshot's last entry through the (index, term) → previous term
+    /// links that Log Matching has verified; a link never seen leaves a hole.
+    fn record_compacted(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+        let log = node.log();
+        let (mut index, mut term) = (log.snapshot_index(), log.snapshot_term());
+        while index > 0 {
+            if let Some((committed_term, command)) = self.committed.get(&index) {
+                if *committed_term != term {
+                    return Err(format!(
+                        "State Machine Safety: n{id}'s snapshot holds {index}@{term}, \
+                         but {index}@{committed_term} = {command:?} was committed"
+                    ));
+                }
+                break;
+            }
+            let Some((prev_term, command)) = self.entries.get(&(index, term)) else {
+                break;
+            };
+            self.committed.insert(index, (term, command.clone()));
+            let seen_term = self
+                .committed_seen_in_term
+                .entry(index)
+                .or_insert(node.current_term());
+            *seen_term = (*seen_term).min(node.current_term());
+            term = *prev_term;
+            index -= 1;
+        }
         Ok(())
     }
 

@@ -2,12 +2,15 @@
 //!
 //! Every node is a real [`RaftNode`] with a simulated disk ([`MemStorage`]);
 //! the network is a queue that can drop, delay, reorder and partition
-//! messages; time advances only when the test calls [`Cluster::tick`]. All
+//! messages, and deliver some so late that their sender has lost and regained
+//! leadership meanwhile; time advances only when the test calls [`Cluster::tick`]. All
 //! randomness comes from one seed, so a failing run replays exactly:
 //! `RAFT_SEED=1234 cargo test name`. After every step the harness checks the
-//! safety properties of Figure 3 (see [`Cluster::check_invariants`]) and, on
-//! any panic, prints the seed and the trace of the run.
+//! safety properties of Figure 3 and that every read answered so far was
+//! linearizable (see [`Cluster::check`]) and, on any panic, prints the seed
+//! and the trace of the run.
 
+mod history;
 mod invariants;
 mod timeline;
 mod trace;
@@ -18,10 +21,13 @@ use std::sync::{Arc, Mutex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use history::History;
+
 use crate::raft::{
     ClientError, ClientRequest, ClientResult, FastPath, LogIndex, MemStorage, Message, NodeId,
     Outbox, RaftConfig, RaftNode, RequestId, Term,
 };
+pub use history::ReadStats;
 pub use invariants::Invariants;
 pub use timeline::{Event, EventKind};
 pub use trace::describe;
@@ -36,6 +42,15 @@ pub struct SimConfig {
     pub drop_rate: f64,
     /// each message is delivered after 0..=max_delay ticks; > 0 reorders messages
     pub max_delay: u64,
+    /// probability that a message is delivered late: after more than the
+    /// longest election timeout, up to `max_late_delay` ticks — by then its
+    /// sender may have lost and regained leadership
+    pub late_rate: f64,
+    pub max_late_delay: u64,
+    /// when several messages are due at one node at once, hand it a seeded
+    /// random prefix of them in one `step_batch` call, as the runtime's event
+    /// loop does with every message waiting in one turn (follower group commit)
+    pub batch_delivery: bool,
     pub election_timeout_ticks: (u64, u64),
     pub heartbeat_ticks: u64,
     pub snapshot_threshold: usize,
@@ -53,6 +68,9 @@ impl SimConfig {
             seed,
             drop_rate: 0.0,
             max_delay: 0,
+            late_rate: 0.0,
+            max_late_delay: 0,
+            batch_delivery: true,
             election_timeout_ticks: (15, 30),
             heartbeat_ticks: 5,
             snapshot_threshold: 10_000,
@@ -79,6 +97,18 @@ impl SimConfig {
     pub fn unreliable(mut self, drop_rate: f64, max_delay: u64) -> Self {
         self.drop_rate = drop_rate;
         self.max_delay = max_delay;
+        self
+    }
+
+    /// Deliver `late_rate` of messages late: after a delay drawn from
+    /// (longest election timeout, `max_late_delay`], across elections.
+    pub fn late(mut self, late_rate: f64, max_late_delay: u64) -> Self {
+        assert!(
+            late_rate == 0.0 || max_late_delay > self.election_timeout_ticks.1,
+            "a late message must be later than an election timeout"
+        );
+        self.late_rate = late_rate;
+        self.max_late_delay = max_late_delay;
         self
     }
 
@@ -122,7 +152,10 @@ struct SimNode {
 struct InFlight {
     /// matches the Send event to the Deliver or Lost event in the timeline
     id: u64,
+    sent_at: u64,
     deliver_at: u64,
+    /// delayed past an election timeout (`SimConfig::late_rate`)
+    late: bool,
     /// tie-breaker among messages due at the same tick (random when reordering)
     order: u64,
     from: NodeId,
@@ -134,6 +167,8 @@ struct InFlight {
 pub struct Cluster {
     pub config: SimConfig,
     rng: StdRng,
+    /// draws the batches of `deliver_due`, apart from the network's draws
+    batch_rng: StdRng,
     nodes: BTreeMap<NodeId, SimNode>,
     network: Vec<InFlight>,
     /// groups of nodes that can talk to each other; empty = no partition
@@ -153,8 +188,12 @@ pub struct Cluster {
     observed: BTreeMap<NodeId, (&'static str, Term, LogIndex)>,
     next_message: u64,
     invariants: Invariants,
+    /// every client request and answer, for the read checks
+    history: History,
     /// messages delivered (sent by a node and not dropped), for RPC-count tests
     pub delivered: u64,
+    /// of those, the ones handed over in a `step_batch` call with others
+    pub batched: u64,
     /// messages sent by nodes, and the bytes of entries and snapshots in them
     pub sent: u64,
     pub sent_bytes: u64,
@@ -165,6 +204,7 @@ impl Cluster {
     pub fn new(config: SimConfig) -> Cluster {
         let mut cluster = Cluster {
             rng: StdRng::seed_from_u64(config.seed),
+            batch_rng: StdRng::seed_from_u64(config.seed ^ 0xba7c4),
             config,
             nodes: BTreeMap::new(),
             network: Vec::new(),
@@ -179,7 +219,9 @@ impl Cluster {
             observed: BTreeMap::new(),
             next_message: 0,
             invariants: Invariants::default(),
+            history: History::default(),
             delivered: 0,
+            batched: 0,
             sent: 0,
             sent_bytes: 0,
         };
@@ -337,60 +379,94 @@ impl Cluster {
     /// while doing so (with no delay a whole round trip fits in one tick).
     fn deliver_due(&mut self) {
         loop {
-            let due = self
-                .network
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.deliver_at <= self.now)
-                .min_by_key(|(_, m)| (m.deliver_at, m.order))
-                .map(|(i, _)| i);
-            let Some(i) = due else { break };
-            let message = self.network.swap_remove(i);
-            self.deliver(message);
+            let mut due: Vec<usize> = (0..self.network.len())
+                .filter(|&i| self.network[i].deliver_at <= self.now)
+                .collect();
+            let key = |m: &InFlight| (m.deliver_at, m.order);
+            let Some(&first) = due.iter().min_by_key(|&&i| key(&self.network[i])) else {
+                break;
+            };
+            let to = self.network[first].to;
+            due.retain(|&i| self.network[i].to == to);
+            due.sort_by_key(|&i| key(&self.network[i]));
+            // The runtime steps every message waiting in one turn together;
+            // a random prefix stands for how many had arrived by then.
+            let take = if self.config.batch_delivery && due.len() > 1 {
+                self.batch_rng.gen_range(1..=due.len())
+            } else {
+                1
+            };
+            due.truncate(take);
+            let ids: BTreeSet<u64> = due.iter().map(|&i| self.network[i].id).collect();
+            let mut batch = Vec::with_capacity(take);
+            let mut i = 0;
+            while i < self.network.len() {
+                if ids.contains(&self.network[i].id) {
+                    batch.push(self.network.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            batch.sort_by_key(key);
+            self.deliver(batch);
         }
     }
 
-    fn deliver(&mut self, m: InFlight) {
-        let why = if !self.can_talk(m.from, m.to) {
-            Some("partitioned".to_string())
-        } else if !self.is_up(m.to) {
-            Some(format!("n{} is down", m.to))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            self.record(EventKind::Lost {
-                id: m.id,
-                from: m.from,
-                to: m.to,
-                what: describe(&m.message),
-                why,
-            });
+    /// Hand node `to` the messages of one event-loop turn, all for it.
+    fn deliver(&mut self, messages: Vec<InFlight>) {
+        let to = messages[0].to;
+        let mut batch = Vec::with_capacity(messages.len());
+        for m in messages {
+            let why = if !self.can_talk(m.from, m.to) {
+                Some("partitioned".to_string())
+            } else if !self.is_up(m.to) {
+                Some(format!("n{} is down", m.to))
+            } else {
+                None
+            };
+            match why {
+                Some(why) => self.record(EventKind::Lost {
+                    id: m.id,
+                    from: m.from,
+                    to: m.to,
+                    what: describe(&m.message),
+                    why,
+                }),
+                None => batch.push(m),
+            }
+        }
+        let size = batch.len();
+        if size == 0 {
             return;
         }
-        self.delivered += 1;
-        let to_term = self.node(m.to).current_term();
-        self.record(EventKind::Deliver {
-            id: m.id,
-            from: m.from,
-            to: m.to,
-            term: to_term,
-            what: describe(&m.message),
-        });
-        let node = self
-            .nodes
-            .get_mut(&m.to)
-            .unwrap()
-            .node
-            .as_mut()
-            .expect("up");
-        let reply = node.step(m.from, m.message);
-        let term = node.current_term();
-        self.observe(m.to);
-        if let Some(reply) = reply {
-            self.send(m.to, term, m.from, reply);
+        if size > 1 {
+            self.batched += size as u64;
         }
-        self.collect(m.to);
+        let to_term = self.node(to).current_term();
+        for (i, m) in batch.iter().enumerate() {
+            self.delivered += 1;
+            self.record(EventKind::Deliver {
+                id: m.id,
+                from: m.from,
+                to,
+                term: to_term,
+                what: describe(&m.message),
+                late_from: m.late.then_some(m.sent_at),
+                batch: (size > 1).then_some((i + 1, size)),
+            });
+        }
+        let senders: Vec<NodeId> = batch.iter().map(|m| m.from).collect();
+        let messages = batch.into_iter().map(|m| (m.from, m.message)).collect();
+        let node = self.nodes.get_mut(&to).unwrap().node.as_mut().expect("up");
+        let replies = node.step_batch(messages);
+        let term = node.current_term();
+        self.observe(to);
+        for (from, reply) in senders.into_iter().zip(replies) {
+            if let Some(reply) = reply {
+                self.send(to, term, from, reply);
+            }
+        }
+        self.collect(to);
         self.check();
     }
 
@@ -411,6 +487,7 @@ impl Cluster {
                 request,
                 result: format!("{result:?}"),
             });
+            self.history.answer(id, request, &result, self.now);
             let previous = self.responses.insert(request, result);
             assert!(previous.is_none(), "request {request} answered twice");
         }
@@ -420,13 +497,18 @@ impl Cluster {
         self.sent += 1;
         self.sent_bytes += trace::payload_bytes(&message);
         let lost = self.config.drop_rate > 0.0 && self.rng.gen_bool(self.config.drop_rate);
-        let delay = if self.config.max_delay > 0 {
+        let late = self.config.late_rate > 0.0 && self.rng.gen_bool(self.config.late_rate);
+        let delay = if late {
+            let longest_timeout = self.config.election_timeout_ticks.1;
+            self.rng
+                .gen_range(longest_timeout + 1..=self.config.max_late_delay)
+        } else if self.config.max_delay > 0 {
             self.rng.gen_range(0..=self.config.max_delay)
         } else {
             0
         };
         // Replies and requests may overtake each other when delays vary.
-        let order = if self.config.max_delay > 0 {
+        let order = if self.config.max_delay > 0 || late {
             self.rng.gen()
         } else {
             self.next_order += 1;
@@ -441,13 +523,16 @@ impl Cluster {
             to,
             what: describe(&message),
             dropped: lost,
+            late_until: (late && !lost).then_some(self.now + delay),
         });
         if lost {
             return;
         }
         self.network.push(InFlight {
             id,
+            sent_at: self.now,
             deliver_at: self.now + delay,
+            late,
             order,
             from,
             to,
@@ -533,6 +618,14 @@ impl Cluster {
         self.note(format!("network drop={drop_rate} delay<={max_delay}"));
     }
 
+    /// Deliver `late_rate` of messages after more than an election timeout
+    /// (see [`SimConfig::late`]); 0.0 stops it.
+    pub fn set_late(&mut self, late_rate: f64, max_late_delay: u64) {
+        self.config.late_rate = late_rate;
+        self.config.max_late_delay = max_late_delay;
+        self.note(format!("network late={late_rate} delay<={max_late_delay}"));
+    }
+
     /// The running leaders, by term (more than one only if an old leader has
     /// not heard of the newer term yet).
     pub fn leaders(&self) -> Vec<NodeId> {
@@ -573,6 +666,7 @@ impl Cluster {
         let id = self.next_request;
         self.next_request += 1;
         self.note(format!("client request {id} to n{to}: {request:?}"));
+        self.history.issue(id, &request, self.now);
         self.with_node(to, |node| node.client_requests(vec![(id, request)]));
         id
     }
@@ -589,6 +683,9 @@ impl Cluster {
             .collect();
         let ids = batch.iter().map(|(id, _)| *id).collect();
         self.note(format!("client batch of {} to n{to}", batch.len()));
+        for (id, request) in &batch {
+            self.history.issue(*id, request, self.now);
+        }
         self.with_node(to, |node| node.client_requests(batch));
         ids
     }
@@ -665,7 +762,9 @@ impl Cluster {
         self.invariants.committed()
     }
 
-    /// Check the safety properties now; panics with the trace on a violation.
+    /// Check the safety properties now — Figure 3's, and that every read
+    /// answered returns what a linearizable (or, for stale reads, some
+    /// committed) state held; panics with the trace on a violation.
     pub fn check(&mut self) {
         let nodes: Vec<(NodeId, &RaftNode)> = self
             .nodes
@@ -675,6 +774,17 @@ impl Cluster {
         if let Err(violation) = self.invariants.check(&nodes) {
             panic!("safety violation at t={}: {violation}", self.now);
         }
+        // After the commits of this step are recorded: an answer and the
+        // commit it depends on arrive in the same step.
+        let committed = self.invariants.committed();
+        if let Err(violation) = self.history.check(&nodes, committed) {
+            panic!("safety violation at t={}: {violation}", self.now);
+        }
+    }
+
+    /// How many read answers the checker verified, and how many it could not.
+    pub fn read_stats(&self) -> ReadStats {
+        self.history.stats()
     }
 
     /// Write the trace to `target/sim-traces/NAME-seedN.trace.txt` and the

@@ -25,6 +25,8 @@ pub enum EventKind {
         to: NodeId,
         what: String,
         dropped: bool,
+        /// the tick it is due at, when delivered late (`SimConfig::late_rate`)
+        late_until: Option<u64>,
     },
     /// Message `id` reached `to`, whose term was `term`.
     Deliver {
@@ -33,6 +35,10 @@ pub enum EventKind {
         to: NodeId,
         term: Term,
         what: String,
+        /// the tick it was sent at, when delivered late
+        late_from: Option<u64>,
+        /// (position, size) of the `step_batch` call it was part of, if more than one
+        batch: Option<(usize, usize)>,
     },
     /// Message `id` never arrived (`why`: partitioned, node down).
     Lost {
@@ -70,19 +76,36 @@ impl fmt::Display for Event {
                 to,
                 what,
                 dropped,
+                late_until,
                 ..
-            } => write!(
-                f,
-                "t={t} n{from}@{term} -> n{to} {what}{}",
-                if *dropped { " (dropped)" } else { "" }
-            ),
+            } => {
+                write!(f, "t={t} n{from}@{term} -> n{to} {what}")?;
+                if *dropped {
+                    write!(f, " (dropped)")?;
+                }
+                if let Some(due) = late_until {
+                    write!(f, " (late: due t={due})")?;
+                }
+                Ok(())
+            }
             EventKind::Deliver {
                 from,
                 to,
                 term,
                 what,
+                late_from,
+                batch,
                 ..
-            } => write!(f, "t={t} n{from} -> n{to}@{term} {what}"),
+            } => {
+                write!(f, "t={t} n{from} -> n{to}@{term} {what}")?;
+                if let Some(sent) = late_from {
+                    write!(f, " (late: sent t={sent})")?;
+                }
+                if let Some((i, n)) = batch {
+                    write!(f, " (batch {i}/{n})")?;
+                }
+                Ok(())
+            }
             EventKind::Lost {
                 from,
                 to,
@@ -170,7 +193,16 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
                 };
                 let (x1, y1, x2, y2) = (lane_x(from), row_y(send_row), lane_x(*to), y);
                 let c = if lost { "#999" } else { color(what) };
-                let label = what.split_whitespace().next().unwrap_or("");
+                let mut label = what.split_whitespace().next().unwrap_or("").to_string();
+                if matches!(
+                    event.kind,
+                    EventKind::Deliver {
+                        late_from: Some(_),
+                        ..
+                    }
+                ) {
+                    label += " (late)";
+                }
                 let _ = write!(
                     svg,
                     r##"<g class="msg"><title>{tip}</title><line x1="{x1:.0}" y1="{y1:.0}" x2="{x2:.0}" y2="{y2:.0}" stroke="{c}" stroke-width="1.4"{} marker-end="url(#arrow)"/><text x="{:.0}" y="{:.0}" fill="{c}" class="lbl">{}</text></g>"##,
@@ -181,7 +213,7 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
                     },
                     (x1 + x2) / 2.0 + 4.0,
                     (y1 + y2) / 2.0 - 2.0,
-                    escape(label)
+                    escape(&label)
                 );
             }
             EventKind::Role { node, term, role } => {

@@ -29,7 +29,7 @@ pub fn describe(message: &Message) -> String {
             s
         }
         Message::AppendEntriesReply(m) => {
-            if m.success {
+            let mut s = if m.success {
                 format!(
                     "AppendEntriesReply term={} ok match={}",
                     m.term, m.match_index
@@ -39,7 +39,12 @@ pub fn describe(message: &Message) -> String {
                     "AppendEntriesReply term={} reject conflict={}@{}",
                     m.term, m.conflict_index, m.conflict_term
                 )
+            };
+            // The echo the leader counts as confirming a ReadIndex round (§6.4).
+            if m.read_round > 0 {
+                s += &format!(" read={}", m.read_round);
             }
+            s
         }
         Message::InstallSnapshot(m) => format!(
             "InstallSnapshot term={} last={}@{} offset={} len={}{}",
