@@ -49,16 +49,16 @@ skeleton: release
 ## SEEDS_SCALE times its seeds, so that a milestone test that fails correct
 ## work on some seeds cannot come back; kv, the last, on the full solution.
 ## SKELETON_TARGET holds the copies and their build. (Cargo tells the copies
-## apart by their files' times only: each is written just before its build.)
+## apart by their files' times only: each is written just before its build,
+## and nothing else is built there.)
 SEEDS_SCALE ?= 10
 SKELETON_TARGET ?= $(CURDIR)/target/skeleton
-skeleton-check:
+skeleton-check: release
 	@set -e; tmp="$(SKELETON_TARGET)/copies"; rm -rf "$$tmp"; mkdir -p "$$tmp"; done=""; last=""; \
-	export CARGO_TARGET_DIR="$(SKELETON_TARGET)"; \
-	$(CARGO) build $(COURSE) -q --bin raft-kv; bin="$(SKELETON_TARGET)/course/raft-kv"; \
+	bin="$(CURDIR)/target/release/raft-kv"; export CARGO_TARGET_DIR="$(SKELETON_TARGET)"; \
 	run() { dir=$$1; shift; (cd "$$dir" && $(CARGO) test $(COURSE) -q "$$@"); }; \
 	for m in election replication persistence snapshots kv; do \
-	  "$$bin" skeleton --out "$$tmp/$$m" --milestone $$m > /dev/null; \
+	  "$$bin" skeleton --from "$(CURDIR)" --out "$$tmp/$$m" --milestone $$m > /dev/null; \
 	  echo "== skeleton from milestone $$m: build"; \
 	  (cd "$$tmp/$$m" && $(CARGO) build $(COURSE) --tests 2> "$$tmp/$$m-build.log") \
 	    || { tail -40 "$$tmp/$$m-build.log"; exit 1; }; \

@@ -78,7 +78,7 @@ pub fn handout_path(milestone: &str) -> String {
 
 /// The name of the function declared on `line`, if it declares one.
 fn declared_function(line: &str) -> Option<String> {
-    let mut words = line.trim_start().split_whitespace();
+    let mut words = line.split_whitespace();
     while let Some(word) = words.next() {
         if word == "fn" {
             let name: String = words
