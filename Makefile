@@ -18,17 +18,21 @@ release:
 test:
 	$(CARGO) test --release -- --test-threads 2
 
-## One milestone of the course at a time (docs/course.md).
+## One milestone of the course at a time (docs/course.md), in the `course`
+## profile (Cargo.toml): optimised dependencies, the crate itself incremental
+## and unoptimised, so that a one-line change rebuilds in seconds.
+## RAFT_SEEDS_SCALE=N runs N times the seeds.
+COURSE := --profile course
 test-election:
-	$(CARGO) test --release --test election
+	$(CARGO) test $(COURSE) --test election
 test-replication:
-	$(CARGO) test --release --test replication
+	$(CARGO) test $(COURSE) --test replication
 test-persistence:
-	$(CARGO) test --release --test persistence --test storage --test storage_core
+	$(CARGO) test $(COURSE) --test persistence --test storage --test storage_core
 test-snapshots:
-	$(CARGO) test --release --test snapshots
+	$(CARGO) test $(COURSE) --test snapshots
 test-kv:
-	$(CARGO) test --release --test kv
+	$(CARGO) test $(COURSE) --test kv
 test-e2e:
 	$(CARGO) test --release --test e2e_election --test e2e_kv --test e2e_durability
 
@@ -38,24 +42,52 @@ skeleton: release
 	@test -n "$(DIR)" || { echo "usage: make skeleton DIR=path [MILESTONE=election|replication|persistence|snapshots|kv]"; exit 2; }
 	./target/release/raft-kv skeleton --out "$(DIR)" --milestone $(MILESTONE)
 
-## CI: for each milestone, its skeleton builds, its tests fail, earlier milestones' pass.
+## CI: for each milestone M, its skeleton builds without a warning, M's tests
+## fail, and the earlier milestones' (with the walkthroughs, storage and
+## paper-map tests) pass. The milestone solved last — where a student who
+## finished it stands, later milestones' stand-ins in place — runs
+## SEEDS_SCALE times its seeds, so that a milestone test that fails correct
+## work on some seeds cannot come back; kv, the last, on the full solution.
+## SKELETON_TARGET holds the copies and their build. (Cargo tells the copies
+## apart by their files' times only: each is written just before its build,
+## and nothing else is built there.)
+SEEDS_SCALE ?= 10
+SKELETON_TARGET ?= $(CURDIR)/target/skeleton
 skeleton-check: release
-	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; done=""; \
+	@set -e; tmp="$(SKELETON_TARGET)/copies"; rm -rf "$$tmp"; mkdir -p "$$tmp"; done=""; last=""; \
+	bin="$(CURDIR)/target/release/raft-kv"; export CARGO_TARGET_DIR="$(SKELETON_TARGET)"; \
+	run() { dir=$$1; shift; (cd "$$dir" && $(CARGO) test $(COURSE) -q "$$@"); }; \
 	for m in election replication persistence snapshots kv; do \
-	  ./target/release/raft-kv skeleton --out "$$tmp/$$m" --milestone $$m > /dev/null; \
+	  "$$bin" skeleton --from "$(CURDIR)" --out "$$tmp/$$m" --milestone $$m > /dev/null; \
 	  echo "== skeleton from milestone $$m: build"; \
-	  (cd "$$tmp/$$m" && CARGO_TARGET_DIR="$$tmp/target" $(CARGO) build --release --tests -q 2>/dev/null); \
-	  if (cd "$$tmp/$$m" && CARGO_TARGET_DIR="$$tmp/target" $(CARGO) test --release -q --test $$m > "$$tmp/$$m.log" 2>&1); then \
+	  (cd "$$tmp/$$m" && $(CARGO) build $(COURSE) --tests 2> "$$tmp/$$m-build.log") \
+	    || { tail -40 "$$tmp/$$m-build.log"; exit 1; }; \
+	  if grep -q '^warning' "$$tmp/$$m-build.log"; then \
+	    echo "FAIL: the $$m skeleton builds with warnings:"; grep -A8 '^warning' "$$tmp/$$m-build.log" | head -60; exit 1; \
+	  fi; \
+	  echo "   builds without warnings"; \
+	  if run "$$tmp/$$m" --test $$m > "$$tmp/$$m.log" 2>&1; then \
 	    echo "FAIL: the $$m tests pass on a skeleton without the $$m solution"; exit 1; \
 	  fi; \
 	  echo "   $$m tests fail, as they must"; \
 	  for e in $$done storage paper_map; do \
-	    (cd "$$tmp/$$m" && CARGO_TARGET_DIR="$$tmp/target" $(CARGO) test --release -q --test $$e > "$$tmp/$$m-$$e.log" 2>&1) \
-	      || { echo "FAIL: the $$e tests fail on the $$m skeleton:"; tail -40 "$$tmp/$$m-$$e.log"; exit 1; }; \
-	    echo "   $$e tests pass"; \
+	    scale=1; [ "$$e" = "$$last" ] && scale=$(SEEDS_SCALE); \
+	    RAFT_SEEDS_SCALE=$$scale run "$$tmp/$$m" --test $$e > "$$tmp/$$m-$$e.log" 2>&1 \
+	      || { echo "FAIL: the $$e tests fail on the $$m skeleton (RAFT_SEEDS_SCALE=$$scale):"; tail -60 "$$tmp/$$m-$$e.log"; exit 1; }; \
+	    echo "   $$e tests pass (seeds x$$scale)"; \
 	  done; \
-	  done="$$done $$m"; \
-	done; echo "skeleton-check: ok"
+	  for e in $$done; do \
+	    run "$$tmp/$$m" --test walkthrough $$e > "$$tmp/$$m-walk.log" 2>&1 \
+	      || { echo "FAIL: the $$e walkthrough fails on the $$m skeleton:"; tail -40 "$$tmp/$$m-walk.log"; exit 1; }; \
+	  done; \
+	  done="$$done $$m"; last=$$m; \
+	done; \
+	echo "== the full solution: kv"; \
+	unset CARGO_TARGET_DIR; \
+	(RAFT_SEEDS_SCALE=$(SEEDS_SCALE) $(CARGO) test --release -q --test kv > "$$tmp/kv-full.log" 2>&1) \
+	  || { echo "FAIL: the kv tests fail on the solution (RAFT_SEEDS_SCALE=$(SEEDS_SCALE)):"; tail -60 "$$tmp/kv-full.log"; exit 1; }; \
+	echo "   kv tests pass (seeds x$(SEEDS_SCALE))"; \
+	echo "skeleton-check: ok"
 
 lint:
 	$(CARGO) fmt --check

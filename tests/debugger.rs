@@ -36,9 +36,7 @@ fn gdb(commands: &[&str]) -> Option<String> {
     for command in commands {
         gdb.args(["-ex", command]);
     }
-    gdb.arg("--args")
-        .arg(binary)
-        .args(["--nocapture", "--test-threads", "1"]);
+    gdb.arg(binary);
     let output = gdb.output().expect("run rust-gdb");
     Some(
         String::from_utf8_lossy(&output.stdout).into_owned()
@@ -50,13 +48,14 @@ fn gdb(commands: &[&str]) -> Option<String> {
 fn the_documented_gdb_session_stops_where_the_page_says() {
     let Some(out) = gdb(&[
         "break raft_kv::raft::state::RaftNode::handle_request_vote",
-        "run",
+        "run walkthrough_1_election --nocapture --test-threads 1",
         "bt 3",
         "print request",
         "print self.current_term",
+        "print self.voted_for",
         "delete",
         "break raft_kv::raft::state::RaftNode::advance_commit_index",
-        "continue",
+        "run walkthrough_2_replication --nocapture --test-threads 1",
         "continue",
         "bt 2",
         "next 6",
@@ -76,11 +75,12 @@ fn the_documented_gdb_session_stops_where_the_page_says() {
     expect("hit Breakpoint 1, raft_kv::raft::state::RaftNode::handle_request_vote");
     expect("src/raft/request_vote.rs");
     expect("raft_kv::raft::state::RaftNode::step");
-    expect("raft_kv::sim::Cluster::deliver");
+    expect("step_batch");
     expect("RequestVote {term: 1, candidate_id: 2, last_log_index: 0, last_log_term: 0}");
     expect("$2 = 1");
+    expect("$3 = core::option::Option<u64>::None");
     expect("hit Breakpoint 2, raft_kv::raft::state::RaftNode::advance_commit_index");
     expect("raft_kv::raft::state::RaftNode::handle_append_entries_reply");
-    expect("$3 = Vec(size=3) = {1, 1, 0}");
-    expect("$4 = 1");
+    expect("$4 = Vec(size=3) = {1, 1, 0}");
+    expect("$5 = 1");
 }

@@ -2,7 +2,10 @@
 //! runs on the simulated cluster from fixed seeds; replay one with
 //! `RAFT_SEED=N cargo test --test election NAME`.
 
-use raft_kv::raft::{AppendEntries, Message, NodeId, RequestVote, Role};
+use raft_kv::raft::{
+    AppendEntries, ClientResult, Command, Entry, HardState, MemStorage, Message, NodeId, Outbox,
+    RaftConfig, RaftNode, RequestId, RequestVote, RequestVoteReply, Role, Storage, Term,
+};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -232,17 +235,25 @@ fn ticks_until_candidate(
 #[test]
 fn election_timer_restarts_only_for_current_leader_or_granted_vote_5_2() {
     for seed in seeds(20) {
-        // Each case starts from the same elected cluster with follower x cut off.
+        // Each case starts from the same elected cluster with follower x cut
+        // off, once every node follows the leader: until its first heartbeat
+        // a node may still be a candidate of the same term (§5.2), whose own
+        // timer is about to expire.
         let setup = || {
             let mut c = Cluster::new(SimConfig::new(3, seed));
             let leader = c.elect(200);
+            assert!(
+                c.run_until(100, |c| c.ids().into_iter().all(|id| id == leader
+                    || (matches!(c.node(id).role(), Role::Follower)
+                        && c.node(id).leader_id() == Some(leader)))),
+                "seed {seed}: the followers never heard from leader n{leader}"
+            );
             let x = c.ids().into_iter().find(|&i| i != leader).unwrap();
             let other = c
                 .ids()
                 .into_iter()
                 .find(|&i| i != leader && i != x)
                 .unwrap();
-            c.ticks(3);
             c.isolate(x);
             (c, leader, x, other)
         };
@@ -315,4 +326,146 @@ fn election_timer_restarts_only_for_current_leader_or_granted_vote_5_2() {
         );
         assert_eq!(c.node(x).voted_for(), Some(other));
     }
+}
+
+/// An outbox that drops what the node sends: the tests below read the
+/// node's replies and state directly.
+struct Discard;
+
+impl Outbox for Discard {
+    fn send(&mut self, _: NodeId, _: Message) {}
+    fn respond(&mut self, _: RequestId, _: ClientResult) {}
+}
+
+/// Node `id` of the cluster {1, 2, 3}, started from a disk that holds term
+/// `term`, no vote, and a log whose entry i has term `log_terms[i - 1]`.
+fn node_from_disk(id: NodeId, term: Term, log_terms: &[Term]) -> RaftNode {
+    let mut disk = MemStorage::new();
+    let entries: Vec<_> = (1..)
+        .zip(log_terms)
+        .map(|(index, &term)| Entry {
+            index,
+            term,
+            command: Command::Noop,
+        })
+        .collect();
+    disk.append(&entries).unwrap();
+    disk.sync().unwrap();
+    disk.save_hard_state(HardState {
+        current_term: term,
+        voted_for: None,
+    })
+    .unwrap();
+    RaftNode::new(
+        RaftConfig::new(id, vec![1, 2, 3]),
+        Box::new(disk),
+        Box::new(Discard),
+    )
+}
+
+/// Hand `node` a RequestVote; whether it granted the vote.
+fn vote(node: &mut RaftNode, term: Term, candidate: NodeId, last_log: (u64, Term)) -> bool {
+    let request = RequestVote {
+        term,
+        candidate_id: candidate,
+        last_log_index: last_log.0,
+        last_log_term: last_log.1,
+    };
+    match node.step(candidate, Message::RequestVote(request)) {
+        Some(Message::RequestVoteReply(reply)) => reply.vote_granted,
+        other => panic!("a RequestVote must be answered with a RequestVoteReply, got {other:?}"),
+    }
+}
+
+/// §5.4.1, the voter's side: "If the logs have last entries with different
+/// terms, then the log with the later term is more up-to-date. If the logs
+/// end with the same term, then whichever log is longer is more up-to-date."
+/// A voter whose log ends with entry 3 of term 2 refuses a candidate whose
+/// log is longer but ends in term 1, and one that ends in term 2 but is
+/// shorter; it grants a shorter log ending in term 3, and an equal one.
+#[test]
+fn vote_only_for_an_up_to_date_log_5_4_1() {
+    let cases = [
+        ((10, 1), false, "a longer log whose last term is older"),
+        ((2, 2), false, "a shorter log with the same last term"),
+        ((1, 3), true, "a shorter log whose last term is later"),
+        ((3, 2), true, "an equal log"),
+        ((4, 2), true, "a longer log with the same last term"),
+    ];
+    for (last_log, granted, what) in cases {
+        let mut voter = node_from_disk(1, 3, &[1, 1, 2]);
+        assert_eq!(
+            vote(&mut voter, 4, 2, last_log),
+            granted,
+            "voter's log ends with 3@2; the candidate's, {what}, ends with {}@{}: \
+             the vote must be {} (§5.4.1)",
+            last_log.0,
+            last_log.1,
+            if granted { "granted" } else { "refused" }
+        );
+    }
+}
+
+/// Figure 2, RequestVote receiver: "Reply false if term < currentTerm
+/// (§5.1)"; "If votedFor is null or candidateId, and candidate's log is at
+/// least as up-to-date as receiver's log, grant vote": one vote per term
+/// (§5.2), which a candidate may ask for again.
+#[test]
+fn one_vote_per_term_and_none_for_an_older_term_5_2() {
+    let mut voter = node_from_disk(1, 3, &[1]);
+    assert!(
+        !vote(&mut voter, 2, 2, (1, 1)),
+        "granted a vote to a candidate of term 2 while in term 3"
+    );
+    assert_eq!(voter.voted_for(), None, "a refused vote is not recorded");
+    assert!(vote(&mut voter, 3, 2, (1, 1)), "the first vote of term 3");
+    assert!(
+        !vote(&mut voter, 3, 3, (1, 1)),
+        "voted for n3 in term 3 after voting for n2: two votes in one term"
+    );
+    assert!(
+        vote(&mut voter, 3, 2, (1, 1)),
+        "n2 asked again (its request or our reply was lost): votedFor is n2, so grant"
+    );
+    assert_eq!(voter.voted_for(), Some(2));
+    assert_eq!(voter.current_term(), 3);
+}
+
+/// Candidates (§5.2): "If votes received from majority of servers: become
+/// leader" — votes for this election, in this term. A granted
+/// RequestVoteReply of an earlier term (an older election's reply, delayed
+/// on the network) does not count; the same vote in the current term does.
+#[test]
+fn granted_vote_from_an_older_term_is_not_counted_5_2() {
+    let mut node = node_from_disk(1, 3, &[]);
+    let max_timeout = RaftConfig::new(1, vec![1]).election_timeout_ticks.1;
+    for _ in 0..max_timeout {
+        if matches!(node.role(), Role::Candidate { .. }) {
+            break;
+        }
+        node.tick();
+    }
+    assert!(
+        matches!(node.role(), Role::Candidate { .. }),
+        "a follower that hears nothing for an election timeout becomes a candidate (§5.2)"
+    );
+    let term = node.current_term();
+    assert_eq!(term, 4, "on conversion to candidate: increment currentTerm");
+    let granted = |term| {
+        Message::RequestVoteReply(RequestVoteReply {
+            term,
+            vote_granted: true,
+        })
+    };
+    node.step(2, granted(term - 1));
+    assert!(
+        matches!(node.role(), Role::Candidate { .. }),
+        "a vote granted in term {} made the candidate of term {term} leader",
+        term - 1
+    );
+    node.step(2, granted(term));
+    assert!(
+        node.is_leader(),
+        "with its own vote and n2's, of term {term}, a candidate has a majority of 3"
+    );
 }

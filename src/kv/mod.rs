@@ -130,7 +130,9 @@ impl StateMachine {
         }
         Some(existed)
         // SKELETON
-        // // No sessions yet: a retried write applies again.
+        // // No sessions yet: a retried write applies again. Yours: one
+        // // session per client_id, remembering its last sequence (§6.3).
+        // let _ = (client_id, sequence);
         // Some(op(&mut self.data))
         // END SOLUTION
     }

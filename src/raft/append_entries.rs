@@ -33,12 +33,12 @@ impl RaftNode {
     /// AppendEntries RPC with log entries starting at nextIndex". With
     /// `always`, send even if there is nothing new (a heartbeat, a retry).
     pub(super) fn send_append_entries(&mut self, peer: NodeId, always: bool) {
-        let max_in_flight = self.config.max_in_flight;
-        let max_entries = self.config.max_entries_per_message;
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
         // BEGIN SOLUTION replication
+        let max_in_flight = self.config.max_in_flight;
+        let max_entries = self.config.max_entries_per_message;
         let next_index = leader.next_index[&peer];
         let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
         if next_index <= self.log.snapshot_index() {
@@ -91,6 +91,9 @@ impl RaftNode {
         self.outbox.send(peer, Message::AppendEntries(request));
         // SKELETON
         // // Only heartbeats, so that followers know there is a leader (§5.2).
+        // // Yours: entries from next_index, at most MAX_BYTES_PER_MESSAGE of
+        // // them (and config.max_entries_per_message), within config.max_in_flight.
+        // let _ = MAX_BYTES_PER_MESSAGE;
         // if !always {
         //     return;
         // }

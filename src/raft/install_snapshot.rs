@@ -1,11 +1,18 @@
 //! Log compaction (§7) and Figure 13 "InstallSnapshot RPC".
 
-use log::{info, warn};
+use log::info;
+// BEGIN SOLUTION snapshots
+use log::warn;
 
-use super::message::{InstallSnapshot, InstallSnapshotReply, Message, NodeId};
-use super::state::{IncomingSnapshot, RaftNode, Role, SnapshotTransfer};
+use super::message::Message;
+use super::state::{IncomingSnapshot, Role, SnapshotTransfer};
 use super::storage::Snapshot;
 use crate::kv::StateMachine;
+// SKELETON
+// END SOLUTION
+
+use super::message::{InstallSnapshot, InstallSnapshotReply, NodeId};
+use super::state::RaftNode;
 
 impl RaftNode {
     /// §7: "Each server takes snapshots independently, covering just the
@@ -81,6 +88,10 @@ impl RaftNode {
             done: end == snapshot.data.len(),
         };
         self.outbox.send(peer, Message::InstallSnapshot(request));
+        // SKELETON
+        // // Given: self.log.snapshot(), the transfer's progress in
+        // // leader.flow[&peer].snapshot, self.config.snapshot_chunk_bytes.
+        // todo!("milestone 4 (snapshots): send n{peer} the next chunk (resend: {resend})")
         // END SOLUTION
     }
 
@@ -176,6 +187,12 @@ impl RaftNode {
         );
         reply.done = true;
         reply
+        // SKELETON
+        // todo!(
+        //     "milestone 4 (snapshots): the chunk at offset {} of the snapshot through {} (Figure 13)",
+        //     request.offset,
+        //     request.last_included_index
+        // )
         // END SOLUTION
     }
 
@@ -235,6 +252,10 @@ impl RaftNode {
         transfer.offset = reply.next_offset;
         transfer.chunk_in_flight = false;
         self.send_snapshot_chunk(from, false);
+        // SKELETON
+        // // Given: self.send_snapshot_chunk (yours, above), self.advance_commit_index().
+        // let _ = Self::send_snapshot_chunk;
+        // todo!("milestone 4 (snapshots): {reply:?} from n{from}")
         // END SOLUTION
     }
 

@@ -1,10 +1,14 @@
 //! Figure 2 "RequestVote RPC" and the candidate's rules (§5.2, §5.4.1).
 
+// BEGIN SOLUTION election
 use std::collections::BTreeSet;
 
 use log::info;
 
-use super::message::{Message, NodeId, RequestVote, RequestVoteReply};
+use super::message::Message;
+// SKELETON
+// END SOLUTION
+use super::message::{NodeId, RequestVote, RequestVoteReply};
 use super::state::{RaftNode, Role};
 
 impl RaftNode {
@@ -48,6 +52,11 @@ impl RaftNode {
             self.outbox
                 .send(peer, Message::RequestVote(request.clone()));
         }
+        // SKELETON
+        // // Given: self.set_term(term, vote) (durable before it returns),
+        // // Role::Candidate, self.reset_election_timer(), self.peers(),
+        // // self.outbox.send(peer, message), self.log.last_index(), last_term().
+        // todo!("milestone 1 (election): start_election (§5.2)")
         // END SOLUTION
     }
 
@@ -87,6 +96,12 @@ impl RaftNode {
             term: self.current_term,
             vote_granted,
         }
+        // SKELETON
+        // // Given: self.voted_for, self.set_voted_for(candidate) (durable before
+        // // it returns), self.reset_election_timer(); and yours, below,
+        // // self.candidate_log_is_up_to_date(&request).
+        // let _ = (Self::set_voted_for, Self::candidate_log_is_up_to_date);
+        // todo!("milestone 1 (election): answer {request:?} (Figure 2, RequestVote RPC)")
         // END SOLUTION
     }
 
@@ -98,6 +113,8 @@ impl RaftNode {
         let (my_last_term, my_last_index) = (self.log.last_term(), self.log.last_index());
         request.last_log_term > my_last_term
             || (request.last_log_term == my_last_term && request.last_log_index >= my_last_index)
+        // SKELETON
+        // todo!("milestone 1 (election): is {request:?}'s log at least as up-to-date as ours? (§5.4.1)")
         // END SOLUTION
     }
 
@@ -114,6 +131,11 @@ impl RaftNode {
                 self.become_leader();
             }
         }
+        // SKELETON
+        // // Given: self.is_current(term), self.has_majority_of_votes(),
+        // // self.become_leader().
+        // let _ = (Self::has_majority_of_votes, Self::become_leader);
+        // todo!("milestone 1 (election): count {reply:?} from n{from} (§5.2)")
         // END SOLUTION
     }
 

@@ -267,6 +267,9 @@ impl RaftNode {
             }
         }
         // SKELETON
+        // // Given: self.state_machine.apply(&entry.command), and
+        // // Self::write_response(result), the answer to a leader's client.
+        // let _ = Self::write_response;
         // END SOLUTION
         self.serve_reads();
         self.maybe_snapshot();

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use super::log::Log;
 use super::message::{LogIndex, Message, NodeId, Term};
-use super::storage::{HardState, Storage};
+use super::storage::Storage;
 use crate::kv::StateMachine;
 
 /// Identifies one client request while it waits for its answer.
@@ -463,7 +463,7 @@ impl RaftNode {
 
     fn persist_hard_state(&mut self) {
         // BEGIN SOLUTION persistence
-        self.log.save_hard_state(HardState {
+        self.log.save_hard_state(super::storage::HardState {
             current_term: self.current_term,
             voted_for: self.voted_for,
         });

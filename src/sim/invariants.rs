@@ -71,7 +71,9 @@ impl Invariants {
         let term = node.current_term();
         match self.leaders.insert(term, id) {
             Some(other) if other != id => Err(format!(
-                "Election Safety: n{other} and n{id} are both leader in term {term}"
+                "Election Safety (Figure 3, §5.2): n{other} and n{id} are both leader in term \
+                 {term} — a server voted twice in one term (Figure 2: grant only if votedFor \
+                 is null or candidateId), or a candidate counted a vote granted in another term"
             )),
             _ => Ok(()),
         }
@@ -96,8 +98,10 @@ impl Invariants {
             if seen.1 != entry.command || (index - 1 > log.snapshot_index() && seen.0 != prev_term)
             {
                 return Err(format!(
-                    "Log Matching: n{id} has entry {index}@{} = {:?} after term {prev_term}, \
-                     another log has {:?} after term {}",
+                    "Log Matching (Figure 3, §5.3): n{id} has entry {index}@{} = {:?} after \
+                     term {prev_term}, another log has {:?} after term {} — a follower appended \
+                     without matching prevLogIndex and prevLogTerm (AppendEntries step 2), or \
+                     kept an entry that conflicts with the leader's (step 3)",
                     entry.term, entry.command, seen.1, seen.0
                 ));
             }
@@ -112,20 +116,23 @@ impl Invariants {
         let commit_index = node.commit_index();
         if node.last_applied() > commit_index {
             return Err(format!(
-                "n{id} applied {} beyond its commit index {commit_index}",
+                "n{id} applied {} beyond its commit index {commit_index} (Figure 2, All \
+                 Servers: apply log[lastApplied] only while commitIndex > lastApplied)",
                 node.last_applied()
             ));
         }
         if commit_index > log.last_index() {
             return Err(format!(
-                "n{id} commit index {commit_index} is beyond its log ({})",
+                "n{id} commit index {commit_index} is beyond its log ({}) (Figure 2, \
+                 AppendEntries step 5: commitIndex = min(leaderCommit, index of last new entry))",
                 log.last_index()
             ));
         }
         let previous = self.last_applied.insert(id, node.last_applied());
         if previous.is_some_and(|p| p > node.last_applied()) {
             return Err(format!(
-                "n{id} last_applied went back from {} to {}",
+                "n{id} last_applied went back from {} to {} (Figure 2: each committed entry \
+                 is applied once, in index order)",
                 previous.unwrap(),
                 node.last_applied()
             ));
@@ -146,8 +153,11 @@ impl Invariants {
             match self.committed.get(&index) {
                 Some((term, command)) if *term != entry.term || *command != entry.command => {
                     return Err(format!(
-                        "State Machine Safety: n{id} committed {index}@{} = {:?}, \
-                         but {index}@{term} = {command:?} was committed before",
+                        "State Machine Safety (Figure 3, §5.4.3): n{id} committed {index}@{} = \
+                         {:?}, but {index}@{term} = {command:?} was committed before — a leader \
+                         was elected without a committed entry (the up-to-date check, §5.4.1), \
+                         or an entry of an earlier term was committed by counting replicas \
+                         (Figure 8, §5.4.2)",
                         entry.term, entry.command
                     ));
                 }
@@ -212,8 +222,10 @@ impl Invariants {
                 Some(e) if e.term == *committed_term && e.command == *command => {}
                 other => {
                     return Err(format!(
-                        "Leader Completeness: n{id}, leader of term {term}, lacks committed \
-                         entry {index}@{committed_term} (has {other:?})"
+                        "Leader Completeness (Figure 3, §5.4): n{id}, leader of term {term}, \
+                         lacks committed entry {index}@{committed_term} (has {other:?}) — a voter \
+                         granted its vote to a candidate whose log is behind its own (§5.4.1), \
+                         or an entry was counted committed before a majority stored it (§5.3)"
                     ))
                 }
             }

@@ -15,7 +15,9 @@ mod invariants;
 mod timeline;
 mod trace;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
@@ -197,6 +199,19 @@ pub struct Cluster {
     /// messages sent by nodes, and the bytes of entries and snapshots in them
     pub sent: u64,
     pub sent_bytes: u64,
+    /// tells this cluster from others the same test holds (see `Drop`)
+    serial: u64,
+}
+
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The cluster this thread checked last. When a test fails, only that
+    /// one prints and writes its trace: a test that holds several clusters
+    /// (one per case, built by the same setup) would otherwise print the
+    /// same setup's trace once per cluster, and overwrite the failing one's
+    /// trace file with an earlier cluster's of the same name and seed.
+    static LAST_CHECKED: Cell<u64> = const { Cell::new(0) };
 }
 
 impl Cluster {
@@ -224,6 +239,7 @@ impl Cluster {
             batched: 0,
             sent: 0,
             sent_bytes: 0,
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
         };
         for id in cluster.ids_all() {
             let sim = SimNode {
@@ -766,6 +782,7 @@ impl Cluster {
     /// answered returns what a linearizable (or, for stale reads, some
     /// committed) state held; panics with the trace on a violation.
     pub fn check(&mut self) {
+        LAST_CHECKED.with(|last| last.set(self.serial));
         let nodes: Vec<(NodeId, &RaftNode)> = self
             .nodes
             .iter()
@@ -809,7 +826,7 @@ impl Cluster {
 impl Drop for Cluster {
     /// On a failed test, say how to replay it and show how it ended.
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && LAST_CHECKED.with(Cell::get) == self.serial {
             let name = std::thread::current()
                 .name()
                 .unwrap_or("sim")
@@ -829,10 +846,17 @@ impl Drop for Cluster {
     }
 }
 
-/// The seeds a randomized test runs: `0..count`, or only `RAFT_SEED` when set.
+/// The seeds a randomized test runs: `0..count`; `0..count * N` with
+/// `RAFT_SEEDS_SCALE=N` (CI's many-seed run, `make skeleton-check`); only
+/// `RAFT_SEED` when set.
 pub fn seeds(count: u64) -> Vec<u64> {
-    match std::env::var("RAFT_SEED") {
-        Ok(seed) => vec![seed.parse().expect("RAFT_SEED must be a number")],
-        Err(_) => (0..count).collect(),
+    if let Ok(seed) = std::env::var("RAFT_SEED") {
+        return vec![seed.parse().expect("RAFT_SEED must be a number")];
     }
+    let scale = std::env::var("RAFT_SEEDS_SCALE").map_or(1, |scale| {
+        scale
+            .parse()
+            .expect("RAFT_SEEDS_SCALE must be a whole number")
+    });
+    (0..count * scale).collect()
 }
