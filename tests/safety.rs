@@ -106,7 +106,11 @@ impl Clients {
                 Some((id, request, sent_at)) => match c.response(*id) {
                     None if c.now() - sent_at < PATIENCE => continue,
                     Some(Ok(_)) => None,
-                    Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost))
+                    Some(Err(
+                        ClientError::NotLeader { .. }
+                        | ClientError::LeadershipLost
+                        | ClientError::Behind { .. },
+                    ))
                     | None => Some(request.clone()),
                     Some(Err(e)) => panic!("request {id} ({request:?}) failed: {e:?}"),
                 },
