@@ -604,7 +604,11 @@ impl Cluster {
         if sim.node.take().is_some() {
             sim.disk.crash();
             sim.restarts += 1;
-            self.note(format!("crash n{id}"));
+            self.record(EventKind::Power {
+                node: id,
+                up: false,
+                text: format!("crash n{id}"),
+            });
         }
     }
 
@@ -613,7 +617,11 @@ impl Cluster {
         if self.is_up(id) {
             self.crash(id);
         }
-        self.note(format!("restart n{id}"));
+        self.record(EventKind::Power {
+            node: id,
+            up: true,
+            text: format!("restart n{id}"),
+        });
         self.start_node(id);
         self.check();
     }
@@ -623,7 +631,11 @@ impl Cluster {
     pub fn wipe(&mut self, id: NodeId) {
         self.crash(id);
         self.nodes.get_mut(&id).unwrap().disk = MemStorage::new();
-        self.note(format!("wipe n{id}"));
+        self.record(EventKind::Power {
+            node: id,
+            up: true,
+            text: format!("wipe n{id}"),
+        });
         self.start_node(id);
         self.check();
     }

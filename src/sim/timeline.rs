@@ -62,7 +62,14 @@ pub enum EventKind {
         request: u64,
         result: String,
     },
-    /// Crash, restart, partition, a test's own marks.
+    /// A node crashed (`up` false) or started again (`up` true); `text` is
+    /// how the trace says it ("crash n2", "restart n2", "wipe n2").
+    Power {
+        node: NodeId,
+        up: bool,
+        text: String,
+    },
+    /// Partitions, network settings, a test's own marks.
     Note(String),
 }
 
@@ -120,12 +127,12 @@ impl fmt::Display for Event {
                 request,
                 result,
             } => write!(f, "t={t} n{node} answers request {request}: {result}"),
-            EventKind::Note(text) => write!(f, "t={t} -- {text}"),
+            EventKind::Power { text, .. } | EventKind::Note(text) => write!(f, "t={t} -- {text}"),
         }
     }
 }
 
-const LANE: f64 = 170.0;
+const LANE: f64 = 230.0;
 const ROW: f64 = 18.0;
 const TOP: f64 = 60.0;
 const LEFT: f64 = 90.0;
@@ -147,21 +154,119 @@ fn color(what: &str) -> &'static str {
     }
 }
 
+/// An arrow's label: the message in short, with the fields a reader needs
+/// on paper (prev, entries, commit), not only in the hover text.
+fn label(what: &str) -> String {
+    let mut words = what.split_whitespace();
+    let kind = match words.next().unwrap_or("") {
+        "AppendEntries" => "AE",
+        "AppendEntriesReply" => "AE reply",
+        "RequestVote" => "RV",
+        "RequestVoteReply" => "RV reply",
+        "InstallSnapshot" => "IS",
+        "InstallSnapshotReply" => "IS reply",
+        other => other,
+    };
+    let rest: Vec<&str> = words.filter(|w| !w.starts_with("term=")).collect();
+    format!("{kind} {}", rest.join(" "))
+}
+
+/// One row of the drawing: an event, or a run of ticks folded away because
+/// each repeated the tick drawn before it (an idle cluster's heartbeats).
+enum Row {
+    Event(usize),
+    Fold { first: u64, last: u64, ticks: usize },
+}
+
+/// Which events get a row. A tick whose events, but for the time, are
+/// those of the tick drawn before it, and whose messages all arrive within
+/// it, is folded into one row.
+fn layout(events: &[Event]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut drawn: Option<Vec<String>> = None;
+    let mut fold: Option<(u64, u64, usize)> = None;
+    let mut start = 0;
+    while start < events.len() {
+        let t = events[start].t;
+        let end = events[start..]
+            .iter()
+            .position(|e| e.t != t)
+            .map_or(events.len(), |p| start + p);
+        let tick = &events[start..end];
+        let signature: Vec<String> = tick
+            .iter()
+            .map(|e| {
+                let line = e.to_string();
+                line.split_once(' ')
+                    .map_or(line.clone(), |(_, rest)| rest.to_string())
+            })
+            .collect();
+        let ids = |deliveries: bool| -> Vec<u64> {
+            let mut ids: Vec<u64> = tick
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EventKind::Send { id, dropped, .. } if !deliveries && !dropped => Some(*id),
+                    EventKind::Deliver { id, .. } | EventKind::Lost { id, .. } if deliveries => {
+                        Some(*id)
+                    }
+                    _ => None,
+                })
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        if drawn.as_ref() == Some(&signature) && ids(false) == ids(true) {
+            let run = fold.get_or_insert((t, t, 0));
+            run.1 = t;
+            run.2 += 1;
+        } else {
+            if let Some((first, last, ticks)) = fold.take() {
+                rows.push(Row::Fold { first, last, ticks });
+            }
+            rows.extend((start..end).map(Row::Event));
+            drawn = Some(signature);
+        }
+        start = end;
+    }
+    if let Some((first, last, ticks)) = fold {
+        rows.push(Row::Fold { first, last, ticks });
+    }
+    rows
+}
+
 /// Render `events` of a run over `nodes` as a standalone HTML page.
 pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
     let lane_x =
         |node: NodeId| LEFT + LANE * (nodes.iter().position(|&n| n == node).unwrap_or(0) as f64);
     let row_y = |row: usize| TOP + ROW * row as f64;
+    let rows = layout(events);
     let width = LEFT + LANE * nodes.len() as f64 + 260.0;
-    let height = row_y(events.len() + 2);
-    let mut svg = String::new();
+    let height = row_y(rows.len() + 2);
+    // Messages first, then the marks on the lanes, so no arrow hides a mark.
+    let mut messages = String::new();
+    let mut marks = String::new();
     let mut sends = std::collections::HashMap::new();
+    // The rows between a node's crash and its restart: its lane is drawn dead there.
+    let mut down_since = std::collections::HashMap::new();
+    let mut down = Vec::new();
     let mut last_t = None;
-    for (row, event) in events.iter().enumerate() {
+    for (row, at) in rows.iter().enumerate() {
         let y = row_y(row);
+        let event = match *at {
+            Row::Fold { first, last, ticks } => {
+                let _ = write!(
+                    marks,
+                    r##"<text x="66" y="{:.0}" class="fold">⋯ {ticks} more tick{} like the one above, t={first}..{last}, folded</text>"##,
+                    y + 4.0,
+                    if ticks == 1 { "" } else { "s" }
+                );
+                continue;
+            }
+            Row::Event(i) => &events[i],
+        };
         if last_t != Some(event.t) {
             let _ = write!(
-                svg,
+                messages,
                 r##"<text x="8" y="{:.0}" class="t">t={}</text><line x1="60" x2="{width:.0}" y1="{:.0}" y2="{:.0}" class="tick"/>"##,
                 y + 4.0,
                 event.t,
@@ -179,7 +284,7 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
                 if *dropped {
                     let x = lane_x(*from);
                     let _ = write!(
-                        svg,
+                        marks,
                         r##"<g><title>{tip}</title><text x="{:.0}" y="{:.0}" class="drop">✕ dropped</text></g>"##,
                         x + 6.0,
                         y + 4.0
@@ -193,7 +298,7 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
                 };
                 let (x1, y1, x2, y2) = (lane_x(from), row_y(send_row), lane_x(*to), y);
                 let c = if lost { "#999" } else { color(what) };
-                let mut label = what.split_whitespace().next().unwrap_or("").to_string();
+                let mut text = label(what);
                 if matches!(
                     event.kind,
                     EventKind::Deliver {
@@ -201,19 +306,21 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
                         ..
                     }
                 ) {
-                    label += " (late)";
+                    text += " (late)";
                 }
+                // The label starts past the sender's mark and reads along the arrow.
+                let lx = if x2 >= x1 { x1 + 64.0 } else { x1 - 64.0 };
                 let _ = write!(
-                    svg,
-                    r##"<g class="msg"><title>{tip}</title><line x1="{x1:.0}" y1="{y1:.0}" x2="{x2:.0}" y2="{y2:.0}" stroke="{c}" stroke-width="1.4"{} marker-end="url(#arrow)"/><text x="{:.0}" y="{:.0}" fill="{c}" class="lbl">{}</text></g>"##,
+                    messages,
+                    r##"<g class="msg"><title>{tip}</title><line x1="{x1:.0}" y1="{y1:.0}" x2="{x2:.0}" y2="{y2:.0}" stroke="{c}" stroke-width="1.4"{} marker-end="url(#arrow)"/><text x="{lx:.0}" y="{:.0}" fill="{c}" class="lbl" text-anchor="{}">{}</text></g>"##,
                     if lost {
                         r#" stroke-dasharray="4 3""#
                     } else {
                         ""
                     },
-                    (x1 + x2) / 2.0 + 4.0,
-                    (y1 + y2) / 2.0 - 2.0,
-                    escape(&label)
+                    y1 + (y2 - y1) * (lx - x1).abs() / (x2 - x1).abs().max(1.0) - 3.0,
+                    if x2 >= x1 { "start" } else { "end" },
+                    escape(&text)
                 );
             }
             EventKind::Role { node, term, role } => {
@@ -223,36 +330,55 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
                     _ => "#777",
                 };
                 let _ = write!(
-                    svg,
-                    r##"<g><title>{tip}</title><rect x="{:.0}" y="{:.0}" width="118" height="15" rx="4" fill="{fill}"/><text x="{:.0}" y="{:.0}" class="role">{role} · term {term}</text></g>"##,
-                    lane_x(*node) - 59.0,
+                    marks,
+                    r##"<g><title>{tip}</title><rect x="{:.0}" y="{:.0}" width="112" height="15" rx="4" fill="{fill}"/><text x="{:.0}" y="{:.0}" class="role">{role} · term {term}</text></g>"##,
+                    lane_x(*node) - 56.0,
                     y - 10.0,
-                    lane_x(*node) - 53.0,
+                    lane_x(*node) - 50.0,
                     y + 1.5
                 );
             }
             EventKind::Commit { node, index } => {
                 let _ = write!(
-                    svg,
+                    marks,
                     r##"<g><title>{tip}</title><circle cx="{:.0}" cy="{:.0}" r="4" fill="#1a8f3c"/><text x="{:.0}" y="{:.0}" class="c">commit {index}</text></g>"##,
                     lane_x(*node),
                     y - 3.0,
-                    lane_x(*node) + 7.0,
+                    lane_x(*node) - 8.0,
                     y + 1.0
                 );
             }
             EventKind::Answer { node, result, .. } => {
                 let _ = write!(
-                    svg,
+                    marks,
                     r##"<g><title>{tip}</title><text x="{:.0}" y="{:.0}" class="ans">answer: {}</text></g>"##,
                     lane_x(*node) + 7.0,
                     y + 1.0,
                     escape(result)
                 );
             }
+            EventKind::Power { node, up, text } => {
+                if *up {
+                    if let Some(since) = down_since.remove(node) {
+                        down.push((*node, since, row));
+                    }
+                } else {
+                    down_since.entry(*node).or_insert(row);
+                }
+                let _ = write!(
+                    marks,
+                    r##"<g><title>{tip}</title><rect x="{:.0}" y="{:.0}" width="112" height="15" rx="4" class="{}"/><text x="{:.0}" y="{:.0}" class="power">{}</text></g>"##,
+                    lane_x(*node) - 56.0,
+                    y - 10.0,
+                    if *up { "up" } else { "down" },
+                    lane_x(*node) - 50.0,
+                    y + 1.5,
+                    escape(text)
+                );
+            }
             EventKind::Note(text) => {
                 let _ = write!(
-                    svg,
+                    marks,
                     r##"<g><title>{tip}</title><rect x="60" y="{:.0}" width="{:.0}" height="15" fill="#fde8e8"/><text x="66" y="{:.0}" class="note">{}</text></g>"##,
                     y - 10.0,
                     width - 60.0,
@@ -262,6 +388,11 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
             }
         }
     }
+    down.extend(
+        down_since
+            .into_iter()
+            .map(|(node, since)| (node, since, rows.len())),
+    );
     let mut lanes = String::new();
     for &node in nodes {
         let x = lane_x(node);
@@ -271,27 +402,41 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
             TOP - 20.0
         );
     }
+    for (node, since, until) in down {
+        let x = lane_x(node);
+        let _ = write!(
+            lanes,
+            r##"<line x1="{x:.0}" x2="{x:.0}" y1="{:.0}" y2="{:.0}" class="dead"/>"##,
+            row_y(since),
+            row_y(until) - ROW / 2.0
+        );
+    }
     format!(
         r##"<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font: 13px system-ui, sans-serif; margin: 16px; }}
-.lane {{ stroke: #ccc; stroke-width: 2; }}
+.lane {{ stroke: #bbb; stroke-width: 3; }}
+.dead {{ stroke: white; stroke-width: 5; stroke-dasharray: 2 6; }}
 .tick {{ stroke: #f2f2f2; }}
 .node {{ font-weight: bold; text-anchor: middle; font-size: 15px; }}
-.t {{ fill: #999; font-size: 11px; }}
-.lbl {{ font-size: 10px; }}
-.role {{ fill: white; font-size: 11px; }}
-.c, .ans {{ font-size: 10px; fill: #1a8f3c; }}
+.t {{ fill: #777; font-size: 11px; }}
+.lbl {{ font-size: 10px; paint-order: stroke; stroke: white; stroke-width: 3px; }}
+.role, .power {{ fill: white; font-size: 11px; }}
+.down {{ fill: #444; }}
+.up {{ fill: #888; }}
+.c {{ font-size: 10px; fill: #1a8f3c; text-anchor: end; }}
+.ans {{ font-size: 10px; fill: #1a8f3c; }}
 .drop {{ font-size: 10px; fill: #c00; }}
 .note {{ font-size: 11px; fill: #900; }}
+.fold {{ font-size: 11px; fill: #555; font-style: italic; }}
 .msg:hover line {{ stroke-width: 3; }}
 </style></head><body>
 <h2>{title}</h2>
-<p>Time flows down; each lane is a node. Arrows are messages (blue AppendEntries, orange RequestVote, purple InstallSnapshot; dashed = lost). Hover anything for its trace line.</p>
+<p>Time flows down; each lane is a node, dotted while the node is down. Arrows are messages: AE AppendEntries (blue), RV RequestVote (orange), IS InstallSnapshot (purple); dashed = lost. prev=index@term of prevLogIndex, [first..last] the entries carried, commit= the leader's commitIndex. Ticks that repeat the one above (an idle cluster's heartbeats) are folded into one line. Hover anything for its whole trace line.</p>
 <svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}">
 <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="context-stroke"/></marker></defs>
-{lanes}{svg}
+{lanes}{messages}{marks}
 </svg></body></html>
 "##,
         title = escape(title)
