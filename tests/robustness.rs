@@ -390,8 +390,8 @@ fn unanswered_append_entries_stay_within_the_window() {
 /// the network drops and delays messages, every node is handed random
 /// messages — malformed ones under a member's name (terms past the limit,
 /// entries out of order or of impossible terms, impossible snapshots and
-/// chunks, replies to requests newer than themselves or matching past the
-/// log), stale ones (an older
+/// chunks, replies to requests newer than themselves, or matching or
+/// installing past the log), stale ones (an older
 /// term: Raft ignores them by design), and anything at all from servers
 /// outside the cluster. No node may panic, the harness checks the Figure 3
 /// invariants (and reads) after every step, and at the end the cluster still
@@ -559,7 +559,7 @@ fn malformed_message(
         term,
         command: Command::Noop,
     };
-    Some(match rng.gen_range(0..8) {
+    Some(match rng.gen_range(0..9) {
         0 => Message::RequestVote(RequestVote {
             term: term + MAX_TERM_JUMP + rng.gen_range(1..1000),
             candidate_id: from,
@@ -619,6 +619,14 @@ fn malformed_message(
             entries: vec![entry(last + 1, stale?)],
             leader_commit: last + 1,
             read_round: rng.gen(),
+        }),
+        7 => Message::InstallSnapshotReply(raft_kv::raft::InstallSnapshotReply {
+            term,
+            request_term: term,
+            last_included_index: last + rng.gen_range(1..u64::MAX - last),
+            offset: 0,
+            next_offset: 0,
+            done: true,
         }),
         6 => Message::AppendEntriesReply(AppendEntriesReply {
             term,

@@ -215,13 +215,6 @@ impl RaftNode {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        if reply.success && reply.match_index > last_index {
-            warn!(
-                "node {} term {}: ignored an AppendEntries reply from {from} matching entry {}, past our last entry {last_index}",
-                self.config.id, self.current_term, reply.match_index
-            );
-            return;
-        }
         leader.heard_from.insert(from);
         // A reply to a request of our term confirms we were still leader
         // when the follower saw the round it echoes (dissertation §6.4).

@@ -51,6 +51,29 @@ impl RaftNode {
                 "it answers a request of term {}, newer than its own term {}",
                 m.request_term, m.term
             )),
+            // Within our term our log only grows, and we sent nothing past
+            // its end: no follower holds more of it than that.
+            Message::AppendEntriesReply(m)
+                if m.request_term == self.current_term
+                    && m.success
+                    && m.match_index > self.log.last_index() =>
+            {
+                Some(format!(
+                    "it matches entry {}, past our last entry {}",
+                    m.match_index,
+                    self.log.last_index()
+                ))
+            }
+            Message::InstallSnapshotReply(m)
+                if m.request_term == self.current_term
+                    && m.last_included_index > self.log.last_index() =>
+            {
+                Some(format!(
+                    "it answers a snapshot through {}, past our last entry {}",
+                    m.last_included_index,
+                    self.log.last_index()
+                ))
+            }
             _ => None,
         }
     }
