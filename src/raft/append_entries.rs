@@ -1,7 +1,10 @@
 //! Figure 2 "AppendEntries RPC", the leader's rules for replicating its log
 //! (§5.3), and the commit rule (§5.3, §5.4.2, Figure 8).
 
+// BEGIN SOLUTION replication
 use log::warn;
+// SKELETON
+// END SOLUTION
 
 use super::message::{AppendEntries, AppendEntriesReply, Message, NodeId};
 use super::state::{RaftNode, Role};
@@ -211,7 +214,6 @@ impl RaftNode {
         if !self.is_current(reply.term) || !self.is_current(reply.request_term) {
             return;
         }
-        let last_index = self.log.last_index();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -223,6 +225,7 @@ impl RaftNode {
         let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
         flow.in_flight = flow.in_flight.saturating_sub(1);
         // BEGIN SOLUTION replication
+        let last_index = self.log.last_index();
         let match_index = leader.match_index.get_mut(&from).expect("every peer");
         let next_index = leader.next_index.get_mut(&from).expect("every peer");
         if reply.success {
