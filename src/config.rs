@@ -32,7 +32,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::raft::{FastPath, NodeId, RaftConfig};
+use crate::raft::{NodeId, RaftConfig};
 use crate::server::NodeArgs;
 
 /// Exit code for bad flags, a bad member list, a busy port or unusable data directory.
@@ -359,8 +359,7 @@ pub struct Tuning {
     pub poll_us: u64,
     /// Turn off parts of the fast path, to measure what each is worth
     /// (docs/performance.md): a comma-separated list of group-commit,
-    /// batching, pipelining, parallel-write, read-rounds. Raft stays correct
-    /// without them, only slower.
+    /// batching, pipelining. Raft stays correct without them, only slower.
     #[arg(long, value_name = "PART,...", default_value = "")]
     pub fast_path_off: String,
 }
@@ -418,7 +417,6 @@ pub struct NodeConfig {
     pub poll: Duration,
     /// what `--fast-path-off` left on
     pub fast_path: FastPath,
-    pub pipelining: bool,
 }
 
 impl NodeConfig {
@@ -427,7 +425,7 @@ impl NodeConfig {
         let members = load_members(args.peers.as_deref(), args.config.as_deref())?;
         NodeConfig::check_membership(args.id, &members)?;
         let timing = args.tuning.check()?;
-        let (fast_path, pipelining) = parse_fast_path_off(&args.tuning.fast_path_off)?;
+        let fast_path = parse_fast_path_off(&args.tuning.fast_path_off)?;
         Ok(NodeConfig {
             id: args.id,
             members,
@@ -437,7 +435,6 @@ impl NodeConfig {
             log_level: args.tuning.log_level,
             poll: Duration::from_micros(args.tuning.poll_us),
             fast_path,
-            pipelining,
         })
     }
 
@@ -469,8 +466,7 @@ impl NodeConfig {
         config.election_timeout_ticks = self.timing.election_timeout_ticks;
         config.heartbeat_ticks = self.timing.heartbeat_ticks;
         config.snapshot_threshold = self.snapshot_threshold;
-        config.fast_path = self.fast_path;
-        if !self.pipelining {
+        if !self.fast_path.pipelining {
             // One AppendEntries with entries in flight per follower: send,
             // wait for the reply, send the next.
             config.max_in_flight = 1;
@@ -482,25 +478,54 @@ impl NodeConfig {
     }
 }
 
-/// Parse `--fast-path-off`: what stays on, and whether pipelining does.
-pub fn parse_fast_path_off(list: &str) -> Result<(FastPath, bool), ConfigError> {
+/// The parts of the fast path that the event loop switches from outside the
+/// core (docs/performance.md). Each is on by default and none is needed for
+/// correctness: `--fast-path-off` turns them off, to measure what each is
+/// worth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastPath {
+    /// step every peer message waiting in one turn, for one fsync
+    /// (off: one message per turn)
+    pub group_commit: bool,
+    /// give the core every client request waiting in one turn: one append
+    /// and one AppendEntries per follower (off: one request per turn)
+    pub batching: bool,
+    /// more than one AppendEntries with entries in flight per follower
+    /// (off: `RaftConfig::max_in_flight` = 1)
+    pub pipelining: bool,
+}
+
+impl Default for FastPath {
+    fn default() -> Self {
+        FastPath {
+            group_commit: true,
+            batching: true,
+            pipelining: true,
+        }
+    }
+}
+
+/// Parse `--fast-path-off`: what stays on.
+pub fn parse_fast_path_off(list: &str) -> Result<FastPath, ConfigError> {
     let mut fast_path = FastPath::default();
-    let mut pipelining = true;
     for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part {
             "group-commit" => fast_path.group_commit = false,
             "batching" => fast_path.batching = false,
-            "pipelining" => pipelining = false,
-            "parallel-write" => fast_path.parallel_write = false,
-            "read-rounds" => fast_path.shared_read_rounds = false,
+            "pipelining" => fast_path.pipelining = false,
+            "parallel-write" | "read-rounds" => {
+                return error(format!(
+                    "--fast-path-off: '{part}' is part of the core's one path now and cannot be turned off (docs/performance.md has what it was measured to be worth)"
+                ))
+            }
             other => {
                 return error(format!(
-                    "--fast-path-off: unknown part '{other}' (known: group-commit, batching, pipelining, parallel-write, read-rounds)"
+                    "--fast-path-off: unknown part '{other}' (known: group-commit, batching, pipelining)"
                 ))
             }
         }
     }
-    Ok((fast_path, pipelining))
+    Ok(fast_path)
 }
 
 /// Check `--poll-us`.
@@ -767,14 +792,14 @@ mod tests {
 
     #[test]
     fn fast_path_off_names_known_parts() {
-        let (fast_path, pipelining) = parse_fast_path_off("").unwrap();
-        assert_eq!((fast_path, pipelining), (FastPath::default(), true));
-        let (fast_path, pipelining) = parse_fast_path_off("pipelining, group-commit").unwrap();
-        assert!(!pipelining && !fast_path.group_commit && fast_path.batching);
+        assert_eq!(parse_fast_path_off("").unwrap(), FastPath::default());
+        let fast_path = parse_fast_path_off("pipelining, group-commit").unwrap();
+        assert!(!fast_path.pipelining && !fast_path.group_commit && fast_path.batching);
         assert_eq!(
             parse_fast_path_off("batching,turbo").unwrap_err().0,
-            "--fast-path-off: unknown part 'turbo' (known: group-commit, batching, pipelining, parallel-write, read-rounds)"
+            "--fast-path-off: unknown part 'turbo' (known: group-commit, batching, pipelining)"
         );
+        assert!(parse_fast_path_off("parallel-write").is_err());
     }
 
     #[test]

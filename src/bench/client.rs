@@ -31,7 +31,7 @@ use super::etcdpb::maintenance_client::MaintenanceClient;
 use crate::cli::client::{describe, retryable};
 use crate::proto::kv as kv_pb;
 use crate::proto::kv::key_value_client::KeyValueClient;
-use crate::server::bridge::LEADER_ADDR_METADATA;
+use crate::proto::LEADER_ADDR_METADATA;
 use crate::server::interrupt;
 
 /// How long one operation keeps retrying before it counts as an error.

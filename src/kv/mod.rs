@@ -1,8 +1,14 @@
 //! The key-value state machine that Raft replicates (§2 "replicated state
-//! machines"), with the client session table of dissertation §6.3.
+//! machines"), with the client session table of dissertation §6.3: its
+//! commands, their validation and encoding, and the client's requests and
+//! answers. Raft sees only bytes ([`crate::raft::StateMachine`]).
 
+mod client;
 mod command_codec;
 
+pub use client::{
+    from_raft, to_raft, Answer, ClientError, ClientRequest, ClientResponse, ClientResult,
+};
 pub use command_codec::{decode_command, encode_command};
 
 use std::collections::BTreeMap;
@@ -10,7 +16,26 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 
 use crate::proto::kv as pb;
-use crate::raft::log::Command;
+use crate::raft::{self, LogIndex};
+
+/// A command of the key-value store: what a log entry carries for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Set `key` to `value`.
+    Set {
+        key: String,
+        value: String,
+        /// Exactly-once session (dissertation §6.3); 0 = none.
+        client_id: u64,
+        sequence: u64,
+    },
+    /// Remove `key`.
+    Delete {
+        key: String,
+        client_id: u64,
+        sequence: u64,
+    },
+}
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
@@ -42,18 +67,6 @@ pub fn value_too_long(len: u64) -> String {
     format!("value is {len} bytes; the limit is {MAX_VALUE_BYTES}")
 }
 
-/// What applying a command produced, returned to the client that proposed it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ApplyResult {
-    /// Set done (or a no-op applied).
-    Ok,
-    /// Delete done; whether the key existed.
-    Deleted { existed: bool },
-    /// The command's (client_id, sequence) is older than the latest one this
-    /// client had applied: it was neither applied now nor is its answer kept.
-    StaleSequence,
-}
-
 /// The latest request applied for one client (dissertation §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Session {
@@ -64,20 +77,47 @@ struct Session {
 /// A `BTreeMap<String, String>` plus the client sessions. `apply` is
 /// deterministic, so every server that applies the same log holds the same map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StateMachine {
+pub struct KvStore {
     data: BTreeMap<String, String>,
     sessions: BTreeMap<u64, Session>,
 }
 
-impl StateMachine {
+impl raft::StateMachine for KvStore {
+    fn apply(&mut self, _index: LogIndex, command: &[u8]) -> Vec<u8> {
+        let answer = match decode_command(command) {
+            Ok(command) => self.apply_command(&command),
+            Err(reason) => Answer::Malformed(format!("the command does not decode: {reason}")),
+        };
+        answer.encode()
+    }
+
+    /// The query is a key; the answer its value.
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        let value = std::str::from_utf8(query)
+            .ok()
+            .and_then(|key| self.get(key))
+            .map(str::to_owned);
+        Answer::Value(value).encode()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        KvStore::snapshot(self)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        *self = KvStore::restore(snapshot).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+impl KvStore {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Apply one committed command.
-    pub fn apply(&mut self, command: &Command) -> ApplyResult {
+    pub fn apply_command(&mut self, command: &Command) -> Answer {
         match command {
-            Command::Noop => ApplyResult::Ok,
             Command::Set {
                 key,
                 value,
@@ -88,7 +128,7 @@ impl StateMachine {
                     data.insert(key.clone(), value.clone());
                     false
                 });
-                outcome.map_or(ApplyResult::StaleSequence, |_| ApplyResult::Ok)
+                outcome.map_or(Answer::StaleSequence, |_| Answer::Set)
             }
             Command::Delete {
                 key,
@@ -96,9 +136,7 @@ impl StateMachine {
                 sequence,
             } => {
                 let outcome = self.once(*client_id, *sequence, |data| data.remove(key).is_some());
-                outcome.map_or(ApplyResult::StaleSequence, |existed| ApplyResult::Deleted {
-                    existed,
-                })
+                outcome.map_or(Answer::StaleSequence, |existed| Answer::Deleted { existed })
             }
         }
     }
@@ -207,9 +245,9 @@ impl StateMachine {
     }
 
     /// Rebuild the state machine from a snapshot (Figure 13 step 8).
-    pub fn restore(data: &[u8]) -> Result<StateMachine, prost::DecodeError> {
+    pub fn restore(data: &[u8]) -> Result<KvStore, prost::DecodeError> {
         let snapshot = pb::StateMachineSnapshot::decode(data)?;
-        Ok(StateMachine {
+        Ok(KvStore {
             data: snapshot
                 .pairs
                 .into_iter()
@@ -247,11 +285,11 @@ mod tests {
     /// the same `pb::StateMachineSnapshot`, and restores to the same state.
     #[test]
     fn snapshot_is_the_protobuf_message_and_restores() {
-        let mut state = StateMachine::new();
-        state.apply(&set("a", "1", 7, 1));
-        state.apply(&set("empty", "", 0, 0));
-        state.apply(&set(&"k".repeat(300), &"v".repeat(70_000), 9, 4));
-        state.apply(&Command::Delete {
+        let mut state = KvStore::new();
+        state.apply_command(&set("a", "1", 7, 1));
+        state.apply_command(&set("empty", "", 0, 0));
+        state.apply_command(&set(&"k".repeat(300), &"v".repeat(70_000), 9, 4));
+        state.apply_command(&Command::Delete {
             key: "gone".into(),
             client_id: 8,
             sequence: 2,
@@ -275,7 +313,7 @@ mod tests {
             bytes.len(),
             "the buffer was sized exactly"
         );
-        assert_eq!(StateMachine::restore(&bytes).unwrap(), state);
-        assert_eq!(StateMachine::new().snapshot(), Vec::<u8>::new());
+        assert_eq!(KvStore::restore(&bytes).unwrap(), state);
+        assert_eq!(KvStore::new().snapshot(), Vec::<u8>::new());
     }
 }

@@ -8,11 +8,12 @@ use log::warn;
 
 use super::message::{AppendEntries, AppendEntriesReply, Message, NodeId};
 use super::state::{RaftNode, Role};
+use super::state_machine::StateMachine;
 
 /// Bytes of entries in one AppendEntries (at least one entry is always sent).
 const MAX_BYTES_PER_MESSAGE: usize = 2 << 20;
 
-impl RaftNode {
+impl<S: StateMachine> RaftNode<S> {
     /// Send AppendEntries to every follower. A heartbeat goes to all of them,
     /// carrying whatever entries each one still needs; otherwise only
     /// followers with new entries to receive, within their in-flight window.
@@ -44,12 +45,12 @@ impl RaftNode {
         let max_entries = self.config.max_entries_per_message;
         let next_index = leader.next_index[&peer];
         let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
-        if next_index <= self.log.snapshot_index() {
+        if next_index <= self.persistent.log().snapshot_index() {
             // The entries the follower needs are compacted away (§7).
             self.send_snapshot_chunk(peer, always);
             return;
         }
-        let has_new_entries = next_index <= self.log.last_index();
+        let has_new_entries = next_index <= self.persistent.log().last_index();
         if !always {
             let window_full = if flow.probing {
                 flow.in_flight > 0
@@ -62,12 +63,12 @@ impl RaftNode {
         }
         let prev_log_index = next_index - 1;
         let prev_log_term = self
-            .log
+            .persistent.log()
             .term_at(prev_log_index)
             .expect("prev_log_index is at or after the snapshot");
         let mut entries = Vec::new();
         let mut bytes = 0;
-        for entry in self.log.entries_from(next_index, max_entries) {
+        for entry in self.persistent.log().entries_from(next_index, max_entries) {
             bytes += entry.command.size();
             if !entries.is_empty() && bytes > MAX_BYTES_PER_MESSAGE {
                 break;
@@ -83,7 +84,7 @@ impl RaftNode {
             }
         }
         let request = AppendEntries {
-            term: self.current_term,
+            term: self.persistent.current_term(),
             leader_id: self.config.id,
             prev_log_index,
             prev_log_term,
@@ -91,7 +92,7 @@ impl RaftNode {
             leader_commit: self.commit_index,
             read_round: leader.read_round,
         };
-        self.outbox.send(peer, Message::AppendEntries(request));
+        self.send(peer, Message::AppendEntries(request));
         // SKELETON
         // // Only heartbeats, so that followers know there is a leader (§5.2).
         // // Yours: entries from next_index, at most MAX_BYTES_PER_MESSAGE of
@@ -101,22 +102,22 @@ impl RaftNode {
         //     return;
         // }
         // let request = AppendEntries {
-        //     term: self.current_term,
+        //     term: self.current_term(),
         //     leader_id: self.config.id,
-        //     prev_log_index: self.log.last_index(),
-        //     prev_log_term: self.log.last_term(),
+        //     prev_log_index: self.persistent.log().last_index(),
+        //     prev_log_term: self.persistent.log().last_term(),
         //     entries: Vec::new(),
         //     leader_commit: self.commit_index,
         //     read_round: leader.read_round,
         // };
-        // self.outbox.send(peer, Message::AppendEntries(request));
+        // self.send(peer, Message::AppendEntries(request));
         // END SOLUTION
     }
 
     /// AppendEntries receiver implementation (Figure 2).
     pub fn handle_append_entries(&mut self, request: AppendEntries) -> AppendEntriesReply {
         let mut reply = AppendEntriesReply {
-            term: self.current_term,
+            term: self.current_term(),
             request_term: request.term,
             success: false,
             match_index: 0,
@@ -127,7 +128,7 @@ impl RaftNode {
         };
         // 1. "Reply false if term < currentTerm (§5.1)". The sender is no
         // longer leader of our term: its read round is confirmed by nothing.
-        if request.term < self.current_term {
+        if request.term < self.current_term() {
             reply.read_round = 0;
             return reply;
         }
@@ -142,15 +143,15 @@ impl RaftNode {
         // whose term matches prevLogTerm (§5.3)". The reply carries the
         // conflict hint so the leader can skip a whole term per round trip.
         let prev = request.prev_log_index;
-        if prev > self.log.last_index() {
-            reply.conflict_index = self.log.last_index() + 1;
+        if prev > self.persistent.log().last_index() {
+            reply.conflict_index = self.persistent.log().last_index() + 1;
             return reply;
         }
-        if prev >= self.log.snapshot_index() {
-            let term = self.log.term_at(prev).expect("prev is in the log");
+        if prev >= self.persistent.log().snapshot_index() {
+            let term = self.persistent.log().term_at(prev).expect("prev is in the log");
             if term != request.prev_log_term {
                 reply.conflict_term = term;
-                reply.conflict_index = self.log.first_index_of_term(term, prev);
+                reply.conflict_index = self.persistent.log().first_index_of_term(term, prev);
                 return reply;
             }
         }
@@ -160,14 +161,14 @@ impl RaftNode {
         let last_new_index = prev + request.entries.len() as u64;
         let mut to_append = Vec::new();
         for entry in request.entries {
-            if entry.index <= self.log.snapshot_index() {
+            if entry.index <= self.persistent.log().snapshot_index() {
                 continue;
             }
             if !to_append.is_empty() {
                 to_append.push(entry);
                 continue;
             }
-            match self.log.term_at(entry.index) {
+            match self.persistent.log().term_at(entry.index) {
                 // Already present: a stale or repeated AppendEntries must not
                 // truncate entries it agrees with.
                 Some(term) if term == entry.term => {}
@@ -181,15 +182,15 @@ impl RaftNode {
                         "a committed entry ({}) conflicts with the leader's log",
                         entry.index
                     );
-                    self.log.truncate_from(entry.index);
+                    self.persistent.log_mut().truncate_from(entry.index);
                     to_append.push(entry);
                 }
                 None => to_append.push(entry),
             }
         }
         // 4. "Append any new entries not already in the log". Durable before
-        // the reply: one fsync for the whole batch.
-        self.log.append(to_append);
+        // the reply leaves: the reply waits for the turn's fsync (`turn.rs`).
+        self.persistent.log_mut().append(to_append);
 
         // 5. "If leaderCommit > commitIndex, set commitIndex =
         // min(leaderCommit, index of last new entry)".
@@ -225,7 +226,7 @@ impl RaftNode {
         let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
         flow.in_flight = flow.in_flight.saturating_sub(1);
         // BEGIN SOLUTION replication
-        let last_index = self.log.last_index();
+        let last_index = self.persistent.log().last_index();
         let match_index = leader.match_index.get_mut(&from).expect("every peer");
         let next_index = leader.next_index.get_mut(&from).expect("every peer");
         if reply.success {
@@ -242,7 +243,7 @@ impl RaftNode {
             let hinted = if reply.conflict_term == 0 {
                 reply.conflict_index
             } else {
-                match self.log.last_index_of_term(reply.conflict_term) {
+                match self.persistent.log().last_index_of_term(reply.conflict_term) {
                     Some(index) => index + 1,
                     None => reply.conflict_index,
                 }
@@ -259,7 +260,7 @@ impl RaftNode {
             if lost_entries {
                 warn!(
                     "node {} term {}: node {from} no longer holds entries {}..={} it acknowledged (a wiped or damaged disk?); sending them again",
-                    self.config.id, self.current_term, reply.conflict_index, *match_index
+                    self.config.id, self.persistent.current_term(), reply.conflict_index, *match_index
                 );
                 *match_index = reply.conflict_index.saturating_sub(1);
             }
@@ -288,10 +289,10 @@ impl RaftNode {
         };
         // The leader counts itself only for entries on its own disk.
         let mut matched: Vec<_> = leader.match_index.values().copied().collect();
-        matched.push(self.log.durable_index());
+        matched.push(self.persistent.log().durable_index());
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let n = matched[self.majority() - 1];
-        if n > self.commit_index && self.log.term_at(n) == Some(self.current_term) {
+        if n > self.commit_index && self.persistent.log().term_at(n) == Some(self.current_term()) {
             self.commit_index = n;
         }
         // SKELETON

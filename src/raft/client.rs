@@ -1,119 +1,73 @@
 //! Client interaction (§8, dissertation chapter 6): writes go through the
 //! log; linearizable reads use ReadIndex (dissertation §6.4) and never touch
-//! the log; stale reads are served from the local state machine.
+//! the log; stale reads are served from the local state machine. Commands,
+//! queries and answers are the state machine's bytes.
 
-use super::log::Command;
-use super::state::{
-    ClientError, ClientRequest, ClientResponse, ClientResult, PendingRead, RaftNode, RequestId,
-    Role,
-};
-use crate::kv::{self, ApplyResult};
+use super::log::{Command, Entry};
+use super::message::{LogIndex, NodeId};
+use super::state::{PendingRead, RaftNode, Role};
+use super::state_machine::StateMachine;
 
-impl RaftNode {
+/// Identifies one client request while it waits for its answer.
+pub type RequestId = u64;
+
+/// A client request, as the core sees it: the state machine has encoded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A command to append to the log and apply once committed.
+    Write(Vec<u8>),
+    /// A query for the state machine.
+    Read {
+        query: Vec<u8>,
+        /// true: ReadIndex on the leader (dissertation §6.4); false: any
+        /// node's own state, which may be stale
+        linearizable: bool,
+    },
+}
+
+/// Why the core did not serve a request. Nothing was applied for any of
+/// these, except `LeadershipLost`, where the write may still commit later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// This node is not the leader; `leader` is the one it knows of, if any.
+    NotLeader { leader: Option<NodeId> },
+    /// This node stopped being leader before the request completed.
+    LeadershipLost,
+    /// A stale read on a node whose state machine may lack writes it already
+    /// holds in its log (see `may_be_behind`). Another node, or this one a
+    /// little later, can answer.
+    Behind {
+        node: NodeId,
+        last_applied: LogIndex,
+        commit_index: LogIndex,
+    },
+}
+
+/// The state machine's answer, or why there is none.
+pub type Response = Result<Vec<u8>, RequestError>;
+
+impl<S: StateMachine> RaftNode<S> {
     /// Handle a batch of client requests: every write in the batch becomes
-    /// one append (one fsync) and one AppendEntries per follower; every
-    /// linearizable read in it shares one heartbeat round.
-    pub fn client_requests(&mut self, requests: Vec<(RequestId, ClientRequest)>) {
+    /// one append and one AppendEntries per follower; every linearizable
+    /// read in it shares one heartbeat round.
+    pub fn client_requests(&mut self, requests: Vec<(RequestId, Request)>) {
         let mut writes = Vec::new();
         let mut new_reads = false;
         for (request, client_request) in requests {
-            let (key, value) = match &client_request {
-                ClientRequest::Set { key, value, .. } => (key, Some(value.as_str())),
-                ClientRequest::Delete { key, .. } | ClientRequest::Get { key, .. } => (key, None),
-            };
-            if let Err(reason) = kv::validate(key, value) {
-                self.outbox
-                    .respond(request, Err(ClientError::InvalidArgument(reason)));
-                continue;
-            }
-            let commit_index = self.commit_index;
-            let not_leader = ClientError::NotLeader {
-                leader: self.leader_id,
-            };
             match client_request {
-                ClientRequest::Get {
-                    key,
+                Request::Read {
+                    query,
                     linearizable: false,
-                } => {
-                    if self.may_be_behind() {
-                        self.outbox.respond(
-                            request,
-                            Err(ClientError::Behind {
-                                node: self.config.id,
-                                last_applied: self.last_applied,
-                                commit_index: self.commit_index,
-                            }),
-                        );
-                        continue;
-                    }
-                    let value = self.state_machine.get(&key).map(str::to_owned);
-                    self.outbox
-                        .respond(request, Ok(ClientResponse::Value(value)));
-                }
-                ClientRequest::Get {
-                    key,
+                } => self.read_local(request, &query),
+                Request::Read {
+                    query,
                     linearizable: true,
-                } => {
-                    let Role::Leader(leader) = &mut self.role else {
-                        self.outbox.respond(request, Err(not_leader));
-                        continue;
-                    };
-                    // Dissertation §6.4 step 1: the read index is the commit
-                    // index — but only once an entry of this term (the §8
-                    // no-op) has committed, so waiting for the no-op covers it.
-                    leader.pending_reads.push_back(PendingRead {
-                        request,
-                        key,
-                        round: leader.read_round + 1,
-                        read_index: commit_index.max(leader.noop_index),
-                    });
-                    new_reads = true;
-                }
-                ClientRequest::Set {
-                    key,
-                    value,
-                    client_id,
-                    sequence,
-                } => writes.push((
-                    request,
-                    Command::Set {
-                        key,
-                        value,
-                        client_id,
-                        sequence,
-                    },
-                )),
-                ClientRequest::Delete {
-                    key,
-                    client_id,
-                    sequence,
-                } => writes.push((
-                    request,
-                    Command::Delete {
-                        key,
-                        client_id,
-                        sequence,
-                    },
-                )),
+                } => new_reads |= self.queue_read(request, query),
+                Request::Write(command) => writes.push((request, command)),
             }
         }
         if !writes.is_empty() {
-            if !self.is_leader() {
-                for (request, _) in writes {
-                    let leader = self.leader_id;
-                    self.outbox
-                        .respond(request, Err(ClientError::NotLeader { leader }));
-                }
-            } else {
-                let (requests, commands): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
-                let first = self.log.last_index() + 1;
-                if let Role::Leader(leader) = &mut self.role {
-                    for (i, request) in requests.into_iter().enumerate() {
-                        leader.pending_writes.insert(first + i as u64, request);
-                    }
-                }
-                self.append_as_leader(commands);
-            }
+            self.propose(writes);
         }
         if new_reads {
             // §6.4 step 2: one heartbeat round confirms leadership for every
@@ -125,6 +79,67 @@ impl RaftNode {
         self.apply_committed();
     }
 
+    /// A stale read: this node's own state machine, unless it may be behind.
+    fn read_local(&mut self, request: RequestId, query: &[u8]) {
+        let response = if self.may_be_behind() {
+            Err(RequestError::Behind {
+                node: self.config.id,
+                last_applied: self.last_applied,
+                commit_index: self.commit_index,
+            })
+        } else {
+            Ok(self.state_machine.query(query))
+        };
+        self.outbox.respond(request, response);
+    }
+
+    /// Queue a linearizable read on the leader; false if not the leader.
+    fn queue_read(&mut self, request: RequestId, query: Vec<u8>) -> bool {
+        let commit_index = self.commit_index;
+        let Role::Leader(leader) = &mut self.role else {
+            let leader = self.leader_id;
+            self.outbox
+                .respond(request, Err(RequestError::NotLeader { leader }));
+            return false;
+        };
+        // Dissertation §6.4 step 1: the read index is the commit index — but
+        // only once an entry of this term (the §8 no-op) has committed, so
+        // waiting for the no-op covers it.
+        leader.pending_reads.push_back(PendingRead {
+            request,
+            query,
+            round: leader.read_round + 1,
+            read_index: commit_index.max(leader.noop_index),
+        });
+        true
+    }
+
+    /// Leaders: "If command received from client: append entry to local
+    /// log, respond after entry applied to state machine (§5.3)". A follower
+    /// redirects the client to the leader it knows.
+    fn propose(&mut self, writes: Vec<(RequestId, Vec<u8>)>) {
+        let first = self.log().last_index() + 1;
+        let term = self.current_term();
+        let Role::Leader(leader) = &mut self.role else {
+            let leader = self.leader_id;
+            for (request, _) in writes {
+                self.outbox
+                    .respond(request, Err(RequestError::NotLeader { leader }));
+            }
+            return;
+        };
+        let mut entries = Vec::with_capacity(writes.len());
+        for ((request, command), index) in writes.into_iter().zip(first..) {
+            leader.pending_writes.insert(index, request);
+            entries.push(Entry {
+                index,
+                term,
+                command: Command::Client(command),
+            });
+        }
+        self.append_as_leader(entries);
+    }
+
     /// Whether this node's state machine may be older than its own log, so
     /// that a stale read could miss a write the node already holds. Only a
     /// leader of the current term says what is committed (a new leader
@@ -134,7 +149,7 @@ impl RaftNode {
     /// and has applied everything it knows is committed.
     fn may_be_behind(&self) -> bool {
         self.leader_id.is_none()
-            || self.log.term_at(self.commit_index) != Some(self.current_term)
+            || self.log().term_at(self.commit_index) != Some(self.current_term())
             || self.last_applied < self.commit_index
     }
 
@@ -152,7 +167,7 @@ impl RaftNode {
             .back()
             .is_some_and(|read| read.round > leader.read_round);
         let in_flight = confirmed_round < leader.read_round;
-        if waiting && (!in_flight || !self.config.fast_path.shared_read_rounds) {
+        if waiting && !in_flight {
             leader.read_round += 1;
             self.broadcast_append_entries(true);
         }
@@ -189,9 +204,8 @@ impl RaftNode {
                 break;
             }
             let read = leader.pending_reads.pop_front().expect("front exists");
-            let value = self.state_machine.get(&read.key).map(str::to_owned);
-            self.outbox
-                .respond(read.request, Ok(ClientResponse::Value(value)));
+            let answer = self.state_machine.query(&read.query);
+            self.outbox.respond(read.request, Ok(answer));
         }
         self.start_read_round();
         // SKELETON
@@ -199,14 +213,5 @@ impl RaftNode {
         // // self.confirmed_read_round(), self.start_read_round().
         // let _ = Self::confirmed_read_round;
         // END SOLUTION
-    }
-
-    /// The answer to a write, from what applying it produced.
-    pub(super) fn write_response(result: ApplyResult) -> ClientResult {
-        match result {
-            ApplyResult::Ok => Ok(ClientResponse::Set),
-            ApplyResult::Deleted { existed } => Ok(ClientResponse::Deleted { existed }),
-            ApplyResult::StaleSequence => Err(ClientError::StaleSequence),
-        }
     }
 }

@@ -7,27 +7,27 @@ use log::warn;
 use super::message::Message;
 use super::state::{IncomingSnapshot, Role, SnapshotTransfer};
 use super::storage::Snapshot;
-use crate::kv::StateMachine;
 // SKELETON
 // END SOLUTION
 
 use super::message::{InstallSnapshot, InstallSnapshotReply, NodeId};
 use super::state::RaftNode;
+use super::state_machine::StateMachine;
 
-impl RaftNode {
+impl<S: StateMachine> RaftNode<S> {
     /// §7: "Each server takes snapshots independently, covering just the
     /// committed entries in its log." We snapshot what has been applied once
     /// the log holds more than `snapshot_threshold` entries.
     pub(super) fn maybe_snapshot(&mut self) {
         // BEGIN SOLUTION snapshots
-        if self.log.len() <= self.config.snapshot_threshold
-            || self.last_applied <= self.log.snapshot_index()
+        if self.persistent.log().len() <= self.config.snapshot_threshold
+            || self.last_applied <= self.persistent.log().snapshot_index()
         {
             return;
         }
         let index = self.last_applied;
         let term = self
-            .log
+            .persistent.log()
             .term_at(index)
             .expect("applied entries are in the log");
         let snapshot = Snapshot {
@@ -38,10 +38,10 @@ impl RaftNode {
         info!(
             "node {} term {}: snapshot through index {index} ({} bytes), log compacted",
             self.config.id,
-            self.current_term,
+            self.current_term(),
             snapshot.data.len()
         );
-        self.log.install_snapshot(snapshot, true);
+        self.persistent.log_mut().install_snapshot(snapshot, true);
         // SKELETON
         // // Never compacts: the log grows without bound.
         // END SOLUTION
@@ -59,7 +59,7 @@ impl RaftNode {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        let snapshot = self.log.snapshot().expect("a compacted log has a snapshot");
+        let snapshot = self.persistent.log().snapshot().expect("a compacted log has a snapshot");
         let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
         let transfer = match &mut flow.snapshot {
             Some(t) if t.last_included_index == snapshot.last_included_index => t,
@@ -79,7 +79,7 @@ impl RaftNode {
         transfer.chunk_in_flight = true;
         transfer.waited_a_heartbeat = false;
         let request = InstallSnapshot {
-            term: self.current_term,
+            term: self.current_term(),
             leader_id: self.config.id,
             last_included_index: snapshot.last_included_index,
             last_included_term: snapshot.last_included_term,
@@ -87,9 +87,9 @@ impl RaftNode {
             data: snapshot.data[start..end].to_vec(),
             done: end == snapshot.data.len(),
         };
-        self.outbox.send(peer, Message::InstallSnapshot(request));
+        self.send(peer, Message::InstallSnapshot(request));
         // SKELETON
-        // // Given: self.log.snapshot(), the transfer's progress in
+        // // Given: self.persistent.log().snapshot(), the transfer's progress in
         // // leader.flow[&peer].snapshot, self.config.snapshot_chunk_bytes.
         // todo!("milestone 4 (snapshots): send n{peer} the next chunk (resend: {resend})")
         // END SOLUTION
@@ -99,7 +99,7 @@ impl RaftNode {
     pub fn handle_install_snapshot(&mut self, request: InstallSnapshot) -> InstallSnapshotReply {
         // BEGIN SOLUTION snapshots
         let mut reply = InstallSnapshotReply {
-            term: self.current_term,
+            term: self.current_term(),
             request_term: request.term,
             last_included_index: request.last_included_index,
             offset: request.offset,
@@ -107,7 +107,7 @@ impl RaftNode {
             done: false,
         };
         // 1. "Reply immediately if term < currentTerm".
-        if request.term < self.current_term {
+        if request.term < self.current_term() {
             return reply;
         }
         self.become_follower(request.term, Some(request.leader_id));
@@ -153,23 +153,24 @@ impl RaftNode {
             return reply;
         }
         let data = self.incoming_snapshot.take().expect("checked above").data;
-        let state_machine = match StateMachine::restore(&data) {
-            Ok(state_machine) => state_machine,
-            Err(error) => {
-                warn!(
-                    "node {} term {}: snapshot from leader {} does not decode ({error}); asking for it again",
-                    self.config.id, self.current_term, request.leader_id
-                );
-                reply.next_offset = 0;
-                return reply;
-            }
-        };
+        // 8. "Reset state machine using snapshot contents" — first, so that a
+        // snapshot that does not decode changes nothing.
+        if let Err(error) = self.state_machine.restore(&data) {
+            warn!(
+                "node {} term {}: snapshot from leader {} does not decode ({error}); asking for it again",
+                self.config.id,
+                self.current_term(),
+                request.leader_id
+            );
+            reply.next_offset = 0;
+            return reply;
+        }
         // 6. "If existing log entry has same index and term as snapshot's last
         // included entry, retain log entries following it and reply".
-        let keep_suffix = self.log.term_at(index) == Some(request.last_included_term);
+        let keep_suffix = self.persistent.log().term_at(index) == Some(request.last_included_term);
         // 5. "Save snapshot file, discard any existing or partial snapshot
         // with a smaller index"; 7. otherwise "Discard the entire log".
-        self.log.install_snapshot(
+        self.persistent.log_mut().install_snapshot(
             Snapshot {
                 last_included_index: index,
                 last_included_term: request.last_included_term,
@@ -177,13 +178,11 @@ impl RaftNode {
             },
             keep_suffix,
         );
-        // 8. "Reset state machine using snapshot contents".
-        self.state_machine = state_machine;
         self.commit_index = index;
         self.last_applied = index;
         info!(
             "node {} term {}: installed snapshot through index {index} from leader {}",
-            self.config.id, self.current_term, request.leader_id
+            self.config.id, self.current_term(), request.leader_id
         );
         reply.done = true;
         reply
@@ -208,7 +207,7 @@ impl RaftNode {
         if !self.is_current(reply.term) || !self.is_current(reply.request_term) {
             return;
         }
-        let snapshot_len = self.log.snapshot().map_or(0, |s| s.data.len() as u64);
+        let snapshot_len = self.persistent.log().snapshot().map_or(0, |s| s.data.len() as u64);
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -245,7 +244,7 @@ impl RaftNode {
         if reply.next_offset > snapshot_len {
             warn!(
                 "node {} term {}: ignored an InstallSnapshot reply from {from} holding {} bytes of a {snapshot_len}-byte snapshot",
-                self.config.id, self.current_term, reply.next_offset
+                self.config.id, self.current_term(), reply.next_offset
             );
             return;
         }
@@ -270,7 +269,7 @@ impl RaftNode {
                 info!(
                     "node {} term {}: no chunk of the snapshot through {} for {limit} ticks; dropping the {} bytes received",
                     self.config.id,
-                    self.current_term,
+                    self.persistent.current_term(),
                     incoming.last_included_index,
                     incoming.data.len()
                 );

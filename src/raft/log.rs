@@ -11,34 +11,25 @@
 use super::message::{LogIndex, Term};
 use super::storage::{HardState, Snapshot, Storage};
 
-/// A state machine command, the payload of a log entry.
+/// What a log entry carries (Figure 2: "each entry contains command for
+/// state machine"). The state machine's commands are bytes to Raft: it
+/// stores, replicates and hands them back in order, and never looks inside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Set `key` to `value`.
-    Set {
-        key: String,
-        value: String,
-        /// Exactly-once session (dissertation §6.3); 0 = none.
-        client_id: u64,
-        sequence: u64,
-    },
-    /// Remove `key`.
-    Delete {
-        key: String,
-        client_id: u64,
-        sequence: u64,
-    },
-    /// The entry a new leader appends to commit an entry of its own term (§8).
+    /// The entry a new leader appends to commit an entry of its own term
+    /// (§8). It is not given to the state machine.
     Noop,
+    /// A command for the state machine, encoded by it
+    /// ([`StateMachine`](super::state_machine::StateMachine)).
+    Client(Vec<u8>),
 }
 
 impl Command {
     /// Roughly how many bytes the command takes on the wire, for batching.
     pub fn size(&self) -> usize {
         match self {
-            Command::Set { key, value, .. } => key.len() + value.len() + 24,
-            Command::Delete { key, .. } => key.len() + 24,
             Command::Noop => 8,
+            Command::Client(bytes) => bytes.len() + 8,
         }
     }
 }
@@ -63,11 +54,37 @@ pub struct Log {
     snapshot: Option<Snapshot>,
     /// entries snapshot_index+1 ..= last_index
     entries: Vec<Entry>,
-    /// entries up to here are on stable storage (see `append_unsynced`)
+    /// entries up to here are on stable storage (see `sync`)
     durable_index: LogIndex,
-    /// inside `RaftNode::step_batch`: `append` leaves the fsync to the end
-    /// of the batch, before any reply of the batch is released
-    deferring_sync: bool,
+    /// where the log was truncated since the last `sync`, in order (see
+    /// [`Durable::still_holds`])
+    truncated_since_sync: Vec<LogIndex>,
+}
+
+/// Proof that every entry appended so far is on stable storage: only
+/// [`Log::sync`] makes one. Replies that speak for the log are released
+/// with it, so none can leave before the fsync it depends on (Figure 2:
+/// "Updated on stable storage before responding to RPCs").
+#[derive(Debug)]
+pub struct Durable {
+    through: LogIndex,
+    truncated: Vec<LogIndex>,
+}
+
+impl Durable {
+    /// The last index on stable storage when this proof was made.
+    pub fn through(&self) -> LogIndex {
+        self.through
+    }
+
+    /// Whether the log still holds, durably, what a reply said it held
+    /// through `index` when the log had been truncated `truncations` times
+    /// since the last sync ([`Log::truncations_since_sync`]): not if a newer
+    /// leader's entries replaced those entries since (§5.3), even if as many
+    /// are durable again.
+    pub fn still_holds(&self, index: LogIndex, truncations: usize) -> bool {
+        index <= self.through && self.truncated[truncations..].iter().all(|&t| index < t)
+    }
 }
 
 /// An I/O error while persisting leaves the server unable to keep its
@@ -116,7 +133,7 @@ impl Log {
             snapshot: recovered.snapshot,
             entries,
             durable_index,
-            deferring_sync: false,
+            truncated_since_sync: Vec::new(),
         };
         (log, recovered.hard_state)
     }
@@ -213,24 +230,12 @@ impl Log {
             .map(|e| e.index)
     }
 
-    /// Append entries and make them durable before returning (followers: the
-    /// reply to AppendEntries must not go out before this).
+    /// Append entries (Figure 2 "log[]"). They are written, not yet durable:
+    /// [`Log::sync`] makes everything appended in one event-loop turn durable
+    /// with one fsync (group commit), and only its [`Durable`] proof releases
+    /// the replies that depend on them. The leader counts itself in a
+    /// majority only up to `durable_index` (dissertation §10.2.1).
     pub fn append(&mut self, entries: Vec<Entry>) {
-        // BEGIN SOLUTION persistence
-        self.append_unsynced(entries);
-        if !self.deferring_sync {
-            self.sync();
-        }
-        // SKELETON
-        // self.append_unsynced(entries);
-        // END SOLUTION
-    }
-
-    /// Append entries without waiting for the disk. Only the leader does this,
-    /// so that it can send them to followers while its own write is under way
-    /// (dissertation §10.2.1); it must call `sync` before it counts itself in a
-    /// majority, which `durable_index` enforces.
-    pub fn append_unsynced(&mut self, entries: Vec<Entry>) {
         if entries.is_empty() {
             return;
         }
@@ -243,22 +248,28 @@ impl Log {
         self.entries.extend(entries);
     }
 
-    /// While `deferring` is true, `append` does not sync; the caller syncs
-    /// once at the end and only then releases the replies that depend on it
-    /// (`RaftNode::step_batch`).
-    pub(super) fn defer_sync(&mut self, deferring: bool) {
-        self.deferring_sync = deferring;
+    /// Make every entry appended so far durable: one fsync however many
+    /// were appended.
+    pub fn sync(&mut self) -> Durable {
+        if self.durable_index < self.last_index() {
+            // BEGIN SOLUTION persistence
+            self.storage
+                .sync()
+                .unwrap_or_else(|e| fatal("syncing the log", e));
+            // SKELETON
+            // // Written, never synced: lost when the server crashes.
+            // END SOLUTION
+            self.durable_index = self.last_index();
+        }
+        Durable {
+            through: self.durable_index,
+            truncated: std::mem::take(&mut self.truncated_since_sync),
+        }
     }
 
-    /// Make every entry appended so far durable: one fsync however many were appended.
-    pub fn sync(&mut self) {
-        if self.durable_index == self.last_index() {
-            return;
-        }
-        self.storage
-            .sync()
-            .unwrap_or_else(|e| fatal("syncing the log", e));
-        self.durable_index = self.last_index();
+    /// How many times the log was truncated since the last `sync`.
+    pub fn truncations_since_sync(&self) -> usize {
+        self.truncated_since_sync.len()
     }
 
     /// Delete the entry at `index` and all that follow it (Figure 2,
@@ -284,6 +295,7 @@ impl Log {
         self.entries
             .truncate((index - self.snapshot_index - 1) as usize);
         self.durable_index = self.durable_index.min(self.last_index());
+        self.truncated_since_sync.push(index);
     }
 
     /// Store a snapshot and discard the entries it covers (§7). With
@@ -301,6 +313,8 @@ impl Log {
         if keep_suffix {
             self.entries.drain(..(index - self.snapshot_index) as usize);
         } else {
+            // What was held may differ from what the snapshot replaces it with.
+            self.truncated_since_sync.push(self.snapshot_index + 1);
             self.entries.clear();
         }
         self.snapshot_index = index;

@@ -4,6 +4,7 @@
 //! | Figure 2 / paper section          | file                 |
 //! |-----------------------------------|----------------------|
 //! | State                             | `state.rs`           |
+//! | Persistent state on all servers   | `persistent.rs`      |
 //! | AppendEntries RPC, commit rule    | `append_entries.rs`  |
 //! | RequestVote RPC, elections        | `request_vote.rs`    |
 //! | Rules for Servers                 | `rules.rs`           |
@@ -11,6 +12,8 @@
 //! | InstallSnapshot RPC (Figure 13)   | `install_snapshot.rs`|
 //! | Client interaction (§8, ch. 6)    | `client.rs`          |
 //! | Stable storage boundary           | `storage.rs`         |
+//! | The replicated state machine      | `state_machine.rs`   |
+//! | Turns: group commit, §10.2.1      | `turn.rs`            |
 //! | What no correct peer sends        | `validate.rs`        |
 //!
 //! `docs/paper-map.md` maps every rule to its function.
@@ -20,17 +23,19 @@ mod client;
 mod install_snapshot;
 pub mod log;
 pub mod message;
+mod persistent;
 mod request_vote;
 mod rules;
 pub mod state;
+mod state_machine;
 pub mod storage;
+mod turn;
 mod validate;
 
-pub use self::log::{Command, Entry, Log};
+pub use self::log::{Command, Durable, Entry, Log};
+pub use client::{Request, RequestError, RequestId, Response};
 pub use message::*;
-pub use state::{
-    ClientError, ClientRequest, ClientResponse, ClientResult, FastPath, NodeStatus, Outbox,
-    RaftConfig, RaftNode, RequestId, Role,
-};
+pub use state::{NodeStatus, Outbox, RaftConfig, RaftNode, Role};
+pub use state_machine::StateMachine;
 pub use storage::{HardState, MemStorage, Recovered, Snapshot, Storage};
 pub use validate::MAX_TERM_JUMP;

@@ -1,8 +1,6 @@
 //! Figure 2 "RequestVote RPC" and the candidate's rules (§5.2, §5.4.1).
 
 // BEGIN SOLUTION election
-use std::collections::BTreeSet;
-
 use log::info;
 
 use super::message::Message;
@@ -10,52 +8,35 @@ use super::message::Message;
 // END SOLUTION
 use super::message::{NodeId, RequestVote, RequestVoteReply};
 use super::state::{RaftNode, Role};
+use super::state_machine::StateMachine;
 
-impl RaftNode {
+impl<S: StateMachine> RaftNode<S> {
     /// Candidates (§5.2): "On conversion to candidate, start election:
     /// increment currentTerm, vote for self, reset election timer, send
     /// RequestVote RPCs to all other servers".
     pub(super) fn start_election(&mut self) {
         // BEGIN SOLUTION election
-        let old_role = self.role.name();
-        let me = self.config.id;
-        let Some(term) = self.current_term.checked_add(1) else {
-            log::error!(
-                "node {me}: current_term is {}, the largest term there is: no election can start",
-                self.current_term
-            );
+        if !self.become_candidate() {
             return;
-        };
-        // Term and self-vote are persisted together before any RequestVote
-        // leaves, so a crash cannot make us vote twice in this term.
-        self.set_term(term, Some(me));
-        self.role = Role::Candidate {
-            votes: BTreeSet::from([me]),
-        };
-        info!(
-            "node {me} term {}: {old_role} -> candidate",
-            self.current_term
-        );
-        self.reset_election_timer();
+        }
         if self.has_majority_of_votes() {
             // A cluster of one elects itself.
             self.become_leader();
             return;
         }
         let request = RequestVote {
-            term: self.current_term,
-            candidate_id: me,
-            last_log_index: self.log.last_index(),
-            last_log_term: self.log.last_term(),
+            term: self.current_term(),
+            candidate_id: self.config.id,
+            last_log_index: self.log().last_index(),
+            last_log_term: self.log().last_term(),
         };
         for peer in self.peers() {
-            self.outbox
-                .send(peer, Message::RequestVote(request.clone()));
+            self.send(peer, Message::RequestVote(request.clone()));
         }
         // SKELETON
-        // // Given: self.set_term(term, vote) (durable before it returns),
-        // // Role::Candidate, self.reset_election_timer(), self.peers(),
-        // // self.outbox.send(peer, message), self.log.last_index(), last_term().
+        // // Given: self.become_candidate() (the term, the vote for itself,
+        // // durable), self.peers(), self.send(peer, message),
+        // // self.log().last_index(), self.log().last_term().
         // todo!("milestone 1 (election): start_election (§5.2)")
         // END SOLUTION
     }
@@ -65,21 +46,21 @@ impl RaftNode {
         // BEGIN SOLUTION election
         // 1. "Reply false if term < currentTerm (§5.1)". (A newer term was
         // already adopted by `step`.)
-        let term_ok = request.term == self.current_term;
+        let term_ok = request.term == self.current_term();
         // 2. "If votedFor is null or candidateId, and candidate's log is at
         // least as up-to-date as receiver's log, grant vote (§5.2, §5.4)".
-        let not_voted_for_another = self.voted_for.is_none_or(|v| v == request.candidate_id);
+        let not_voted_for_another = self.voted_for().is_none_or(|v| v == request.candidate_id);
         let log_ok = self.candidate_log_is_up_to_date(&request);
         let vote_granted = term_ok && not_voted_for_another && log_ok;
         if vote_granted {
-            self.set_voted_for(request.candidate_id);
+            self.persistent.set_voted_for(request.candidate_id);
             // Followers: the timer restarts on "granting vote to candidate".
             self.reset_election_timer();
         }
         info!(
             "node {} term {}: vote for {} in term {}: {}",
             self.config.id,
-            self.current_term,
+            self.current_term(),
             request.candidate_id,
             request.term,
             if vote_granted {
@@ -93,11 +74,11 @@ impl RaftNode {
             }
         );
         RequestVoteReply {
-            term: self.current_term,
+            term: self.current_term(),
             vote_granted,
         }
         // SKELETON
-        // // Given: self.voted_for, self.set_voted_for(candidate) (durable before
+        // // Given: self.voted_for(), self.set_voted_for(candidate) (durable before
         // // it returns), self.reset_election_timer(); and yours, below,
         // // self.candidate_log_is_up_to_date(&request).
         // let _ = (Self::set_voted_for, Self::candidate_log_is_up_to_date);
@@ -110,7 +91,7 @@ impl RaftNode {
     /// same term, then whichever log is longer is more up-to-date."
     fn candidate_log_is_up_to_date(&self, request: &RequestVote) -> bool {
         // BEGIN SOLUTION election
-        let (my_last_term, my_last_index) = (self.log.last_term(), self.log.last_index());
+        let (my_last_term, my_last_index) = (self.log().last_term(), self.log().last_index());
         request.last_log_term > my_last_term
             || (request.last_log_term == my_last_term && request.last_log_index >= my_last_index)
         // SKELETON

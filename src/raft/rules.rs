@@ -3,81 +3,59 @@
 
 use log::{debug, info, warn};
 
-use super::message::{Message, NodeId, Term};
-use super::state::{ClientError, Flow, Leader, RaftNode, Role};
-use crate::raft::log::{Command, Entry};
+use std::collections::BTreeSet;
 
-impl RaftNode {
-    /// Handle one message from peer `from`. For a request, returns the reply
-    /// to send back; state it depends on is durable before this returns.
-    pub fn step(&mut self, from: NodeId, message: Message) -> Option<Message> {
+use super::client::RequestError;
+use super::log::{Command, Entry};
+use super::message::{Message, NodeId, Term};
+use super::state::{Flow, Leader, RaftNode, Role};
+use super::state_machine::StateMachine;
+
+impl<S: StateMachine> RaftNode<S> {
+    /// Handle one message from peer `from`. A reply leaves through the
+    /// outbox once what it speaks for is durable (`end_turn`).
+    pub fn step(&mut self, from: NodeId, message: Message) {
         debug!(
             "node {} term {}: <- {from} {message:?}",
-            self.config.id, self.current_term
+            self.config.id,
+            self.current_term()
         );
         if let Some(reason) = self.refusal(from, &message) {
             warn!(
                 "node {} term {}: refused a {} from {from}: {reason}",
                 self.config.id,
-                self.current_term,
+                self.current_term(),
                 message.name()
             );
-            return None;
+            return;
         }
         // All Servers: "If RPC request or response contains term T >
         // currentTerm: set currentTerm = T, convert to follower (§5.1)".
-        if message.term() > self.current_term {
+        if message.term() > self.current_term() {
             self.become_follower(message.term(), None);
         }
-        let reply = match message {
+        match message {
             Message::RequestVote(request) => {
-                Some(Message::RequestVoteReply(self.handle_request_vote(request)))
+                let reply = self.handle_request_vote(request);
+                self.send(from, Message::RequestVoteReply(reply));
             }
-            Message::RequestVoteReply(reply) => {
-                self.handle_request_vote_reply(from, reply);
-                None
+            Message::RequestVoteReply(reply) => self.handle_request_vote_reply(from, reply),
+            Message::AppendEntries(request) => {
+                let reply = self.handle_append_entries(request);
+                self.send(from, Message::AppendEntriesReply(reply));
             }
-            Message::AppendEntries(request) => Some(Message::AppendEntriesReply(
-                self.handle_append_entries(request),
-            )),
-            Message::AppendEntriesReply(reply) => {
-                self.handle_append_entries_reply(from, reply);
-                None
+            Message::AppendEntriesReply(reply) => self.handle_append_entries_reply(from, reply),
+            Message::InstallSnapshot(request) => {
+                let reply = self.handle_install_snapshot(request);
+                self.send(from, Message::InstallSnapshotReply(reply));
             }
-            Message::InstallSnapshot(request) => Some(Message::InstallSnapshotReply(
-                self.handle_install_snapshot(request),
-            )),
             Message::InstallSnapshotReply(reply) => {
-                self.handle_install_snapshot_reply(from, reply);
-                None
+                self.handle_install_snapshot_reply(from, reply)
             }
-        };
+        }
         // All Servers: "If commitIndex > lastApplied: increment lastApplied,
         // apply log[lastApplied] to state machine (§5.3)".
         self.apply_committed();
-        reply
-    }
-
-    /// Handle several messages that arrived together, as `step` would one by
-    /// one, returning each one's reply in order — but with one fsync for all
-    /// the entries they append, taken before any reply is returned (group
-    /// commit on followers). Figure 2's "persist before responding" holds:
-    /// the replies leave only after the sync.
-    pub fn step_batch(&mut self, messages: Vec<(NodeId, Message)>) -> Vec<Option<Message>> {
-        if !self.config.fast_path.group_commit {
-            return messages
-                .into_iter()
-                .map(|(from, message)| self.step(from, message))
-                .collect();
-        }
-        self.log.defer_sync(true);
-        let replies = messages
-            .into_iter()
-            .map(|(from, message)| self.step(from, message))
-            .collect();
-        self.log.defer_sync(false);
-        self.log.sync();
-        replies
     }
 
     /// One unit of logical time has passed.
@@ -126,18 +104,20 @@ impl RaftNode {
             info!(
                 "node {} term {}: heard from {reachable} of {} servers in an election timeout; stepping down",
                 self.config.id,
-                self.current_term,
+                self.current_term(),
                 self.config.members.len()
             );
-            self.become_follower(self.current_term, None);
+            self.become_follower(self.current_term(), None);
         }
     }
+
+    // The role changes (§5.1, Figure 4), together.
 
     /// Convert to follower in `term` (a newer term, or the current one when a
     /// candidate or leader learns of a legitimate leader).
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         let old_role = self.role.name();
-        if term > self.current_term {
+        if term > self.current_term() {
             self.set_term(term, None);
         }
         if let Role::Leader(leader_state) = std::mem::replace(&mut self.role, Role::Follower) {
@@ -151,10 +131,35 @@ impl RaftNode {
         if old_role != "follower" {
             info!(
                 "node {} term {}: {old_role} -> follower",
-                self.config.id, self.current_term
+                self.config.id,
+                self.current_term()
             );
             self.reset_election_timer();
         }
+    }
+
+    /// Candidates (§5.2): "On conversion to candidate, start election:
+    /// increment currentTerm, vote for self, reset election timer". The term
+    /// and the vote are durable together before any RequestVote leaves, so
+    /// a crash cannot make us vote twice in this term. False if the term
+    /// cannot grow.
+    pub(super) fn become_candidate(&mut self) -> bool {
+        let old_role = self.role.name();
+        let me = self.config.id;
+        let Some(term) = self.current_term().checked_add(1) else {
+            log::error!(
+                "node {me}: current_term is {}, the largest term there is: no election can start",
+                self.current_term()
+            );
+            return false;
+        };
+        self.set_term(term, Some(me));
+        self.role = Role::Candidate {
+            votes: BTreeSet::from([me]),
+        };
+        info!("node {me} term {term}: {old_role} -> candidate");
+        self.reset_election_timer();
+        true
     }
 
     /// A leader that steps down answers every waiting client: the request
@@ -162,11 +167,11 @@ impl RaftNode {
     fn fail_pending_requests(&mut self, leader: Leader) {
         for (_, request) in leader.pending_writes {
             self.outbox
-                .respond(request, Err(ClientError::LeadershipLost));
+                .respond(request, Err(RequestError::LeadershipLost));
         }
         for read in leader.pending_reads {
             self.outbox
-                .respond(read.request, Err(ClientError::LeadershipLost));
+                .respond(read.request, Err(RequestError::LeadershipLost));
         }
     }
 
@@ -174,9 +179,10 @@ impl RaftNode {
     pub(super) fn become_leader(&mut self) {
         info!(
             "node {} term {}: candidate -> leader",
-            self.config.id, self.current_term
+            self.config.id,
+            self.current_term()
         );
-        let last_index = self.log.last_index();
+        let last_index = self.log().last_index();
         let mut leader = Leader::default();
         for peer in self.peers() {
             // "Volatile state on leaders (Reinitialized after election)"
@@ -196,55 +202,23 @@ impl RaftNode {
         leader.noop_index = last_index + 1;
         self.role = Role::Leader(leader);
         self.leader_id = Some(self.config.id);
-        self.append_as_leader(vec![Command::Noop]);
+        let noop = Entry {
+            index: last_index + 1,
+            term: self.current_term(),
+            command: Command::Noop,
+        };
+        self.append_as_leader(vec![noop]);
     }
 
-    /// Append commands to the leader's log, send them to every follower at
-    /// once, and then wait for the local disk. Writing locally in parallel
-    /// with the followers is dissertation §10.2.1: the leader counts itself in
-    /// a majority only from `log.durable_index()`, which `sync` advances.
-    /// Returns the index of the first new entry.
-    pub(super) fn append_as_leader(&mut self, commands: Vec<Command>) -> u64 {
-        let first = self.log.last_index() + 1;
-        if self.config.fast_path.batching {
-            // One append and one AppendEntries per follower for all of them.
-            self.append_and_send(commands);
-        } else {
-            for command in commands {
-                self.append_and_send(vec![command]);
-                if !self.config.fast_path.group_commit {
-                    self.outbox.flush();
-                    self.log.sync();
-                }
-            }
-        }
-        // With group commit, the one fsync for everything appended above
-        // (without it each write was synced in the loop, and this finds
-        // nothing left to do).
-        self.outbox.flush();
-        self.log.sync();
-        self.advance_commit_index();
-        first
-    }
-
-    fn append_and_send(&mut self, commands: Vec<Command>) {
-        let first = self.log.last_index() + 1;
-        let term = self.current_term;
-        let entries: Vec<Entry> = commands
-            .into_iter()
-            .enumerate()
-            .map(|(i, command)| Entry {
-                index: first + i as u64,
-                term,
-                command,
-            })
-            .collect();
-        // Leaders: "If command received from client: append entry to local log".
-        self.log.append_unsynced(entries);
-        if !self.config.fast_path.parallel_write {
-            self.log.sync();
-        }
+    /// Leaders: "If command received from client: append entry to local
+    /// log", and send it to every follower. The fsync waits for the end of
+    /// the turn (`end_turn`), so the followers write in parallel with the
+    /// leader (dissertation §10.2.1): the leader counts itself in a majority
+    /// only from `log.durable_index()`.
+    pub(super) fn append_as_leader(&mut self, entries: Vec<Entry>) {
+        self.persistent.log_mut().append(entries);
         self.broadcast_append_entries(false);
+        // A cluster of one commits on its own fsync: see `end_turn`.
     }
 
     /// All Servers: "If commitIndex > lastApplied: increment lastApplied,
@@ -255,21 +229,25 @@ impl RaftNode {
         while self.last_applied < self.commit_index {
             let index = self.last_applied + 1;
             let entry = self
-                .log
+                .persistent
+                .log()
                 .get(index)
                 .unwrap_or_else(|| panic!("committed entry {index} missing from the log"));
-            let result = self.state_machine.apply(&entry.command);
+            let answer = match &entry.command {
+                Command::Noop => Vec::new(),
+                Command::Client(command) => self.state_machine.apply(index, command),
+            };
             self.last_applied = index;
             if let Role::Leader(leader) = &mut self.role {
                 if let Some(request) = leader.pending_writes.remove(&index) {
-                    self.outbox.respond(request, Self::write_response(result));
+                    self.outbox.respond(request, Ok(answer));
                 }
             }
         }
         // SKELETON
-        // // Given: self.state_machine.apply(&entry.command), and
-        // // Self::write_response(result), the answer to a leader's client.
-        // let _ = Self::write_response;
+        // // Given: self.state_machine.apply(index, command) for a
+        // // Command::Client, and self.outbox.respond(request, Ok(answer))
+        // // for a leader's client waiting in pending_writes.
         // END SOLUTION
         self.serve_reads();
         self.maybe_snapshot();
@@ -278,6 +256,6 @@ impl RaftNode {
     /// The term reply rule shared by every reply handler: a reply from an
     /// older term answers a request we no longer care about.
     pub(super) fn is_current(&self, term: Term) -> bool {
-        term == self.current_term
+        term == self.current_term()
     }
 }

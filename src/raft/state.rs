@@ -4,89 +4,32 @@
 //! The core does no I/O and reads no clock. Time arrives through
 //! [`RaftNode::tick`], messages through [`RaftNode::step`], client requests
 //! through [`RaftNode::client_requests`]; randomness comes from a seeded RNG;
-//! messages and client answers leave through an [`Outbox`]; the disk is behind
-//! the [`Storage`](super::storage::Storage) that the [`Log`] owns.
+//! messages and client answers leave through an [`Outbox`], and only there;
+//! the disk is behind the [`Storage`] that the log owns. How the runtime
+//! drives these calls, a turn at a time, is `turn.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::log::Log;
+use super::client::{RequestId, Response};
 use super::message::{LogIndex, Message, NodeId, Term};
+use super::persistent::Persistent;
+use super::state_machine::StateMachine;
 use super::storage::Storage;
-use crate::kv::StateMachine;
 
-/// Identifies one client request while it waits for its answer.
-pub type RequestId = u64;
-
-/// A client request, as the core sees it (the gRPC bridge has decoded it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientRequest {
-    Set {
-        key: String,
-        value: String,
-        client_id: u64,
-        sequence: u64,
-    },
-    Delete {
-        key: String,
-        client_id: u64,
-        sequence: u64,
-    },
-    Get {
-        key: String,
-        /// true: ReadIndex on the leader (dissertation §6.4); false: any node's own state
-        linearizable: bool,
-    },
-}
-
-/// A successful answer to a client request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientResponse {
-    Set,
-    Deleted { existed: bool },
-    Value(Option<String>),
-}
-
-/// Why a client request failed. Nothing was applied for any of these, except
-/// `LeadershipLost`, where the write may still commit later: the client must
-/// retry with the same (client_id, sequence) to learn the outcome exactly once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientError {
-    /// This node is not the leader; `leader` is the one it knows of, if any.
-    NotLeader { leader: Option<NodeId> },
-    /// This node stopped being leader before the request completed.
-    LeadershipLost,
-    /// The request is malformed (empty key, too large, …).
-    InvalidArgument(String),
-    /// The request's sequence is older than its client's latest (§6.3).
-    StaleSequence,
-    /// A stale read on a node whose state machine may lack writes it already
-    /// holds in its log (see `may_be_behind`): answering could call a key
-    /// that exists absent. Another node, or this one a little later, can answer.
-    Behind {
-        node: NodeId,
-        last_applied: LogIndex,
-        commit_index: LogIndex,
-    },
-}
-
-pub type ClientResult = Result<ClientResponse, ClientError>;
-
-/// Where the core's output goes: messages to peers and answers to clients.
-/// The runtime hands messages to the gRPC bridge; the test harness puts them
-/// on its simulated network.
+/// Where the core's output goes, one way: messages to peers (requests and
+/// replies alike) and answers to clients. The runtime hands them to the gRPC
+/// bridge; the test harness puts them on its simulated network.
 pub trait Outbox: Send {
-    /// Send a request (or a reply not tied to a request) to a peer.
+    /// Send a message to a peer.
     fn send(&mut self, to: NodeId, message: Message);
     /// Answer the client request `request`.
-    fn respond(&mut self, request: RequestId, result: ClientResult);
+    fn respond(&mut self, request: RequestId, response: Response);
     /// Messages may wait in the outbox until this is called, so that the
-    /// runtime hands a whole batch to the network at once. The core calls it
-    /// before it waits on its disk (the leader's followers then write in
-    /// parallel, dissertation §10.2.1); the runtime after every call into
-    /// the core.
+    /// runtime hands a whole turn's batch to the network at once
+    /// ([`RaftNode::end_turn`] calls it).
     fn flush(&mut self) {}
 }
 
@@ -115,39 +58,6 @@ pub struct RaftConfig {
     pub max_in_flight: usize,
     /// seed of the RNG that randomizes election timeouts
     pub seed: u64,
-    /// the parts of the fast path that are on (all, unless measuring them)
-    pub fast_path: FastPath,
-}
-
-/// The parts of the fast path (docs/performance.md). Each is on by default
-/// and none is needed for correctness: `--fast-path-off` turns them off, to
-/// measure what each is worth. (Pipelining is `max_in_flight > 1`.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FastPath {
-    /// one fsync for every entry appended in one event-loop turn: a
-    /// follower's `step_batch` syncs once for all its messages, a leader
-    /// once for all the commands it is given at once
-    pub group_commit: bool,
-    /// every client write given to the leader at once becomes one append and
-    /// one AppendEntries per follower, rather than one per write
-    pub batching: bool,
-    /// the leader sends AppendEntries before its own fsync, not after
-    /// (dissertation §10.2.1)
-    pub parallel_write: bool,
-    /// one ReadIndex heartbeat round in flight at a time, shared by every
-    /// read that arrives meanwhile, rather than one per batch of reads
-    pub shared_read_rounds: bool,
-}
-
-impl Default for FastPath {
-    fn default() -> Self {
-        FastPath {
-            group_commit: true,
-            batching: true,
-            parallel_write: true,
-            shared_read_rounds: true,
-        }
-    }
 }
 
 impl RaftConfig {
@@ -164,7 +74,6 @@ impl RaftConfig {
             max_entries_per_message: 1024,
             max_in_flight: 8,
             seed: id,
-            fast_path: FastPath::default(),
         }
     }
 }
@@ -267,27 +176,22 @@ pub struct IncomingSnapshot {
 #[derive(Clone, Debug)]
 pub struct PendingRead {
     pub request: RequestId,
-    pub key: String,
+    /// the state machine's query, answered when the read is served
+    pub query: Vec<u8>,
     /// the heartbeat round that must reach a majority before the read is served
     pub round: u64,
     /// the read is served once last_applied reaches this
     pub read_index: LogIndex,
 }
 
-/// A Raft server. The fields follow Figure 2 "State".
-pub struct RaftNode {
+/// A Raft server. The fields follow Figure 2 "State"; `S` is the replicated
+/// state machine.
+pub struct RaftNode<S: StateMachine> {
     pub(super) config: RaftConfig,
 
-    // Persistent state on all servers (Updated on stable storage before
-    // responding to RPCs). Change them only through `set_term` and
-    // `set_voted_for`, which persist first.
-    /// latest term server has seen (initialized to 0 on first boot, increases monotonically)
-    pub(super) current_term: Term,
-    /// candidate_id that received vote in current term (None if none)
-    pub(super) voted_for: Option<NodeId>,
-    /// log entries; each entry contains command for state machine, and term
-    /// when entry was received by leader (first index is 1)
-    pub(super) log: Log,
+    /// Persistent state on all servers: current_term, voted_for, log[]
+    /// (`persistent.rs`: they change only through methods that persist).
+    pub(super) persistent: Persistent,
 
     // Volatile state on all servers.
     /// index of highest log entry known to be committed (initialized to 0, increases monotonically)
@@ -306,10 +210,13 @@ pub struct RaftNode {
     pub(super) rng: StdRng,
 
     /// the replicated state machine
-    pub(super) state_machine: StateMachine,
+    pub(super) state_machine: S,
     /// a snapshot being received from the leader
     pub(super) incoming_snapshot: Option<IncomingSnapshot>,
     pub(super) outbox: Box<dyn Outbox>,
+    /// replies held until this turn's fsync (`turn.rs`), each with the
+    /// log's truncation count when it was made
+    pub(super) awaiting_sync: Vec<(NodeId, Message, usize)>,
 }
 
 /// A snapshot of a node's state for Status and tests.
@@ -324,25 +231,28 @@ pub struct NodeStatus {
     pub last_log_index: LogIndex,
 }
 
-impl RaftNode {
+impl<S: StateMachine> RaftNode<S> {
     /// Start a server from whatever its storage holds: a new one starts as a
     /// follower in term 0 with an empty log (Figure 2); a restarted one with
-    /// its persistent state, its snapshot loaded into the state machine.
-    pub fn new(config: RaftConfig, storage: Box<dyn Storage>, outbox: Box<dyn Outbox>) -> Self {
+    /// its persistent state, its snapshot loaded into `state_machine`.
+    pub fn new(
+        config: RaftConfig,
+        storage: Box<dyn Storage>,
+        mut state_machine: S,
+        outbox: Box<dyn Outbox>,
+    ) -> Self {
         assert!(config.members.contains(&config.id), "id must be a member");
-        let (log, hard_state) = Log::recover(storage);
-        let state_machine = match log.snapshot() {
-            Some(snapshot) => StateMachine::restore(&snapshot.data)
-                .unwrap_or_else(|e| panic!("the snapshot's state machine is corrupt: {e}")),
-            None => StateMachine::new(),
-        };
-        let snapshot_index = log.snapshot_index();
+        let persistent = Persistent::recover(storage);
+        if let Some(snapshot) = persistent.log().snapshot() {
+            state_machine
+                .restore(&snapshot.data)
+                .unwrap_or_else(|e| panic!("the snapshot's state machine is corrupt: {e}"));
+        }
+        let snapshot_index = persistent.log().snapshot_index();
         let rng = StdRng::seed_from_u64(config.seed);
         let mut node = RaftNode {
             config,
-            current_term: hard_state.current_term,
-            voted_for: hard_state.voted_for,
-            log,
+            persistent,
             // Everything in the snapshot was committed and applied.
             commit_index: snapshot_index,
             last_applied: snapshot_index,
@@ -354,6 +264,7 @@ impl RaftNode {
             state_machine,
             incoming_snapshot: None,
             outbox,
+            awaiting_sync: Vec::new(),
         };
         node.reset_election_timer();
         node
@@ -364,13 +275,16 @@ impl RaftNode {
     }
 
     pub fn current_term(&self) -> Term {
-        self.current_term
+        self.persistent.current_term()
     }
 
     pub fn voted_for(&self) -> Option<NodeId> {
-        self.voted_for
+        self.persistent.voted_for()
     }
 
+    pub fn log(&self) -> &super::log::Log {
+        self.persistent.log()
+    }
     pub fn commit_index(&self) -> LogIndex {
         self.commit_index
     }
@@ -391,11 +305,7 @@ impl RaftNode {
         self.leader_id
     }
 
-    pub fn log(&self) -> &Log {
-        &self.log
-    }
-
-    pub fn state_machine(&self) -> &StateMachine {
+    pub fn state_machine(&self) -> &S {
         &self.state_machine
     }
 
@@ -408,21 +318,15 @@ impl RaftNode {
         self.incoming_snapshot.as_ref().map_or(0, |s| s.data.len())
     }
 
-    /// Hand every message the core has produced to the network now (see
-    /// [`Outbox::flush`]).
-    pub fn flush_outbox(&mut self) {
-        self.outbox.flush();
-    }
-
     pub fn status(&self) -> NodeStatus {
         NodeStatus {
             id: self.config.id,
             role: self.role.name(),
-            term: self.current_term,
+            term: self.current_term(),
             leader_id: self.leader_id,
             commit_index: self.commit_index,
             last_applied: self.last_applied,
-            last_log_index: self.log.last_index(),
+            last_log_index: self.log().last_index(),
         }
     }
 
@@ -442,34 +346,23 @@ impl RaftNode {
         self.config.members.len() / 2 + 1
     }
 
-    /// Move to a newer term (Figure 2, "Rules for Servers / All Servers": set
-    /// currentTerm = T), with no vote, or — for a new candidate — its vote for
-    /// itself. Durable before it returns: one write for both fields.
+    /// Move to a newer term (Figure 2, "Rules for Servers / All Servers":
+    /// set currentTerm = T), durably, with no vote or a candidate's vote for
+    /// itself. A new term has no known leader yet.
     pub(super) fn set_term(&mut self, term: Term, voted_for: Option<NodeId>) {
-        assert!(term > self.current_term, "terms only increase");
-        self.current_term = term;
-        self.voted_for = voted_for;
+        self.persistent.set_term(term, voted_for);
         self.leader_id = None;
-        self.persist_hard_state();
     }
 
-    /// Record our vote in current_term. Durable before it returns, so a vote
-    /// is never granted twice in one term, even across a crash (§5.2).
-    pub(super) fn set_voted_for(&mut self, candidate: NodeId) {
-        assert!(self.voted_for.is_none() || self.voted_for == Some(candidate));
-        self.voted_for = Some(candidate);
-        self.persist_hard_state();
-    }
-
-    fn persist_hard_state(&mut self) {
-        // BEGIN SOLUTION persistence
-        self.log.save_hard_state(super::storage::HardState {
-            current_term: self.current_term,
-            voted_for: self.voted_for,
-        });
-        // SKELETON
-        // // Kept in memory only: lost when the server crashes.
-        // END SOLUTION
+    /// Send a message to a peer. A request leaves at once; a reply speaks
+    /// for our log and waits for this turn's fsync (`end_turn`).
+    pub(super) fn send(&mut self, to: NodeId, message: Message) {
+        if message.is_request() {
+            self.outbox.send(to, message);
+        } else {
+            let truncations = self.log().truncations_since_sync();
+            self.awaiting_sync.push((to, message, truncations));
+        }
     }
 
     /// Draw a fresh random election timeout and restart the timer (§5.2:

@@ -7,6 +7,7 @@
 use super::log::Entry;
 use super::message::{AppendEntries, InstallSnapshot, Message, NodeId, Term};
 use super::state::RaftNode;
+use super::state_machine::StateMachine;
 
 /// How far beyond our own term a message's term may be. Terms grow by one
 /// per election: 2^32 elections, one every 150 ms, take twenty years. A larger
@@ -14,17 +15,17 @@ use super::state::RaftNode;
 /// close to overflow, where the next election cannot count up (§5.1).
 pub const MAX_TERM_JUMP: Term = 1 << 32;
 
-impl RaftNode {
+impl<S: StateMachine> RaftNode<S> {
     /// Why `message` from `from` must be refused, or None if it may be handled.
     pub(super) fn refusal(&self, from: NodeId, message: &Message) -> Option<String> {
         if from == self.config.id || !self.config.members.contains(&from) {
             return Some(format!("{from} is not another member of this cluster"));
         }
         let term = message.term();
-        if term > self.current_term.saturating_add(MAX_TERM_JUMP) {
+        if term > self.current_term().saturating_add(MAX_TERM_JUMP) {
             return Some(format!(
                 "term {term} is more than {MAX_TERM_JUMP} ahead of ours ({})",
-                self.current_term
+                self.current_term()
             ));
         }
         let sender_named = match message {
@@ -54,24 +55,24 @@ impl RaftNode {
             // Within our term our log only grows, and we sent nothing past
             // its end: no follower holds more of it than that.
             Message::AppendEntriesReply(m)
-                if m.request_term == self.current_term
+                if m.request_term == self.current_term()
                     && m.success
-                    && m.match_index > self.log.last_index() =>
+                    && m.match_index > self.persistent.log().last_index() =>
             {
                 Some(format!(
                     "it matches entry {}, past our last entry {}",
                     m.match_index,
-                    self.log.last_index()
+                    self.persistent.log().last_index()
                 ))
             }
             Message::InstallSnapshotReply(m)
-                if m.request_term == self.current_term
-                    && m.last_included_index > self.log.last_index() =>
+                if m.request_term == self.current_term()
+                    && m.last_included_index > self.persistent.log().last_index() =>
             {
                 Some(format!(
                     "it answers a snapshot through {}, past our last entry {}",
                     m.last_included_index,
-                    self.log.last_index()
+                    self.persistent.log().last_index()
                 ))
             }
             _ => None,
@@ -107,16 +108,16 @@ impl RaftNode {
             }
             previous = (index, term);
         }
-        if m.term < self.current_term {
+        if m.term < self.current_term() {
             return None; // refused by the receiver's rule 1, quietly
         }
         let committed = m
             .entries
             .iter()
-            .filter(|e| e.index > self.log.snapshot_index())
+            .filter(|e| e.index > self.persistent.log().snapshot_index())
             .take_while(|e| e.index <= self.commit_index);
         for entry in committed {
-            let ours = self.log.term_at(entry.index);
+            let ours = self.persistent.log().term_at(entry.index);
             if ours != Some(entry.term) {
                 return Some(format!(
                     "entry {}@{} would overwrite committed entry {}@{}",

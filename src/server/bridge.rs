@@ -5,17 +5,18 @@
 //!
 //! - **Inbound.** One tonic server on the node's own address serves the peer
 //!   service `raftpeer.Raft` and the client service `raftkv.KeyValue`
-//!   (`services.rs`). Each call is converted (`convert.rs`) and sent to the
-//!   event loop with a oneshot channel for the answer.
+//!   (`services.rs`). A peer's message is converted (`convert.rs`) and sent
+//!   to the event loop, one way; a client's request is sent with an id under
+//!   which a oneshot waits for its answer ([`services::Waiting`]).
 //! - **Outbound.** The event loop hands over what each of its turns produced
-//!   as one [`Handoff`]; a dispatcher task completes the answers and replies
-//!   it holds and puts its messages on per-peer queues. For each peer, a
-//!   task reads its queue and sends every message as its own RPC, without
-//!   waiting for earlier replies; a reply is sent to the event loop as a
-//!   message from that peer. At most [`MAX_IN_FLIGHT_PER_PEER`] RPCs per
-//!   peer are outstanding; beyond that, and on any error or timeout, the
-//!   message is dropped: Raft treats it as lost and retries (§5.3). Channels
-//!   connect lazily, so a dead peer costs a failed connect, never a stall.
+//!   as one [`Handoff`]; a dispatcher task hands the answers to the clients
+//!   waiting for them and puts the messages on per-peer queues. For each
+//!   peer, a task reads its queue and sends every message — request or
+//!   reply — as its own one-way `Send` RPC, without waiting for the earlier
+//!   ones. At most [`MAX_IN_FLIGHT_PER_PEER`] RPCs per peer are
+//!   outstanding; beyond that, and on any error or timeout, the message is
+//!   dropped: Raft treats it as lost and retries (§5.3). Channels connect
+//!   lazily, so a dead peer costs a failed connect, never a stall.
 //!
 //! The runtime is `current_thread`. With three nodes sharing two cores and
 //! 64 concurrent clients writing to the leader, a multi-threaded runtime
@@ -26,7 +27,6 @@
 mod convert;
 mod services;
 
-pub use services::LEADER_ADDR_METADATA;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,7 +35,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use log::{debug, warn};
+use log::debug;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -47,7 +47,7 @@ use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::raft_server::RaftServer;
 use crate::raft::{Message, NodeId};
 use crate::server::event_loop::{ClientCall, Handoff, PeerMessage};
-use services::{ClientService, PeerService};
+use services::{ClientService, PeerService, Waiting};
 
 /// Largest gRPC message sent or accepted: AppendEntries batches and snapshot
 /// chunks run to several MiB, and one value may be 1 MiB.
@@ -56,7 +56,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub const PEER_QUEUE_LEN: usize = 256;
 /// RPCs outstanding to one peer; more are dropped.
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 32;
-/// How long a RequestVote or AppendEntries may take before it counts as lost.
+/// How long sending a message may take before it counts as lost.
 const RPC_TIMEOUT: Duration = Duration::from_secs(1);
 /// InstallSnapshot chunks are large (up to 1 MiB each), so wait longer.
 const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,6 +114,7 @@ impl Bridge {
             shutdown,
         } = self;
         let mut queues = HashMap::new();
+        let waiting = Waiting::default();
         for peer in members.ids().into_iter().filter(|&p| p != id) {
             let (queue_tx, queue) = mpsc::channel(PEER_QUEUE_LEN);
             queues.insert(peer, queue_tx);
@@ -126,12 +127,11 @@ impl Bridge {
                 id,
                 peer,
                 client,
-                replies: peer_messages.clone(),
                 in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER)),
             };
             tokio::spawn(sender.run(queue));
         }
-        tokio::spawn(dispatch(id, handoffs, queues));
+        tokio::spawn(dispatch(id, handoffs, queues, waiting.clone()));
 
         let incoming = listener
             .set_nonblocking(true)
@@ -146,6 +146,7 @@ impl Bridge {
         let client_service = ClientService {
             members,
             to_event_loop: client_calls,
+            waiting,
         };
         let server = Server::builder()
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
@@ -200,28 +201,30 @@ fn peer_client(address: &Address) -> Result<RaftClient<Channel>, tonic::transpor
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-/// Deliver what the event loop hands over: answers and replies to the RPCs
-/// waiting for them, messages to their peer's queue.
+/// Deliver what the event loop hands over: answers to the clients waiting
+/// for them, messages to their peer's queue.
 async fn dispatch(
     id: NodeId,
     mut handoffs: mpsc::UnboundedReceiver<Handoff>,
     queues: HashMap<NodeId, mpsc::Sender<Message>>,
+    waiting: Waiting,
 ) {
     while let Some(handoff) = handoffs.recv().await {
-        deliver(id, handoff, &queues);
+        deliver(id, handoff, &queues, &waiting);
     }
 }
 
 /// One handoff: answers first, then messages. A full queue drops the
 /// message: a slow or dead peer must not hold up the others, and Raft treats
 /// the message as lost (§5.3).
-fn deliver(id: NodeId, handoff: Handoff, queues: &HashMap<NodeId, mpsc::Sender<Message>>) {
-    // A caller that gave up meanwhile no longer needs its answer.
-    for (answer, result) in handoff.answers {
-        let _ = answer.send(result);
-    }
-    for (reply, message) in handoff.peer_replies {
-        let _ = reply.send(message);
+fn deliver(
+    id: NodeId,
+    handoff: Handoff,
+    queues: &HashMap<NodeId, mpsc::Sender<Message>>,
+    waiting: &Waiting,
+) {
+    for (request, response) in handoff.answers {
+        waiting.answer(request, response);
     }
     for (peer, message) in handoff.messages {
         let Some(queue) = queues.get(&peer) else {
@@ -243,8 +246,6 @@ struct PeerSender {
     id: NodeId,
     peer: NodeId,
     client: RaftClient<Channel>,
-    /// where replies go: the event loop, as messages from `peer`
-    replies: Sender<PeerMessage>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -252,13 +253,6 @@ impl PeerSender {
     async fn run(self, mut queue: mpsc::Receiver<Message>) {
         while let Some(message) = queue.recv().await {
             let (id, peer, term) = (self.id, self.peer, message.term());
-            if !message.is_request() {
-                warn!(
-                    "node {id} term {term}: a reply cannot travel on its own (it returns on the RPC it answers): {}",
-                    convert::summary(&message)
-                );
-                continue;
-            }
             let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
                 debug!(
                     "node {id} term {term}: -> {peer} dropped, {MAX_IN_FLIGHT_PER_PEER} RPCs in flight: {}",
@@ -270,64 +264,21 @@ impl PeerSender {
                 "node {id} term {term}: -> {peer} {}",
                 convert::summary(&message)
             );
-            let client = self.client.clone();
-            let replies = self.replies.clone();
-            // Its own task: the next message need not wait for this reply.
+            let limit = match message {
+                // Chunks are large (up to 1 MiB each): wait longer.
+                Message::InstallSnapshot(_) => SNAPSHOT_RPC_TIMEOUT,
+                _ => RPC_TIMEOUT,
+            };
+            let mut client = self.client.clone();
+            // Its own task: the next message need not wait for this one.
             tokio::spawn(async move {
-                let outcome = call(client, message).await;
+                let sent = within(limit, client.send(convert::envelope(id, message))).await;
                 drop(permit);
-                match outcome {
-                    Ok(reply) => {
-                        let reply = PeerMessage {
-                            from: peer,
-                            message: reply,
-                            reply: None,
-                        };
-                        if replies.try_send(reply).is_err() {
-                            debug!("node {id} term {term}: reply from {peer} dropped: event loop busy or gone");
-                        }
-                    }
-                    Err(error) => debug!("node {id} term {term}: -> {peer} failed: {error}"),
+                if let Err(error) = sent {
+                    debug!("node {id} term {term}: -> {peer} failed: {error}");
                 }
             });
         }
-    }
-}
-
-/// Make one RPC for `message` and return the reply as a message.
-async fn call(mut client: RaftClient<Channel>, message: Message) -> Result<Message, String> {
-    match message {
-        Message::RequestVote(m) => {
-            let reply = within(
-                RPC_TIMEOUT,
-                client.request_vote(convert::request_vote_to_proto(m)),
-            )
-            .await?;
-            Ok(Message::RequestVoteReply(
-                convert::request_vote_reply_from_proto(reply),
-            ))
-        }
-        Message::AppendEntries(m) => {
-            let reply = within(
-                RPC_TIMEOUT,
-                client.append_entries(convert::append_entries_to_proto(m)),
-            )
-            .await?;
-            Ok(Message::AppendEntriesReply(
-                convert::append_entries_reply_from_proto(reply),
-            ))
-        }
-        Message::InstallSnapshot(m) => {
-            let reply = within(
-                SNAPSHOT_RPC_TIMEOUT,
-                client.install_snapshot(convert::install_snapshot_to_proto(m)),
-            )
-            .await?;
-            Ok(Message::InstallSnapshotReply(
-                convert::install_snapshot_reply_from_proto(reply),
-            ))
-        }
-        reply => Err(format!("{} is not a request", convert::summary(&reply))),
     }
 }
 

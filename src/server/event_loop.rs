@@ -10,13 +10,18 @@
 //! | `client_calls`   | gRPC bridge        | `client_requests(batch)`      |
 //! | `shutdown`       | whoever stops us   | (leave the loop)              |
 //!
-//! What the core produces leaves through [`RuntimeOutbox`]. Messages to
-//! peers, replies to peers' requests and answers to clients are gathered
-//! during a turn and handed to the bridge together, as one [`Handoff`]: a
+//! Each of these is one turn, which ends with `end_turn()`: one fsync for
+//! everything the turn appended, then the replies (src/raft/turn.rs). What
+//! the core produces leaves through [`RuntimeOutbox`], one way: messages to
+//! peers (requests and replies alike) and answers to clients are gathered
+//! and handed to the bridge together, as one [`Handoff`] per flush: a
 //! wake-up of the bridge's runtime is a syscall, and a context switch if it
-//! sleeps, so one per turn rather than one per message. The core flushes its
-//! messages early when it is about to wait on its disk, so followers start
-//! writing while the leader does (dissertation §10.2.1).
+//! sleeps. The core flushes the requests before its fsync, so followers
+//! start writing while the leader does (dissertation §10.2.1).
+//!
+//! Batching and group commit are how much one turn takes: every client
+//! request waiting, every peer message waiting (`--fast-path-off batching`
+//! or `group-commit` takes one at a time, to measure what they are worth).
 //!
 //! Waking a sleeping thread costs tens of microseconds on a virtual machine —
 //! as much as a loopback round trip — and a request crosses between this
@@ -25,30 +30,28 @@
 //! polls): the reply that follows a request usually arrives within that time
 //! and is taken without a wake-up.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver};
 use log::{debug, info};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::raft::{
-    ClientRequest, ClientResult, Message, NodeId, NodeStatus, Outbox, RaftNode, RequestId,
-};
+use crate::config::FastPath;
+use crate::kv::KvStore;
+use crate::raft::{Message, NodeId, NodeStatus, Outbox, RaftNode, Request, RequestId, Response};
 
-/// A message from a peer, for `RaftNode::step`. Requests carry the channel
-/// their reply goes back on; replies to our own requests carry none.
+/// A message from a peer, for `RaftNode::step`.
 #[derive(Debug)]
 pub struct PeerMessage {
     pub from: NodeId,
     pub message: Message,
-    pub reply: Option<oneshot::Sender<Message>>,
 }
 
-/// A call from a client, answered on its oneshot.
+/// A call from a client: a request under the id the bridge waits on, or a
+/// status query answered on its oneshot.
 #[derive(Debug)]
 pub enum ClientCall {
-    Request(ClientRequest, oneshot::Sender<ClientResult>),
+    Request(RequestId, Request),
     Status(oneshot::Sender<NodeStatus>),
 }
 
@@ -60,70 +63,55 @@ pub struct Inputs {
     pub shutdown: Receiver<()>,
 }
 
-/// What one turn of the event loop hands the bridge (see the module docs).
+/// What the event loop hands the bridge at once (see the module docs).
 #[derive(Debug, Default)]
 pub struct Handoff {
-    /// requests (and replies not tied to a request) to send to peers
+    /// messages to peers, requests and replies alike
     pub messages: Vec<(NodeId, Message)>,
-    /// replies to peers' requests, each on the channel its RPC waits on
-    pub peer_replies: Vec<(oneshot::Sender<Message>, Message)>,
-    /// answers to clients, each on the channel its RPC waits on
-    pub answers: Vec<(oneshot::Sender<ClientResult>, ClientResult)>,
+    /// answers to clients, by the id their request came with
+    pub answers: Vec<(RequestId, Response)>,
 }
 
 impl Handoff {
     fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.peer_replies.is_empty() && self.answers.is_empty()
+        self.messages.is_empty() && self.answers.is_empty()
     }
 }
 
 /// The core's [`Outbox`] in a running node.
 pub struct RuntimeOutbox {
     id: NodeId,
-    /// messages of this turn, not yet handed to the bridge
-    messages: Vec<(NodeId, Message)>,
+    /// what was produced since the last flush
+    handoff: Handoff,
     to_bridge: mpsc::UnboundedSender<Handoff>,
-    /// answers to clients, drained by the event loop
-    responses: Sender<(RequestId, ClientResult)>,
 }
 
 impl RuntimeOutbox {
-    pub fn new(
-        id: NodeId,
-        to_bridge: mpsc::UnboundedSender<Handoff>,
-        responses: Sender<(RequestId, ClientResult)>,
-    ) -> Self {
+    pub fn new(id: NodeId, to_bridge: mpsc::UnboundedSender<Handoff>) -> Self {
         RuntimeOutbox {
             id,
-            messages: Vec::new(),
+            handoff: Handoff::default(),
             to_bridge,
-            responses,
         }
     }
 }
 
 impl Outbox for RuntimeOutbox {
     fn send(&mut self, to: NodeId, message: Message) {
-        self.messages.push((to, message));
+        self.handoff.messages.push((to, message));
     }
 
-    fn respond(&mut self, request: RequestId, result: ClientResult) {
-        // Unbounded and owned by the event loop itself, so this cannot fail
-        // while the loop runs.
-        let _ = self.responses.send((request, result));
+    fn respond(&mut self, request: RequestId, response: Response) {
+        self.handoff.answers.push((request, response));
     }
 
     /// Never waits: the channel is unbounded, and the bridge drops what a
     /// slow or dead peer cannot take (Raft retries lost messages).
     fn flush(&mut self) {
-        if self.messages.is_empty() {
+        if self.handoff.is_empty() {
             return;
         }
-        let messages = std::mem::take(&mut self.messages);
-        let handoff = Handoff {
-            messages,
-            ..Handoff::default()
-        };
+        let handoff = std::mem::take(&mut self.handoff);
         if self.to_bridge.send(handoff).is_err() {
             debug!(
                 "node {}: dropping messages: the bridge has stopped",
@@ -133,18 +121,14 @@ impl Outbox for RuntimeOutbox {
     }
 }
 
-/// The event loop's state besides the node: who is waiting for what.
+/// The event loop: the node and what it waits on.
 pub struct EventLoop {
-    node: RaftNode,
+    node: RaftNode<KvStore>,
     inputs: Inputs,
-    responses: Receiver<(RequestId, ClientResult)>,
-    waiting: HashMap<RequestId, oneshot::Sender<ClientResult>>,
-    next_request_id: RequestId,
-    to_bridge: mpsc::UnboundedSender<Handoff>,
-    /// what this turn hands the bridge besides the core's messages
-    handoff: Handoff,
     /// how long to poll for more work before sleeping
     poll: Duration,
+    /// what `--fast-path-off` left on
+    fast_path: FastPath,
 }
 
 /// What woke the loop.
@@ -158,24 +142,17 @@ enum Event {
 }
 
 impl EventLoop {
-    /// `responses` is the receiving end of the channel given to the node's
-    /// [`RuntimeOutbox`], `to_bridge` the same channel to the bridge.
     pub fn new(
-        node: RaftNode,
+        node: RaftNode<KvStore>,
         inputs: Inputs,
-        responses: Receiver<(RequestId, ClientResult)>,
-        to_bridge: mpsc::UnboundedSender<Handoff>,
         poll: Duration,
+        fast_path: FastPath,
     ) -> Self {
         EventLoop {
             node,
             inputs,
-            responses,
-            waiting: HashMap::new(),
-            next_request_id: 1,
-            to_bridge,
-            handoff: Handoff::default(),
             poll,
+            fast_path,
         }
     }
 
@@ -197,13 +174,12 @@ impl EventLoop {
                     // them would burn the CPU of an idle cluster.
                     poll = Duration::ZERO;
                 }
-                Event::Peer(message) => self.on_peer_message(message),
+                Event::Peer(message) => self.on_peer_messages(message),
                 Event::Client(call) => self.on_client_calls(call),
                 Event::Stop => break,
             }
-            self.end_turn();
+            self.node.end_turn();
         }
-        self.end_turn();
         info!(
             "node {id} term {}: event loop stopped",
             self.node.current_term()
@@ -235,39 +211,25 @@ impl EventLoop {
         }
     }
 
-    /// Take `first` and every peer message already waiting, and step them
-    /// through the core together: the entries they append cost one fsync.
-    fn on_peer_message(&mut self, first: PeerMessage) {
-        let mut reply_channels = Vec::new();
-        let mut messages = Vec::new();
-        for m in std::iter::once(first).chain(self.inputs.peer_messages.try_iter()) {
-            reply_channels.push(m.reply);
-            messages.push((m.from, m.message));
-        }
-        let answers = self.node.step_batch(messages);
-        for (reply, answer) in reply_channels.into_iter().zip(answers) {
-            if let (Some(reply), Some(answer)) = (reply, answer) {
-                // The core has made the reply's state durable already
-                // (Figure 2).
-                self.handoff.peer_replies.push((reply, answer));
-            }
+    /// Step `first` and every peer message already waiting (group commit:
+    /// the entries they append cost one fsync, at the end of the turn).
+    fn on_peer_messages(&mut self, first: PeerMessage) {
+        let more = if self.fast_path.group_commit { usize::MAX } else { 0 };
+        let waiting = self.inputs.peer_messages.try_iter().take(more);
+        for m in std::iter::once(first).chain(waiting) {
+            self.node.step(m.from, m.message);
         }
     }
 
-    /// Take `first` and every call already waiting, and give all the client
-    /// requests among them to the core in one batch: one append, one fsync,
-    /// one AppendEntries per follower for all of them (unless
-    /// `--fast-path-off` says otherwise: `RaftNode::append_as_leader`).
+    /// Give the core `first` and every client request already waiting in
+    /// one batch (batching: one append, one AppendEntries per follower).
     fn on_client_calls(&mut self, first: ClientCall) {
+        let more = if self.fast_path.batching { usize::MAX } else { 0 };
         let mut batch = Vec::new();
-        for call in std::iter::once(first).chain(self.inputs.client_calls.try_iter()) {
+        let waiting = self.inputs.client_calls.try_iter().take(more);
+        for call in std::iter::once(first).chain(waiting) {
             match call {
-                ClientCall::Request(request, answer) => {
-                    let request_id = self.next_request_id;
-                    self.next_request_id += 1;
-                    self.waiting.insert(request_id, answer);
-                    batch.push((request_id, request));
-                }
+                ClientCall::Request(id, request) => batch.push((id, request)),
                 ClientCall::Status(answer) => {
                     let _ = answer.send(self.node.status());
                 }
@@ -276,20 +238,5 @@ impl EventLoop {
         if !batch.is_empty() {
             self.node.client_requests(batch);
         }
-    }
-
-    /// Hand the bridge everything this turn produced, in one piece.
-    fn end_turn(&mut self) {
-        for (request_id, result) in self.responses.try_iter() {
-            if let Some(answer) = self.waiting.remove(&request_id) {
-                self.handoff.answers.push((answer, result));
-            }
-        }
-        if !self.handoff.is_empty() {
-            let handoff = std::mem::take(&mut self.handoff);
-            // Fails only once the bridge has stopped, and then nobody waits.
-            let _ = self.to_bridge.send(handoff);
-        }
-        self.node.flush_outbox();
     }
 }

@@ -39,11 +39,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{bounded, unbounded, Sender};
+use crossbeam_channel::{bounded, Sender};
 use log::{error, info};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, NodeConfig, Tuning, EXIT_BAD_CONFIG};
+use crate::kv::KvStore;
 use crate::raft::{NodeId, RaftNode, Storage};
 use crate::storage::FileStorage;
 use bridge::Bridge;
@@ -182,11 +183,15 @@ impl Node {
         let (client_tx, client_rx) = bounded(CLIENT_CALLS_LEN);
         let (stop_event_loop, shutdown_rx) = bounded(1);
         let (stop_bridge, bridge_shutdown) = oneshot::channel();
-        let (response_tx, response_rx) = unbounded();
 
         let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
-        let outbox = RuntimeOutbox::new(id, handoff_tx.clone(), response_tx);
-        let node = RaftNode::new(config.raft_config(), storage, Box::new(outbox));
+        let outbox = RuntimeOutbox::new(id, handoff_tx);
+        let node = RaftNode::new(
+            config.raft_config(),
+            storage,
+            KvStore::new(),
+            Box::new(outbox),
+        );
 
         let bridge = Bridge {
             id,
@@ -204,10 +209,10 @@ impl Node {
             client_calls: client_rx,
             shutdown: shutdown_rx,
         };
-        let poll = config.poll;
+        let (poll, fast_path) = (config.poll, config.fast_path);
         let event_loop = thread::Builder::new()
             .name("event-loop".into())
-            .spawn(move || EventLoop::new(node, inputs, response_rx, handoff_tx, poll).run())?;
+            .spawn(move || EventLoop::new(node, inputs, poll, fast_path).run())?;
         let timer = timer::spawn(config.timing.tick, tick_tx)?;
         Ok(Node {
             id,

@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::bridge::LEADER_ADDR_METADATA;
 use super::Node;
-use crate::config::{Address, LogLevel, Members, NodeConfig, Timing};
+use crate::config::{Address, FastPath, LogLevel, Members, NodeConfig, Timing};
 use crate::proto::kv::key_value_client::KeyValueClient;
 use crate::proto::kv::{
     Consistency, DeleteRequest, GetRequest, SetRequest, StatusRequest, StatusResponse,
 };
+use crate::proto::peer::envelope::Message as PeerMessage;
 use crate::proto::peer::raft_client::RaftClient;
-use crate::proto::peer::{AppendEntriesRequest, LogEntry, RequestVoteRequest};
-use crate::raft::{FastPath, MemStorage, NodeId};
+use crate::proto::peer::{AppendEntriesRequest, Envelope, LogEntry, RequestVoteRequest};
+use crate::proto::LEADER_ADDR_METADATA;
+use crate::raft::{MemStorage, NodeId};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -72,7 +73,6 @@ impl TestCluster {
             log_level: LogLevel::Info,
             poll: Duration::from_micros(500),
             fast_path: FastPath::default(),
-            pipelining: true,
         };
         let listener = self.listeners[i].take().expect("each node starts once");
         let disk = Box::new(self.disks[i].clone());
@@ -288,10 +288,11 @@ fn the_peer_service_refuses_strangers_and_malformed_entries() {
         last_log_index: 0,
         last_log_term: 0,
     };
-    let refusal = cluster
-        .runtime
-        .block_on(peer.request_vote(stranger))
-        .unwrap_err();
+    let envelope = Envelope {
+        from: 9,
+        message: Some(PeerMessage::RequestVote(stranger)),
+    };
+    let refusal = cluster.runtime.block_on(peer.send(envelope)).unwrap_err();
     assert_eq!(refusal.code(), Code::InvalidArgument);
     assert_eq!(refusal.message(), "node 9 is not a peer of node 1");
 
@@ -303,15 +304,17 @@ fn the_peer_service_refuses_strangers_and_malformed_entries() {
         entries: vec![LogEntry {
             index: 2,
             term: 1,
-            command: crate::kv::encode_command(&crate::raft::Command::Noop),
+            command: Vec::new(),
+            kind: 0,
         }],
         leader_commit: 0,
         read_round: 0,
     };
-    let refusal = cluster
-        .runtime
-        .block_on(peer.append_entries(gap))
-        .unwrap_err();
+    let envelope = Envelope {
+        from: 2,
+        message: Some(PeerMessage::AppendEntries(gap)),
+    };
+    let refusal = cluster.runtime.block_on(peer.send(envelope)).unwrap_err();
     assert_eq!(refusal.code(), Code::InvalidArgument);
     assert_eq!(
         refusal.message(),

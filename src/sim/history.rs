@@ -20,30 +20,34 @@ use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
 
-use crate::kv::StateMachine;
+use crate::kv::{self, ClientRequest, ClientResponse, ClientResult, KvStore};
 use crate::proto::kv as pb;
-use crate::raft::{
-    ClientRequest, ClientResponse, ClientResult, Command, LogIndex, NodeId, RaftNode, RequestId,
-    Term,
-};
+use crate::raft::{Command, LogIndex, NodeId, RaftNode, RequestId, Term};
 
 /// A write command, as the key that finds its first committed copy.
 type Write = (String, Option<String>, u64, u64);
 
-fn write_of(command: &Command) -> Option<Write> {
+/// The key-value command an entry carries, if any.
+fn kv_command(command: &Command) -> Option<kv::Command> {
     match command {
-        Command::Set {
+        Command::Client(bytes) => kv::decode_command(bytes).ok(),
+        Command::Noop => None,
+    }
+}
+
+fn write_of(command: &kv::Command) -> Write {
+    match command.clone() {
+        kv::Command::Set {
             key,
             value,
             client_id,
             sequence,
-        } => Some((key.clone(), Some(value.clone()), *client_id, *sequence)),
-        Command::Delete {
+        } => (key, Some(value), client_id, sequence),
+        kv::Command::Delete {
             key,
             client_id,
             sequence,
-        } => Some((key.clone(), None, *client_id, *sequence)),
-        Command::Noop => None,
+        } => (key, None, client_id, sequence),
     }
 }
 
@@ -104,7 +108,7 @@ struct Read {
 /// The committed entries replayed in index order into a reference state machine.
 #[derive(Default)]
 struct Replay {
-    state: StateMachine,
+    state: KvStore,
     applied: LogIndex,
     /// per key, (index, value after it) for every write to it
     versions: HashMap<String, Vec<(LogIndex, Option<String>)>>,
@@ -116,9 +120,10 @@ struct Replay {
 
 impl Replay {
     fn apply(&mut self, index: LogIndex, command: &Command) {
-        self.state.apply(command);
         self.applied = index;
-        if let Some(write) = write_of(command) {
+        if let Some(command) = kv_command(command) {
+            self.state.apply_command(&command);
+            let write = write_of(&command);
             let value = self.state.get(&write.0).map(str::to_owned);
             self.versions
                 .entry(write.0.clone())
@@ -132,7 +137,7 @@ impl Replay {
     /// lies between.
     fn resume(&mut self, index: LogIndex, data: &[u8]) {
         let snapshot = pb::StateMachineSnapshot::decode(data).expect("a node's snapshot decodes");
-        let state = StateMachine::restore(data).expect("a node's snapshot decodes");
+        let state = KvStore::restore(data).expect("a node's snapshot decodes");
         self.gaps.push((self.applied + 1, index));
         let mut keys: Vec<String> = self.versions.keys().cloned().collect();
         keys.extend(snapshot.pairs.into_iter().map(|p| p.key));
@@ -238,7 +243,7 @@ impl History {
     /// every read answered since the last call whose range is replayed.
     pub fn check(
         &mut self,
-        nodes: &[(NodeId, &RaftNode)],
+        nodes: &[(NodeId, &RaftNode<KvStore>)],
         committed: &BTreeMap<LogIndex, (Term, Command)>,
     ) -> Result<(), String> {
         self.advance(nodes, committed);
@@ -302,7 +307,7 @@ impl History {
 
     fn advance(
         &mut self,
-        nodes: &[(NodeId, &RaftNode)],
+        nodes: &[(NodeId, &RaftNode<KvStore>)],
         committed: &BTreeMap<LogIndex, (Term, Command)>,
     ) {
         let target = Self::highest_commit(nodes, committed);
@@ -346,7 +351,7 @@ impl History {
     /// The highest index known committed: entries compacted before any check
     /// saw them are missing from `committed`, not from commit indexes.
     fn highest_commit(
-        nodes: &[(NodeId, &RaftNode)],
+        nodes: &[(NodeId, &RaftNode<KvStore>)],
         committed: &BTreeMap<LogIndex, (Term, Command)>,
     ) -> LogIndex {
         let recorded = committed.last_key_value().map_or(0, |(&i, _)| i);
@@ -369,7 +374,7 @@ impl History {
         // after the replay resumed past it.
         committed
             .iter()
-            .find(|(_, (_, command))| write_of(command).as_ref() == Some(write))
+            .find(|(_, (_, command))| kv_command(command).is_some_and(|c| &write_of(&c) == write))
             .map(|(&index, _)| index)
     }
 
@@ -427,7 +432,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::ClientError;
+    use crate::kv::ClientError;
 
     fn set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientRequest {
         ClientRequest::Set {
@@ -445,12 +450,12 @@ mod tests {
                 value,
                 client_id,
                 sequence,
-            } => Command::Set {
+            } => Command::Client(kv::encode_command(&kv::Command::Set {
                 key,
                 value,
                 client_id,
                 sequence,
-            },
+            })),
             _ => unreachable!(),
         }
     }

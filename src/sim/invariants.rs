@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::kv::KvStore;
 use crate::raft::{Command, LogIndex, NodeId, RaftNode, Term};
 
 #[derive(Default)]
@@ -50,7 +51,7 @@ impl Invariants {
     }
 
     /// Check every property over the running nodes.
-    pub fn check(&mut self, nodes: &[(NodeId, &RaftNode)]) -> Result<(), String> {
+    pub fn check(&mut self, nodes: &[(NodeId, &RaftNode<KvStore>)]) -> Result<(), String> {
         for &(id, node) in nodes {
             self.election_safety(id, node)?;
             self.log_matching(id, node)?;
@@ -64,7 +65,7 @@ impl Invariants {
         Ok(())
     }
 
-    fn election_safety(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+    fn election_safety(&mut self, id: NodeId, node: &RaftNode<KvStore>) -> Result<(), String> {
         if !node.is_leader() {
             return Ok(());
         }
@@ -79,7 +80,7 @@ impl Invariants {
         }
     }
 
-    fn log_matching(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+    fn log_matching(&mut self, id: NodeId, node: &RaftNode<KvStore>) -> Result<(), String> {
         let log = node.log();
         let verified = self.verified.entry(id).or_default();
         let mut index = log.last_index();
@@ -111,7 +112,7 @@ impl Invariants {
         Ok(())
     }
 
-    fn state_machine_safety(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+    fn state_machine_safety(&mut self, id: NodeId, node: &RaftNode<KvStore>) -> Result<(), String> {
         let log = node.log();
         let commit_index = node.commit_index();
         if node.last_applied() > commit_index {
@@ -177,7 +178,7 @@ impl Invariants {
     /// log at an earlier check, so they are recovered by walking back from
     /// the snapshot's last entry through the (index, term) → previous term
     /// links that Log Matching has verified; a link never seen leaves a hole.
-    fn record_compacted(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+    fn record_compacted(&mut self, id: NodeId, node: &RaftNode<KvStore>) -> Result<(), String> {
         let log = node.log();
         let (mut index, mut term) = (log.snapshot_index(), log.snapshot_term());
         while index > 0 {
@@ -208,7 +209,7 @@ impl Invariants {
     /// Checked once per leader and term: everything committed in an earlier
     /// term must be in the new leader's log (§5.4). What it commits later
     /// comes from its own log.
-    fn leader_completeness(&mut self, id: NodeId, node: &RaftNode) -> Result<(), String> {
+    fn leader_completeness(&mut self, id: NodeId, node: &RaftNode<KvStore>) -> Result<(), String> {
         let term = node.current_term();
         if self.complete_leaders.insert((id, term), ()).is_some() {
             return Ok(());

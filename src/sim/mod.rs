@@ -25,9 +25,10 @@ use rand::{Rng, SeedableRng};
 
 use history::History;
 
+use crate::kv::{self, ClientError, ClientRequest, ClientResult, KvStore};
 use crate::raft::{
-    ClientError, ClientRequest, ClientResult, FastPath, LogIndex, MemStorage, Message, NodeId,
-    Outbox, RaftConfig, RaftNode, RequestId, Term,
+    LogIndex, MemStorage, Message, NodeId, Outbox, RaftConfig, RaftNode, RequestId, Response,
+    Term,
 };
 pub use history::ReadStats;
 pub use invariants::Invariants;
@@ -50,15 +51,16 @@ pub struct SimConfig {
     pub late_rate: f64,
     pub max_late_delay: u64,
     /// when several messages are due at one node at once, hand it a seeded
-    /// random prefix of them in one `step_batch` call, as the runtime's event
-    /// loop does with every message waiting in one turn (follower group commit)
+    /// random prefix of them in one turn, as the runtime's event loop does
+    /// with every message waiting (group commit)
     pub batch_delivery: bool,
+    /// `Cluster::requests` gives the core its batch in one turn (batching);
+    /// false: one request per turn
+    pub batching: bool,
     pub election_timeout_ticks: (u64, u64),
     pub heartbeat_ticks: u64,
     pub snapshot_threshold: usize,
     pub snapshot_chunk_bytes: usize,
-    /// the fast path's parts (docs/performance.md), all on by default
-    pub fast_path: FastPath,
     pub max_in_flight: usize,
 }
 
@@ -77,20 +79,17 @@ impl SimConfig {
             heartbeat_ticks: 5,
             snapshot_threshold: 10_000,
             snapshot_chunk_bytes: 1 << 20,
-            fast_path: FastPath::default(),
+            batching: true,
             max_in_flight: RaftConfig::new(1, vec![1]).max_in_flight,
         }
     }
 
-    /// Every part of the fast path off: no group commit, no pipelining, the
-    /// leader syncing before it sends, a ReadIndex round per batch of reads.
+    /// Every part of the fast path that the runtime can switch off, off:
+    /// one message or request per turn (no group commit, no batching), no
+    /// pipelining.
     pub fn without_fast_path(mut self) -> Self {
-        self.fast_path = FastPath {
-            group_commit: false,
-            batching: false,
-            parallel_write: false,
-            shared_read_rounds: false,
-        };
+        self.batch_delivery = false;
+        self.batching = false;
         self.max_in_flight = 1;
         self
     }
@@ -125,7 +124,7 @@ impl SimConfig {
 #[derive(Default)]
 struct Collected {
     sent: Vec<(NodeId, Message)>,
-    responses: Vec<(RequestId, ClientResult)>,
+    responses: Vec<(RequestId, Response)>,
 }
 
 /// The outbox of a simulated node: the harness drains it after every call.
@@ -136,14 +135,14 @@ impl Outbox for SimOutbox {
     fn send(&mut self, to: NodeId, message: Message) {
         self.0.lock().unwrap().sent.push((to, message));
     }
-    fn respond(&mut self, request: RequestId, result: ClientResult) {
-        self.0.lock().unwrap().responses.push((request, result));
+    fn respond(&mut self, request: RequestId, response: Response) {
+        self.0.lock().unwrap().responses.push((request, response));
     }
 }
 
 struct SimNode {
     /// None while crashed
-    node: Option<RaftNode>,
+    node: Option<RaftNode<KvStore>>,
     disk: MemStorage,
     outbox: SimOutbox,
     restarts: u64,
@@ -271,7 +270,6 @@ impl Cluster {
         config.heartbeat_ticks = self.config.heartbeat_ticks;
         config.snapshot_threshold = self.config.snapshot_threshold;
         config.snapshot_chunk_bytes = self.config.snapshot_chunk_bytes;
-        config.fast_path = self.config.fast_path;
         config.max_in_flight = self.config.max_in_flight;
         // Each node, and each restart of it, draws different timeouts.
         config.seed = self.config.seed ^ (id << 32) ^ (sim.restarts << 48);
@@ -279,6 +277,7 @@ impl Cluster {
         let node = RaftNode::new(
             config,
             Box::new(sim.disk.clone()),
+            KvStore::new(),
             Box::new(sim.outbox.clone()),
         );
         sim.node = Some(node);
@@ -292,21 +291,41 @@ impl Cluster {
         self.now
     }
 
-    pub fn node(&self, id: NodeId) -> &RaftNode {
+    pub fn node(&self, id: NodeId) -> &RaftNode<KvStore> {
         self.nodes[&id]
             .node
             .as_ref()
             .unwrap_or_else(|| panic!("n{id} is down"))
     }
 
-    /// Mutable access to a node, for tests that call the core directly.
-    /// The harness collects what it sends afterwards.
-    pub fn with_node<R>(&mut self, id: NodeId, f: impl FnOnce(&mut RaftNode) -> R) -> R {
+    /// Mutable access to a node, for tests that call the core directly: one
+    /// turn of the node (`f`, then `end_turn`). The harness puts what it
+    /// sent on the network afterwards.
+    pub fn with_node<R>(&mut self, id: NodeId, f: impl FnOnce(&mut RaftNode<KvStore>) -> R) -> R {
         let sim = self.nodes.get_mut(&id).expect("node exists");
-        let result = f(sim.node.as_mut().unwrap_or_else(|| panic!("n{id} is down")));
+        let node = sim.node.as_mut().unwrap_or_else(|| panic!("n{id} is down"));
+        let result = f(node);
+        node.end_turn();
         self.collect(id);
         self.check();
         result
+    }
+
+    /// Hand node `to` one message from `from` directly, for one turn, and
+    /// return what it sent back to `from` instead of putting it on the
+    /// network (tests that play a peer by hand). Everything else it sent
+    /// goes on the network.
+    pub fn exchange(&mut self, to: NodeId, from: NodeId, message: Message) -> Vec<Message> {
+        self.with_node(to, |node| node.step(from, message));
+        let mut back = Vec::new();
+        self.network.retain(|m| {
+            let is_back = m.from == to && m.to == from && m.sent_at == self.now;
+            if is_back {
+                back.push(m.message.clone());
+            }
+            !is_back
+        });
+        back
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
@@ -367,6 +386,7 @@ impl Cluster {
         for id in self.ids() {
             if let Some(node) = self.nodes.get_mut(&id).unwrap().node.as_mut() {
                 node.tick();
+                node.end_turn();
                 self.collect(id);
                 self.check();
             }
@@ -471,17 +491,11 @@ impl Cluster {
                 batch: (size > 1).then_some((i + 1, size)),
             });
         }
-        let senders: Vec<NodeId> = batch.iter().map(|m| m.from).collect();
-        let messages = batch.into_iter().map(|m| (m.from, m.message)).collect();
         let node = self.nodes.get_mut(&to).unwrap().node.as_mut().expect("up");
-        let replies = node.step_batch(messages);
-        let term = node.current_term();
-        self.observe(to);
-        for (from, reply) in senders.into_iter().zip(replies) {
-            if let Some(reply) = reply {
-                self.send(to, term, from, reply);
-            }
+        for m in batch {
+            node.step(m.from, m.message);
         }
+        node.end_turn();
         self.collect(to);
         self.check();
     }
@@ -497,7 +511,8 @@ impl Cluster {
         for (to, message) in collected.sent {
             self.send(id, term, to, message);
         }
-        for (request, result) in collected.responses {
+        for (request, response) in collected.responses {
+            let result = kv::from_raft(response);
             self.record(EventKind::Answer {
                 node: id,
                 request,
@@ -695,8 +710,38 @@ impl Cluster {
         self.next_request += 1;
         self.note(format!("client request {id} to n{to}: {request:?}"));
         self.history.issue(id, &request, self.now);
-        self.with_node(to, |node| node.client_requests(vec![(id, request)]));
+        self.give(to, vec![(id, request)]);
         id
+    }
+
+    /// Give node `to` client requests, checked and encoded as the gRPC
+    /// bridge does: one turn for all of them (or one each without batching).
+    fn give(&mut self, to: NodeId, requests: Vec<(RequestId, ClientRequest)>) {
+        let mut batch = Vec::new();
+        for (id, request) in requests {
+            match kv::to_raft(request) {
+                Ok(request) => batch.push((id, request)),
+                // Refused by the bridge: the core never sees it.
+                Err(error) => self.answer_directly(to, id, Err(error)),
+            }
+        }
+        if self.config.batching {
+            self.with_node(to, |node| node.client_requests(batch));
+        } else {
+            for request in batch {
+                self.with_node(to, |node| node.client_requests(vec![request]));
+            }
+        }
+    }
+
+    fn answer_directly(&mut self, node: NodeId, request: RequestId, result: ClientResult) {
+        self.record(EventKind::Answer {
+            node,
+            request,
+            result: format!("{result:?}"),
+        });
+        self.history.answer(node, request, &result, self.now);
+        self.responses.insert(request, result);
     }
 
     /// Submit several client requests to node `to` in one batch.
@@ -714,7 +759,7 @@ impl Cluster {
         for (id, request) in &batch {
             self.history.issue(*id, request, self.now);
         }
-        self.with_node(to, |node| node.client_requests(batch));
+        self.give(to, batch);
         ids
     }
 
@@ -795,7 +840,7 @@ impl Cluster {
     /// committed) state held; panics with the trace on a violation.
     pub fn check(&mut self) {
         LAST_CHECKED.with(|last| last.set(self.serial));
-        let nodes: Vec<(NodeId, &RaftNode)> = self
+        let nodes: Vec<(NodeId, &RaftNode<KvStore>)> = self
             .nodes
             .iter()
             .filter_map(|(&id, s)| s.node.as_ref().map(|n| (id, n)))

@@ -7,15 +7,16 @@
 
 use prost::Message as _;
 
-use crate::kv::{decode_command, encode_command};
-use crate::proto::peer::LogEntry;
-use crate::raft::{Entry, HardState, LogIndex, Snapshot, Term};
+use crate::raft::{Command, Entry, HardState, LogIndex, Snapshot, Term};
 
 /// The format version of `hardstate` and `snapshot`.
 pub const FORMAT_VERSION: u32 = 1;
-/// The format version of `log`. Version 2 added durable_before to each record;
-/// `FileStorage::open` rewrites a version-1 log in it.
-pub const LOG_FORMAT_VERSION: u32 = 2;
+/// The format version of `log`. Version 2 added durable_before to each
+/// record; version 3 gave the record its own payload layout (kind, index,
+/// term, command bytes) in place of the peer protocol's prost-encoded
+/// `LogEntry` with the key-value store's `Command` inside. `FileStorage::open`
+/// rewrites an older log in it (docs/storage.md, "Upgrading").
+pub const LOG_FORMAT_VERSION: u32 = 3;
 
 pub const HARD_STATE_MAGIC: &[u8; 4] = b"RKVH";
 /// magic, version, current_term, voted_for, crc32
@@ -32,14 +33,36 @@ pub const LOG_HEADER_LEN: u64 = 8;
 pub const RECORD_HEADER_LEN: usize = 16;
 /// payload length, crc32 of the payload
 const VERSION_1_RECORD_HEADER_LEN: usize = 8;
-/// Far above the largest entry `kv::validate` admits (4 KiB key + 1 MiB
-/// value), so a length beyond it can only be damage.
+/// Far above the largest command a state machine is expected to propose (the
+/// key-value store admits a 4 KiB key and a 1 MiB value), so a length beyond
+/// it can only be damage.
 pub const MAX_RECORD_PAYLOAD: usize = 16 << 20;
-const _: () = assert!(MAX_RECORD_PAYLOAD > crate::kv::MAX_KEY_BYTES + crate::kv::MAX_VALUE_BYTES);
 
-/// prost writes `LogEntry.index` (field 1, varint) first, and it is never 0,
-/// so every payload starts with this byte.
-const INDEX_FIELD_TAG: u8 = 0x08;
+/// The first byte of a version-3 payload: what the entry carries.
+const KIND_COMMAND: u8 = 1;
+const KIND_NOOP: u8 = 2;
+/// kind, index, term
+const PAYLOAD_HEADER_LEN: usize = 1 + 8 + 8;
+
+/// Versions 1 and 2: prost writes `LogEntry.index` (field 1, varint) first,
+/// and it is never 0, so every payload starts with this byte.
+const LEGACY_INDEX_FIELD_TAG: u8 = 0x08;
+/// Versions 1 and 2: the key-value store's encoding of the §8 no-op
+/// (`raftkv.Command`, field 3, an empty message).
+const LEGACY_NOOP: [u8; 2] = [0x1a, 0x00];
+
+/// A version-1 or -2 record's payload: the peer protocol's `LogEntry`
+/// (proto/raft.proto as it was), declared here so that the storage reads
+/// old logs without depending on the protocol.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LegacyEntry {
+    #[prost(uint64, tag = "1")]
+    index: u64,
+    #[prost(uint64, tag = "2")]
+    term: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    command: Vec<u8>,
+}
 
 /// Damage found in a file: where, and what is wrong there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,13 +233,14 @@ pub fn encode_record(
 ) -> Result<usize, String> {
     let start = buffer.len();
     buffer.extend_from_slice(&[0; RECORD_HEADER_LEN]);
-    LogEntry {
-        index: entry.index,
-        term: entry.term,
-        command: encode_command(&entry.command),
-    }
-    .encode(buffer)
-    .expect("a Vec grows as needed");
+    let (kind, command): (u8, &[u8]) = match &entry.command {
+        Command::Client(bytes) => (KIND_COMMAND, bytes),
+        Command::Noop => (KIND_NOOP, &[]),
+    };
+    buffer.push(kind);
+    buffer.extend_from_slice(&entry.index.to_le_bytes());
+    buffer.extend_from_slice(&entry.term.to_le_bytes());
+    buffer.extend_from_slice(command);
     let payload_len = buffer.len() - start - RECORD_HEADER_LEN;
     if payload_len > MAX_RECORD_PAYLOAD {
         buffer.truncate(start);
@@ -250,17 +274,28 @@ pub struct ScannedLog {
 /// How a log's records are laid out, by the format version in its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
-    /// payload length, crc32 of the payload, payload
+    /// payload length, crc32 of the payload, payload (a prost `LogEntry`)
     Version1,
-    /// payload length, crc32 of durable_before and the payload, durable_before, payload
+    /// payload length, crc32 of durable_before and the payload, durable_before,
+    /// payload (a prost `LogEntry`)
     Version2,
+    /// as version 2, the payload being kind, index, term, command bytes
+    Version3,
 }
 
 impl Layout {
     fn header_len(self) -> usize {
         match self {
             Layout::Version1 => VERSION_1_RECORD_HEADER_LEN,
-            Layout::Version2 => RECORD_HEADER_LEN,
+            Layout::Version2 | Layout::Version3 => RECORD_HEADER_LEN,
+        }
+    }
+
+    /// Whether a payload may start with `byte` (rejects most offsets cheaply).
+    fn may_start_payload(self, byte: u8) -> bool {
+        match self {
+            Layout::Version1 | Layout::Version2 => byte == LEGACY_INDEX_FIELD_TAG,
+            Layout::Version3 => byte == KIND_COMMAND || byte == KIND_NOOP,
         }
     }
 
@@ -268,13 +303,16 @@ impl Layout {
         match self {
             Layout::Version1 => 1,
             Layout::Version2 => 2,
+            Layout::Version3 => 3,
         }
     }
 
+    /// The layout a damaged version number most likely hides: the one with
+    /// the other record header.
     fn other(self) -> Layout {
         match self {
-            Layout::Version1 => Layout::Version2,
-            Layout::Version2 => Layout::Version1,
+            Layout::Version1 => Layout::Version3,
+            Layout::Version2 | Layout::Version3 => Layout::Version1,
         }
     }
 }
@@ -313,7 +351,9 @@ fn record_at(bytes: &[u8], at: usize, layout: Layout) -> RecordAt<'_> {
     let payload = &rest[header_len..header_len + len];
     let (checksummed, durable_before) = match layout {
         Layout::Version1 => (payload, None),
-        Layout::Version2 => (&rest[8..header_len + len], Some(u64_at(rest, 8))),
+        Layout::Version2 | Layout::Version3 => {
+            (&rest[8..header_len + len], Some(u64_at(rest, 8)))
+        }
     };
     let stored = u32_at(rest, 4);
     let computed = crc32fast::hash(checksummed);
@@ -341,7 +381,7 @@ fn next_valid_record(bytes: &[u8], from: usize, layout: Layout) -> Option<ValidR
     let header_len = layout.header_len();
     (from..bytes.len().saturating_sub(header_len)).find_map(|at| {
         // The tag test rejects almost every offset before the crc is computed.
-        if bytes[at + header_len] != INDEX_FIELD_TAG {
+        if !layout.may_start_payload(bytes[at + header_len]) {
             return None;
         }
         match record_at(bytes, at, layout) {
@@ -349,7 +389,7 @@ fn next_valid_record(bytes: &[u8], from: usize, layout: Layout) -> Option<ValidR
                 payload,
                 durable_before,
                 next,
-            } if LogEntry::decode(payload).is_ok() => Some(ValidRecord {
+            } if decode_payload(payload, layout).is_ok() => Some(ValidRecord {
                 offset: at,
                 durable_before,
                 next,
@@ -445,12 +485,13 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
     let version = u32_at(bytes, 4);
     let layout = match version {
         1 => Layout::Version1,
-        LOG_FORMAT_VERSION => Layout::Version2,
+        2 => Layout::Version2,
+        LOG_FORMAT_VERSION => Layout::Version3,
         _ => {
             return Err(corruption(
                 4,
                 format!(
-                    "format version {version}, but this build reads versions 1 and {LOG_FORMAT_VERSION}"
+                    "format version {version}, but this build reads versions 1 to {LOG_FORMAT_VERSION}"
                 ),
             ))
         }
@@ -482,7 +523,7 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
                 break;
             }
         };
-        let entry = decode_entry(payload, at, scanned.entries.last())?;
+        let entry = decode_entry(payload, layout, at, scanned.entries.last())?;
         scanned.offsets.push(at as u64);
         scanned.entries.push(entry);
         at = next;
@@ -491,26 +532,59 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
     Ok(scanned)
 }
 
-fn decode_entry(payload: &[u8], at: usize, previous: Option<&Entry>) -> Result<Entry, Corruption> {
+fn decode_entry(
+    payload: &[u8],
+    layout: Layout,
+    at: usize,
+    previous: Option<&Entry>,
+) -> Result<Entry, Corruption> {
     let at64 = at as u64;
-    let record = LogEntry::decode(payload)
-        .map_err(|e| corruption(at64, format!("record payload is not a LogEntry: {e}")))?;
-    if record.index == 0 {
+    let entry = decode_payload(payload, layout).map_err(|reason| corruption(at64, reason))?;
+    if entry.index == 0 {
         return Err(corruption(at64, "entry index 0 (log indexes start at 1)"));
     }
     if let Some(previous) = previous {
-        check_follows(record.index, record.term, previous.index, previous.term)
+        check_follows(entry.index, entry.term, previous.index, previous.term)
             .map_err(|reason| corruption(at64, reason))?;
     }
-    let command = decode_command(&record.command).map_err(|e| {
-        corruption(
-            at64,
-            format!("the command of entry {} does not decode: {e}", record.index),
-        )
-    })?;
+    Ok(entry)
+}
+
+/// The entry a record's payload holds, in the layout of its version.
+fn decode_payload(payload: &[u8], layout: Layout) -> Result<Entry, String> {
+    if layout != Layout::Version3 {
+        let legacy = LegacyEntry::decode(payload)
+            .map_err(|e| format!("record payload is not a LogEntry: {e}"))?;
+        let command = if legacy.command == LEGACY_NOOP {
+            Command::Noop
+        } else {
+            // The key-value store's encoding, which it still reads.
+            Command::Client(legacy.command)
+        };
+        return Ok(Entry {
+            index: legacy.index,
+            term: legacy.term,
+            command,
+        });
+    }
+    if payload.len() < PAYLOAD_HEADER_LEN {
+        return Err(format!(
+            "record payload of {} bytes is shorter than its {PAYLOAD_HEADER_LEN}-byte header",
+            payload.len()
+        ));
+    }
+    let index = u64_at(payload, 1);
+    let term = u64_at(payload, 9);
+    let command = &payload[PAYLOAD_HEADER_LEN..];
+    let command = match payload[0] {
+        KIND_COMMAND => Command::Client(command.to_vec()),
+        KIND_NOOP if command.is_empty() => Command::Noop,
+        KIND_NOOP => return Err(format!("no-op entry {index} carries {} bytes", command.len())),
+        kind => return Err(format!("entry {index} has unknown kind {kind}")),
+    };
     Ok(Entry {
-        index: record.index,
-        term: record.term,
+        index,
+        term,
         command,
     })
 }
@@ -540,19 +614,28 @@ pub fn check_follows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::Command;
 
     fn entry(index: LogIndex, term: Term) -> Entry {
+        let command = format!("set key{index} {}", "v".repeat(index as usize));
         Entry {
             index,
             term,
-            command: Command::Set {
-                key: format!("key{index}"),
-                value: "v".repeat(index as usize),
-                client_id: 7,
-                sequence: index,
-            },
+            command: Command::Client(command.into_bytes()),
         }
+    }
+
+    /// A record's payload as versions 1 and 2 wrote it.
+    fn legacy_payload(entry: &Entry) -> Vec<u8> {
+        let command = match &entry.command {
+            Command::Client(bytes) => bytes.clone(),
+            Command::Noop => LEGACY_NOOP.to_vec(),
+        };
+        LegacyEntry {
+            index: entry.index,
+            term: entry.term,
+            command,
+        }
+        .encode_to_vec()
     }
 
     /// A log file holding `entries`, each appended and synced on its own,
@@ -754,19 +837,19 @@ mod tests {
         // Read by the other layout, every record looks damaged and nothing
         // valid of that layout follows: a cut would drop the whole log.
         let entries: Vec<Entry> = (1..=2).map(|i| entry(i, 1)).collect();
-        let (mut version_2, _) = log_bytes(&entries[..1]);
-        version_2[4] = 1;
-        let error = scan_log(&version_2, 0).unwrap_err();
+        let (mut version_3, _) = log_bytes(&entries[..1]);
+        version_3[4] = 1;
+        let error = scan_log(&version_3, 0).unwrap_err();
         assert_eq!(error.offset, LOG_HEADER_LEN);
         assert!(
             error
                 .reason
-                .contains("a valid record of format version 2 is at byte offset 8"),
+                .contains("a valid record of format version 3 is at byte offset 8"),
             "{error:?}"
         );
 
         let mut version_1 = version_1_log_bytes(&entries[..1]);
-        version_1[4] = 2;
+        version_1[4] = 3;
         let error = scan_log(&version_1, 0).unwrap_err();
         assert!(
             error
@@ -782,7 +865,7 @@ mod tests {
         encode_record(&entry(9, 2), 7, &mut bytes).unwrap();
         assert_eq!(bytes[8..16], 7u64.to_le_bytes());
         assert!(matches!(
-            record_at(&bytes, 0, Layout::Version2),
+            record_at(&bytes, 0, Layout::Version3),
             RecordAt::Complete {
                 durable_before: Some(7),
                 ..
@@ -790,7 +873,7 @@ mod tests {
         ));
         bytes[8] ^= 1;
         assert!(matches!(
-            record_at(&bytes, 0, Layout::Version2),
+            record_at(&bytes, 0, Layout::Version3),
             RecordAt::Damaged(reason) if reason.contains("crc32 mismatch")
         ));
     }
@@ -799,14 +882,38 @@ mod tests {
     fn version_1_log_bytes(entries: &[Entry]) -> Vec<u8> {
         let mut bytes = b"RKVL\x01\0\0\0".to_vec();
         for e in entries {
-            let mut record = Vec::new();
-            encode_record(e, 0, &mut record).unwrap();
-            let payload = &record[RECORD_HEADER_LEN..];
+            let payload = legacy_payload(e);
             bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            bytes.extend_from_slice(payload);
+            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            bytes.extend_from_slice(&payload);
         }
         bytes
+    }
+
+    /// A log as version 2 wrote it: the version-3 record header, a prost
+    /// `LogEntry` for a payload.
+    fn version_2_log_bytes(entries: &[Entry]) -> Vec<u8> {
+        let mut bytes = b"RKVL\x02\0\0\0".to_vec();
+        for e in entries {
+            let payload = legacy_payload(e);
+            let mut checksummed = (e.index - 1).to_le_bytes().to_vec();
+            checksummed.extend_from_slice(&payload);
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(&checksummed).to_le_bytes());
+            bytes.extend_from_slice(&checksummed);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_version_2_log_is_read_with_its_no_ops() {
+        let mut entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+        entries[0].command = Command::Noop;
+        let bytes = version_2_log_bytes(&entries);
+        let scanned = scan_log(&bytes, 0).unwrap();
+        assert_eq!(scanned.version, 2);
+        assert_eq!(scanned.entries, entries);
+        assert_eq!(scanned.end, bytes.len() as u64);
     }
 
     #[test]
@@ -819,10 +926,10 @@ mod tests {
         assert_eq!(scanned.end, bytes.len() as u64);
 
         let mut future = bytes.clone();
-        future[4] = 3;
+        future[4] = 4;
         let error = scan_log(&future, 0).unwrap_err();
         assert_eq!(error.offset, 4);
-        assert!(error.reason.contains("format version 3"), "{error:?}");
+        assert!(error.reason.contains("format version 4"), "{error:?}");
     }
 
     #[test]
@@ -830,12 +937,7 @@ mod tests {
         let huge = Entry {
             index: 1,
             term: 1,
-            command: Command::Set {
-                key: "k".into(),
-                value: "x".repeat(MAX_RECORD_PAYLOAD),
-                client_id: 0,
-                sequence: 0,
-            },
+            command: Command::Client(vec![b'x'; MAX_RECORD_PAYLOAD]),
         };
         let mut buffer = vec![1, 2, 3];
         assert!(encode_record(&huge, 0, &mut buffer).is_err());

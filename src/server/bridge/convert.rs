@@ -2,16 +2,54 @@
 //! proto/raft.proto. This is the only place the two meet.
 //!
 //! Messages arriving from the network are checked here, so that nothing a
-//! peer sends can make the core trip over its own assertions: an entry whose
-//! command does not decode, or entries that do not follow `prev_log_index`
-//! one by one, are refused with a one-line reason.
+//! peer sends can make the core trip over its own assertions: entries that
+//! do not follow `prev_log_index` one by one, or of an unknown kind, are
+//! refused with a one-line reason. (Commands are the state machine's bytes:
+//! it answers one that does not decode with an error.)
 
-use crate::kv::{decode_command, encode_command};
 use crate::proto::peer as pb;
 use crate::raft::{
-    AppendEntries, AppendEntriesReply, Entry, InstallSnapshot, InstallSnapshotReply, Message,
-    RequestVote, RequestVoteReply,
+    AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, InstallSnapshotReply,
+    Message, NodeId, RequestVote, RequestVoteReply,
 };
+
+/// A message for the wire, from `from`.
+pub fn envelope(from: NodeId, message: Message) -> pb::Envelope {
+    use pb::envelope::Message as M;
+    let message = match message {
+        Message::RequestVote(m) => M::RequestVote(request_vote_to_proto(m)),
+        Message::RequestVoteReply(m) => M::RequestVoteReply(request_vote_reply_to_proto(m)),
+        Message::AppendEntries(m) => M::AppendEntries(append_entries_to_proto(m)),
+        Message::AppendEntriesReply(m) => M::AppendEntriesReply(append_entries_reply_to_proto(m)),
+        Message::InstallSnapshot(m) => M::InstallSnapshot(install_snapshot_to_proto(m)),
+        Message::InstallSnapshotReply(m) => {
+            M::InstallSnapshotReply(install_snapshot_reply_to_proto(m))
+        }
+    };
+    pb::Envelope {
+        from,
+        message: Some(message),
+    }
+}
+
+/// The sender and the message of an envelope; the error says what is wrong.
+pub fn open_envelope(envelope: pb::Envelope) -> Result<(NodeId, Message), String> {
+    use pb::envelope::Message as M;
+    let message = match envelope.message {
+        Some(M::RequestVote(m)) => Message::RequestVote(request_vote_from_proto(m)),
+        Some(M::RequestVoteReply(m)) => Message::RequestVoteReply(request_vote_reply_from_proto(m)),
+        Some(M::AppendEntries(m)) => Message::AppendEntries(append_entries_from_proto(m)?),
+        Some(M::AppendEntriesReply(m)) => {
+            Message::AppendEntriesReply(append_entries_reply_from_proto(m))
+        }
+        Some(M::InstallSnapshot(m)) => Message::InstallSnapshot(install_snapshot_from_proto(m)),
+        Some(M::InstallSnapshotReply(m)) => {
+            Message::InstallSnapshotReply(install_snapshot_reply_from_proto(m))
+        }
+        None => return Err("the envelope holds no message".to_string()),
+    };
+    Ok((envelope.from, message))
+}
 
 pub fn request_vote_from_proto(m: pb::RequestVoteRequest) -> RequestVote {
     RequestVote {
@@ -58,8 +96,19 @@ pub fn append_entries_from_proto(m: pb::AppendEntriesRequest) -> Result<AppendEn
                 entry.index
             ));
         }
-        let command = decode_command(&entry.command)
-            .map_err(|e| format!("entry {}: command does not decode: {e}", entry.index))?;
+        let command = match pb::EntryKind::try_from(entry.kind) {
+            Ok(pb::EntryKind::Command) => Command::Client(entry.command),
+            Ok(pb::EntryKind::Noop) if entry.command.is_empty() => Command::Noop,
+            Ok(pb::EntryKind::Noop) => {
+                return Err(format!("entry {}: a no-op with a command", entry.index))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "entry {}: unknown kind {}",
+                    entry.index, entry.kind
+                ))
+            }
+        };
         entries.push(Entry {
             index: entry.index,
             term: entry.term,
@@ -85,11 +134,18 @@ pub fn append_entries_to_proto(m: AppendEntries) -> pb::AppendEntriesRequest {
         prev_log_term: m.prev_log_term,
         entries: m
             .entries
-            .iter()
-            .map(|entry| pb::LogEntry {
-                index: entry.index,
-                term: entry.term,
-                command: encode_command(&entry.command),
+            .into_iter()
+            .map(|entry| {
+                let (kind, command) = match entry.command {
+                    Command::Client(bytes) => (pb::EntryKind::Command, bytes),
+                    Command::Noop => (pb::EntryKind::Noop, Vec::new()),
+                };
+                pb::LogEntry {
+                    index: entry.index,
+                    term: entry.term,
+                    command,
+                    kind: kind.into(),
+                }
             })
             .collect(),
         leader_commit: m.leader_commit,
@@ -214,7 +270,6 @@ pub fn summary(message: &Message) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::Command;
 
     fn entries() -> Vec<Entry> {
         vec![
@@ -226,21 +281,12 @@ mod tests {
             Entry {
                 index: 9,
                 term: 3,
-                command: Command::Set {
-                    key: "k".into(),
-                    value: "v".into(),
-                    client_id: 7,
-                    sequence: 2,
-                },
+                command: Command::Client(b"set k v".to_vec()),
             },
             Entry {
                 index: 10,
                 term: 4,
-                command: Command::Delete {
-                    key: "k".into(),
-                    client_id: 7,
-                    sequence: 3,
-                },
+                command: Command::Client(Vec::new()),
             },
         ]
     }
@@ -342,13 +388,18 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_command_that_does_not_decode() {
+    fn refuses_an_entry_of_unknown_kind() {
         let mut request = append_entries_to_proto(append_entries());
-        request.entries[2].command = vec![0xff, 0xff];
-        let error = append_entries_from_proto(request).unwrap_err();
-        assert!(
-            error.starts_with("entry 10: command does not decode: "),
-            "{error}"
+        request.entries[2].kind = 7;
+        assert_eq!(
+            append_entries_from_proto(request),
+            Err("entry 10: unknown kind 7".to_string())
+        );
+        let mut request = append_entries_to_proto(append_entries());
+        request.entries[0].command = vec![1];
+        assert_eq!(
+            append_entries_from_proto(request),
+            Err("entry 8: a no-op with a command".to_string())
         );
     }
 }

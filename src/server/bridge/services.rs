@@ -1,9 +1,12 @@
 //! The two gRPC services every node serves on its one address: the peer
 //! service `raftpeer.Raft` (Figure 2, Figure 13) and the client service
-//! `raftkv.KeyValue`. Both only translate: each call becomes a message to
-//! the event loop, and the answer comes back on a oneshot channel.
+//! `raftkv.KeyValue`. Both only translate: a peer's message goes to the event
+//! loop one way; a client's request goes with an id, and its answer comes
+//! back from the event loop's handoff to the oneshot registered under that
+//! id ([`Waiting`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Sender, TrySendError};
 use log::debug;
@@ -13,15 +16,12 @@ use tonic::{Code, Request, Response, Status};
 
 use super::convert;
 use crate::config::Members;
+use crate::kv::{self, ClientError, ClientRequest, ClientResponse};
 use crate::proto::kv as kv_pb;
 use crate::proto::peer as peer_pb;
-use crate::raft::{
-    ClientError, ClientRequest, ClientResponse, ClientResult, Message, NodeId, NodeStatus,
-};
+use crate::proto::LEADER_ADDR_METADATA;
+use crate::raft::{self, NodeId, NodeStatus, RequestId};
 use crate::server::event_loop::{ClientCall, PeerMessage};
-
-/// gRPC metadata key naming the leader's address when a follower refuses a request.
-pub const LEADER_ADDR_METADATA: &str = "leader-addr";
 
 fn event_loop_gone() -> Status {
     Status::unavailable("this node is shutting down")
@@ -31,102 +31,70 @@ fn event_loop_busy() -> Status {
     Status::resource_exhausted("this node is overloaded; retry later")
 }
 
-/// `raftpeer.Raft`: requests from other servers, handed to `RaftNode::step`.
+/// `raftpeer.Raft`: messages from other servers, handed to `RaftNode::step`.
 pub struct PeerService {
     pub id: NodeId,
     pub members: Arc<Members>,
     pub to_event_loop: Sender<PeerMessage>,
 }
 
-impl PeerService {
-    /// The sender of a request is the candidate or leader it names; the core
-    /// keeps state per member, so anyone else is refused.
-    fn check_sender(&self, from: NodeId) -> Result<NodeId, Status> {
+#[tonic::async_trait]
+impl peer_pb::raft_server::Raft for PeerService {
+    async fn send(
+        &self,
+        request: Request<peer_pb::Envelope>,
+    ) -> Result<Response<peer_pb::Ack>, Status> {
+        let (from, message) =
+            convert::open_envelope(request.into_inner()).map_err(Status::invalid_argument)?;
+        // The core keeps state per member: anyone else is refused.
         if from == self.id || !self.members.contains(from) {
             return Err(Status::invalid_argument(format!(
                 "node {from} is not a peer of node {}",
                 self.id
             )));
         }
-        Ok(from)
-    }
-
-    /// Hand a request to the event loop and wait for the core's reply.
-    async fn exchange(&self, from: NodeId, message: Message) -> Result<Message, Status> {
-        let (reply, answer) = oneshot::channel();
-        let peer_message = PeerMessage {
-            from,
-            message,
-            reply: Some(reply),
-        };
-        match self.to_event_loop.try_send(peer_message) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(event_loop_busy()),
-            Err(TrySendError::Disconnected(_)) => return Err(event_loop_gone()),
+        match self.to_event_loop.try_send(PeerMessage { from, message }) {
+            Ok(()) => Ok(Response::new(peer_pb::Ack {})),
+            // A message the loop cannot take now is lost, as on a network.
+            Err(TrySendError::Full(_)) => Err(event_loop_busy()),
+            Err(TrySendError::Disconnected(_)) => Err(event_loop_gone()),
         }
-        let reply = answer.await.map_err(|_| event_loop_gone())?;
-        debug!(
-            "node {} term {}: -> {from} {}",
-            self.id,
-            reply.term(),
-            convert::summary(&reply)
-        );
-        Ok(reply)
     }
 }
 
-fn wrong_reply(message: Message) -> Status {
-    Status::internal(format!(
-        "the core answered with {}",
-        convert::summary(&message)
-    ))
+/// The client requests handed to the event loop and not answered yet: the
+/// one place an answer is matched to its request.
+#[derive(Clone, Default)]
+pub struct Waiting(Arc<Mutex<WaitingRequests>>);
+
+#[derive(Default)]
+struct WaitingRequests {
+    next_id: RequestId,
+    answers: HashMap<RequestId, oneshot::Sender<raft::Response>>,
 }
 
-#[tonic::async_trait]
-impl peer_pb::raft_server::Raft for PeerService {
-    async fn request_vote(
-        &self,
-        request: Request<peer_pb::RequestVoteRequest>,
-    ) -> Result<Response<peer_pb::RequestVoteReply>, Status> {
-        let request = convert::request_vote_from_proto(request.into_inner());
-        let from = self.check_sender(request.candidate_id)?;
-        match self.exchange(from, Message::RequestVote(request)).await? {
-            Message::RequestVoteReply(reply) => {
-                Ok(Response::new(convert::request_vote_reply_to_proto(reply)))
-            }
-            other => Err(wrong_reply(other)),
-        }
+impl Waiting {
+    fn register(&self, answer: oneshot::Sender<raft::Response>) -> RequestId {
+        let mut waiting = self.0.lock().expect("no panics while held");
+        waiting.next_id += 1;
+        let id = waiting.next_id;
+        waiting.answers.insert(id, answer);
+        id
     }
 
-    async fn append_entries(
-        &self,
-        request: Request<peer_pb::AppendEntriesRequest>,
-    ) -> Result<Response<peer_pb::AppendEntriesReply>, Status> {
-        let request = convert::append_entries_from_proto(request.into_inner())
-            .map_err(Status::invalid_argument)?;
-        let from = self.check_sender(request.leader_id)?;
-        match self.exchange(from, Message::AppendEntries(request)).await? {
-            Message::AppendEntriesReply(reply) => {
-                Ok(Response::new(convert::append_entries_reply_to_proto(reply)))
-            }
-            other => Err(wrong_reply(other)),
-        }
+    fn forget(&self, id: RequestId) {
+        self.0.lock().expect("no panics while held").answers.remove(&id);
     }
 
-    async fn install_snapshot(
-        &self,
-        request: Request<peer_pb::InstallSnapshotRequest>,
-    ) -> Result<Response<peer_pb::InstallSnapshotReply>, Status> {
-        let request = convert::install_snapshot_from_proto(request.into_inner());
-        let from = self.check_sender(request.leader_id)?;
-        match self
-            .exchange(from, Message::InstallSnapshot(request))
-            .await?
-        {
-            Message::InstallSnapshotReply(reply) => Ok(Response::new(
-                convert::install_snapshot_reply_to_proto(reply),
-            )),
-            other => Err(wrong_reply(other)),
+    /// Hand `response` to whoever waits for request `id` (a caller that gave
+    /// up meanwhile no longer needs it).
+    pub fn answer(&self, id: RequestId, response: raft::Response) {
+        let waiting = self.0.lock().expect("no panics while held").answers.remove(&id);
+        match waiting {
+            Some(answer) => {
+                let _ = answer.send(response);
+            }
+            None => debug!("an answer to request {id}, which nobody waits for"),
         }
     }
 }
@@ -135,6 +103,7 @@ impl peer_pb::raft_server::Raft for PeerService {
 pub struct ClientService {
     pub members: Arc<Members>,
     pub to_event_loop: Sender<ClientCall>,
+    pub waiting: Waiting,
 }
 
 impl ClientService {
@@ -146,12 +115,17 @@ impl ClientService {
         }
     }
 
-    /// Send a request to the core and wait for its answer.
+    /// Check a request, send it to the core and wait for its answer.
     async fn call(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
-        let (answer_to, answer) = oneshot::channel::<ClientResult>();
-        self.submit(ClientCall::Request(request, answer_to))?;
-        let result = answer.await.map_err(|_| event_loop_gone())?;
-        result.map_err(|error| self.status_of(error))
+        let request = kv::to_raft(request).map_err(|error| self.status_of(error))?;
+        let (answer_to, answer) = oneshot::channel();
+        let id = self.waiting.register(answer_to);
+        if let Err(status) = self.submit(ClientCall::Request(id, request)) {
+            self.waiting.forget(id);
+            return Err(status);
+        }
+        let response = answer.await.map_err(|_| event_loop_gone())?;
+        kv::from_raft(response).map_err(|error| self.status_of(error))
     }
 
     /// The gRPC status for an error of the core; a refusal by a follower
