@@ -2,9 +2,12 @@
 //! runs on the simulated cluster from fixed seeds; replay one with
 //! `RAFT_SEED=N cargo test --test election NAME`.
 
+use std::sync::{Arc, Mutex};
+
+use raft_kv::kv::KvStore;
 use raft_kv::raft::{
-    AppendEntries, ClientResult, Command, Entry, HardState, MemStorage, Message, NodeId, Outbox,
-    RaftConfig, RaftNode, RequestId, RequestVote, RequestVoteReply, Role, Storage, Term,
+    AppendEntries, Command, Entry, HardState, MemStorage, Message, NodeId, Outbox, RaftConfig,
+    RaftNode, RequestId, RequestVote, RequestVoteReply, Response, Role, Storage, Term,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
@@ -328,18 +331,20 @@ fn election_timer_restarts_only_for_current_leader_or_granted_vote_5_2() {
     }
 }
 
-/// An outbox that drops what the node sends: the tests below read the
-/// node's replies and state directly.
-struct Discard;
+/// An outbox that keeps what the node sends, for the tests below to read.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<Message>>>);
 
-impl Outbox for Discard {
-    fn send(&mut self, _: NodeId, _: Message) {}
-    fn respond(&mut self, _: RequestId, _: ClientResult) {}
+impl Outbox for Capture {
+    fn send(&mut self, _: NodeId, message: Message) {
+        self.0.lock().unwrap().push(message);
+    }
+    fn respond(&mut self, _: RequestId, _: Response) {}
 }
 
 /// Node `id` of the cluster {1, 2, 3}, started from a disk that holds term
 /// `term`, no vote, and a log whose entry i has term `log_terms[i - 1]`.
-fn node_from_disk(id: NodeId, term: Term, log_terms: &[Term]) -> RaftNode {
+fn node_from_disk(id: NodeId, term: Term, log_terms: &[Term]) -> (RaftNode<KvStore>, Capture) {
     let mut disk = MemStorage::new();
     let entries: Vec<_> = (1..)
         .zip(log_terms)
@@ -356,22 +361,32 @@ fn node_from_disk(id: NodeId, term: Term, log_terms: &[Term]) -> RaftNode {
         voted_for: None,
     })
     .unwrap();
-    RaftNode::new(
+    let sent = Capture::default();
+    let node = RaftNode::new(
         RaftConfig::new(id, vec![1, 2, 3]),
         Box::new(disk),
-        Box::new(Discard),
-    )
+        KvStore::new(),
+        Box::new(sent.clone()),
+    );
+    (node, sent)
 }
 
 /// Hand `node` a RequestVote; whether it granted the vote.
-fn vote(node: &mut RaftNode, term: Term, candidate: NodeId, last_log: (u64, Term)) -> bool {
+fn vote(
+    (node, sent): &mut (RaftNode<KvStore>, Capture),
+    term: Term,
+    candidate: NodeId,
+    last_log: (u64, Term),
+) -> bool {
     let request = RequestVote {
         term,
         candidate_id: candidate,
         last_log_index: last_log.0,
         last_log_term: last_log.1,
     };
-    match node.step(candidate, Message::RequestVote(request)) {
+    node.step(candidate, Message::RequestVote(request));
+    node.end_turn();
+    match sent.0.lock().unwrap().pop() {
         Some(Message::RequestVoteReply(reply)) => reply.vote_granted,
         other => panic!("a RequestVote must be answered with a RequestVoteReply, got {other:?}"),
     }
@@ -417,7 +432,7 @@ fn one_vote_per_term_and_none_for_an_older_term_5_2() {
         !vote(&mut voter, 2, 2, (1, 1)),
         "granted a vote to a candidate of term 2 while in term 3"
     );
-    assert_eq!(voter.voted_for(), None, "a refused vote is not recorded");
+    assert_eq!(voter.0.voted_for(), None, "a refused vote is not recorded");
     assert!(vote(&mut voter, 3, 2, (1, 1)), "the first vote of term 3");
     assert!(
         !vote(&mut voter, 3, 3, (1, 1)),
@@ -427,8 +442,8 @@ fn one_vote_per_term_and_none_for_an_older_term_5_2() {
         vote(&mut voter, 3, 2, (1, 1)),
         "n2 asked again (its request or our reply was lost): votedFor is n2, so grant"
     );
-    assert_eq!(voter.voted_for(), Some(2));
-    assert_eq!(voter.current_term(), 3);
+    assert_eq!(voter.0.voted_for(), Some(2));
+    assert_eq!(voter.0.current_term(), 3);
 }
 
 /// Candidates (§5.2): "If votes received from majority of servers: become
@@ -437,7 +452,7 @@ fn one_vote_per_term_and_none_for_an_older_term_5_2() {
 /// on the network) does not count; the same vote in the current term does.
 #[test]
 fn granted_vote_from_an_older_term_is_not_counted_5_2() {
-    let mut node = node_from_disk(1, 3, &[]);
+    let (mut node, _) = node_from_disk(1, 3, &[]);
     let max_timeout = RaftConfig::new(1, vec![1]).election_timeout_ticks.1;
     for _ in 0..max_timeout {
         if matches!(node.role(), Role::Candidate { .. }) {

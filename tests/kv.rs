@@ -3,9 +3,9 @@
 //! Deterministic: replay one seed with
 //! `RAFT_SEED=N cargo test --release --test kv NAME`.
 
+use raft_kv::kv::{self, ClientError, ClientRequest, ClientResponse, ClientResult};
 use raft_kv::raft::{
-    AppendEntries, AppendEntriesReply, ClientError, ClientRequest, ClientResponse, ClientResult,
-    Message, NodeId, RequestId, RequestVote, Role,
+    AppendEntries, AppendEntriesReply, Message, NodeId, RequestId, RequestVote, Role,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
@@ -506,7 +506,10 @@ fn writes_to_minority_leader_never_succeed_8() {
             assert_eq!(state_machine.get("majority"), Some("y"));
         }
         let lost = c.committed().values().any(|(_, cmd)| {
-            matches!(cmd, raft_kv::raft::Command::Set { key, .. } if key.starts_with("minority"))
+            let raft_kv::raft::Command::Client(bytes) = cmd else {
+                return false;
+            };
+            matches!(kv::decode_command(bytes), Ok(kv::Command::Set { key, .. }) if key.starts_with("minority"))
         });
         assert!(!lost, "a minority write was committed");
     }
@@ -787,8 +790,8 @@ fn new_leader_reads_wait_for_its_noop_6_4() {
             last_log_index: n.log().last_index(),
             last_log_term: n.log().last_term(),
         };
-        let reply = c.with_node(b, |n| n.step(a, Message::RequestVote(request)));
-        c.with_node(a, |n| n.step(b, reply.unwrap()));
+        let reply = c.exchange(b, a, Message::RequestVote(request)).pop();
+        c.exchange(a, b, reply.unwrap());
         assert!(c.node(a).is_leader());
         let read = c.request(a, get("k"));
 
@@ -808,7 +811,7 @@ fn new_leader_reads_wait_for_its_noop_6_4() {
             leader_commit: n.commit_index(),
             read_round: state.read_round,
         };
-        let reply = c.with_node(b, |n| n.step(a, Message::AppendEntries(heartbeat)));
+        let reply = c.exchange(b, a, Message::AppendEntries(heartbeat)).pop();
         assert!(matches!(
             reply,
             Some(Message::AppendEntriesReply(AppendEntriesReply {
@@ -816,7 +819,7 @@ fn new_leader_reads_wait_for_its_noop_6_4() {
                 ..
             }))
         ));
-        c.with_node(a, |n| n.step(b, reply.unwrap()));
+        c.exchange(a, b, reply.unwrap());
         assert_eq!(
             c.response(read),
             None,
@@ -982,11 +985,10 @@ fn a_reply_to_an_old_term_heartbeat_confirms_no_read_round_6_4() {
 
         // The held-back heartbeat of term t reaches B, now in L's new term.
         let reply = c
-            .with_node(b, |n| n.step(l, held_back))
+            .exchange(b, l, held_back)
+            .pop()
             .expect("a request is answered");
-        c.with_node(l, |n| {
-            n.step(b, reply);
-        });
+        c.exchange(l, b, reply);
 
         // L is cut off; the others elect a leader and acknowledge a write.
         c.isolate(l);

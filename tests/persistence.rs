@@ -3,9 +3,10 @@
 //! was synced. Deterministic: replay one seed with
 //! `RAFT_SEED=N cargo test --release --test persistence NAME`.
 
+use raft_kv::kv::{self, ClientError, ClientRequest, ClientResponse};
 use raft_kv::raft::{
-    ClientError, ClientRequest, ClientResponse, Command, Entry, HardState, LogIndex, MemStorage,
-    Message, NodeId, RequestId, RequestVote, RequestVoteReply, Role, Snapshot, Storage, Term,
+    Command, Entry, HardState, LogIndex, MemStorage, Message, NodeId, RequestId, RequestVote,
+    RequestVoteReply, Role, Snapshot, Storage, Term,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use std::collections::BTreeMap;
@@ -120,8 +121,11 @@ impl Clients {
 fn assert_durable_on_majority(c: &Cluster, client_id: u64, sequence: u64) {
     let holds = |entries: &[Entry]| {
         entries.iter().any(|e| {
-            matches!(&e.command, Command::Set { client_id: i, sequence: s, .. }
-                if *i == client_id && *s == sequence)
+            let Command::Client(bytes) = &e.command else {
+                return false;
+            };
+            matches!(kv::decode_command(bytes), Ok(kv::Command::Set { client_id: i, sequence: s, .. })
+                if i == client_id && s == sequence)
         })
     };
     let durable = c
@@ -525,14 +529,15 @@ fn vote_survives_crash_figure_2() {
             last_log_term: 0,
         })
     };
-    let granted = |reply: Option<Message>| match reply {
-        Some(Message::RequestVoteReply(RequestVoteReply { term, vote_granted })) => {
+    let granted = |reply: Vec<Message>| match reply.as_slice() {
+        [Message::RequestVoteReply(RequestVoteReply { term, vote_granted })] => {
+            let (term, vote_granted) = (*term, *vote_granted);
             assert_eq!(term, 5);
             vote_granted
         }
         other => panic!("expected a RequestVoteReply, got {other:?}"),
     };
-    assert!(granted(c.with_node(1, |n| n.step(2, ask(2)))));
+    assert!(granted(c.exchange(1, 2, ask(2))));
     c.crash(1);
     c.restart(1);
     assert_eq!(
@@ -546,11 +551,11 @@ fn vote_survives_crash_figure_2() {
         "voted_for was not persisted"
     );
     assert!(
-        !granted(c.with_node(1, |n| n.step(3, ask(3)))),
+        !granted(c.exchange(1, 3, ask(3))),
         "voted twice in term 5 across a restart"
     );
     // The same candidate asking again (its reply was lost) gets the same answer.
-    assert!(granted(c.with_node(1, |n| n.step(2, ask(2)))));
+    assert!(granted(c.exchange(1, 2, ask(2))));
 }
 
 /// Figure 2 voted_for, over many runs: voters crash and restart at random in
@@ -710,7 +715,8 @@ mod with_crashes {
             last_log_term: n.log().last_term(),
         };
         let reply = c
-            .with_node(voter, |n| n.step(candidate, Message::RequestVote(request)))
+            .exchange(voter, candidate, Message::RequestVote(request))
+            .pop()
             .expect("a request is answered");
         let granted = matches!(
             reply,
@@ -719,7 +725,7 @@ mod with_crashes {
                 ..
             })
         );
-        c.with_node(candidate, |n| n.step(voter, reply));
+        c.exchange(candidate, voter, reply);
         granted
     }
 
@@ -746,15 +752,14 @@ mod with_crashes {
             read_round: 0,
         };
         let reply = c
-            .with_node(follower, |n| {
-                n.step(leader, Message::AppendEntries(request))
-            })
+            .exchange(follower, leader, Message::AppendEntries(request))
+            .pop()
             .expect("a request is answered");
         let ok = matches!(
             reply,
             Message::AppendEntriesReply(AppendEntriesReply { success: true, .. })
         );
-        c.with_node(leader, |n| n.step(follower, reply));
+        c.exchange(leader, follower, reply);
         ok
     }
 

@@ -1,9 +1,9 @@
 //! Milestone 2: log replication and commit (§5.3, §5.4). Deterministic:
 //! replay one seed with `RAFT_SEED=N cargo test --test replication NAME`.
 
+use raft_kv::kv::{self, ClientError, ClientRequest, ClientResponse};
 use raft_kv::raft::{
-    AppendEntries, AppendEntriesReply, ClientError, ClientRequest, ClientResponse, Command, Entry,
-    LogIndex, Message, NodeId, Role,
+    AppendEntries, AppendEntriesReply, Command, Entry, LogIndex, Message, NodeId, Role,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
@@ -45,7 +45,7 @@ fn basic_agreement_5_3() {
 }
 
 /// Group commit on a follower: AppendEntries that arrive together
-/// (`step_batch`, one event-loop turn) cost one fsync, and every entry is on
+/// (stepped in one event-loop turn) cost one fsync, and every entry is on
 /// the disk when the replies are handed back (Figure 2: persist before
 /// responding).
 #[test]
@@ -61,12 +61,13 @@ fn follower_batch_of_append_entries_is_one_fsync_figure_2() {
         let entry = Entry {
             index: prev + 1,
             term,
-            command: Command::Set {
+            command: kv::Command::Set {
                 key: key.into(),
                 value: "v".into(),
                 client_id: 0,
                 sequence: 0,
-            },
+            }
+            .into(),
         };
         (
             leader,
@@ -87,16 +88,16 @@ fn follower_batch_of_append_entries_is_one_fsync_figure_2() {
         append(last + 1, "b"),
         append(last + 2, "c"),
     ];
-    let replies = c.with_node(follower, |node| node.step_batch(batch));
+    let replies = c.exchange_all(follower, batch);
     assert_eq!(
         c.disk(follower).fsyncs() - before,
         1,
         "one fsync for the batch"
     );
     assert_eq!(replies.len(), 3);
-    for (i, reply) in replies.into_iter().enumerate() {
+    for (i, (_, reply)) in replies.into_iter().enumerate() {
         match reply {
-            Some(Message::AppendEntriesReply(r)) => {
+            Message::AppendEntriesReply(r) => {
                 assert!(r.success, "reply {i} refused");
                 assert_eq!(r.match_index, last + 1 + i as u64);
             }
@@ -136,19 +137,15 @@ fn batch_is_one_append_and_one_fsync_5_3() {
     assert_eq!(fsyncs, 1, "one fsync for the whole batch");
 }
 
-/// The two halves of the fast path apart, counted in the leader's fsyncs:
-/// without batching every write is its own append, but group commit still
-/// makes all the writes given to the leader at once cost it one fsync; with
-/// group commit off as well, one each. Every write commits either way.
+/// Without batching, the runtime gives the leader one write per turn, and
+/// every turn ends with its own fsync: 100 writes, 100 fsyncs. Every write
+/// commits either way.
 #[test]
-fn group_commit_without_batching_is_one_fsync_per_batch() {
-    for (group_commit, expected) in [(true, 1), (false, 100)] {
-        let mut config = SimConfig::new(3, 7);
-        config.fast_path.batching = false;
-        config.fast_path.group_commit = group_commit;
-        let fsyncs = leader_fsyncs_for_100_writes(config);
-        assert_eq!(fsyncs, expected, "group commit {group_commit}");
-    }
+fn without_batching_every_write_is_its_own_fsync() {
+    let mut config = SimConfig::new(3, 7);
+    config.batching = false;
+    let fsyncs = leader_fsyncs_for_100_writes(config);
+    assert_eq!(fsyncs, 100);
 }
 
 fn session_set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientRequest {
@@ -357,7 +354,7 @@ fn concurrent_proposals_5_3() {
         let committed_sets = c
             .committed()
             .values()
-            .filter(|(_, command)| matches!(command, Command::Set { .. }))
+            .filter(|(_, command)| *command != Command::Noop)
             .count();
         assert_eq!(committed_sets, writes, "each write is in the log once");
     }
@@ -601,7 +598,7 @@ fn stale_append_entries_never_truncate_5_3() {
             _ => unreachable!(),
         };
         assert_eq!(match_before, last);
-        c.with_node(leader, |n| n.step(f, Message::AppendEntriesReply(reply)));
+        c.exchange(leader, f, Message::AppendEntriesReply(reply));
         match c.node(leader).role() {
             Role::Leader(l) => assert_eq!(l.match_index[&f], last, "match_index went back"),
             _ => panic!("the leader stepped down"),
@@ -652,12 +649,13 @@ fn commit_index_stops_at_last_new_entry_figure_2() {
     let entry = |index, term, value: &str| Entry {
         index,
         term,
-        command: Command::Set {
+        command: kv::Command::Set {
             key: format!("k{index}"),
             value: value.into(),
             client_id: 0,
             sequence: 0,
-        },
+        }
+        .into(),
     };
     let append = |term, leader_id, prev_log_index, prev_log_term, entries, leader_commit| {
         Message::AppendEntries(AppendEntries {
@@ -675,16 +673,14 @@ fn commit_index_stops_at_last_new_entry_figure_2() {
     c.with_node(1, |n| n.step(2, append(1, 2, 0, 0, old_entries, 0)));
     // n3 leads term 2 with 1..=3 of term 1 and 4..=6 of its own, all
     // committed; this message carries only entry 3.
-    let reply = c.with_node(1, |n| {
-        n.step(3, append(2, 3, 2, 1, vec![entry(3, 1, "old")], 6))
-    });
+    let reply = c.exchange(1, 3, append(2, 3, 2, 1, vec![entry(3, 1, "old")], 6));
     assert!(matches!(
-        reply,
-        Some(Message::AppendEntriesReply(AppendEntriesReply {
+        reply.as_slice(),
+        [Message::AppendEntriesReply(AppendEntriesReply {
             success: true,
             match_index: 3,
             ..
-        }))
+        })]
     ));
     assert_eq!(
         c.node(1).commit_index(),

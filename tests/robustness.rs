@@ -6,9 +6,10 @@
 //! Deterministic: replay one seed with
 //! `RAFT_SEED=N cargo test --release --test robustness NAME`.
 
+use raft_kv::kv::{ClientError, ClientRequest, ClientResponse};
 use raft_kv::raft::{
-    AppendEntries, AppendEntriesReply, ClientError, ClientRequest, ClientResponse, Command, Entry,
-    InstallSnapshot, Message, NodeId, RequestVote, Role, MAX_TERM_JUMP,
+    AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, Message, NodeId,
+    RequestVote, Role, MAX_TERM_JUMP,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 
@@ -37,7 +38,7 @@ fn running_cluster(seed: u64) -> (Cluster, NodeId, NodeId) {
 
 /// Hand `message` from `from` to node `to`; true if it was answered.
 fn deliver(c: &mut Cluster, from: NodeId, to: NodeId, message: Message) -> bool {
-    c.with_node(to, |n| n.step(from, message)).is_some()
+    !c.exchange(to, from, message).is_empty()
 }
 
 /// The cluster still commits writes and every node agrees.

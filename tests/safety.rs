@@ -6,7 +6,8 @@
 //! clients are served again once the faults stop. Replay one seed with
 //! `RAFT_SEED=N cargo test --release --test safety NAME`.
 
-use raft_kv::raft::{ClientError, ClientRequest, ClientResponse, NodeId, RequestId};
+use raft_kv::kv::{ClientError, ClientRequest, ClientResponse};
+use raft_kv::raft::{NodeId, RequestId};
 use raft_kv::sim::{seeds, Cluster, ReadStats, SimConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

@@ -2,8 +2,9 @@
 //! Deterministic: replay one seed with
 //! `RAFT_SEED=N cargo test --release --test snapshots NAME`.
 
-use raft_kv::kv::StateMachine;
-use raft_kv::raft::{ClientRequest, ClientResponse, InstallSnapshot, NodeId};
+use raft_kv::kv::KvStore;
+use raft_kv::kv::{ClientRequest, ClientResponse};
+use raft_kv::raft::{InstallSnapshot, NodeId};
 use raft_kv::sim::{seeds, Cluster, EventKind, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -324,7 +325,7 @@ fn restarted_node_starts_from_its_snapshot_7() {
         assert_eq!(n.log().snapshot_index(), snapshot.last_included_index);
         assert_eq!(n.last_applied(), snapshot.last_included_index);
         assert_eq!(n.commit_index(), snapshot.last_included_index);
-        let expected = StateMachine::restore(&snapshot.data).unwrap();
+        let expected = KvStore::restore(&snapshot.data).unwrap();
         assert_eq!(n.state_machine(), &expected);
         assert!(
             expected.len() as u64 >= snapshot.last_included_index - 2,
@@ -413,6 +414,6 @@ fn chunks_written_only_at_their_offset_figure_13() {
     assert_eq!(n.last_applied(), snapshot.last_included_index);
     assert_eq!(
         n.state_machine(),
-        &StateMachine::restore(&snapshot.data).unwrap()
+        &KvStore::restore(&snapshot.data).unwrap()
     );
 }

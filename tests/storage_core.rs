@@ -7,10 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use raft_kv::raft::{
-    ClientRequest, ClientResponse, ClientResult, Message, NodeId, Outbox, RaftConfig, RaftNode,
-    RequestId,
-};
+use raft_kv::kv::{self, ClientRequest, ClientResponse, ClientResult, KvStore};
+use raft_kv::raft::{Message, NodeId, Outbox, RaftConfig, RaftNode, RequestId, Response};
 use raft_kv::storage::FileStorage;
 use tempfile::TempDir;
 
@@ -34,18 +32,18 @@ impl Outbox for NetworkOutbox {
         network.in_flight.push_back((self.id, to, message));
     }
 
-    fn respond(&mut self, request: RequestId, result: ClientResult) {
+    fn respond(&mut self, request: RequestId, response: Response) {
         self.network
             .lock()
             .unwrap()
             .responses
-            .insert(request, result);
+            .insert(request, kv::from_raft(response));
     }
 }
 
 struct Cluster {
     dirs: BTreeMap<NodeId, TempDir>,
-    nodes: BTreeMap<NodeId, RaftNode>,
+    nodes: BTreeMap<NodeId, RaftNode<KvStore>>,
     network: Arc<Mutex<Network>>,
     cut_off: BTreeSet<NodeId>,
     next_request: RequestId,
@@ -79,7 +77,7 @@ impl Cluster {
             id,
             network: self.network.clone(),
         };
-        let node = RaftNode::new(config, Box::new(storage), Box::new(outbox));
+        let node = RaftNode::new(config, Box::new(storage), KvStore::new(), Box::new(outbox));
         self.nodes.insert(id, node);
     }
 
@@ -95,6 +93,7 @@ impl Cluster {
     fn tick(&mut self) {
         for node in self.nodes.values_mut() {
             node.tick();
+            node.end_turn();
         }
         loop {
             let next = self.network.lock().unwrap().in_flight.pop_front();
@@ -104,10 +103,9 @@ impl Cluster {
             if self.cut_off.contains(&from) || self.cut_off.contains(&to) {
                 continue;
             }
-            if let Some(reply) = self.nodes.get_mut(&to).unwrap().step(from, message) {
-                let mut network = self.network.lock().unwrap();
-                network.in_flight.push_back((to, from, reply));
-            }
+            let node = self.nodes.get_mut(&to).unwrap();
+            node.step(from, message);
+            node.end_turn();
         }
     }
 
@@ -140,7 +138,7 @@ impl Cluster {
     fn write(&mut self, keys: std::ops::Range<u32>) {
         for batch in keys.collect::<Vec<_>>().chunks(4) {
             let leader = self.elect();
-            let requests: Vec<(RequestId, ClientRequest)> = batch
+            let requests: Vec<(RequestId, raft_kv::raft::Request)> = batch
                 .iter()
                 .map(|&k| {
                     self.next_request += 1;
@@ -150,14 +148,13 @@ impl Cluster {
                         client_id: 0,
                         sequence: 0,
                     };
-                    (self.next_request, request)
+                    (self.next_request, kv::to_raft(request).unwrap())
                 })
                 .collect();
             let ids: Vec<RequestId> = requests.iter().map(|(id, _)| *id).collect();
-            self.nodes
-                .get_mut(&leader)
-                .unwrap()
-                .client_requests(requests);
+            let node = self.nodes.get_mut(&leader).unwrap();
+            node.client_requests(requests);
+            node.end_turn();
             self.run_until("the writes' answers", |c| {
                 let network = c.network.lock().unwrap();
                 ids.iter().all(|id| network.responses.contains_key(id))

@@ -14,7 +14,8 @@
 //!     cargo test --test walkthrough -- --nocapture
 //!     rust-gdb --args target/debug/deps/walkthrough-<hash> walkthrough_1_election --nocapture
 
-use raft_kv::raft::{ClientRequest, ClientResponse, NodeId};
+use raft_kv::kv::{ClientRequest, ClientResponse};
+use raft_kv::raft::NodeId;
 use raft_kv::sim::{Cluster, SimConfig};
 
 /// Step 1: elect a leader, and let its first heartbeat tell the others.

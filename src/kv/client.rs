@@ -81,7 +81,9 @@ impl From<raft::RequestError> for ClientError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     Set,
-    Deleted { existed: bool },
+    Deleted {
+        existed: bool,
+    },
     /// The command's (client_id, sequence) is older than the latest one this
     /// client had applied: it was neither applied now nor is its answer kept.
     StaleSequence,
@@ -114,7 +116,10 @@ impl Answer {
             [3] => Ok(Answer::Value(None)),
             [4, rest @ ..] => Ok(Answer::Value(Some(text(rest)?))),
             [5, rest @ ..] => Ok(Answer::Malformed(text(rest)?)),
-            _ => Err(format!("an answer of {} bytes does not decode", bytes.len())),
+            _ => Err(format!(
+                "an answer of {} bytes does not decode",
+                bytes.len()
+            )),
         }
     }
 }

@@ -37,6 +37,13 @@ pub enum Command {
     },
 }
 
+/// A key-value command as a log entry carries it: bytes to Raft.
+impl From<Command> for raft::Command {
+    fn from(command: Command) -> raft::Command {
+        raft::Command::Client(encode_command(&command))
+    }
+}
+
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
 /// Longest value accepted, in bytes.

@@ -63,7 +63,8 @@ impl<S: StateMachine> RaftNode<S> {
         }
         let prev_log_index = next_index - 1;
         let prev_log_term = self
-            .persistent.log()
+            .persistent
+            .log()
             .term_at(prev_log_index)
             .expect("prev_log_index is at or after the snapshot");
         let mut entries = Vec::new();
@@ -148,7 +149,11 @@ impl<S: StateMachine> RaftNode<S> {
             return reply;
         }
         if prev >= self.persistent.log().snapshot_index() {
-            let term = self.persistent.log().term_at(prev).expect("prev is in the log");
+            let term = self
+                .persistent
+                .log()
+                .term_at(prev)
+                .expect("prev is in the log");
             if term != request.prev_log_term {
                 reply.conflict_term = term;
                 reply.conflict_index = self.persistent.log().first_index_of_term(term, prev);
@@ -243,7 +248,11 @@ impl<S: StateMachine> RaftNode<S> {
             let hinted = if reply.conflict_term == 0 {
                 reply.conflict_index
             } else {
-                match self.persistent.log().last_index_of_term(reply.conflict_term) {
+                match self
+                    .persistent
+                    .log()
+                    .last_index_of_term(reply.conflict_term)
+                {
                     Some(index) => index + 1,
                     None => reply.conflict_index,
                 }

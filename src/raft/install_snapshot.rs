@@ -27,7 +27,8 @@ impl<S: StateMachine> RaftNode<S> {
         }
         let index = self.last_applied;
         let term = self
-            .persistent.log()
+            .persistent
+            .log()
             .term_at(index)
             .expect("applied entries are in the log");
         let snapshot = Snapshot {
@@ -59,7 +60,11 @@ impl<S: StateMachine> RaftNode<S> {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        let snapshot = self.persistent.log().snapshot().expect("a compacted log has a snapshot");
+        let snapshot = self
+            .persistent
+            .log()
+            .snapshot()
+            .expect("a compacted log has a snapshot");
         let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
         let transfer = match &mut flow.snapshot {
             Some(t) if t.last_included_index == snapshot.last_included_index => t,
@@ -182,7 +187,9 @@ impl<S: StateMachine> RaftNode<S> {
         self.last_applied = index;
         info!(
             "node {} term {}: installed snapshot through index {index} from leader {}",
-            self.config.id, self.current_term(), request.leader_id
+            self.config.id,
+            self.current_term(),
+            request.leader_id
         );
         reply.done = true;
         reply
@@ -207,7 +214,11 @@ impl<S: StateMachine> RaftNode<S> {
         if !self.is_current(reply.term) || !self.is_current(reply.request_term) {
             return;
         }
-        let snapshot_len = self.persistent.log().snapshot().map_or(0, |s| s.data.len() as u64);
+        let snapshot_len = self
+            .persistent
+            .log()
+            .snapshot()
+            .map_or(0, |s| s.data.len() as u64);
         let Role::Leader(leader) = &mut self.role else {
             return;
         };

@@ -49,9 +49,7 @@ impl<S: StateMachine> RaftNode<S> {
                 let reply = self.handle_install_snapshot(request);
                 self.send(from, Message::InstallSnapshotReply(reply));
             }
-            Message::InstallSnapshotReply(reply) => {
-                self.handle_install_snapshot_reply(from, reply)
-            }
+            Message::InstallSnapshotReply(reply) => self.handle_install_snapshot_reply(from, reply),
         }
         // All Servers: "If commitIndex > lastApplied: increment lastApplied,
         // apply log[lastApplied] to state machine (§5.3)".

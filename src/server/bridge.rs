@@ -27,7 +27,6 @@
 mod convert;
 mod services;
 
-
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;

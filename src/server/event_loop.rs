@@ -214,7 +214,11 @@ impl EventLoop {
     /// Step `first` and every peer message already waiting (group commit:
     /// the entries they append cost one fsync, at the end of the turn).
     fn on_peer_messages(&mut self, first: PeerMessage) {
-        let more = if self.fast_path.group_commit { usize::MAX } else { 0 };
+        let more = if self.fast_path.group_commit {
+            usize::MAX
+        } else {
+            0
+        };
         let waiting = self.inputs.peer_messages.try_iter().take(more);
         for m in std::iter::once(first).chain(waiting) {
             self.node.step(m.from, m.message);
@@ -224,7 +228,11 @@ impl EventLoop {
     /// Give the core `first` and every client request already waiting in
     /// one batch (batching: one append, one AppendEntries per follower).
     fn on_client_calls(&mut self, first: ClientCall) {
-        let more = if self.fast_path.batching { usize::MAX } else { 0 };
+        let more = if self.fast_path.batching {
+            usize::MAX
+        } else {
+            0
+        };
         let mut batch = Vec::new();
         let waiting = self.inputs.client_calls.try_iter().take(more);
         for call in std::iter::once(first).chain(waiting) {

@@ -27,8 +27,7 @@ use history::History;
 
 use crate::kv::{self, ClientError, ClientRequest, ClientResult, KvStore};
 use crate::raft::{
-    LogIndex, MemStorage, Message, NodeId, Outbox, RaftConfig, RaftNode, RequestId, Response,
-    Term,
+    LogIndex, MemStorage, Message, NodeId, Outbox, RaftConfig, RaftNode, RequestId, Response, Term,
 };
 pub use history::ReadStats;
 pub use invariants::Invariants;
@@ -316,16 +315,34 @@ impl Cluster {
     /// network (tests that play a peer by hand). Everything else it sent
     /// goes on the network.
     pub fn exchange(&mut self, to: NodeId, from: NodeId, message: Message) -> Vec<Message> {
-        self.with_node(to, |node| node.step(from, message));
+        let back = self.exchange_all(to, vec![(from, message)]);
+        back.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// As [`Cluster::exchange`], with several messages in one turn (group
+    /// commit); returns what went back to their senders, in order.
+    pub fn exchange_all(
+        &mut self,
+        to: NodeId,
+        messages: Vec<(NodeId, Message)>,
+    ) -> Vec<(NodeId, Message)> {
+        let senders: BTreeSet<NodeId> = messages.iter().map(|(from, _)| *from).collect();
+        let first_new = self.next_message;
+        self.with_node(to, |node| {
+            for (from, message) in messages {
+                node.step(from, message);
+            }
+        });
         let mut back = Vec::new();
         self.network.retain(|m| {
-            let is_back = m.from == to && m.to == from && m.sent_at == self.now;
+            let is_back = m.from == to && senders.contains(&m.to) && m.id > first_new;
             if is_back {
-                back.push(m.message.clone());
+                back.push((m.id, m.to, m.message.clone()));
             }
             !is_back
         });
-        back
+        back.sort_by_key(|(id, _, _)| *id);
+        back.into_iter().map(|(_, to, m)| (to, m)).collect()
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {

@@ -351,9 +351,7 @@ fn record_at(bytes: &[u8], at: usize, layout: Layout) -> RecordAt<'_> {
     let payload = &rest[header_len..header_len + len];
     let (checksummed, durable_before) = match layout {
         Layout::Version1 => (payload, None),
-        Layout::Version2 | Layout::Version3 => {
-            (&rest[8..header_len + len], Some(u64_at(rest, 8)))
-        }
+        Layout::Version2 | Layout::Version3 => (&rest[8..header_len + len], Some(u64_at(rest, 8))),
     };
     let stored = u32_at(rest, 4);
     let computed = crc32fast::hash(checksummed);
@@ -487,14 +485,12 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
         1 => Layout::Version1,
         2 => Layout::Version2,
         LOG_FORMAT_VERSION => Layout::Version3,
-        _ => {
-            return Err(corruption(
-                4,
-                format!(
-                    "format version {version}, but this build reads versions 1 to {LOG_FORMAT_VERSION}"
-                ),
-            ))
-        }
+        _ => return Err(corruption(
+            4,
+            format!(
+                "format version {version}, but this build reads versions 1 to {LOG_FORMAT_VERSION}"
+            ),
+        )),
     };
     let mut scanned = ScannedLog {
         version,
@@ -579,7 +575,12 @@ fn decode_payload(payload: &[u8], layout: Layout) -> Result<Entry, String> {
     let command = match payload[0] {
         KIND_COMMAND => Command::Client(command.to_vec()),
         KIND_NOOP if command.is_empty() => Command::Noop,
-        KIND_NOOP => return Err(format!("no-op entry {index} carries {} bytes", command.len())),
+        KIND_NOOP => {
+            return Err(format!(
+                "no-op entry {index} carries {} bytes",
+                command.len()
+            ))
+        }
         kind => return Err(format!("entry {index} has unknown kind {kind}")),
     };
     Ok(Entry {

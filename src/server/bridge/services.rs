@@ -83,13 +83,22 @@ impl Waiting {
     }
 
     fn forget(&self, id: RequestId) {
-        self.0.lock().expect("no panics while held").answers.remove(&id);
+        self.0
+            .lock()
+            .expect("no panics while held")
+            .answers
+            .remove(&id);
     }
 
     /// Hand `response` to whoever waits for request `id` (a caller that gave
     /// up meanwhile no longer needs it).
     pub fn answer(&self, id: RequestId, response: raft::Response) {
-        let waiting = self.0.lock().expect("no panics while held").answers.remove(&id);
+        let waiting = self
+            .0
+            .lock()
+            .expect("no panics while held")
+            .answers
+            .remove(&id);
         match waiting {
             Some(answer) => {
                 let _ = answer.send(response);
