@@ -44,20 +44,49 @@ fn gdb(commands: &[&str]) -> Option<String> {
     )
 }
 
+/// The line of `file` (from the repository root) holding `marker`, after
+/// the line holding `after`: where docs/debugging.md says to break.
+fn line_of(file: &str, after: &str, marker: &str) -> usize {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join(file)).unwrap();
+    let start = source
+        .lines()
+        .position(|l| l.contains(after))
+        .unwrap_or_else(|| panic!("{file} has no {after:?}"));
+    let offset = source
+        .lines()
+        .skip(start)
+        .position(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("{file} has no {marker:?} after {after:?}"));
+    start + offset + 1
+}
+
 #[test]
 fn the_documented_gdb_session_stops_where_the_page_says() {
+    let vote = line_of(
+        "src/raft/request_vote.rs",
+        "pub fn handle_request_vote(",
+        "pub fn handle_request_vote(",
+    );
+    let commit = line_of(
+        "src/raft/append_entries.rs",
+        "fn handle_append_entries_reply(",
+        "self.advance_commit_index();",
+    );
+    let break_vote = format!("break src/raft/request_vote.rs:{vote}");
+    let break_commit = format!("break src/raft/append_entries.rs:{commit}");
     let Some(out) = gdb(&[
-        "break raft_kv::raft::state::RaftNode::handle_request_vote",
+        &break_vote,
         "run walkthrough_1_election --nocapture --test-threads 1",
         "bt 3",
         "print request",
-        "print self.current_term",
-        "print self.voted_for",
+        "print self.persistent.current_term",
+        "print self.persistent.voted_for",
         "delete",
-        "break raft_kv::raft::state::RaftNode::advance_commit_index",
+        &break_commit,
         "run walkthrough_2_replication --nocapture --test-threads 1",
-        "continue",
         "bt 2",
+        "step",
         "next 6",
         "print matched",
         "print n",
@@ -72,15 +101,14 @@ fn the_documented_gdb_session_stops_where_the_page_says() {
             "docs/debugging.md promises {text:?}; rust-gdb printed:\n{out}"
         );
     };
-    expect("hit Breakpoint 1, raft_kv::raft::state::RaftNode::handle_request_vote");
+    expect("hit Breakpoint 1, raft_kv::raft::state::RaftNode<raft_kv::kv::KvStore>::handle_request_vote");
     expect("src/raft/request_vote.rs");
-    expect("raft_kv::raft::state::RaftNode::step");
-    expect("step_batch");
+    expect("raft_kv::raft::state::RaftNode<raft_kv::kv::KvStore>::step");
     expect("RequestVote {term: 1, candidate_id: 2, last_log_index: 0, last_log_term: 0}");
     expect("$2 = 1");
     expect("$3 = core::option::Option<u64>::None");
-    expect("hit Breakpoint 2, raft_kv::raft::state::RaftNode::advance_commit_index");
-    expect("raft_kv::raft::state::RaftNode::handle_append_entries_reply");
+    expect("hit Breakpoint 2, raft_kv::raft::state::RaftNode<raft_kv::kv::KvStore>::handle_append_entries_reply");
+    expect("raft_kv::raft::state::RaftNode<raft_kv::kv::KvStore>::advance_commit_index");
     expect("$4 = Vec(size=3) = {1, 1, 0}");
     expect("$5 = 1");
 }

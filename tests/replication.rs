@@ -537,7 +537,14 @@ fn agreement_bytes_are_bounded_5_3() {
             let before = c.sent_bytes;
             for i in 0..100 {
                 let key = format!("k{i:03}");
-                payload += (key.len() + value.len() + 24) as u64;
+                let command: Command = kv::Command::Set {
+                    key: key.clone(),
+                    value: value.clone(),
+                    client_id: 1,
+                    sequence: i + 1,
+                }
+                .into();
+                payload += command.size() as u64;
                 let response = c.submit(session_set(&key, &value, 1, i + 1), 500);
                 assert_eq!(response, Some(Ok(ClientResponse::Set)));
             }

@@ -288,8 +288,9 @@ fn linearizable_reads_under_late_delivery_5_nodes_6_4() {
 }
 
 /// The read checker across compaction (§7): a single node that snapshots
-/// whenever its log holds two entries commits and compacts some writes
-/// within one step, before any check sees them. The checker's replay
+/// whenever its log holds two entries commits and compacts two writes given
+/// in one turn together, before any check sees the first; one write alone
+/// is seen. The checker's replay
 /// resumes from the node's snapshot; a read it cannot judge is counted as
 /// unverified, never failed, and the others are still checked.
 #[test]
@@ -299,13 +300,22 @@ fn reads_checked_across_compaction_gaps_7() {
     for i in 1..=30 {
         let key = KEYS[i % KEYS.len()].to_string();
         let value = i.to_string();
-        let set = ClientRequest::Set {
+        // Every other time, two writes in one turn: they commit, apply and
+        // are compacted together, the first never seen by a check while in
+        // the log.
+        let set = |value: String, sequence: u64| ClientRequest::Set {
             key: key.clone(),
-            value: value.clone(),
+            value,
             client_id: 1,
-            sequence: i as u64,
+            sequence,
         };
-        assert_eq!(c.submit(set, 20), Some(Ok(ClientResponse::Set)));
+        let mut batch = vec![set(value.clone(), 2 * i as u64 + 1)];
+        if i % 2 == 0 {
+            batch.insert(0, set(format!("{i}-before"), 2 * i as u64));
+        }
+        for id in c.requests(1, batch) {
+            assert_eq!(c.wait_response(id, 20), Some(Ok(ClientResponse::Set)));
+        }
         let get = ClientRequest::Get {
             key,
             linearizable: true,

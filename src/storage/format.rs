@@ -485,12 +485,14 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
         1 => Layout::Version1,
         2 => Layout::Version2,
         LOG_FORMAT_VERSION => Layout::Version3,
-        _ => return Err(corruption(
-            4,
-            format!(
+        _ => {
+            return Err(corruption(
+                4,
+                format!(
                 "format version {version}, but this build reads versions 1 to {LOG_FORMAT_VERSION}"
             ),
-        )),
+            ))
+        }
     };
     let mut scanned = ScannedLog {
         version,

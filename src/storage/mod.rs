@@ -376,7 +376,7 @@ impl FileStorage {
         }
         if scanned.version < format::LOG_FORMAT_VERSION {
             info!(
-                "{}: format version {}; rewriting it in version {} (docs/storage.md, \"Upgrading from version 1\")",
+                "{}: format version {}; rewriting it in version {} (docs/storage.md, \"Upgrading from versions 1 and 2\")",
                 log_path.display(),
                 scanned.version,
                 format::LOG_FORMAT_VERSION
