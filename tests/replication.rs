@@ -736,3 +736,53 @@ fn candidate_with_stale_log_cannot_win_5_4_1() {
         assert!(c.node(new).log().last_index() >= committed);
     }
 }
+
+/// Figure 2, "persist before responding", within one turn: a follower that
+/// answers AppendEntries from the leader of term 1 and then, in the same
+/// turn, takes a newer leader's entries in their place must not let the
+/// first reply go: it would tell the old leader that entries are stored
+/// here that are not, and that leader could count them towards a majority.
+/// The reply is dropped, as if lost; the newer leader's goes.
+#[test]
+fn a_reply_whose_entries_were_replaced_in_the_same_turn_is_not_sent_5_3() {
+    for newer in [vec![2], vec![2, 3]] {
+        let mut c = Cluster::new(SimConfig::new(3, 1));
+        for id in c.ids() {
+            c.isolate(id);
+        }
+        let entry = |index, term| Entry {
+            index,
+            term,
+            command: Command::Noop,
+        };
+        let old_leader = Message::AppendEntries(AppendEntries {
+            term: 1,
+            leader_id: 2,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![entry(1, 1), entry(2, 1), entry(3, 1)],
+            leader_commit: 0,
+            read_round: 0,
+        });
+        let new_leader = Message::AppendEntries(AppendEntries {
+            term: 2,
+            leader_id: 3,
+            prev_log_index: 1,
+            prev_log_term: 1,
+            entries: newer.iter().map(|&i| entry(i, 2)).collect(),
+            leader_commit: 0,
+            read_round: 0,
+        });
+        let replies = c.exchange_all(1, vec![(2, old_leader), (3, new_leader)]);
+        let last = *newer.last().unwrap();
+        assert!(
+            matches!(
+                replies.as_slice(),
+                [(3, Message::AppendEntriesReply(AppendEntriesReply { success: true, match_index, .. }))]
+                    if *match_index == last
+            ),
+            "only the newer leader's reply may leave, got {replies:?}"
+        );
+        assert_eq!(c.node(1).log().term_at(2), Some(2));
+    }
+}

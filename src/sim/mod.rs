@@ -163,6 +163,31 @@ struct InFlight {
     message: Message,
 }
 
+/// A successful AppendEntries reply says the follower's log holds, on
+/// stable storage, the leader's entries through `match_index`: at the end
+/// of the turn that sent it (when the harness collects it, everything the
+/// node wrote is synced) its log must reach that far, with an entry no newer
+/// than the term of the request it answers (a leader of term t holds no
+/// entry of a later term).
+fn reply_holds(node: &RaftNode<KvStore>, message: &Message) -> Result<(), String> {
+    let Message::AppendEntriesReply(reply) = message else {
+        return Ok(());
+    };
+    let log = node.log();
+    let m = reply.match_index;
+    if !reply.success || m <= log.snapshot_index() {
+        return Ok(());
+    }
+    match log.term_at(m) {
+        Some(term) if term <= reply.request_term => Ok(()),
+        held => Err(format!(
+            "a successful AppendEntriesReply of request term {} claims entry {m}, but the log holds {}",
+            reply.request_term,
+            held.map_or("no such entry".to_string(), |t| format!("it in term {t}"))
+        )),
+    }
+}
+
 /// The simulated cluster.
 pub struct Cluster {
     pub config: SimConfig,
@@ -523,6 +548,13 @@ impl Cluster {
         let sim = &self.nodes[&id];
         let collected = std::mem::take(&mut *sim.outbox.0.lock().unwrap());
         let term = sim.node.as_ref().map_or(0, |n| n.current_term());
+        if let Some(node) = &sim.node {
+            for (to, message) in &collected.sent {
+                if let Err(lie) = reply_holds(node, message) {
+                    panic!("n{id} -> n{to}: {lie}");
+                }
+            }
+        }
         // The role change happened before the messages it sent.
         self.observe(id);
         for (to, message) in collected.sent {
