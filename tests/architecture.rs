@@ -110,3 +110,43 @@ fn a_forbidden_use_is_found() {
     .unwrap();
     assert_eq!(offending_lines(&file, &["crate::kv"]).len(), 2);
 }
+
+/// No function in the core is longer than about a screen (60 lines, the
+/// skeleton's comments included, with a little slack), so that each reads
+/// in one sitting beside its sentence of the paper.
+#[test]
+fn no_function_in_the_core_is_longer_than_a_screen() {
+    const LIMIT: usize = 65;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/raft");
+    let mut long = Vec::new();
+    for file in sources(&root) {
+        let text = fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            let line = lines[i];
+            let trimmed = line.trim_start();
+            let is_fn = ["fn ", "pub fn ", "pub(super) fn ", "pub(crate) fn "]
+                .iter()
+                .any(|p| trimmed.starts_with(p));
+            if is_fn && !line.trim_end().ends_with(';') {
+                let indent = line.len() - trimmed.len();
+                let close = format!("{}}}", " ".repeat(indent));
+                let end = (i + 1..lines.len())
+                    .find(|&j| lines[j].starts_with(&close))
+                    .unwrap_or(lines.len() - 1);
+                let length = end - i + 1;
+                if length > LIMIT {
+                    long.push(format!("{}:{}: {length} lines", file.display(), i + 1));
+                }
+                i = end;
+            }
+            i += 1;
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {LIMIT} lines:\n{}",
+        long.join("\n")
+    );
+}

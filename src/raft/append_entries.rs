@@ -7,6 +7,12 @@ use log::warn;
 // END SOLUTION
 
 use super::message::{AppendEntries, AppendEntriesReply, Message, NodeId};
+// BEGIN SOLUTION replication
+use super::log::{Entry, Log};
+use super::message::{LogIndex, Term};
+use super::state::Flow;
+// SKELETON
+// END SOLUTION
 use super::state::{RaftNode, Role};
 use super::state_machine::StateMachine;
 
@@ -51,15 +57,8 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let has_new_entries = next_index <= self.persistent.log().last_index();
-        if !always {
-            let window_full = if flow.probing {
-                flow.in_flight > 0
-            } else {
-                flow.in_flight >= max_in_flight
-            };
-            if !has_new_entries || window_full {
-                return;
-            }
+        if !always && (!has_new_entries || window_full(flow, max_in_flight)) {
+            return;
         }
         let prev_log_index = next_index - 1;
         let prev_log_term = self
@@ -67,15 +66,7 @@ impl<S: StateMachine> RaftNode<S> {
             .log()
             .term_at(prev_log_index)
             .expect("prev_log_index is at or after the snapshot");
-        let mut entries = Vec::new();
-        let mut bytes = 0;
-        for entry in self.persistent.log().entries_from(next_index, max_entries) {
-            bytes += entry.command.size();
-            if !entries.is_empty() && bytes > MAX_BYTES_PER_MESSAGE {
-                break;
-            }
-            entries.push(entry.clone());
-        }
+        let entries = entries_from(self.persistent.log(), next_index, max_entries);
         flow.in_flight += 1;
         if let Some(last) = entries.last() {
             if !flow.probing {
@@ -103,7 +94,7 @@ impl<S: StateMachine> RaftNode<S> {
         //     return;
         // }
         // let request = AppendEntries {
-        //     term: self.current_term(),
+        //     term: self.persistent.current_term(),
         //     leader_id: self.config.id,
         //     prev_log_index: self.persistent.log().last_index(),
         //     prev_log_term: self.persistent.log().last_term(),
@@ -143,56 +134,16 @@ impl<S: StateMachine> RaftNode<S> {
         // 2. "Reply false if log doesn't contain an entry at prevLogIndex
         // whose term matches prevLogTerm (§5.3)". The reply carries the
         // conflict hint so the leader can skip a whole term per round trip.
-        let prev = request.prev_log_index;
-        if prev > self.persistent.log().last_index() {
-            reply.conflict_index = self.persistent.log().last_index() + 1;
+        if let Some((conflict_term, conflict_index)) =
+            self.log_mismatch(request.prev_log_index, request.prev_log_term)
+        {
+            reply.conflict_term = conflict_term;
+            reply.conflict_index = conflict_index;
             return reply;
         }
-        if prev >= self.persistent.log().snapshot_index() {
-            let term = self
-                .persistent
-                .log()
-                .term_at(prev)
-                .expect("prev is in the log");
-            if term != request.prev_log_term {
-                reply.conflict_term = term;
-                reply.conflict_index = self.persistent.log().first_index_of_term(term, prev);
-                return reply;
-            }
-        }
-        // (prev below our snapshot: what the snapshot covers is committed, so
-        // it matches the leader's log by Leader Completeness; skip it.)
-
-        let last_new_index = prev + request.entries.len() as u64;
-        let mut to_append = Vec::new();
-        for entry in request.entries {
-            if entry.index <= self.persistent.log().snapshot_index() {
-                continue;
-            }
-            if !to_append.is_empty() {
-                to_append.push(entry);
-                continue;
-            }
-            match self.persistent.log().term_at(entry.index) {
-                // Already present: a stale or repeated AppendEntries must not
-                // truncate entries it agrees with.
-                Some(term) if term == entry.term => {}
-                // 3. "If an existing entry conflicts with a new one (same index
-                // but different terms), delete the existing entry and all that
-                // follow it (§5.3)".
-                Some(_) => {
-                    // `refusal` turned away any message that could get here.
-                    assert!(
-                        entry.index > self.commit_index,
-                        "a committed entry ({}) conflicts with the leader's log",
-                        entry.index
-                    );
-                    self.persistent.log_mut().truncate_from(entry.index);
-                    to_append.push(entry);
-                }
-                None => to_append.push(entry),
-            }
-        }
+        let last_new_index = request.prev_log_index + request.entries.len() as u64;
+        // 3. (in `new_entries`)
+        let to_append = self.new_entries(request.entries);
         // 4. "Append any new entries not already in the log". Durable before
         // the reply leaves: the reply waits for the turn's fsync (`turn.rs`).
         self.persistent.log_mut().append(to_append);
@@ -211,6 +162,64 @@ impl<S: StateMachine> RaftNode<S> {
         // reply
         // END SOLUTION
     }
+
+    // BEGIN SOLUTION replication
+    /// Receiver step 2: None if the log holds an entry at `prev_log_index`
+    /// of `prev_log_term`; otherwise the conflict hint (§5.3): the term of
+    /// our entry there and the first index we hold of that term, or, with
+    /// no entry there, term 0 and our last index + 1.
+    fn log_mismatch(
+        &self,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+    ) -> Option<(Term, LogIndex)> {
+        let log = self.persistent.log();
+        if prev_log_index > log.last_index() {
+            return Some((0, log.last_index() + 1));
+        }
+        // Below our snapshot: what the snapshot covers is committed, so it
+        // matches the leader's log by Leader Completeness.
+        if prev_log_index < log.snapshot_index() {
+            return None;
+        }
+        let term = log.term_at(prev_log_index).expect("prev is in the log");
+        (term != prev_log_term).then(|| (term, log.first_index_of_term(term, prev_log_index)))
+    }
+
+    /// Receiver step 3: "If an existing entry conflicts with a new one (same
+    /// index but different terms), delete the existing entry and all that
+    /// follow it (§5.3)". Returns the entries not already in the log. A
+    /// stale or repeated AppendEntries must not truncate entries it agrees
+    /// with: only a conflict deletes.
+    fn new_entries(&mut self, entries: Vec<Entry>) -> Vec<Entry> {
+        let mut to_append = Vec::new();
+        for entry in entries {
+            if entry.index <= self.persistent.log().snapshot_index() {
+                continue;
+            }
+            if !to_append.is_empty() {
+                to_append.push(entry);
+                continue;
+            }
+            match self.persistent.log().term_at(entry.index) {
+                Some(term) if term == entry.term => {}
+                Some(_) => {
+                    // `refusal` turned away any message that could get here.
+                    assert!(
+                        entry.index > self.commit_index,
+                        "a committed entry ({}) conflicts with the leader's log",
+                        entry.index
+                    );
+                    self.persistent.log_mut().truncate_from(entry.index);
+                    to_append.push(entry);
+                }
+                None => to_append.push(entry),
+            }
+        }
+        to_append
+    }
+    // SKELETON
+    // END SOLUTION
 
     /// The leader's handling of an AppendEntries reply (Figure 2 "Rules for
     /// Servers / Leaders").
@@ -231,60 +240,69 @@ impl<S: StateMachine> RaftNode<S> {
         let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
         flow.in_flight = flow.in_flight.saturating_sub(1);
         // BEGIN SOLUTION replication
-        let last_index = self.persistent.log().last_index();
-        let match_index = leader.match_index.get_mut(&from).expect("every peer");
-        let next_index = leader.next_index.get_mut(&from).expect("every peer");
         if reply.success {
             // "If successful: update nextIndex and matchIndex for follower (§5.3)".
+            let match_index = leader.match_index.get_mut(&from).expect("every peer");
             *match_index = (*match_index).max(reply.match_index);
+            let next_index = leader.next_index.get_mut(&from).expect("every peer");
             *next_index = (*next_index).max(*match_index + 1);
             flow.probing = false;
             self.advance_commit_index();
             self.send_append_entries(from, false);
-        } else {
-            // "If AppendEntries fails because of log inconsistency: decrement
-            // nextIndex and retry (§5.3)" — by a whole term at a time, using
-            // the follower's conflict hint.
-            let hinted = if reply.conflict_term == 0 {
-                reply.conflict_index
-            } else {
-                match self
-                    .persistent
-                    .log()
-                    .last_index_of_term(reply.conflict_term)
-                {
-                    Some(index) => index + 1,
-                    None => reply.conflict_index,
-                }
-            };
-            // A hint at or below match_index answers an older, reordered
-            // request: the follower already holds more, so wait for the next
-            // reply or heartbeat — unless the follower says its log ends
-            // before entries it acknowledged, in answer to a request about
-            // one of them. Then it has lost them: Figure 2 assumes stable
-            // storage, but disks are wiped and replaced. Send them again.
-            let lost_entries = reply.conflict_term == 0
-                && reply.conflict_index <= *match_index
-                && reply.prev_log_index >= *match_index;
-            if lost_entries {
-                warn!(
-                    "node {} term {}: node {from} no longer holds entries {}..={} it acknowledged (a wiped or damaged disk?); sending them again",
-                    self.config.id, self.persistent.current_term(), reply.conflict_index, *match_index
-                );
-                *match_index = reply.conflict_index.saturating_sub(1);
-            }
-            if hinted > *match_index {
-                *next_index = hinted.min(last_index + 1);
-                flow.probing = true;
-                flow.in_flight = 0;
-                flow.snapshot = None;
-                self.send_append_entries(from, true);
-            }
+        } else if self.back_up(from, &reply) {
+            self.send_append_entries(from, true);
         }
         // SKELETON
         // END SOLUTION
         self.serve_reads();
     }
+
+    // BEGIN SOLUTION replication
+    /// Leaders: "If AppendEntries fails because of log inconsistency:
+    /// decrement nextIndex and retry (§5.3)" — by a whole term at a time,
+    /// using the follower's conflict hint. True if the follower is to be
+    /// probed again from the new next_index.
+    fn back_up(&mut self, from: NodeId, reply: &AppendEntriesReply) -> bool {
+        let log = self.persistent.log();
+        let hinted = match reply.conflict_term {
+            0 => reply.conflict_index,
+            term => log
+                .last_index_of_term(term)
+                .map_or(reply.conflict_index, |index| index + 1),
+        };
+        let last_index = log.last_index();
+        let Role::Leader(leader) = &mut self.role else {
+            return false;
+        };
+        let match_index = leader.match_index.get_mut(&from).expect("every peer");
+        // A hint at or below match_index answers an older, reordered request:
+        // the follower already holds more, so wait for the next reply or
+        // heartbeat — unless the follower says its log ends before entries
+        // it acknowledged, in answer to a request about one of them. Then it
+        // has lost them: Figure 2 assumes stable storage, but disks are
+        // wiped and replaced. Send them again.
+        let lost_entries = reply.conflict_term == 0
+            && reply.conflict_index <= *match_index
+            && reply.prev_log_index >= *match_index;
+        if lost_entries {
+            warn!(
+                "node {} term {}: node {from} no longer holds entries {}..={} it acknowledged (a wiped or damaged disk?); sending them again",
+                self.config.id, self.persistent.current_term(), reply.conflict_index, *match_index
+            );
+            *match_index = reply.conflict_index.saturating_sub(1);
+        }
+        if hinted <= *match_index {
+            return false;
+        }
+        leader.next_index.insert(from, hinted.min(last_index + 1));
+        let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
+        flow.probing = true;
+        flow.in_flight = 0;
+        flow.snapshot = None;
+        true
+    }
+    // SKELETON
+    // END SOLUTION
 
     /// Leaders: "If there exists an N such that N > commitIndex, a majority
     /// of matchIndex[i] ≥ N, and log[N].term == currentTerm: set commitIndex =
@@ -308,3 +326,32 @@ impl<S: StateMachine> RaftNode<S> {
         // END SOLUTION
     }
 }
+
+// BEGIN SOLUTION replication
+/// The entries from `next_index` on, at most `max_entries` of them and
+/// about [`MAX_BYTES_PER_MESSAGE`] (at least one).
+fn entries_from(log: &Log, next_index: LogIndex, max_entries: usize) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    for entry in log.entries_from(next_index, max_entries) {
+        bytes += entry.command.size();
+        if !entries.is_empty() && bytes > MAX_BYTES_PER_MESSAGE {
+            break;
+        }
+        entries.push(entry.clone());
+    }
+    entries
+}
+
+/// Whether a follower has as many AppendEntries with entries in flight as it
+/// may: one while probing for where its log matches ours (§5.3),
+/// `max_in_flight` once it does (pipelining).
+fn window_full(flow: &Flow, max_in_flight: usize) -> bool {
+    if flow.probing {
+        flow.in_flight > 0
+    } else {
+        flow.in_flight >= max_in_flight
+    }
+}
+// SKELETON
+// END SOLUTION

@@ -5,6 +5,7 @@ use log::info;
 use log::warn;
 
 use super::message::Message;
+use super::message::{LogIndex, Term};
 use super::state::{IncomingSnapshot, Role, SnapshotTransfer};
 use super::storage::Snapshot;
 // SKELETON
@@ -125,73 +126,16 @@ impl<S: StateMachine> RaftNode<S> {
             reply.done = true;
             return reply;
         }
-        // 2. "Create new snapshot file if first chunk (offset is 0)" — unless
-        // it is the snapshot we are already receiving: a first chunk sent
-        // again must not throw away what has arrived. The chunks are
-        // gathered in memory; the file is written once, in step 5.
-        let same_snapshot = |s: &IncomingSnapshot| {
-            (s.last_included_index, s.last_included_term) == (index, request.last_included_term)
-        };
-        if request.offset == 0 && !self.incoming_snapshot.as_ref().is_some_and(same_snapshot) {
-            self.incoming_snapshot = Some(IncomingSnapshot {
-                last_included_index: index,
-                last_included_term: request.last_included_term,
-                data: Vec::new(),
-                idle_ticks: 0,
-            });
-        }
-        // 3. "Write data into snapshot file at given offset". A chunk that
-        // does not continue what we have is answered with where we are.
-        let Some(incoming) = self.incoming_snapshot.as_mut().filter(|s| same_snapshot(s)) else {
+        // Steps 2–4: gather the chunk; the whole snapshot once it is done.
+        let Some(data) = self.gather_chunk(&request, &mut reply) else {
             return reply;
         };
-        incoming.idle_ticks = 0;
-        let data = &mut incoming.data;
-        if data.len() as u64 != request.offset {
-            reply.next_offset = data.len() as u64;
-            return reply;
+        // Steps 5–8.
+        if self.install(index, request.last_included_term, data, request.leader_id) {
+            reply.done = true;
+        } else {
+            reply.next_offset = 0; // ask for it again, from the start
         }
-        data.extend_from_slice(&request.data);
-        reply.next_offset = data.len() as u64;
-        // 4. "Reply and wait for more data chunks if done is false".
-        if !request.done {
-            return reply;
-        }
-        let data = self.incoming_snapshot.take().expect("checked above").data;
-        // 8. "Reset state machine using snapshot contents" — first, so that a
-        // snapshot that does not decode changes nothing.
-        if let Err(error) = self.state_machine.restore(&data) {
-            warn!(
-                "node {} term {}: snapshot from leader {} does not decode ({error}); asking for it again",
-                self.config.id,
-                self.current_term(),
-                request.leader_id
-            );
-            reply.next_offset = 0;
-            return reply;
-        }
-        // 6. "If existing log entry has same index and term as snapshot's last
-        // included entry, retain log entries following it and reply".
-        let keep_suffix = self.persistent.log().term_at(index) == Some(request.last_included_term);
-        // 5. "Save snapshot file, discard any existing or partial snapshot
-        // with a smaller index"; 7. otherwise "Discard the entire log".
-        self.persistent.log_mut().install_snapshot(
-            Snapshot {
-                last_included_index: index,
-                last_included_term: request.last_included_term,
-                data,
-            },
-            keep_suffix,
-        );
-        self.commit_index = index;
-        self.last_applied = index;
-        info!(
-            "node {} term {}: installed snapshot through index {index} from leader {}",
-            self.config.id,
-            self.current_term(),
-            request.leader_id
-        );
-        reply.done = true;
         reply
         // SKELETON
         // todo!(
@@ -201,6 +145,80 @@ impl<S: StateMachine> RaftNode<S> {
         // )
         // END SOLUTION
     }
+
+    // BEGIN SOLUTION snapshots
+    /// Figure 13 receiver steps 2–4: add the chunk to the snapshot being
+    /// received; the whole snapshot once the last chunk is in. `reply` says
+    /// how much has arrived.
+    fn gather_chunk(
+        &mut self,
+        request: &InstallSnapshot,
+        reply: &mut InstallSnapshotReply,
+    ) -> Option<Vec<u8>> {
+        let id = (request.last_included_index, request.last_included_term);
+        let same_snapshot =
+            |s: &IncomingSnapshot| (s.last_included_index, s.last_included_term) == id;
+        // 2. "Create new snapshot file if first chunk (offset is 0)" — unless
+        // it is the snapshot we are already receiving: a first chunk sent
+        // again must not throw away what has arrived. The chunks are
+        // gathered in memory; the file is written once, in step 5.
+        if request.offset == 0 && !self.incoming_snapshot.as_ref().is_some_and(same_snapshot) {
+            self.incoming_snapshot = Some(IncomingSnapshot {
+                last_included_index: id.0,
+                last_included_term: id.1,
+                data: Vec::new(),
+                idle_ticks: 0,
+            });
+        }
+        // 3. "Write data into snapshot file at given offset". A chunk that
+        // does not continue what we have is answered with where we are.
+        let incoming = self
+            .incoming_snapshot
+            .as_mut()
+            .filter(|s| same_snapshot(s))?;
+        incoming.idle_ticks = 0;
+        let data = &mut incoming.data;
+        if data.len() as u64 == request.offset {
+            data.extend_from_slice(&request.data);
+        }
+        reply.next_offset = data.len() as u64;
+        // 4. "Reply and wait for more data chunks if done is false".
+        if !request.done || reply.next_offset != request.offset + request.data.len() as u64 {
+            return None;
+        }
+        self.incoming_snapshot.take().map(|s| s.data)
+    }
+
+    /// Figure 13 receiver steps 5–8 for a complete snapshot through `index`
+    /// of `term`; false if it does not decode (nothing changed).
+    fn install(&mut self, index: LogIndex, term: Term, data: Vec<u8>, leader: NodeId) -> bool {
+        let (me, current_term) = (self.config.id, self.current_term());
+        // 8. "Reset state machine using snapshot contents" — first, so that a
+        // snapshot that does not decode changes nothing.
+        if let Err(error) = self.state_machine.restore(&data) {
+            warn!("node {me} term {current_term}: snapshot from leader {leader} does not decode ({error}); asking for it again");
+            return false;
+        }
+        // 6. "If existing log entry has same index and term as snapshot's last
+        // included entry, retain log entries following it and reply".
+        let keep_suffix = self.persistent.log().term_at(index) == Some(term);
+        // 5. "Save snapshot file, discard any existing or partial snapshot
+        // with a smaller index"; 7. otherwise "Discard the entire log".
+        let snapshot = Snapshot {
+            last_included_index: index,
+            last_included_term: term,
+            data,
+        };
+        self.persistent
+            .log_mut()
+            .install_snapshot(snapshot, keep_suffix);
+        self.commit_index = index;
+        self.last_applied = index;
+        info!("node {me} term {current_term}: installed snapshot through index {index} from leader {leader}");
+        true
+    }
+    // SKELETON
+    // END SOLUTION
 
     /// The leader's handling of an InstallSnapshot reply: once the follower
     /// has installed the snapshot, continue with AppendEntries after it;
