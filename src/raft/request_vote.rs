@@ -37,6 +37,7 @@ impl<S: StateMachine> RaftNode<S> {
         // // Given: self.become_candidate() (the term, the vote for itself,
         // // durable), self.peers(), self.send(peer, message),
         // // self.log().last_index(), self.log().last_term().
+        // let _ = Self::become_candidate;
         // todo!("milestone 1 (election): start_election (§5.2)")
         // END SOLUTION
     }
@@ -78,10 +79,11 @@ impl<S: StateMachine> RaftNode<S> {
             vote_granted,
         }
         // SKELETON
-        // // Given: self.voted_for(), self.set_voted_for(candidate) (durable before
-        // // it returns), self.reset_election_timer(); and yours, below,
-        // // self.candidate_log_is_up_to_date(&request).
-        // let _ = (Self::set_voted_for, Self::candidate_log_is_up_to_date);
+        // // Given: self.voted_for(), self.persistent.set_voted_for(candidate)
+        // // (durable before it returns), self.reset_election_timer(); and
+        // // yours, below, self.candidate_log_is_up_to_date(&request).
+        // let _ = super::persistent::Persistent::set_voted_for;
+        // let _ = Self::candidate_log_is_up_to_date;
         // todo!("milestone 1 (election): answer {request:?} (Figure 2, RequestVote RPC)")
         // END SOLUTION
     }
