@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::client::{RequestId, Response};
+use super::log::Log;
 use super::message::{LogIndex, Message, NodeId, Term};
 use super::persistent::Persistent;
 use super::state_machine::StateMachine;
@@ -282,9 +283,10 @@ impl<S: StateMachine> RaftNode<S> {
         self.persistent.voted_for()
     }
 
-    pub fn log(&self) -> &super::log::Log {
+    pub fn log(&self) -> &Log {
         self.persistent.log()
     }
+
     pub fn commit_index(&self) -> LogIndex {
         self.commit_index
     }
