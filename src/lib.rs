@@ -27,4 +27,11 @@ pub mod proto {
     pub mod kv {
         tonic::include_proto!("raftkv");
     }
+
+    /// gRPC metadata key naming the leader's address when a follower
+    /// refuses a client request (`UNAVAILABLE "not leader"`, docs/api.md).
+    /// The server sets it, clients follow it (dissertation §6.2); it lives
+    /// here, beside the generated types, so that a client needs nothing of
+    /// the server to read it.
+    pub const LEADER_ADDR_METADATA: &str = "leader-addr";
 }

@@ -13,7 +13,7 @@ use common::{cli, eventually, free_ports, runtime, stderr, stdout, Cluster, PATI
 use raft_kv::cli::{Client, Error};
 use raft_kv::proto::kv::key_value_client::KeyValueClient;
 use raft_kv::proto::kv::{Consistency, DeleteRequest, GetRequest, SetRequest, SetResponse};
-use raft_kv::server::bridge::LEADER_ADDR_METADATA;
+use raft_kv::proto::LEADER_ADDR_METADATA;
 use tonic::transport::Channel;
 use tonic::Code;
 

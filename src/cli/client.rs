@@ -23,7 +23,7 @@ use crate::proto::kv::key_value_client::KeyValueClient;
 use crate::proto::kv::{
     Consistency, DeleteRequest, GetRequest, SetRequest, StatusRequest, StatusResponse,
 };
-use crate::server::bridge::LEADER_ADDR_METADATA;
+use crate::proto::LEADER_ADDR_METADATA;
 
 /// How long one operation may keep retrying before giving up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -20,8 +20,7 @@ use crate::raft::{
 };
 use crate::server::event_loop::{ClientCall, PeerMessage};
 
-/// gRPC metadata key naming the leader's address when a follower refuses a request.
-pub const LEADER_ADDR_METADATA: &str = "leader-addr";
+pub use crate::proto::LEADER_ADDR_METADATA;
 
 fn event_loop_gone() -> Status {
     Status::unavailable("this node is shutting down")
