@@ -5,9 +5,10 @@
 //! - [`raft`]: the consensus core, synchronous and free of I/O (Figure 2).
 //! - [`kv`]: the replicated state machine.
 //! - [`sim`]: a deterministic in-memory cluster for tests and debugging.
-//! - [`bench`]: `raft-kv bench`, the load generator (docs/performance.md).
+//!
+//! The load generator (`raft-kv bench`) is not part of it: it is the
+//! `raft-kv-bench` binary (src/bin/raft-kv-bench/), a client of this library.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod course;

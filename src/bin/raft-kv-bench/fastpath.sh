@@ -4,12 +4,12 @@
 # with each part turned off (`--fast-path-off PART`, `--poll-us 0`), and one
 # table of medians with each number relative to "everything on".
 #
-#   src/bench/fastpath.sh [raft-kv bench flags]     # e.g. --runs 5
+#   src/bin/raft-kv-bench/fastpath.sh [raft-kv bench flags]     # e.g. --runs 5
 #
 # RUNS (default 3) sets --runs; the JSON lines go to $OUT (default a
 # temporary file) for a second look.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 
 bin=./target/release/raft-kv
 [ -x "$bin" ] || { echo "$bin missing: run 'make release' first" >&2; exit 2; }
