@@ -11,7 +11,8 @@ PEERS := 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 build:
 	$(CARGO) build
 
-## Every binary: raft-kv, and beside it raft-kv-bench, which `raft-kv bench` runs.
+## Every binary: raft-kv, and beside it raft-kv-bench and raft-kv-skeleton,
+## which `raft-kv bench` and `raft-kv skeleton` run.
 release:
 	$(CARGO) build --release
 

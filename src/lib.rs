@@ -6,12 +6,13 @@
 //! - [`kv`]: the replicated state machine.
 //! - [`sim`]: a deterministic in-memory cluster for tests and debugging.
 //!
-//! The load generator (`raft-kv bench`) is not part of it: it is the
-//! `raft-kv-bench` binary (src/bin/raft-kv-bench/), a client of this library.
+//! What is not the product has binaries of its own, beside `raft-kv`, which
+//! runs them: the load generator (`raft-kv bench`, src/bin/raft-kv-bench/)
+//! and the course's skeleton generator (`raft-kv skeleton`,
+//! src/bin/raft-kv-skeleton/).
 
 pub mod cli;
 pub mod config;
-pub mod course;
 pub mod grpc_codec;
 pub mod kv;
 pub mod raft;

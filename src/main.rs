@@ -1,6 +1,8 @@
 //! The `raft-kv` binary: run a node, a local cluster, or talk to a cluster.
-//! `raft-kv bench` runs the `raft-kv-bench` binary beside it, as git runs
-//! its subcommands: the load generator is not part of the product.
+//! `raft-kv bench` and `raft-kv skeleton` run the `raft-kv-bench` and
+//! `raft-kv-skeleton` binaries beside it, as git runs its subcommands: the
+//! load generator and the course's skeleton generator are not part of the
+//! product.
 
 use std::ffi::OsString;
 
@@ -38,8 +40,8 @@ enum Command {
     #[command(disable_help_flag = true)]
     Bench(Passed),
     /// Write a student copy of the project with solution regions removed (docs/course.md).
-    #[command(after_help = SKELETON_EXIT_CODES)]
-    Skeleton(raft_kv::course::SkeletonArgs),
+    #[command(disable_help_flag = true)]
+    Skeleton(Passed),
 }
 
 // What each command's --help says about its exit codes (docs/api.md).
@@ -81,10 +83,6 @@ Exit codes:
   0  stopped by Ctrl-C, quit, or kill PID of the cluster
   1  every node exited on its own
   2  bad flags: one line on stderr, starting 'raft-kv: error:'";
-const SKELETON_EXIT_CODES: &str = "\
-Exit codes:
-  0  written
-  2  any error: one line on stderr, starting 'raft-kv: error:'";
 
 /// The arguments of a command that another binary runs, passed to it as
 /// they are (`--help` included).
@@ -95,7 +93,7 @@ struct Passed {
 }
 
 /// The commands that are binaries of their own, `raft-kv-COMMAND`.
-const SIBLINGS: [&str; 1] = ["bench"];
+const SIBLINGS: [&str; 2] = ["bench", "skeleton"];
 
 fn main() {
     // `raft-kv help bench` is `raft-kv bench --help`, as for the other commands.
@@ -117,7 +115,7 @@ fn main() {
         Command::Delete(a) => raft_kv::cli::delete(a),
         Command::Status(a) => raft_kv::cli::status(a),
         Command::Bench(a) => run_sibling("bench", a.args),
-        Command::Skeleton(a) => raft_kv::course::run_skeleton(a),
+        Command::Skeleton(a) => run_sibling("skeleton", a.args),
     };
     std::process::exit(code);
 }
