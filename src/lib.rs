@@ -23,10 +23,6 @@ pub mod storage;
 /// The prost/tonic types generated from `proto/`. Only the gRPC bridge and
 /// the encoders use them; the core has its own typed messages.
 pub mod proto {
-    /// gRPC metadata key naming the leader's address when a follower refuses
-    /// a client request (docs/api.md).
-    pub const LEADER_ADDR_METADATA: &str = "leader-addr";
-
     pub mod peer {
         tonic::include_proto!("raftpeer");
     }
