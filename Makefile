@@ -11,6 +11,8 @@ PEERS := 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 build:
 	$(CARGO) build
 
+## Every binary: raft-kv, and beside it raft-kv-bench and raft-kv-skeleton,
+## which `raft-kv bench` and `raft-kv skeleton` run.
 release:
 	$(CARGO) build --release
 
@@ -111,20 +113,21 @@ bench: release
 
 ## The same workloads against a fresh local 3-member etcd (installed if missing).
 bench-etcd:
-	src/bench/etcd.sh etcd $(BENCH_FLAGS)
+	src/bin/raft-kv-bench/etcd.sh etcd $(BENCH_FLAGS)
 
 ## raft-kv, then etcd, in one run: one table with the ratios raft-kv / etcd.
 bench-compare:
-	src/bench/etcd.sh compare $(BENCH_FLAGS)
+	src/bin/raft-kv-bench/etcd.sh compare $(BENCH_FLAGS)
 
 ## Each part of the fast path turned off in turn, and what it costs (docs/performance.md).
 bench-fastpath: release
-	src/bench/fastpath.sh $(BENCH_FLAGS)
+	src/bin/raft-kv-bench/fastpath.sh $(BENCH_FLAGS)
 
 ## Scaling and memory: 3 and 5 nodes x 1-256 clients x 128 B / 16 KiB values, and
-## grow to 100k and 1M keys; results and plots in docs/perf (src/bench/scaling.sh).
+## grow to 100k and 1M keys; results and plots in docs/perf
+## (src/bin/raft-kv-bench/scaling.sh).
 ## make bench-scaling QUICK=1 tries it with tiny counts; OUT_DIR=dir writes elsewhere.
 QUICK ?= 0
 OUT_DIR ?= docs/perf
 bench-scaling: release
-	QUICK=$(QUICK) OUT_DIR=$(OUT_DIR) src/bench/scaling.sh $(BENCH_FLAGS)
+	QUICK=$(QUICK) OUT_DIR=$(OUT_DIR) src/bin/raft-kv-bench/scaling.sh $(BENCH_FLAGS)

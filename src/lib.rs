@@ -5,12 +5,14 @@
 //! - [`raft`]: the consensus core, synchronous and free of I/O (Figure 2).
 //! - [`kv`]: the replicated state machine.
 //! - [`sim`]: a deterministic in-memory cluster for tests and debugging.
-//! - [`bench`]: `raft-kv bench`, the load generator (docs/performance.md).
+//!
+//! What is not the product has binaries of its own, beside `raft-kv`, which
+//! runs them: the load generator (`raft-kv bench`, src/bin/raft-kv-bench/)
+//! and the course's skeleton generator (`raft-kv skeleton`,
+//! src/bin/raft-kv-skeleton/).
 
-pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod course;
 pub mod grpc_codec;
 pub mod kv;
 pub mod raft;
@@ -21,14 +23,17 @@ pub mod storage;
 /// The prost/tonic types generated from `proto/`. Only the gRPC bridge and
 /// the encoders use them; the core has its own typed messages.
 pub mod proto {
-    /// gRPC metadata key naming the leader's address when a follower refuses
-    /// a client request (docs/api.md).
-    pub const LEADER_ADDR_METADATA: &str = "leader-addr";
-
     pub mod peer {
         tonic::include_proto!("raftpeer");
     }
     pub mod kv {
         tonic::include_proto!("raftkv");
     }
+
+    /// gRPC metadata key naming the leader's address when a follower
+    /// refuses a client request (`UNAVAILABLE "not leader"`, docs/api.md).
+    /// The server sets it, clients follow it (dissertation §6.2); it lives
+    /// here, beside the generated types, so that a client needs nothing of
+    /// the server to read it.
+    pub const LEADER_ADDR_METADATA: &str = "leader-addr";
 }

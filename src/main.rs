@@ -1,6 +1,11 @@
 //! The `raft-kv` binary: run a node, a local cluster, or talk to a cluster.
+//! `raft-kv bench` and `raft-kv skeleton` run the `raft-kv-bench` and
+//! `raft-kv-skeleton` binaries beside it, as git runs its subcommands: the
+//! load generator and the course's skeleton generator are not part of the
+//! product.
 
-use clap::error::ErrorKind;
+use std::ffi::OsString;
+
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// A Raft-replicated key-value store, written to be read beside the Raft paper.
@@ -32,11 +37,11 @@ enum Command {
     #[command(after_help = STATUS_EXIT_CODES)]
     Status(raft_kv::cli::StatusArgs),
     /// Load a cluster (raft-kv or etcd) and report latency and throughput.
-    #[command(after_help = BENCH_EXIT_CODES)]
-    Bench(raft_kv::bench::BenchArgs),
+    #[command(disable_help_flag = true)]
+    Bench(Passed),
     /// Write a student copy of the project with solution regions removed (docs/course.md).
-    #[command(after_help = SKELETON_EXIT_CODES)]
-    Skeleton(raft_kv::course::SkeletonArgs),
+    #[command(disable_help_flag = true)]
+    Skeleton(Passed),
 }
 
 // What each command's --help says about its exit codes (docs/api.md).
@@ -78,17 +83,26 @@ Exit codes:
   0  stopped by Ctrl-C, quit, or kill PID of the cluster
   1  every node exited on its own
   2  bad flags: one line on stderr, starting 'raft-kv: error:'";
-const BENCH_EXIT_CODES: &str = "\
-Exit codes:
-  0  done
-  1  a cluster failed
-  2  bad flags: one line on stderr";
-const SKELETON_EXIT_CODES: &str = "\
-Exit codes:
-  0  written
-  2  any error: one line on stderr, starting 'raft-kv: error:'";
+
+/// The arguments of a command that another binary runs, passed to it as
+/// they are (`--help` included).
+#[derive(clap::Args)]
+struct Passed {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
+}
+
+/// The commands that are binaries of their own, `raft-kv-COMMAND`.
+const SIBLINGS: [&str; 2] = ["bench", "skeleton"];
 
 fn main() {
+    // `raft-kv help bench` is `raft-kv bench --help`, as for the other commands.
+    let words: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let [help, command] = &words[..] {
+        if let Some(command) = SIBLINGS.iter().find(|&&c| help == "help" && command == c) {
+            std::process::exit(run_sibling(command, vec!["--help".into()]));
+        }
+    }
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(error) => std::process::exit(usage_error(error)),
@@ -100,24 +114,57 @@ fn main() {
         Command::Get(a) => raft_kv::cli::get(a),
         Command::Delete(a) => raft_kv::cli::delete(a),
         Command::Status(a) => raft_kv::cli::status(a),
-        Command::Bench(a) => raft_kv::bench::run_bench(a),
-        Command::Skeleton(a) => raft_kv::course::run_skeleton(a),
+        Command::Bench(a) => run_sibling("bench", a.args),
+        Command::Skeleton(a) => run_sibling("skeleton", a.args),
     };
     std::process::exit(code);
+}
+
+/// Run `raft-kv-COMMAND`, the binary beside this one, with `args`; returns
+/// its exit code. On Unix it replaces this process (exec), so that its exit
+/// code, its signals and Ctrl-C are the command's own, as if it were a
+/// subcommand. Named `raft-kv COMMAND` (argv[0]), its help and errors say
+/// so.
+fn run_sibling(command: &str, args: Vec<OsString>) -> i32 {
+    let me = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("raft-kv {command}: error: cannot find the raft-kv executable: {error}");
+            return 2;
+        }
+    };
+    let binary = format!("raft-kv-{command}");
+    let sibling = me.with_file_name(format!("{binary}{}", std::env::consts::EXE_SUFFIX));
+    if !sibling.is_file() {
+        eprintln!(
+            "raft-kv {command}: the {binary} binary is not beside {}; `cargo build --release` builds both",
+            me.display()
+        );
+        return 2;
+    }
+    let mut child = std::process::Command::new(&sibling);
+    child.args(args);
+    #[cfg(unix)]
+    let result: std::io::Result<i32> = {
+        use std::os::unix::process::CommandExt;
+        // exec returns only if it failed.
+        Err(child.arg0(format!("raft-kv {command}")).exec())
+    };
+    #[cfg(not(unix))]
+    let result = child.status().map(|status| status.code().unwrap_or(1));
+    result.unwrap_or_else(|error| {
+        eprintln!(
+            "raft-kv {command}: error: cannot run {}: {error}",
+            sibling.display()
+        );
+        2
+    })
 }
 
 /// A bad subcommand or flag: one line, `raft-kv: error: …`, and exit code 2,
 /// as for every other error (docs/api.md). Help and the version print as
 /// clap prints them; so does the help shown for a bare `raft-kv`.
 fn usage_error(error: clap::Error) -> i32 {
-    if matches!(
-        error.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        error.exit();
-    }
     // The subcommand whose flags were wrong, to point at its --help.
     let subcommand = std::env::args().nth(1).filter(|word| {
         Args::command()
@@ -128,10 +175,5 @@ fn usage_error(error: clap::Error) -> i32 {
         Some(name) => format!("raft-kv {name}"),
         None => "raft-kv".to_string(),
     };
-    let rendered = error.render().to_string();
-    eprintln!(
-        "raft-kv: error: {}",
-        raft_kv::cli::usage_error_line(&rendered, &command)
-    );
-    2
+    raft_kv::cli::usage_error(error, &command)
 }

@@ -296,6 +296,18 @@ fn bad_subcommands_and_flags_get_one_line_and_exit_2() {
     }
     let out = cli(&["get", "k", "--stal"]);
     assert!(stderr(&out).ends_with("; see 'raft-kv get --help'\n"));
+    // bench and skeleton are binaries of their own that raft-kv runs; their
+    // flags are refused in the same words, naming the command typed.
+    for command in ["bench", "skeleton"] {
+        let out = cli(&[command, "--bogus"]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "raft-kv: error: unexpected argument '--bogus' found; see 'raft-kv {command} --help'\n"
+            )
+        );
+    }
     assert!(stderr(&cli(&[
         "node",
         "--id",
@@ -317,6 +329,7 @@ fn bad_subcommands_and_flags_get_one_line_and_exit_2() {
         &["--help"][..],
         &["get", "--help"],
         &["help", "set"],
+        &["help", "bench"],
         &["--version"],
     ] {
         let out = cli(args);

@@ -352,7 +352,7 @@ impl Client {
 /// leadership lost, node unreachable or overloaded, or a connection cut
 /// mid-call (which tonic reports as UNKNOWN or INTERNAL). The benchmark's
 /// client uses the same rule.
-pub(crate) fn retryable(code: Code) -> bool {
+pub fn retryable(code: Code) -> bool {
     matches!(
         code,
         Code::Unavailable
@@ -368,7 +368,7 @@ pub(crate) fn retryable(code: Code) -> bool {
 /// A status as one line: its message (or its code when the message is
 /// empty), followed by its causes — for a transport failure tonic's message
 /// alone is just "tcp connect error", the cause says "Connection refused".
-pub(crate) fn describe(status: &Status) -> String {
+pub fn describe(status: &Status) -> String {
     let mut line = status.message().trim().to_owned();
     if line.is_empty() {
         line = format!("{:?}", status.code());

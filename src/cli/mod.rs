@@ -1,7 +1,7 @@
 //! The command-line client: `raft-kv set | get | delete | status`.
 //! Exit codes (docs/api.md): 0 success, 1 `get` of an absent key, 2 any error.
 
-pub(crate) mod client;
+pub mod client;
 
 pub use client::{Client, Error, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT};
 
@@ -197,6 +197,40 @@ fn run(flags: &ClusterFlags, command: impl FnOnce(&mut Client) -> Result<i32, Er
     result.unwrap_or_else(|error| {
         eprintln!("raft-kv: error: {error}");
         2
+    })
+}
+
+/// A bad flag of `command` (`raft-kv get`): prints one line, `raft-kv:
+/// error: …`, and returns exit code 2, as for every other error
+/// (docs/api.md). Help and the version print as clap prints them, and exit.
+pub fn usage_error(error: clap::Error, command: &str) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    let rendered = error.render().to_string();
+    eprintln!("raft-kv: error: {}", usage_error_line(&rendered, command));
+    2
+}
+
+/// The flags of a command that is a binary of its own (`raft-kv-bench`,
+/// `raft-kv-skeleton`), or exit as [`usage_error`] says. `raft-kv bench`
+/// runs `raft-kv-bench` with `raft-kv bench` as its name (argv[0]), so its
+/// help and its errors name the command the user typed.
+pub fn parse_or_exit<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|error| {
+        // As clap names it in the usage lines.
+        let first = std::env::args_os().next().unwrap_or_default();
+        let name = match Path::new(&first).file_name() {
+            Some(name) => name.to_string_lossy().into_owned(),
+            None => T::command().get_name().to_string(),
+        };
+        std::process::exit(usage_error(error, &name))
     })
 }
 

@@ -695,7 +695,7 @@ fn is_background_read(error: &io::Error) -> bool {
 /// Have the kernel kill the node when the cluster process dies, however it
 /// dies. `raft-kv bench --local` uses it for its nodes too.
 #[cfg(target_os = "linux")]
-pub(crate) fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id();
     // SAFETY: between fork and exec, the closure makes only system calls
@@ -718,14 +718,14 @@ pub(crate) fn die_with_parent(command: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn die_with_parent(_command: &mut Command) {}
+pub fn die_with_parent(_command: &mut Command) {}
 
 /// Ctrl-C (SIGINT) and `kill` (SIGTERM) set a flag instead of ending the
 /// cluster at once, so it can wait for its nodes. The handler is reset to
 /// the default in the children when they exec, so the nodes still stop at
 /// once on Ctrl-C. `raft-kv bench` uses it to stop and clean up too.
 #[cfg(unix)]
-pub(crate) mod interrupt {
+pub mod interrupt {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -751,7 +751,7 @@ pub(crate) mod interrupt {
 }
 
 #[cfg(not(unix))]
-pub(crate) mod interrupt {
+pub mod interrupt {
     pub fn catch() {}
 
     pub fn happened() -> bool {

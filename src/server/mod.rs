@@ -30,7 +30,7 @@ mod cluster;
 pub mod event_loop;
 mod timer;
 
-pub(crate) use cluster::{die_with_parent, interrupt};
+pub use cluster::{die_with_parent, interrupt};
 pub use cluster::{run_cluster, ClusterArgs};
 
 use std::io::LineWriter;

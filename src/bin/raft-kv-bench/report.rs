@@ -9,7 +9,7 @@ use super::stats::{median, Percentiles};
 use super::workload::{Measured, Workload};
 
 /// The settings every JSON object repeats, so that one file can collect the
-/// objects of many runs (src/bench/scaling.sh) and still tell them apart.
+/// objects of many runs (src/bin/raft-kv-bench/scaling.sh) and still tell them apart.
 #[derive(Clone, Debug, Default)]
 pub struct Setup {
     /// Members of the cluster.

@@ -304,6 +304,7 @@ fn walk(
 /// regions that no other part of the project's Rust code has (outside
 /// those regions), trimmed, and long enough to be telling. None of them
 /// may appear anywhere in a student copy that starts at those milestones.
+#[allow(dead_code)] // Only tests/course.rs, which includes this module, calls it.
 pub fn solution_only_lines(root: &Path, milestones: &[&str]) -> io::Result<BTreeSet<String>> {
     let mut elsewhere = BTreeSet::new();
     let mut solution = BTreeSet::new();
@@ -577,59 +578,6 @@ pub fn write_skeleton(root: &Path, out: &Path, milestones: &[&str]) -> io::Resul
         summary.files_copied += 1;
     }
     Ok(summary)
-}
-
-/// `raft-kv skeleton` flags.
-#[derive(clap::Args, Debug)]
-pub struct SkeletonArgs {
-    /// Where to write the student copy (must not exist yet).
-    #[arg(long)]
-    pub out: std::path::PathBuf,
-    /// The first milestone the students write: its regions and every later
-    /// milestone's are removed. One of election, replication, persistence,
-    /// snapshots, kv.
-    #[arg(long, default_value = "election")]
-    pub milestone: String,
-    /// The project to copy (default: this checkout).
-    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
-    pub from: std::path::PathBuf,
-}
-
-/// Run `raft-kv skeleton`; returns the exit code.
-pub fn run_skeleton(args: SkeletonArgs) -> i32 {
-    let Some(milestones) = milestones_from(&args.milestone) else {
-        eprintln!(
-            "raft-kv: error: unknown milestone {:?}; expected one of {}",
-            args.milestone,
-            MILESTONES.join(", ")
-        );
-        return 2;
-    };
-    match write_skeleton(&args.from, &args.out, milestones) {
-        Ok(summary) => {
-            println!(
-                "wrote {} ({} files); removed {} solution regions of {}",
-                args.out.display(),
-                summary.files_copied,
-                summary.regions_removed.len(),
-                milestones.join(", ")
-            );
-            for region in &summary.regions_removed {
-                println!(
-                    "  {:12} {}:{} {}",
-                    region.milestone,
-                    region.file,
-                    region.line,
-                    region.function.as_deref().unwrap_or("(imports)")
-                );
-            }
-            0
-        }
-        Err(error) => {
-            eprintln!("raft-kv: error: {error}");
-            2
-        }
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::client::{BenchClient, NoLeader, Pool};
 use super::grow::{Growth, RawSample, SnapshotEvent};
 use super::local::{LocalCluster, Probe};
 use super::stats::{self, Footprint, Percentiles};
-use crate::server::interrupt;
+use raft_kv::server::interrupt;
 
 /// How long a cluster may take to elect a leader, start a member, or let a
 /// member catch up, before the bench gives up on it.

@@ -8,11 +8,11 @@
 #                     (the default snapshot threshold, 10000 entries)
 #
 # each point on a fresh cluster, every JSON object appended to
-# $OUT_DIR/scaling.jsonl, then src/bench/plot.py draws scaling.svg and
+# $OUT_DIR/scaling.jsonl, then src/bin/raft-kv-bench/plot.py draws scaling.svg and
 # growth.svg and writes scaling.md beside it.
 #
 #   make bench-scaling                      # builds the release binary first
-#   src/bench/scaling.sh [--out DIR] [raft-kv bench flags...]
+#   src/bin/raft-kv-bench/scaling.sh [--out DIR] [raft-kv bench flags...]
 #
 # It builds nothing: it runs ./target/release/raft-kv (or $RAFT_KV) as it is.
 # Environment:
@@ -29,7 +29,7 @@
 #
 # A failed point is reported at the end (exit code 1); the others still run.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 
 usage() {
   sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -170,6 +170,6 @@ if [ "${#failed[@]}" -gt 0 ]; then
   status=1
 fi
 if [ "${NO_PLOT:-0}" != 1 ]; then
-  python3 src/bench/plot.py "$jsonl" --out "$out_dir" || status=1
+  python3 src/bin/raft-kv-bench/plot.py "$jsonl" --out "$out_dir" || status=1
 fi
 exit "$status"

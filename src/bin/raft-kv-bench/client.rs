@@ -28,11 +28,11 @@ use tonic::Status;
 use super::etcdpb;
 use super::etcdpb::kv_client::KvClient;
 use super::etcdpb::maintenance_client::MaintenanceClient;
-use crate::cli::client::{describe, retryable};
-use crate::proto::kv as kv_pb;
-use crate::proto::kv::key_value_client::KeyValueClient;
-use crate::proto::LEADER_ADDR_METADATA;
-use crate::server::interrupt;
+use raft_kv::cli::client::{describe, retryable};
+use raft_kv::proto::kv as kv_pb;
+use raft_kv::proto::kv::key_value_client::KeyValueClient;
+use raft_kv::proto::LEADER_ADDR_METADATA;
+use raft_kv::server::interrupt;
 
 /// How long one operation keeps retrying before it counts as an error.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(10);

@@ -2,8 +2,8 @@
 # The raft-kv bench against etcd, with the same client settings
 # (docs/performance.md):
 #
-#   src/bench/etcd.sh etcd    [raft-kv bench flags]   # make bench-etcd
-#   src/bench/etcd.sh compare [raft-kv bench flags]   # make bench-compare
+#   src/bin/raft-kv-bench/etcd.sh etcd    [raft-kv bench flags]   # make bench-etcd
+#   src/bin/raft-kv-bench/etcd.sh compare [raft-kv bench flags]   # make bench-compare
 #
 # etcd:    every workload against a fresh 3-member etcd cluster on loopback.
 # compare: raft-kv and then etcd, each on a fresh 3-member cluster, and one
@@ -16,7 +16,7 @@
 # kill the leader, and it kills every member and removes the directory at the
 # end (on Ctrl-C too).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 
 mode=${1:-}
 case "$mode" in

@@ -1,6 +1,9 @@
-//! `raft-kv bench`: a load generator for raft-kv, and for etcd with the same
-//! client settings, so the two can be compared side by side
-//! (docs/performance.md).
+//! `raft-kv-bench` (run as `raft-kv bench`): a load generator for raft-kv,
+//! and for etcd with the same client settings, so the two can be compared
+//! side by side (docs/performance.md). It is a binary of its own, a client
+//! of the `raft_kv` library, so that the library and the `raft-kv` binary
+//! hold only the product; `raft-kv bench ARGS` runs this binary, which
+//! `cargo build --release` puts beside it.
 //!
 //! The bench is a gRPC client, so unlike the nodes it is async: a tokio
 //! multi-thread runtime runs one task per simulated client (`client.rs`).
@@ -11,10 +14,13 @@
 //! - `workload.rs`: rtt, write-latency, write-throughput, read-throughput, failover.
 //! - `grow.rs`: grow, the state growing to --keyspace keys, sampled each second.
 //! - `local.rs`: `--local`, a fresh cluster of --nodes members the bench
-//!   starts, measures (memory, data dir, logs) and kills.
+//!   starts (the `raft-kv` binary beside this one, or etcd), measures
+//!   (memory, data dir, logs) and kills.
 //! - `report.rs`: the tables and the JSON.
-//! - `etcd.proto`: the few etcd messages the bench sends; `etcd.sh` installs
-//!   etcd and runs the comparison (`make bench-etcd`, `make bench-compare`).
+//! - `etcd.proto`: the few etcd messages the bench sends (compiled by
+//!   build.rs, included only here); `etcd.sh` installs etcd and runs the
+//!   comparison (`make bench-etcd`, `make bench-compare`).
+//! - `fastpath.sh`: `make bench-fastpath`, each part of the fast path off in turn.
 //! - `scaling.sh` and `plot.py`: `make bench-scaling`, the bench over node
 //!   counts, client counts and value sizes, plotted as SVG.
 
@@ -26,7 +32,7 @@ mod stats;
 mod workload;
 
 /// The etcd messages of `etcd.proto`.
-pub mod etcdpb {
+mod etcdpb {
     tonic::include_proto!("etcdserverpb");
 }
 
@@ -34,13 +40,34 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::parse_duration;
-use crate::config::{Tuning, EXIT_BAD_CONFIG};
-use crate::server::interrupt;
+use clap::Parser;
+use raft_kv::cli::parse_duration;
+use raft_kv::config::{Tuning, EXIT_BAD_CONFIG};
+use raft_kv::server::interrupt;
+
 use client::{Pool, System};
 use local::{LocalCluster, Spec, DEFAULT_MEMBERS, MAX_MEMBERS};
 use report::{Setup, Summary};
 use workload::{CpuMeter, Data, Measured, Op, Progress, Workload};
+
+/// Load a cluster (raft-kv or etcd) and report latency and throughput.
+#[derive(Parser)]
+#[command(name = "raft-kv-bench", after_help = EXIT_CODES)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  a cluster failed
+  2  bad flags: one line on stderr";
+
+fn main() {
+    let cli: Cli = raft_kv::cli::parse_or_exit();
+    std::process::exit(run_bench(cli.bench));
+}
 
 /// raft-kv's addresses under `make cluster`.
 const RAFT_KV_CLUSTER: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
@@ -50,7 +77,7 @@ const ETCD_CLUSTER: &str = "127.0.0.1:2379";
 const MAX_KEY_SIZE: usize = 4096;
 const MAX_VALUE_SIZE: usize = 1 << 20;
 
-/// `raft-kv bench`: load a cluster and report latency percentiles and ops/s.
+/// `raft-kv bench` flags: load a cluster and report latency percentiles and ops/s.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// The system to load. `both` runs raft-kv and then etcd, each on a fresh
@@ -330,8 +357,7 @@ impl Plan {
     fn spec(&self, system: System) -> Result<Spec, String> {
         Ok(match system {
             System::RaftKv => Spec::RaftKv {
-                exe: std::env::current_exe()
-                    .map_err(|e| format!("cannot find the raft-kv executable: {e}"))?,
+                exe: raft_kv_beside_me()?,
                 tuning: self.tuning.clone(),
             },
             System::Etcd => Spec::Etcd {
@@ -417,6 +443,21 @@ impl Plan {
         ));
         lines.join("\n")
     }
+}
+
+/// The `raft-kv` binary the local nodes run: the one beside this binary,
+/// where `cargo build` puts both.
+fn raft_kv_beside_me() -> Result<PathBuf, String> {
+    let me = std::env::current_exe()
+        .map_err(|e| format!("cannot find the raft-kv-bench executable: {e}"))?;
+    let raft_kv = me.with_file_name(format!("raft-kv{}", std::env::consts::EXE_SUFFIX));
+    if !raft_kv.is_file() {
+        return Err(format!(
+            "the raft-kv binary is not beside {}; `cargo build --release` builds both",
+            me.display()
+        ));
+    }
+    Ok(raft_kv)
 }
 
 fn split(list: &str) -> Vec<String> {

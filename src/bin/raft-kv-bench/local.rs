@@ -18,8 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::stats::{self, Footprint};
-use crate::config::Tuning;
-use crate::server::die_with_parent;
+use raft_kv::config::Tuning;
+use raft_kv::server::die_with_parent;
 
 /// Members of a local cluster by default: the smallest that survives a
 /// crash (§5).
