@@ -2,9 +2,7 @@
 //! replay one seed with `RAFT_SEED=N cargo test --test replication NAME`.
 
 use raft_kv::kv::{self, ClientError, ClientRequest, ClientResponse};
-use raft_kv::raft::{
-    AppendEntries, AppendEntriesReply, Command, Entry, LogIndex, Message, NodeId, Role,
-};
+use raft_kv::raft::{AppendEntries, AppendEntriesReply, Command, Entry, Message, NodeId, Role};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -42,110 +40,6 @@ fn basic_agreement_5_3() {
             assert_eq!(c.node(id).state_machine().get("k9"), Some("v9"));
         }
     }
-}
-
-/// Group commit on a follower: AppendEntries that arrive together
-/// (stepped in one event-loop turn) cost one fsync, and every entry is on
-/// the disk when the replies are handed back (Figure 2: persist before
-/// responding).
-#[test]
-fn follower_batch_of_append_entries_is_one_fsync_figure_2() {
-    let mut c = Cluster::new(SimConfig::new(3, 11));
-    let leader = c.elect(200);
-    c.ticks(10);
-    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
-    c.isolate(follower);
-    let term = c.node(leader).current_term();
-    let last = c.node(follower).log().last_index();
-    let append = |prev: LogIndex, key: &str| {
-        let entry = Entry {
-            index: prev + 1,
-            term,
-            command: kv::Command::Set {
-                key: key.into(),
-                value: "v".into(),
-                client_id: 0,
-                sequence: 0,
-            }
-            .into(),
-        };
-        (
-            leader,
-            Message::AppendEntries(AppendEntries {
-                term,
-                leader_id: leader,
-                prev_log_index: prev,
-                prev_log_term: term,
-                entries: vec![entry],
-                leader_commit: 0,
-                read_round: 0,
-            }),
-        )
-    };
-    let before = c.disk(follower).fsyncs();
-    let batch = vec![
-        append(last, "a"),
-        append(last + 1, "b"),
-        append(last + 2, "c"),
-    ];
-    let replies = c.exchange_all(follower, batch);
-    assert_eq!(
-        c.disk(follower).fsyncs() - before,
-        1,
-        "one fsync for the batch"
-    );
-    assert_eq!(replies.len(), 3);
-    for (i, (_, reply)) in replies.into_iter().enumerate() {
-        match reply {
-            Message::AppendEntriesReply(r) => {
-                assert!(r.success, "reply {i} refused");
-                assert_eq!(r.match_index, last + 1 + i as u64);
-            }
-            other => panic!("expected an AppendEntriesReply, got {other:?}"),
-        }
-    }
-    let durable = c.disk(follower).durable_entries();
-    assert_eq!(
-        durable.last().map(|e| e.index),
-        Some(last + 3),
-        "the entries are durable before the replies are returned"
-    );
-}
-
-/// Give the leader 100 writes at once and check that every one commits;
-/// returns how many fsyncs the leader made for them.
-fn leader_fsyncs_for_100_writes(config: SimConfig) -> u64 {
-    let mut c = Cluster::new(config);
-    let leader = c.elect(200);
-    c.ticks(10);
-    let before = c.disk(leader).fsyncs();
-    let ids = c.requests(
-        leader,
-        (0..100).map(|i| set(&format!("k{i}"), "v")).collect(),
-    );
-    let fsyncs = c.disk(leader).fsyncs() - before;
-    for id in ids {
-        assert_eq!(c.wait_response(id, 200), Some(Ok(ClientResponse::Set)));
-    }
-    fsyncs
-}
-
-/// §5.3: all writes of a batch cost one fsync on the leader (group commit).
-#[test]
-fn batch_is_one_append_and_one_fsync_5_3() {
-    let fsyncs = leader_fsyncs_for_100_writes(SimConfig::new(3, 7));
-    assert_eq!(fsyncs, 1, "one fsync for the whole batch");
-}
-
-/// Without batching, the runtime gives the leader one write per turn, and
-/// every turn ends with its own fsync: 100 writes, 100 fsyncs. Every write
-/// commits either way.
-#[test]
-fn without_batching_every_write_is_its_own_fsync() {
-    let mut config = SimConfig::new(3, 7);
-    config.batching = false;
-    let fsyncs = leader_fsyncs_for_100_writes(config);
-    assert_eq!(fsyncs, 100);
 }
 
 fn session_set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientRequest {
