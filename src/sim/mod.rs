@@ -752,7 +752,8 @@ impl Cluster {
     }
 
     /// Tick until every running node holds and has applied the leader's
-    /// whole log, then check their state machines are equal (State Machine
+    /// whole log, then check that their logs hold the same entries (beyond
+    /// their snapshots) and their state machines are equal (State Machine
     /// Safety at rest); returns the leader. Panics after `max_ticks`.
     pub fn converge(&mut self, max_ticks: u64) -> NodeId {
         let ok = self.run_until(max_ticks, |c| {
@@ -766,7 +767,16 @@ impl Cluster {
         });
         assert!(ok, "the cluster did not converge within {max_ticks} ticks");
         let leader = self.leader().expect("converged");
+        let expected = self.node(leader).log();
         for id in self.ids().into_iter().filter(|&id| self.is_up(id)) {
+            let log = self.node(id).log();
+            for index in log.first_index().max(expected.first_index())..=log.last_index() {
+                assert_eq!(
+                    log.get(index),
+                    expected.get(index),
+                    "n{id}'s log differs from the leader's at {index}"
+                );
+            }
             assert_eq!(
                 self.node(id).state_machine(),
                 self.node(leader).state_machine(),
