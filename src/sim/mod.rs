@@ -13,6 +13,7 @@
 
 mod history;
 mod invariants;
+pub mod script;
 mod storage;
 mod timeline;
 mod trace;
