@@ -469,3 +469,14 @@ fn granted_vote_from_an_older_term_is_not_counted_5_2() {
         "with its own vote and n2's, of term {term}, a candidate has a majority of 3"
     );
 }
+
+/// §5.2, §5.4.1: elections told as scripts, each command with what it
+/// made happen written beneath it: `tests/scripts/election/*.txt`
+/// (docs/scripts.md). A diff shows where a run goes another way.
+#[test]
+fn scripted_elections_5_2() {
+    raft_kv::sim::script::run_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/scripts/election"
+    ));
+}
