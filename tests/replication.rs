@@ -688,3 +688,14 @@ fn candidate_with_stale_log_cannot_win_5_4_1() {
         assert!(c.node(new).log().last_index() >= committed);
     }
 }
+
+/// §5.3, §5.4: replication told as scripts, each command with what it made
+/// happen written beneath it: `tests/scripts/replication/*.txt`
+/// (docs/scripts.md). A diff shows where a run goes another way.
+#[test]
+fn scripted_replication_5_3() {
+    raft_kv::sim::script::run_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/scripts/replication"
+    ));
+}
