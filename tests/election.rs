@@ -470,7 +470,7 @@ fn granted_vote_from_an_older_term_is_not_counted_5_2() {
     );
 }
 
-/// §5.2, §5.4.1: elections told as scripts, each command with what it
+/// §5.2: elections told as scripts, each command with what it
 /// made happen written beneath it: `tests/scripts/election/*.txt`
 /// (docs/scripts.md). A diff shows where a run goes another way.
 #[test]
