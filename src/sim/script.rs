@@ -106,7 +106,9 @@ pub fn run_file(path: &Path, update: bool) -> Result<(), String> {
                         .map(String::as_str)
                         .or_else(|| payload.downcast_ref::<&str>().copied())
                         .unwrap_or("(no message)");
-                    output.push(format!("panic: {message}"));
+                    let now = runner.cluster.as_ref().map(Cluster::now);
+                    let at_tick = now.map_or(String::new(), |t| format!("t={t} "));
+                    output.push(format!("{at_tick}panic: {message}"));
                     panicked = Some(at);
                 }
             }
