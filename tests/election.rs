@@ -5,10 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use raft_kv::kv::KvStore;
-use raft_kv::raft::{
-    AppendEntries, Command, Entry, HardState, MemStorage, Message, NodeId, Outbox, RaftConfig,
-    RaftNode, RequestId, RequestVote, RequestVoteReply, Response, Role, Storage, Term,
-};
+use raft_kv::raft::{AppendEntries, Command, Entry, HardState, MemStorage, Message, NodeId, Outbox, RaftConfig, RaftNode, RequestId, RequestVote, RequestVoteReply, Response, Role, Storage, Term};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -483,4 +480,15 @@ fn granted_vote_from_an_older_term_is_not_counted_5_2() {
         node.is_leader(),
         "with its own vote and n2's, of term {term}, a candidate has a majority of 3"
     );
+}
+
+/// §5.2: elections told as scripts, each command with what it
+/// made happen written beneath it: `tests/scripts/election/*.txt`
+/// (docs/scripts.md). A diff shows where a run goes another way.
+#[test]
+fn scripted_elections_5_2() {
+    raft_kv::sim::script::run_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/scripts/election"
+    ));
 }

@@ -4,10 +4,7 @@
 //! `RAFT_SEED=N cargo test --release --test persistence NAME`.
 
 use raft_kv::kv::{self, ClientError, ClientRequest, ClientResponse};
-use raft_kv::raft::{
-    AppendEntries, Command, Entry, HardState, LogIndex, MemStorage, Message, NodeId, RequestId,
-    RequestVote, RequestVoteReply, Role, Snapshot, Storage, Term,
-};
+use raft_kv::raft::{AppendEntries, Command, Entry, HardState, LogIndex, MemStorage, Message, NodeId, RequestId, RequestVote, RequestVoteReply, Role, Snapshot, Storage, Term};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use std::collections::BTreeMap;
 
@@ -174,31 +171,6 @@ fn restart_all(c: &mut Cluster) {
     }
 }
 
-/// Tick until every node has applied all of the leader's log; returns the leader.
-fn converge(c: &mut Cluster, max_ticks: u64) -> NodeId {
-    let ok = c.run_until(max_ticks, |c| {
-        let Some(leader) = c.leader() else {
-            return false;
-        };
-        let last = c.node(leader).log().last_index();
-        c.ids().into_iter().all(|id| {
-            c.is_up(id)
-                && c.node(id).log().last_index() == last
-                && c.node(id).last_applied() == last
-        })
-    });
-    assert!(ok, "the cluster did not converge within {max_ticks} ticks");
-    let leader = c.leader().unwrap();
-    for id in c.ids() {
-        assert_eq!(
-            c.node(id).state_machine(),
-            c.node(leader).state_machine(),
-            "n{id} differs"
-        );
-    }
-    leader
-}
-
 /// Let the clients write until `writes` more are acknowledged.
 fn write_some(c: &mut Cluster, clients: &mut Clients, writes: u64, max_ticks: u64) {
     let target = clients.acked() + writes;
@@ -281,7 +253,7 @@ fn restarted_node_reapplies_committed_entries_figure_2() {
         let mut clients = Clients::new(3, 10);
         c.elect(200);
         write_some(&mut c, &mut clients, 30, 2000);
-        let leader = converge(&mut c, 200);
+        let leader = c.converge(200);
         let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
         let applied = c.node(follower).last_applied();
         crash_restart(&mut c, follower);
@@ -292,7 +264,7 @@ fn restarted_node_reapplies_committed_entries_figure_2() {
         );
         assert!(c.node(follower).state_machine().is_empty());
         assert_eq!(c.node(follower).log().last_index(), applied);
-        converge(&mut c, 200);
+        c.converge(200);
         clients.check(&c, follower);
 
         // The whole cluster.
@@ -300,7 +272,7 @@ fn restarted_node_reapplies_committed_entries_figure_2() {
             crash_restart(&mut c, id);
         }
         c.elect(300);
-        converge(&mut c, 300);
+        c.converge(300);
         for id in c.ids() {
             clients.check(&c, id);
         }
@@ -329,7 +301,7 @@ fn acknowledged_writes_survive_all_crashing_figure_2() {
         }
         c.elect(300);
         write_some(&mut c, &mut clients, 1, 500);
-        converge(&mut c, 300);
+        c.converge(300);
         for id in c.ids() {
             clients.check(&c, id);
         }
@@ -378,7 +350,7 @@ fn crash_and_restart_during_elections_and_replication_figure_2() {
             }
         }
         write_some(&mut c, &mut clients, 3, 2000);
-        converge(&mut c, 300);
+        c.converge(300);
         for id in c.ids() {
             clients.check(&c, id);
         }
@@ -463,7 +435,7 @@ fn churn_on_unreliable_network_figure_2() {
         restart_all(&mut c);
         c.set_unreliable(0.0, 0);
         write_some(&mut c, &mut clients, 2, 2000);
-        converge(&mut c, 500);
+        c.converge(500);
         for id in c.ids() {
             clients.check(&c, id);
         }
@@ -507,7 +479,7 @@ fn figure_8_unreliable_with_crashes() {
         restart_all(&mut c);
         c.set_unreliable(0.0, 0);
         write_some(&mut c, &mut clients, 1, 1000);
-        converge(&mut c, 500);
+        c.converge(500);
         for id in c.ids() {
             clients.check(&c, id);
         }
@@ -688,7 +660,7 @@ mod with_crashes {
 
             c.restart(first);
             c.restart(second);
-            let leader = converge(&mut c, 400);
+            let leader = c.converge(400);
             assert_eq!(c.node(leader).state_machine().get("b"), Some("2"));
         }
     }
@@ -949,7 +921,7 @@ mod with_crashes {
             let mark = c.events().len();
             c.restart(old);
             c.restart(partner);
-            let leader = converge(&mut c, 200);
+            let leader = c.converge(200);
             assert_eq!(leader, n);
             for id in [old, partner] {
                 let rejections = rejections_from(&c, id, mark);

@@ -2,7 +2,7 @@
 //! replay one seed with `RAFT_SEED=N cargo test --test replication NAME`.
 
 use raft_kv::kv::{self, ClientError, ClientRequest, ClientResponse};
-use raft_kv::raft::{AppendEntries, AppendEntriesReply, Command, Entry, Message, NodeId, Role};
+use raft_kv::raft::{AppendEntries, AppendEntriesReply, Command, Entry, Message, Role};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -51,51 +51,6 @@ fn session_set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientR
     }
 }
 
-/// Every running node holds the same log as `leader` and has applied all of it.
-fn assert_converged(c: &Cluster, leader: NodeId) {
-    let expected = c.node(leader).log();
-    for id in c.ids().into_iter().filter(|&id| c.is_up(id)) {
-        let log = c.node(id).log();
-        assert_eq!(
-            log.last_index(),
-            expected.last_index(),
-            "n{id}'s log has a different length than the leader's"
-        );
-        for index in log.first_index().max(expected.first_index())..=log.last_index() {
-            assert_eq!(
-                log.get(index),
-                expected.get(index),
-                "n{id} differs at {index}"
-            );
-        }
-        assert_eq!(c.node(id).last_applied(), expected.last_index());
-        assert_eq!(
-            c.node(id).state_machine(),
-            c.node(leader).state_machine(),
-            "n{id}'s state machine differs from the leader's"
-        );
-    }
-}
-
-/// Tick until the running nodes agree with the leader and have applied
-/// everything; returns the leader.
-fn converge(c: &mut Cluster, max_ticks: u64) -> NodeId {
-    let ok = c.run_until(max_ticks, |c| {
-        let Some(leader) = c.leader() else {
-            return false;
-        };
-        let last = c.node(leader).log().last_index();
-        c.node(leader).commit_index() == last
-            && c.ids().into_iter().filter(|&id| c.is_up(id)).all(|id| {
-                c.node(id).log().last_index() == last && c.node(id).last_applied() == last
-            })
-    });
-    assert!(ok, "the cluster did not converge within {max_ticks} ticks");
-    let leader = c.leader().unwrap();
-    assert_converged(c, leader);
-    leader
-}
-
 /// §5.3: with one follower down, the others still form a majority: every
 /// write commits and is acknowledged, and the follower that came back catches
 /// up on everything it missed.
@@ -113,7 +68,7 @@ fn agreement_with_follower_down_5_3() {
             }
             assert_eq!(c.node(leader).commit_index(), 11);
             c.reconnect(down);
-            converge(&mut c, 200);
+            c.converge(200);
             assert_eq!(c.node(down).state_machine().get("k9"), Some("v"));
         }
     }
@@ -133,7 +88,7 @@ fn a_follower_that_lost_acknowledged_entries_is_refilled_5_3() {
             let id = c.request(leader, set(&format!("k{i}"), "v"));
             assert_eq!(c.wait_response(id, 50), Some(Ok(ClientResponse::Set)));
         }
-        converge(&mut c, 100);
+        c.converge(100);
         let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
         if seed % 2 == 0 {
             c.wipe(follower);
@@ -144,7 +99,7 @@ fn a_follower_that_lost_acknowledged_entries_is_refilled_5_3() {
         }
         let id = c.request(leader, set("after", "1"));
         assert_eq!(c.wait_response(id, 50), Some(Ok(ClientResponse::Set)));
-        converge(&mut c, 200);
+        c.converge(200);
         assert_eq!(c.node(follower).state_machine().get("k0"), Some("v"));
     }
 }
@@ -166,10 +121,10 @@ fn disconnected_follower_catches_up_5_3() {
         }
         assert!(c.node(follower).log().last_index() < c.node(leader).log().last_index());
         c.reconnect(follower);
-        let leader = converge(&mut c, 300);
+        let leader = c.converge(300);
         let id = c.request(leader, set("after", "1"));
         assert_eq!(c.wait_response(id, 50), Some(Ok(ClientResponse::Set)));
-        converge(&mut c, 100);
+        c.converge(100);
         assert_eq!(c.node(follower).state_machine().len(), 22);
     }
 }
@@ -209,7 +164,7 @@ fn no_commit_without_majority_5_3() {
         c.heal();
         let answer = c.submit(set("c", "3"), 300);
         assert_eq!(answer, Some(Ok(ClientResponse::Set)));
-        converge(&mut c, 200);
+        c.converge(200);
     }
 }
 
@@ -242,7 +197,7 @@ fn concurrent_proposals_5_3() {
         for id in &pending {
             assert_eq!(c.response(*id), Some(&Ok(ClientResponse::Set)));
         }
-        let leader = converge(&mut c, 100);
+        let leader = c.converge(100);
         let writes: usize = sequence.iter().map(|&s| s as usize).sum();
         assert_eq!(c.node(leader).state_machine().len(), writes);
         let committed_sets = c
@@ -291,7 +246,7 @@ fn rejoining_leader_entries_overwritten_figure_7() {
         assert!(c.node(old).log().last_index() > c.node(new).log().last_index());
 
         c.heal();
-        let leader = converge(&mut c, 500);
+        let leader = c.converge(500);
         assert_ne!(leader, old, "the deposed leader's log is not up to date");
         for id in doomed {
             assert_eq!(
@@ -352,7 +307,7 @@ fn figure_8_unreliable() {
             c.submit(session_set("last", "v", 2, 1), 500),
             Some(Ok(ClientResponse::Set))
         );
-        let leader = converge(&mut c, 500);
+        let leader = c.converge(500);
         for (id, key) in writes {
             if let Some(Ok(_)) = c.response(id) {
                 assert_eq!(
@@ -405,7 +360,7 @@ fn agreement_message_count_is_per_batch_5_3() {
             c.requests(leader, batch);
             c.tick();
         }
-        converge(&mut c, 100);
+        c.converge(100);
         let sent = c.sent - start.0;
         let heartbeats = (c.now() - start.1) / c.config.heartbeat_ticks + 1;
         let bound = 2 * 4 * (batches + heartbeats);
@@ -443,7 +398,7 @@ fn agreement_bytes_are_bounded_5_3() {
                 assert_eq!(response, Some(Ok(ClientResponse::Set)));
             }
             c.set_unreliable(0.0, 0);
-            converge(&mut c, 300);
+            c.converge(300);
             let sent = c.sent_bytes - before;
             assert!(
                 sent >= 2 * payload && sent <= 3 * 2 * payload,
@@ -468,7 +423,7 @@ fn stale_append_entries_never_truncate_5_3() {
             let id = c.request(leader, set(&format!("k{i}"), "v"));
             assert_eq!(c.wait_response(id, 50), Some(Ok(ClientResponse::Set)));
         }
-        converge(&mut c, 50);
+        c.converge(50);
         let f = c.ids().into_iter().find(|&i| i != leader).unwrap();
         let last = c.node(f).log().last_index();
         let commit = c.node(f).commit_index();
@@ -524,7 +479,7 @@ fn agreement_on_unreliable_network_5_3() {
             );
         }
         c.set_unreliable(0.0, 0);
-        let leader = converge(&mut c, 300);
+        let leader = c.converge(300);
         for i in 0..10u64 {
             let expected = i.to_string();
             assert_eq!(
@@ -679,4 +634,15 @@ fn a_reply_whose_entries_were_replaced_in_the_same_turn_is_not_sent_5_3() {
         );
         assert_eq!(c.node(1).log().term_at(2), Some(2));
     }
+}
+
+/// §5.3, §5.4: replication told as scripts, each command with what it made
+/// happen written beneath it: `tests/scripts/replication/*.txt`
+/// (docs/scripts.md). A diff shows where a run goes another way.
+#[test]
+fn scripted_replication_5_3() {
+    raft_kv::sim::script::run_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/scripts/replication"
+    ));
 }

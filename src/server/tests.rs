@@ -2,6 +2,24 @@
 //! threads and a simulated disk, driven through their real gRPC services.
 //! These are not deterministic: they wait, with a deadline, for the cluster
 //! to get somewhere.
+//!
+//! Why this harness and not `sim::Cluster`: each test checks what only the
+//! runtime does, with its real threads and sockets. The Raft behaviour
+//! beneath is tested on the simulated cluster (tests/election.rs,
+//! replication.rs, snapshots.rs, kv.rs); here, that the runtime carries it:
+//!
+//! - the gRPC services' answers, codes and metadata:
+//!   `a_follower_refuses_writes_and_names_the_leader`,
+//!   `bad_client_input_is_refused_and_changes_nothing`,
+//!   `a_node_with_no_leader_says_so`,
+//!   `the_peer_service_refuses_strangers_and_malformed_entries` (the bridge
+//!   refuses before the core sees anything);
+//! - the event loop, timer and bridge threads carrying an election, writes,
+//!   reads and a snapshot over loopback: `elects_a_leader_and_serves_writes_and_reads`,
+//!   `a_dead_peer_does_not_stop_the_majority` (RPCs to a port nobody
+//!   serves time out without blocking the event loop),
+//!   `a_late_follower_catches_up_through_a_snapshot`;
+//! - shutdown: `shutdown_stops_every_thread_and_frees_the_port`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;

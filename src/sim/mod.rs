@@ -1,6 +1,7 @@
 //! A deterministic, single-threaded cluster for tests and debugging.
 //!
-//! Every node is a real [`RaftNode`] with a simulated disk ([`MemStorage`]);
+//! Every node is a real [`RaftNode`] with a simulated disk ([`MemStorage`],
+//! or real files: [`Cluster::with_storage`]);
 //! the network is a queue that can drop, delay, reorder and partition
 //! messages, and deliver some so late that their sender has lost and regained
 //! leadership meanwhile; time advances only when the test calls [`Cluster::tick`]. All
@@ -12,6 +13,8 @@
 
 mod history;
 mod invariants;
+pub mod script;
+mod storage;
 mod timeline;
 mod trace;
 
@@ -31,6 +34,7 @@ use crate::raft::{
 };
 pub use history::ReadStats;
 pub use invariants::Invariants;
+pub use storage::{Disks, FileDisks, MemDisks};
 pub use timeline::{Event, EventKind};
 pub use trace::describe;
 
@@ -142,7 +146,6 @@ impl Outbox for SimOutbox {
 struct SimNode {
     /// None while crashed
     node: Option<RaftNode<KvStore>>,
-    disk: MemStorage,
     outbox: SimOutbox,
     restarts: u64,
 }
@@ -195,6 +198,8 @@ pub struct Cluster {
     /// draws the batches of `deliver_due`, apart from the network's draws
     batch_rng: StdRng,
     nodes: BTreeMap<NodeId, SimNode>,
+    /// where the nodes keep their state across crashes
+    disks: Box<dyn Disks>,
     network: Vec<InFlight>,
     /// groups of nodes that can talk to each other; empty = no partition
     partition: Vec<BTreeSet<NodeId>>,
@@ -238,13 +243,21 @@ thread_local! {
 }
 
 impl Cluster {
-    /// Start `config.nodes` nodes, all followers in term 0.
+    /// Start `config.nodes` nodes, all followers in term 0, each on a
+    /// simulated disk ([`MemDisks`]).
     pub fn new(config: SimConfig) -> Cluster {
+        Cluster::with_storage(config, MemDisks::default())
+    }
+
+    /// Start `config.nodes` nodes on `disks`: [`MemDisks`], or [`FileDisks`]
+    /// to run the cluster on real data dirs.
+    pub fn with_storage(config: SimConfig, disks: impl Disks + 'static) -> Cluster {
         let mut cluster = Cluster {
             rng: StdRng::seed_from_u64(config.seed),
             batch_rng: StdRng::seed_from_u64(config.seed ^ 0xba7c4),
             config,
             nodes: BTreeMap::new(),
+            disks: Box::new(disks),
             network: Vec::new(),
             partition: Vec::new(),
             cut_links: BTreeSet::new(),
@@ -267,7 +280,6 @@ impl Cluster {
         for id in cluster.ids_all() {
             let sim = SimNode {
                 node: None,
-                disk: MemStorage::new(),
                 outbox: SimOutbox::default(),
                 restarts: 0,
             };
@@ -300,7 +312,7 @@ impl Cluster {
         sim.outbox = SimOutbox::default();
         let node = RaftNode::new(
             config,
-            Box::new(sim.disk.clone()),
+            self.disks.open(id),
             KvStore::new(),
             Box::new(sim.outbox.clone()),
         );
@@ -374,9 +386,12 @@ impl Cluster {
         self.nodes[&id].node.is_some()
     }
 
-    /// The simulated disk of a node (it survives crashes).
+    /// The simulated disk of a node (it survives crashes). Panics on a
+    /// cluster whose disks are not [`MemDisks`].
     pub fn disk(&self, id: NodeId) -> &MemStorage {
-        &self.nodes[&id].disk
+        self.disks
+            .memory(id)
+            .unwrap_or_else(|| panic!("n{id}'s disk is not a MemStorage"))
     }
 
     pub fn trace(&self) -> &[String] {
@@ -662,12 +677,13 @@ impl Cluster {
         self.note("heal");
     }
 
-    /// Crash node `id`: it stops, and its disk keeps only what was synced.
+    /// Crash node `id`: it stops, and its disk keeps what a crash leaves
+    /// (on [`MemDisks`], only what was synced).
     pub fn crash(&mut self, id: NodeId) {
         let sim = self.nodes.get_mut(&id).unwrap();
         if sim.node.take().is_some() {
-            sim.disk.crash();
             sim.restarts += 1;
+            self.disks.crash(id);
             self.record(EventKind::Power {
                 node: id,
                 up: false,
@@ -694,7 +710,7 @@ impl Cluster {
     /// does with a node whose data dir was damaged (docs/storage.md).
     pub fn wipe(&mut self, id: NodeId) {
         self.crash(id);
-        self.nodes.get_mut(&id).unwrap().disk = MemStorage::new();
+        self.disks.wipe(id);
         self.record(EventKind::Power {
             node: id,
             up: true,
@@ -835,7 +851,8 @@ impl Cluster {
     }
 
     /// Tick until every running node holds and has applied the leader's
-    /// whole log, then check their state machines are equal (State Machine
+    /// whole log, then check that their logs hold the same entries (beyond
+    /// their snapshots) and their state machines are equal (State Machine
     /// Safety at rest); returns the leader. Panics after `max_ticks`.
     pub fn converge(&mut self, max_ticks: u64) -> NodeId {
         let ok = self.run_until(max_ticks, |c| {
@@ -849,7 +866,16 @@ impl Cluster {
         });
         assert!(ok, "the cluster did not converge within {max_ticks} ticks");
         let leader = self.leader().expect("converged");
+        let expected = self.node(leader).log();
         for id in self.ids().into_iter().filter(|&id| self.is_up(id)) {
+            let log = self.node(id).log();
+            for index in log.first_index().max(expected.first_index())..=log.last_index() {
+                assert_eq!(
+                    log.get(index),
+                    expected.get(index),
+                    "n{id}'s log differs from the leader's at {index}"
+                );
+            }
             assert_eq!(
                 self.node(id).state_machine(),
                 self.node(leader).state_machine(),
