@@ -5,7 +5,10 @@
 use std::sync::{Arc, Mutex};
 
 use raft_kv::kv::KvStore;
-use raft_kv::raft::{AppendEntries, Command, Entry, HardState, MemStorage, Message, NodeId, Outbox, RaftConfig, RaftNode, RequestId, RequestVote, RequestVoteReply, Response, Role, Storage, Term};
+use raft_kv::raft::{
+    AppendEntries, Command, Entry, HardState, MemStorage, Message, NodeId, Outbox, RaftConfig,
+    RaftNode, RequestId, RequestVote, RequestVoteReply, Response, Role, Storage, Term,
+};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

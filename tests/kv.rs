@@ -4,7 +4,9 @@
 //! `RAFT_SEED=N cargo test --release --test kv NAME`.
 
 use raft_kv::kv::{self, ClientError, ClientRequest, ClientResponse, ClientResult};
-use raft_kv::raft::{AppendEntries, AppendEntriesReply, Message, NodeId, RequestId, RequestVote, Role};
+use raft_kv::raft::{
+    AppendEntries, AppendEntriesReply, Message, NodeId, RequestId, RequestVote, Role,
+};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

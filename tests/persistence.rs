@@ -4,7 +4,10 @@
 //! `RAFT_SEED=N cargo test --release --test persistence NAME`.
 
 use raft_kv::kv::{self, ClientError, ClientRequest, ClientResponse};
-use raft_kv::raft::{AppendEntries, Command, Entry, HardState, LogIndex, MemStorage, Message, NodeId, RequestId, RequestVote, RequestVoteReply, Role, Snapshot, Storage, Term};
+use raft_kv::raft::{
+    AppendEntries, Command, Entry, HardState, LogIndex, MemStorage, Message, NodeId, RequestId,
+    RequestVote, RequestVoteReply, Role, Snapshot, Storage, Term,
+};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use std::collections::BTreeMap;
 

@@ -7,7 +7,10 @@
 //! `RAFT_SEED=N cargo test --release --test robustness NAME`.
 
 use raft_kv::kv::{ClientError, ClientRequest, ClientResponse};
-use raft_kv::raft::{AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, Message, NodeId, RequestVote, Role, MAX_TERM_JUMP};
+use raft_kv::raft::{
+    AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, Message, NodeId,
+    RequestVote, Role, MAX_TERM_JUMP,
+};
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 
 fn set(key: &str, value: &str, client_id: u64, sequence: u64) -> ClientRequest {

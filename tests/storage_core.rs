@@ -4,8 +4,8 @@
 //! restart of every node, and an InstallSnapshot to the laggard must leave
 //! every node with the same data, read back from its dir.
 
-use raft_kv::raft::{NodeId};
 use raft_kv::kv::{ClientRequest, ClientResponse};
+use raft_kv::raft::NodeId;
 use raft_kv::sim::{Cluster, FileDisks, SimConfig};
 use tempfile::TempDir;
 
