@@ -11,12 +11,12 @@
 //! - **Outbound.** The event loop hands over what each of its turns produced
 //!   as one [`Handoff`]; a dispatcher task hands the answers to the clients
 //!   waiting for them and puts the messages on per-peer queues. For each
-//!   peer, a task reads its queue and sends every message — request or
-//!   reply — as its own one-way `Send` RPC, without waiting for the earlier
-//!   ones. At most [`MAX_IN_FLIGHT_PER_PEER`] RPCs per peer are
-//!   outstanding; beyond that, and on any error or timeout, the message is
-//!   dropped: Raft treats it as lost and retries (§5.3). Channels connect
-//!   lazily, so a dead peer costs a failed connect, never a stall.
+//!   peer, a task keeps one `Send` stream open and writes every message of
+//!   its queue to it in order — requests and replies alike, one way. When
+//!   the stream fails (the peer is down, or stopped answering HTTP/2 pings)
+//!   the task opens another after [`RECONNECT_DELAY`]; what cannot be sent
+//!   meanwhile is dropped: Raft treats it as lost and retries (§5.3). A dead
+//!   or slow peer costs a failed connect, never a stall.
 //!
 //! The runtime is `current_thread`. With three nodes sharing two cores and
 //! 64 concurrent clients writing to the leader, a multi-threaded runtime
@@ -28,17 +28,18 @@ mod convert;
 mod services;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use log::debug;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
-use tonic::{Response, Status};
+// tonic's own re-export of tokio-stream: the per-peer channel becomes the
+// request stream of the `Send` RPC.
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{Address, Members};
 use crate::proto::kv::key_value_server::KeyValueServer;
@@ -53,12 +54,13 @@ use services::{ClientService, PeerService, Waiting};
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Messages waiting to be sent to one peer; more are dropped.
 pub const PEER_QUEUE_LEN: usize = 256;
-/// RPCs outstanding to one peer; more are dropped.
-pub const MAX_IN_FLIGHT_PER_PEER: usize = 32;
-/// How long sending a message may take before it counts as lost.
-const RPC_TIMEOUT: Duration = Duration::from_secs(1);
-/// InstallSnapshot chunks are large (up to 1 MiB each), so wait longer.
-const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages handed to one peer's open stream and not yet written to it;
+/// more are dropped (a peer that stopped reading must not hold memory).
+pub const PEER_STREAM_LEN: usize = 64;
+/// How long to wait before opening a new stream to a peer whose last one
+/// failed: a dead peer costs a connection attempt this often, not one per
+/// message.
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// How long a stopping server waits for its clients to hang up.
 const GRACEFUL_SHUTDOWN: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -122,12 +124,7 @@ impl Bridge {
                 .expect("every peer with a queue is a member");
             let client = peer_client(address)
                 .map_err(|e| format!("node {id}: bad address {address} for peer {peer}: {e}"))?;
-            let sender = PeerSender {
-                id,
-                peer,
-                client,
-                in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER)),
-            };
+            let sender = PeerSender { id, peer, client };
             tokio::spawn(sender.run(queue));
         }
         tokio::spawn(dispatch(id, handoffs, queues, waiting.clone()));
@@ -240,55 +237,49 @@ fn deliver(
     }
 }
 
-/// Sends the event loop's messages for one peer.
+/// Sends the event loop's messages for one peer, over one stream at a time.
 struct PeerSender {
     id: NodeId,
     peer: NodeId,
     client: RaftClient<Channel>,
-    in_flight: Arc<Semaphore>,
 }
 
 impl PeerSender {
     async fn run(self, mut queue: mpsc::Receiver<Message>) {
-        while let Some(message) = queue.recv().await {
-            let (id, peer, term) = (self.id, self.peer, message.term());
-            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+        let (id, peer) = (self.id, self.peer);
+        while let Some(first) = queue.recv().await {
+            // Open a stream and write the queue to it until it fails.
+            let (stream, envelopes) = mpsc::channel(PEER_STREAM_LEN);
+            let mut client = self.client.clone();
+            let mut call =
+                tokio::spawn(async move { client.send(ReceiverStream::new(envelopes)).await });
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
                 debug!(
-                    "node {id} term {term}: -> {peer} dropped, {MAX_IN_FLIGHT_PER_PEER} RPCs in flight: {}",
+                    "node {id} term {}: -> {peer} {}",
+                    message.term(),
                     convert::summary(&message)
                 );
-                continue;
-            };
-            debug!(
-                "node {id} term {term}: -> {peer} {}",
-                convert::summary(&message)
-            );
-            let limit = match message {
-                // Chunks are large (up to 1 MiB each): wait longer.
-                Message::InstallSnapshot(_) => SNAPSHOT_RPC_TIMEOUT,
-                _ => RPC_TIMEOUT,
-            };
-            let mut client = self.client.clone();
-            // Its own task: the next message need not wait for this one.
-            tokio::spawn(async move {
-                let sent = within(limit, client.send(convert::envelope(id, message))).await;
-                drop(permit);
-                if let Err(error) = sent {
-                    debug!("node {id} term {term}: -> {peer} failed: {error}");
+                match stream.try_send(convert::envelope(id, message)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        debug!("node {id}: -> {peer} dropped: its stream is full")
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
                 }
-            });
+                tokio::select! {
+                    message = queue.recv() => next = message,
+                    ended = &mut call => {
+                        debug!("node {id}: the stream to {peer} ended: {ended:?}");
+                        break;
+                    }
+                }
+            }
+            drop(stream);
+            if !call.is_finished() {
+                call.abort();
+            }
+            tokio::time::sleep(RECONNECT_DELAY).await;
         }
-    }
-}
-
-/// Await an RPC for at most `limit`.
-async fn within<T>(
-    limit: Duration,
-    rpc: impl Future<Output = Result<Response<T>, Status>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, rpc).await {
-        Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-        Err(_) => Err(format!("no reply within {limit:?}")),
     }
 }

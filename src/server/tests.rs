@@ -39,6 +39,7 @@ use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::{AppendEntriesRequest, Envelope, LogEntry, RequestVoteRequest};
 use crate::proto::LEADER_ADDR_METADATA;
 use crate::raft::{MemStorage, NodeId};
+use tonic::codegen::tokio_stream;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -310,7 +311,10 @@ fn the_peer_service_refuses_strangers_and_malformed_entries() {
         from: 9,
         message: Some(PeerMessage::RequestVote(stranger)),
     };
-    let refusal = cluster.runtime.block_on(peer.send(envelope)).unwrap_err();
+    let refusal = cluster
+        .runtime
+        .block_on(peer.send(tokio_stream::iter([envelope])))
+        .unwrap_err();
     assert_eq!(refusal.code(), Code::InvalidArgument);
     assert_eq!(refusal.message(), "node 9 is not a peer of node 1");
 
@@ -332,7 +336,10 @@ fn the_peer_service_refuses_strangers_and_malformed_entries() {
         from: 2,
         message: Some(PeerMessage::AppendEntries(gap)),
     };
-    let refusal = cluster.runtime.block_on(peer.send(envelope)).unwrap_err();
+    let refusal = cluster
+        .runtime
+        .block_on(peer.send(tokio_stream::iter([envelope])))
+        .unwrap_err();
     assert_eq!(refusal.code(), Code::InvalidArgument);
     assert_eq!(
         refusal.message(),

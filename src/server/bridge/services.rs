@@ -12,7 +12,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use log::debug;
 use tokio::sync::oneshot;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::convert;
 use crate::config::Members;
@@ -40,25 +40,36 @@ pub struct PeerService {
 
 #[tonic::async_trait]
 impl peer_pb::raft_server::Raft for PeerService {
+    /// A peer's stream of messages, each handed to the event loop as it
+    /// comes. A message that is malformed or claims a sender that is not a
+    /// peer ends the stream (the peer's sender opens another).
     async fn send(
         &self,
-        request: Request<peer_pb::Envelope>,
+        request: Request<Streaming<peer_pb::Envelope>>,
     ) -> Result<Response<peer_pb::Ack>, Status> {
-        let (from, message) =
-            convert::open_envelope(request.into_inner()).map_err(Status::invalid_argument)?;
-        // The core keeps state per member: anyone else is refused.
-        if from == self.id || !self.members.contains(from) {
-            return Err(Status::invalid_argument(format!(
-                "node {from} is not a peer of node {}",
-                self.id
-            )));
+        let mut envelopes = request.into_inner();
+        while let Some(envelope) = envelopes.message().await? {
+            let (from, message) =
+                convert::open_envelope(envelope).map_err(Status::invalid_argument)?;
+            // The core keeps state per member: anyone else is refused.
+            if from == self.id || !self.members.contains(from) {
+                return Err(Status::invalid_argument(format!(
+                    "node {from} is not a peer of node {}",
+                    self.id
+                )));
+            }
+            match self.to_event_loop.try_send(PeerMessage { from, message }) {
+                Ok(()) => {}
+                // A message the loop cannot take now is lost, as on a network.
+                Err(TrySendError::Full(m)) => debug!(
+                    "node {}: dropped a {} from {from}: the event loop is busy",
+                    self.id,
+                    m.message.name()
+                ),
+                Err(TrySendError::Disconnected(_)) => return Err(event_loop_gone()),
+            }
         }
-        match self.to_event_loop.try_send(PeerMessage { from, message }) {
-            Ok(()) => Ok(Response::new(peer_pb::Ack {})),
-            // A message the loop cannot take now is lost, as on a network.
-            Err(TrySendError::Full(_)) => Err(event_loop_busy()),
-            Err(TrySendError::Disconnected(_)) => Err(event_loop_gone()),
-        }
+        Ok(Response::new(peer_pb::Ack {}))
     }
 }
 
