@@ -67,23 +67,20 @@ pub struct Log {
 /// "Updated on stable storage before responding to RPCs").
 #[derive(Debug)]
 pub struct Durable {
+    /// the last index on stable storage when the proof was made
     through: LogIndex,
+    /// where the log was truncated since the sync before, in order
     truncated: Vec<LogIndex>,
 }
 
 impl Durable {
-    /// The last index on stable storage when this proof was made.
-    pub fn through(&self) -> LogIndex {
-        self.through
-    }
-
     /// Whether the log still holds, durably, what a reply said it held
     /// through `index` when the log had been truncated `truncations` times
     /// since the last sync ([`Log::truncations_since_sync`]): not if a newer
     /// leader's entries replaced those entries since (§5.3), even if as many
     /// are durable again.
     pub fn still_holds(&self, index: LogIndex, truncations: usize) -> bool {
-        index <= self.through && self.truncated[truncations..].iter().all(|&t| index < t)
+        index <= self.through && self.truncated.iter().skip(truncations).all(|&t| index < t)
     }
 }
 
