@@ -19,6 +19,7 @@ pub mod raft;
 pub mod server;
 pub mod sim;
 pub mod storage;
+pub mod tls;
 
 /// The prost/tonic types generated from `proto/`. Only the gRPC bridge and
 /// the encoders use them; the core has its own typed messages.
