@@ -15,8 +15,10 @@
 //! ```
 //!
 //! Ids are positive integers (0 means "none" on the wire). Every member must
-//! have a distinct id and a distinct address. Each node listens on its own
-//! address for both its peers and its clients.
+//! have a distinct id and a distinct address. A member's address is where
+//! its peers reach it; by default it serves its clients there too, and
+//! `--listen-clients` gives them a port of their own (`--listen-peers` binds
+//! the peer port elsewhere, e.g. on 0.0.0.0).
 //!
 //! Times are given in milliseconds and converted to the core's logical ticks
 //! (`--tick-ms` each), rounding up: the core counts election timeouts and
@@ -34,6 +36,7 @@ use std::time::Duration;
 
 use crate::raft::{NodeId, RaftConfig};
 use crate::server::NodeArgs;
+use crate::tls::{Holder, Tls};
 
 /// Exit code for bad flags, a bad member list, a busy port or unusable data directory.
 pub const EXIT_BAD_CONFIG: i32 = 2;
@@ -96,9 +99,17 @@ impl Address {
         }
     }
 
-    /// The URL a gRPC client connects to.
-    pub fn url(&self) -> String {
-        format!("http://{self}")
+    /// The URL a gRPC client connects to, in plain text or with TLS.
+    pub fn url(&self, tls: bool) -> String {
+        format!("{}://{self}", crate::tls::scheme(tls))
+    }
+
+    /// Whether the host is 0.0.0.0 or [::]: every interface.
+    pub fn is_unspecified(&self) -> bool {
+        self.host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
     }
 }
 
@@ -417,6 +428,17 @@ pub struct NodeConfig {
     pub poll: Duration,
     /// what `--fast-path-off` left on
     pub fast_path: FastPath,
+    /// where this node serves its peers (`--listen-peers`; by default its
+    /// address in the member list)
+    pub listen_peers: Address,
+    /// where it serves its clients when not on the peers' port (`--listen-clients`)
+    pub listen_clients: Option<Address>,
+    /// the address clients are sent to when this node leads
+    pub client_address: Address,
+    /// names a new cluster (`--cluster-token`; src/server/identity.rs)
+    pub cluster_token: Option<String>,
+    /// mutual TLS, if on (src/tls.rs)
+    pub tls: Option<Tls>,
 }
 
 impl NodeConfig {
@@ -426,6 +448,36 @@ impl NodeConfig {
         NodeConfig::check_membership(args.id, &members)?;
         let timing = args.tuning.check()?;
         let fast_path = parse_fast_path_off(&args.tuning.fast_path_off)?;
+        let own = members
+            .address(args.id)
+            .expect("checked in check_membership")
+            .clone();
+        let listen = |flag: &str, given: &Option<String>| -> Result<Option<Address>, ConfigError> {
+            given
+                .as_deref()
+                .map(|text| Address::parse(text).map_err(|e| ConfigError(format!("{flag}: {e}"))))
+                .transpose()
+        };
+        let listen_peers = listen("--listen-peers", &args.listen_peers)?.unwrap_or(own.clone());
+        let listen_clients = listen("--listen-clients", &args.listen_clients)?
+            .filter(|clients| *clients != listen_peers);
+        let client_address = match &listen_clients {
+            None => own.clone(),
+            // Listening on every interface: clients reach the node at the
+            // host its peers know it by.
+            Some(clients) if clients.is_unspecified() => Address {
+                host: own.host.clone(),
+                port: clients.port,
+            },
+            Some(clients) => clients.clone(),
+        };
+        if let Some(token) = &args.cluster_token {
+            check_cluster_token(token)?;
+        }
+        let tls = args
+            .tls
+            .load(Holder::Node(args.id))
+            .map_err(|e| ConfigError(format!("TLS: {e}")))?;
         Ok(NodeConfig {
             id: args.id,
             members,
@@ -435,6 +487,11 @@ impl NodeConfig {
             log_level: args.tuning.log_level,
             poll: Duration::from_micros(args.tuning.poll_us),
             fast_path,
+            listen_peers,
+            listen_clients,
+            client_address,
+            cluster_token: args.cluster_token.clone(),
+            tls,
         })
     }
 
@@ -538,6 +595,16 @@ pub fn check_poll_us(poll_us: u64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_micros(poll_us))
 }
 
+/// Check `--cluster-token`: it goes into gRPC metadata and a file, so a
+/// short run of visible characters.
+pub fn check_cluster_token(token: &str) -> Result<(), ConfigError> {
+    let visible = token.chars().all(|c| c.is_ascii_graphic());
+    if token.is_empty() || token.len() > 256 || !visible {
+        return error("--cluster-token must be 1 to 256 visible ASCII characters (no spaces)");
+    }
+    Ok(())
+}
+
 /// Check `--snapshot-threshold`.
 pub fn check_snapshot_threshold(threshold: usize) -> Result<usize, ConfigError> {
     if threshold == 0 {
@@ -584,7 +651,7 @@ mod tests {
             Members::parse_peers("2=127.0.0.1:7002, 1=localhost:7001,3=[::1]:7003").unwrap();
         assert_eq!(members.ids(), vec![1, 2, 3]);
         assert_eq!(members.address(1).unwrap().to_string(), "localhost:7001");
-        assert_eq!(members.address(3).unwrap().url(), "http://[::1]:7003");
+        assert_eq!(members.address(3).unwrap().url(false), "http://[::1]:7003");
         assert_eq!(
             members.to_peers_flag(),
             "1=localhost:7001,2=127.0.0.1:7002,3=[::1]:7003"

@@ -37,4 +37,13 @@ pub mod proto {
     /// here, beside the generated types, so that a client needs nothing of
     /// the server to read it.
     pub const LEADER_ADDR_METADATA: &str = "leader-addr";
+
+    /// gRPC metadata of every peer stream (`raftpeer.Raft/Send`): the id of
+    /// the sender's cluster (16 hex digits; src/server/identity.rs), the
+    /// sender's node id, and where its clients reach it (for redirects).
+    /// The receiver refuses a stream whose cluster id or sender is not its
+    /// own cluster's, with PERMISSION_DENIED.
+    pub const CLUSTER_ID_METADATA: &str = "raft-kv-cluster-id";
+    pub const FROM_METADATA: &str = "raft-kv-from";
+    pub const CLIENT_ADDRESS_METADATA: &str = "raft-kv-client-address";
 }

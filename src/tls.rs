@@ -18,9 +18,12 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tokio_rustls::rustls;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::raft::NodeId;
 
@@ -165,7 +168,16 @@ impl TlsFiles {
                 ));
             }
         }
-        Ok(Tls { ca, cert, key })
+        let tls = Tls { ca, cert, key };
+        tls.server_config().map_err(|e| {
+            format!(
+                "{}, {} and {}: {e}",
+                self.cert.display(),
+                self.key.display(),
+                self.ca.display()
+            )
+        })?;
+        Ok(tls)
     }
 }
 
@@ -192,6 +204,13 @@ pub struct Tls {
     key: Vec<u8>,
 }
 
+impl fmt::Debug for Tls {
+    // Never the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tls { .. }")
+    }
+}
+
 impl Tls {
     fn identity(&self) -> Identity {
         Identity::from_pem(&self.cert, &self.key)
@@ -202,11 +221,33 @@ impl Tls {
     }
 
     /// A node's listeners: its own certificate, and a certificate signed by
-    /// the CA required of every connection.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity())
-            .client_ca_root(self.ca())
+    /// the CA required of every connection (HTTP/2 only, as gRPC is).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        // ring, as tonic's `tls-ring` uses: aws-lc-rs (rustls' choice since
+        // 0.23.48, for post-quantum key exchange) is a much heavier build.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certificates(&self.ca)? {
+            roots
+                .add(ca)
+                .map_err(|e| format!("the CA certificate cannot be used: {e}"))?;
+        }
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("the CA certificate cannot be used: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| e.to_string())?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(certificates(&self.cert)?, key)
+            .map_err(|e| format!("the certificate and key do not go together: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 
     /// A node's connection to peer `peer`: the server must show `peer`'s

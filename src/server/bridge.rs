@@ -3,11 +3,15 @@
 //! Raft itself is synchronous (see `event_loop.rs`); this thread turns it
 //! into network traffic and back, and is the only place prost types appear.
 //!
-//! - **Inbound.** One tonic server on the node's own address serves the peer
-//!   service `raftpeer.Raft` and the client service `raftkv.KeyValue`
-//!   (`services.rs`). A peer's message is converted (`convert.rs`) and sent
-//!   to the event loop, one way; a client's request is sent with an id under
-//!   which a oneshot waits for its answer ([`services::Waiting`]).
+//! - **Inbound.** A tonic server serves the peer service `raftpeer.Raft` and
+//!   the client service `raftkv.KeyValue` (`services.rs`), on one port or,
+//!   with `--listen-clients`, each on its own. With TLS, the bridge does the
+//!   handshakes (`accept.rs`). A peer stream is admitted once, at its start:
+//!   it must carry this cluster's id and a member's id, and with TLS come
+//!   over a connection whose certificate names that member. A peer's
+//!   message is converted (`convert.rs`) and sent to the event loop, one
+//!   way; a client's request is sent with an id under which a oneshot waits
+//!   for its answer ([`services::Waiting`]).
 //! - **Outbound.** The event loop hands over what each of its turns produced
 //!   as one [`Handoff`]; a dispatcher task hands the answers to the clients
 //!   waiting for them and puts the messages on per-peer queues. For each
@@ -24,7 +28,9 @@
 //! run-to-run noise), so each node keeps the simpler runtime and one tokio
 //! thread.
 
+mod accept;
 mod convert;
+mod refusals;
 mod services;
 
 use std::collections::HashMap;
@@ -35,8 +41,10 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use log::debug;
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::transport::server::TcpIncoming;
+use tonic::metadata::MetadataValue;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Channel, Endpoint, Server};
+use tonic::Code;
 // tonic's own re-export of tokio-stream: the per-peer channel becomes the
 // request stream of the `Send` RPC.
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -45,9 +53,14 @@ use crate::config::{Address, Members};
 use crate::proto::kv::key_value_server::KeyValueServer;
 use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::raft_server::RaftServer;
+use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
 use crate::raft::{Message, NodeId};
 use crate::server::event_loop::{ClientCall, Handoff, PeerMessage};
-use services::{ClientService, PeerService, Waiting};
+use crate::server::identity::ClusterId;
+use crate::server::Listeners;
+use crate::tls::Tls;
+use refusals::Refusals;
+use services::{ClientAddresses, ClientService, PeerService, Waiting};
 
 /// Largest gRPC message sent or accepted: AppendEntries batches and snapshot
 /// chunks run to several MiB, and one value may be 1 MiB.
@@ -75,9 +88,13 @@ const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 /// What the bridge thread needs.
 pub struct Bridge {
     pub id: NodeId,
+    pub cluster_id: ClusterId,
     pub members: Arc<Members>,
-    /// this node's listening socket, bound early (see `config::bind_listener`)
-    pub listener: std::net::TcpListener,
+    /// where clients reach this node (sent to peers, which redirect to it)
+    pub client_address: Address,
+    pub tls: Option<Tls>,
+    /// this node's listening sockets, bound early (see `Listeners::bind`)
+    pub listeners: Listeners,
     pub peer_messages: Sender<PeerMessage>,
     pub client_calls: Sender<ClientCall>,
     /// what the event loop hands over, a turn at a time
@@ -107,71 +124,149 @@ impl Bridge {
     async fn serve(self) -> Result<(), String> {
         let Bridge {
             id,
+            cluster_id,
             members,
-            listener,
+            client_address,
+            tls,
+            listeners,
             peer_messages,
             client_calls,
             handoffs,
             shutdown,
         } = self;
+        let refusals = Refusals::default();
         let mut queues = HashMap::new();
         let waiting = Waiting::default();
+        let stream_metadata = StreamMetadata {
+            cluster_id: cluster_id.to_string(),
+            from: id.to_string(),
+            client_address: client_address.to_string(),
+        };
         for peer in members.ids().into_iter().filter(|&p| p != id) {
             let (queue_tx, queue) = mpsc::channel(PEER_QUEUE_LEN);
             queues.insert(peer, queue_tx);
             let address = members
                 .address(peer)
                 .expect("every peer with a queue is a member");
-            let client = peer_client(address)
+            let client = peer_client(address, tls.as_ref().map(|t| t.peer_config(peer)))
                 .map_err(|e| format!("node {id}: bad address {address} for peer {peer}: {e}"))?;
-            let sender = PeerSender { id, peer, client };
+            let sender = PeerSender {
+                id,
+                peer,
+                client,
+                metadata: stream_metadata.clone(),
+                refusals: refusals.clone(),
+            };
             tokio::spawn(sender.run(queue));
         }
         tokio::spawn(dispatch(id, handoffs, queues, waiting.clone()));
 
-        let incoming = listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))
-            .map_err(|e| format!("node {id}: cannot use the listening socket: {e}"))?;
-        let incoming = TcpIncoming::from(incoming).with_nodelay(Some(true));
-        let peer_service = PeerService {
+        let client_addresses = ClientAddresses::new(&members, id, &client_address);
+        let peer_service = RaftServer::new(PeerService {
             id,
-            members: members.clone(),
-            to_event_loop: peer_messages,
-        };
-        let client_service = ClientService {
+            cluster_id,
             members,
+            tls: tls.is_some(),
+            client_addresses: client_addresses.clone(),
+            refusals: refusals.clone(),
+            to_event_loop: peer_messages,
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client_service = KeyValueServer::new(ClientService {
+            addresses: client_addresses,
             to_event_loop: client_calls,
             waiting,
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let tls_config = tls
+            .map(|t| t.server_config())
+            .transpose()
+            .map_err(|e| format!("node {id}: TLS: {e}"))?;
+        let listening = Listening {
+            id,
+            tls: tls_config,
+            refusals,
         };
-        let server = Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .add_service(
-                RaftServer::new(peer_service)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                KeyValueServer::new(client_service)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            );
+
         let (stopping_tx, stopping) = watch::channel(false);
         tokio::spawn(async move {
             let _ = shutdown.await;
             let _ = stopping_tx.send(true);
         });
-        let mut stop_serving = stopping.clone();
-        let serving = server.serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop_serving.wait_for(|&stop| stop).await;
-        });
+        let serving = async {
+            match listeners.clients {
+                None => {
+                    let both = server()
+                        .add_service(peer_service)
+                        .add_service(client_service);
+                    listening
+                        .serve(both, listeners.peers, stopping.clone())
+                        .await
+                }
+                Some(clients) => {
+                    let peers = server().add_service(peer_service);
+                    let clients_only = server().add_service(client_service);
+                    tokio::try_join!(
+                        listening.serve(peers, listeners.peers, stopping.clone()),
+                        listening.serve(clients_only, clients, stopping.clone())
+                    )
+                    .map(|_| ())
+                }
+            }
+        };
         // Shutdown closes connections gracefully, but a client that never
         // reads its GOAWAY must not keep the node from stopping.
         tokio::select! {
-            served = serving => served.map_err(|e| format!("node {id}: the gRPC server failed: {e}")),
-            () = grace_after(stopping) => Ok(()),
+            served = serving => served,
+            () = grace_after(stopping.clone()) => Ok(()),
         }
+    }
+}
+
+/// A tonic server with the node's HTTP/2 settings.
+fn server() -> Server {
+    Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+}
+
+/// How a node serves a listening socket: in plain text, or with TLS.
+struct Listening {
+    id: NodeId,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    refusals: Refusals,
+}
+
+impl Listening {
+    /// Serve `router` on `listener` until `stopping` turns true.
+    async fn serve(
+        &self,
+        router: Router,
+        listener: std::net::TcpListener,
+        mut stopping: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let id = self.id;
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map_err(|e| format!("node {id}: cannot use the listening socket: {e}"))?;
+        let stop = async move {
+            let _ = stopping.wait_for(|&stop| stop).await;
+        };
+        let served = match &self.tls {
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            Some(config) => {
+                let incoming =
+                    accept::tls_incoming(id, listener, config.clone(), self.refusals.clone());
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+        };
+        served.map_err(|e| format!("node {id}: the gRPC server failed: {e}"))
     }
 }
 
@@ -182,9 +277,16 @@ async fn grace_after(mut stopping: watch::Receiver<bool>) {
 }
 
 /// A client for one peer that connects on first use and reconnects after
-/// failures by itself.
-fn peer_client(address: &Address) -> Result<RaftClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(address.url())?
+/// failures by itself; with `tls`, it accepts only that peer's certificate.
+fn peer_client(
+    address: &Address,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(address.url(tls.is_some()))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -237,11 +339,39 @@ fn deliver(
     }
 }
 
+/// What every peer stream a node opens says about it, in its gRPC metadata:
+/// checked once per stream by the receiver (`PeerService::admit`).
+#[derive(Clone)]
+struct StreamMetadata {
+    cluster_id: String,
+    from: String,
+    client_address: String,
+}
+
+impl StreamMetadata {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        for (key, value) in [
+            (CLUSTER_ID_METADATA, &self.cluster_id),
+            (FROM_METADATA, &self.from),
+            (CLIENT_ADDRESS_METADATA, &self.client_address),
+        ] {
+            if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+                metadata.insert(key, value);
+            }
+        }
+        request
+    }
+}
+
 /// Sends the event loop's messages for one peer, over one stream at a time.
 struct PeerSender {
     id: NodeId,
     peer: NodeId,
     client: RaftClient<Channel>,
+    metadata: StreamMetadata,
+    refusals: Refusals,
 }
 
 impl PeerSender {
@@ -251,8 +381,8 @@ impl PeerSender {
             // Open a stream and write the queue to it until it fails.
             let (stream, envelopes) = mpsc::channel(PEER_STREAM_LEN);
             let mut client = self.client.clone();
-            let mut call =
-                tokio::spawn(async move { client.send(ReceiverStream::new(envelopes)).await });
+            let request = self.metadata.request(ReceiverStream::new(envelopes));
+            let mut call = tokio::spawn(async move { client.send(request).await });
             let mut next = Some(first);
             while let Some(message) = next.take() {
                 debug!(
@@ -270,7 +400,7 @@ impl PeerSender {
                 tokio::select! {
                     message = queue.recv() => next = message,
                     ended = &mut call => {
-                        debug!("node {id}: the stream to {peer} ended: {ended:?}");
+                        self.ended(ended);
                         break;
                     }
                 }
@@ -280,6 +410,30 @@ impl PeerSender {
                 call.abort();
             }
             tokio::time::sleep(RECONNECT_DELAY).await;
+        }
+    }
+
+    /// A stream the peer refused is worth a warning (another cluster, or a
+    /// certificate it does not take); any other end is the network's doing.
+    fn ended<T>(&self, ended: Result<Result<T, tonic::Status>, tokio::task::JoinError>) {
+        let (id, peer) = (self.id, self.peer);
+        match ended {
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
+                ) =>
+            {
+                self.refusals
+                    .warn(format!("refused by {peer} {}", status.message()), || {
+                        format!(
+                            "node {id}: node {peer} refused our messages: {}",
+                            status.message()
+                        )
+                    })
+            }
+            Ok(Err(status)) => debug!("node {id}: the stream to {peer} ended: {status}"),
+            _ => debug!("node {id}: the stream to {peer} ended"),
         }
     }
 }

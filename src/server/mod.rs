@@ -28,6 +28,7 @@
 pub mod bridge;
 mod cluster;
 pub mod event_loop;
+pub mod identity;
 mod timer;
 
 pub use cluster::{die_with_parent, interrupt};
@@ -49,6 +50,7 @@ use crate::raft::{NodeId, RaftNode, Storage};
 use crate::storage::FileStorage;
 use bridge::Bridge;
 use event_loop::{EventLoop, Inputs, RuntimeOutbox};
+use identity::ClusterId;
 
 /// Exit code of a node that stopped on an error it cannot recover from
 /// (a failed disk write, a crashed thread).
@@ -77,6 +79,21 @@ pub struct NodeArgs {
     /// Where this node keeps its term, vote, log and snapshot (created if missing).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Where to serve the peer service (default: this node's address in the
+    /// member list), e.g. 0.0.0.0:7001 for every interface.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen_peers: Option<String>,
+    /// Serve clients on a port of their own (default: on the peer port), so
+    /// that a firewall can keep the peer port private (docs/deploy.md).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen_clients: Option<String>,
+    /// Names a new cluster, with its member list, at its first start: give
+    /// every member the same random token (docs/deploy.md). The data dir
+    /// remembers the cluster; a later start needs no token.
+    #[arg(long, value_name = "TOKEN")]
+    pub cluster_token: Option<String>,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -87,8 +104,8 @@ pub fn run_node(args: NodeArgs) -> i32 {
         Ok(config) => config,
         Err(e) => return bad_config(e),
     };
-    let listener = match config::bind_listener(config.address()) {
-        Ok(listener) => listener,
+    let listeners = match Listeners::bind(&config) {
+        Ok(listeners) => listeners,
         Err(e) => return bad_config(e),
     };
     init_logging(config.log_level.filter());
@@ -99,19 +116,34 @@ pub fn run_node(args: NodeArgs) -> i32 {
             return EXIT_BAD_CONFIG;
         }
     };
+    let cluster_id = match join_cluster(&config, &storage) {
+        Ok(cluster_id) => cluster_id,
+        Err(e) => {
+            eprintln!(
+                "raft-kv: error: node {}: data dir {}: {e}",
+                config.id,
+                config.data_dir.display()
+            );
+            return EXIT_BAD_CONFIG;
+        }
+    };
     exit_on_panic(config.id);
-    let node = match Node::start(&config, Box::new(storage), listener) {
+    let node = match Node::start(&config, Box::new(storage), listeners, cluster_id) {
         Ok(node) => node,
         Err(e) => {
             error!("node {}: cannot start: {e}", config.id);
             return EXIT_FATAL;
         }
     };
+    let serving = match &config.listen_clients {
+        None => format!("peers and clients on {}", config.listen_peers),
+        Some(clients) => format!("peers on {}, clients on {clients}", config.listen_peers),
+    };
     info!(
-        "node {}: pid {}, serving peers and clients on {}, data in {}",
+        "node {}: pid {}, cluster {cluster_id}, serving {serving}{}, data in {}",
         config.id,
         std::process::id(),
-        config.address(),
+        if config.tls.is_some() { " (TLS)" } else { "" },
         config.data_dir.display()
     );
     match node.wait() {
@@ -120,6 +152,43 @@ pub fn run_node(args: NodeArgs) -> i32 {
             error!("{e}");
             EXIT_FATAL
         }
+    }
+}
+
+/// The cluster this node belongs to: what its data dir says, or, at its
+/// first start, a new record of the cluster its flags describe.
+fn join_cluster(config: &NodeConfig, storage: &FileStorage) -> Result<ClusterId, String> {
+    let stored = storage.cluster_file().map_err(|e| e.to_string())?;
+    let (id, new_record) = identity::establish(
+        stored.as_deref(),
+        &config.members,
+        config.cluster_token.as_deref(),
+    )?;
+    if let Some(record) = new_record {
+        storage
+            .save_cluster_file(record.encode().as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(id)
+}
+
+/// A node's listening sockets, bound before anything else starts, so that
+/// a busy port is reported first and changes nothing.
+pub struct Listeners {
+    pub peers: TcpListener,
+    /// clients' own port; `None` serves them on the peers' port
+    pub clients: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub fn bind(config: &NodeConfig) -> Result<Listeners, config::ConfigError> {
+        let peers = config::bind_listener(&config.listen_peers)?;
+        let clients = config
+            .listen_clients
+            .as_ref()
+            .map(config::bind_listener)
+            .transpose()?;
+        Ok(Listeners { peers, clients })
     }
 }
 
@@ -171,11 +240,12 @@ pub struct Node {
 
 impl Node {
     /// Recover the node from `storage` and start its threads, serving on
-    /// `listener` (already bound to the node's own address).
+    /// `listeners` as a member of cluster `cluster_id`.
     pub fn start(
         config: &NodeConfig,
         storage: Box<dyn Storage>,
-        listener: TcpListener,
+        listeners: Listeners,
+        cluster_id: ClusterId,
     ) -> std::io::Result<Node> {
         let id = config.id;
         let (tick_tx, tick_rx) = bounded(1);
@@ -195,8 +265,11 @@ impl Node {
 
         let bridge = Bridge {
             id,
+            cluster_id,
             members: Arc::new(config.members.clone()),
-            listener,
+            client_address: config.client_address.clone(),
+            tls: config.tls.clone(),
+            listeners,
             peer_messages: peer_tx,
             client_calls: client_tx,
             handoffs: handoff_rx,

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::Node;
+use super::identity::ClusterId;
+use super::{Listeners, Node};
 use crate::config::{Address, FastPath, LogLevel, Members, NodeConfig, Timing};
 use crate::proto::kv::key_value_client::KeyValueClient;
 use crate::proto::kv::{
@@ -37,7 +38,7 @@ use crate::proto::kv::{
 use crate::proto::peer::envelope::Message as PeerMessage;
 use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::{AppendEntriesRequest, Envelope, LogEntry, RequestVoteRequest};
-use crate::proto::LEADER_ADDR_METADATA;
+use crate::proto::{CLUSTER_ID_METADATA, FROM_METADATA, LEADER_ADDR_METADATA};
 use crate::raft::{MemStorage, NodeId};
 use tonic::codegen::tokio_stream;
 
@@ -46,6 +47,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// Up to three nodes on free loopback ports; dropping it stops them all.
 struct TestCluster {
     members: Members,
+    cluster_id: ClusterId,
     listeners: Vec<Option<TcpListener>>,
     disks: Vec<MemStorage>,
     nodes: Vec<Option<Node>>,
@@ -65,8 +67,10 @@ impl TestCluster {
             .map(|(i, l)| format!("{}={}", i + 1, l.local_addr().unwrap()))
             .collect::<Vec<_>>()
             .join(",");
+        let members = Members::parse_peers(&list).unwrap();
         TestCluster {
-            members: Members::parse_peers(&list).unwrap(),
+            cluster_id: ClusterId::derive(&members, "test"),
+            members,
             listeners: listeners.into_iter().map(Some).collect(),
             disks: (0..size).map(|_| MemStorage::new()).collect(),
             nodes: (0..size).map(|_| None).collect(),
@@ -92,10 +96,19 @@ impl TestCluster {
             log_level: LogLevel::Info,
             poll: Duration::from_micros(500),
             fast_path: FastPath::default(),
+            listen_peers: self.address(id).clone(),
+            listen_clients: None,
+            client_address: self.address(id).clone(),
+            cluster_token: None,
+            tls: None,
         };
-        let listener = self.listeners[i].take().expect("each node starts once");
+        let listeners = Listeners {
+            peers: self.listeners[i].take().expect("each node starts once"),
+            clients: None,
+        };
         let disk = Box::new(self.disks[i].clone());
-        self.nodes[i] = Some(Node::start(&config, disk, listener).unwrap());
+        let node = Node::start(&config, disk, listeners, self.cluster_id).unwrap();
+        self.nodes[i] = Some(node);
     }
 
     fn start_all(&mut self) {
@@ -109,7 +122,7 @@ impl TestCluster {
     }
 
     fn client(&self, id: NodeId) -> KeyValueClient<Channel> {
-        let url = self.address(id).url();
+        let url = self.address(id).url(false);
         self.runtime.block_on(KeyValueClient::connect(url)).unwrap()
     }
 
@@ -294,29 +307,65 @@ fn a_node_with_no_leader_says_so() {
     assert!(refusal.metadata().get(LEADER_ADDR_METADATA).is_none());
 }
 
+/// A peer stream's request, with the metadata a node of `cluster` sends.
+fn stream(
+    cluster: ClusterId,
+    from: &str,
+    envelopes: Vec<Envelope>,
+) -> tonic::Request<tokio_stream::Iter<std::vec::IntoIter<Envelope>>> {
+    let mut request = tonic::Request::new(tokio_stream::iter(envelopes));
+    let metadata = request.metadata_mut();
+    metadata.insert(CLUSTER_ID_METADATA, cluster.to_string().parse().unwrap());
+    metadata.insert(FROM_METADATA, from.parse().unwrap());
+    request
+}
+
+fn vote_request(from: NodeId) -> Envelope {
+    let request = RequestVoteRequest {
+        term: 1,
+        candidate_id: from,
+        last_log_index: 0,
+        last_log_term: 0,
+    };
+    Envelope {
+        from,
+        message: Some(PeerMessage::RequestVote(request)),
+    }
+}
+
 #[test]
 fn the_peer_service_refuses_strangers_and_malformed_entries() {
     let mut cluster = TestCluster::new(3, 10_000);
     cluster.start(1);
-    let url = cluster.address(1).url();
+    let url = cluster.address(1).url(false);
     let mut peer = cluster.runtime.block_on(RaftClient::connect(url)).unwrap();
+    let mut refusal = |request| cluster.runtime.block_on(peer.send(request)).unwrap_err();
+    let ours = cluster.cluster_id;
 
-    let stranger = RequestVoteRequest {
-        term: 1,
-        candidate_id: 9,
-        last_log_index: 0,
-        last_log_term: 0,
-    };
-    let envelope = Envelope {
-        from: 9,
-        message: Some(PeerMessage::RequestVote(stranger)),
-    };
-    let refusal = cluster
-        .runtime
-        .block_on(peer.send(tokio_stream::iter([envelope])))
-        .unwrap_err();
-    assert_eq!(refusal.code(), Code::InvalidArgument);
-    assert_eq!(refusal.message(), "node 9 is not a peer of node 1");
+    let stranger = refusal(stream(ours, "9", vec![vote_request(9)]));
+    assert_eq!(stranger.code(), Code::PermissionDenied);
+    assert_eq!(
+        stranger.message(),
+        "node 1 refuses this stream: it claims to be node '9', not a peer of node 1"
+    );
+    let another = ClusterId(ours.0 ^ 1);
+    let foreign = refusal(stream(another, "2", vec![vote_request(2)]));
+    assert_eq!(foreign.code(), Code::PermissionDenied);
+    assert_eq!(
+        foreign.message(),
+        format!(
+            "node 1 refuses this stream: its cluster id is {another}, not this cluster's \
+             ({ours}): it is not a member of this cluster"
+        )
+    );
+    let unlabelled = tonic::Request::new(tokio_stream::iter(vec![vote_request(2)]));
+    assert_eq!(refusal(unlabelled).code(), Code::PermissionDenied);
+    let impostor = refusal(stream(ours, "2", vec![vote_request(3)]));
+    assert_eq!(impostor.code(), Code::InvalidArgument);
+    assert_eq!(
+        impostor.message(),
+        "a message on node 2's stream says it is from node 3"
+    );
 
     let gap = AppendEntriesRequest {
         term: 1,
@@ -336,16 +385,13 @@ fn the_peer_service_refuses_strangers_and_malformed_entries() {
         from: 2,
         message: Some(PeerMessage::AppendEntries(gap)),
     };
-    let refusal = cluster
-        .runtime
-        .block_on(peer.send(tokio_stream::iter([envelope])))
-        .unwrap_err();
-    assert_eq!(refusal.code(), Code::InvalidArgument);
+    let malformed = refusal(stream(ours, "2", vec![envelope]));
+    assert_eq!(malformed.code(), Code::InvalidArgument);
     assert_eq!(
-        refusal.message(),
+        malformed.message(),
         "entry 1 of AppendEntries has index 2, expected 1"
     );
-    // Neither request reached the core: node 1 is still in term 0.
+    // No request reached the core: node 1 is still in term 0.
     assert_eq!(cluster.status(1).unwrap().term, 0);
 }
 

@@ -31,8 +31,10 @@ const LOCK_FILE: &str = "LOCK";
 const HARD_STATE_FILE: &str = "hardstate";
 const SNAPSHOT_FILE: &str = "snapshot";
 const LOG_FILE: &str = "log";
+/// The cluster this dir belongs to; its text is the server's (src/server/identity.rs).
+const CLUSTER_FILE: &str = "cluster";
 /// Each atomic replacement writes `<name>.tmp` first; a crash can leave one.
-const TEMPORARY_FILES: [&str; 3] = ["hardstate.tmp", "snapshot.tmp", "log.tmp"];
+const TEMPORARY_FILES: [&str; 4] = ["hardstate.tmp", "snapshot.tmp", "log.tmp", "cluster.tmp"];
 /// `log` grows in steps of this many bytes, ahead of the records written into
 /// it. An fsync after an append that also grew the file must write the
 /// file's new length too; within the space already there it need not, which
@@ -465,6 +467,18 @@ impl FileStorage {
             entries,
         });
         Ok(storage)
+    }
+
+    /// What the file `cluster` holds, if it exists (the server decides
+    /// what it means: src/server/identity.rs).
+    pub fn cluster_file(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        read_if_present(&self.dir.join(CLUSTER_FILE))
+    }
+
+    /// Write the file `cluster`, atomically and durably.
+    pub fn save_cluster_file(&self, bytes: &[u8]) -> Result<(), StorageError> {
+        replace_atomically(&self.dir, CLUSTER_FILE, |f| f.write_all(bytes))
+            .map_err(StorageError::io("saving the cluster file"))
     }
 
     /// The data dir this storage holds locked.

@@ -1,9 +1,9 @@
-//! The two gRPC services every node serves on its one address: the peer
-//! service `raftpeer.Raft` (Figure 2, Figure 13) and the client service
-//! `raftkv.KeyValue`. Both only translate: a peer's message goes to the event
-//! loop one way; a client's request goes with an id, and its answer comes
-//! back from the event loop's handoff to the oneshot registered under that
-//! id ([`Waiting`]).
+//! The two gRPC services every node serves: the peer service `raftpeer.Raft`
+//! (Figure 2, Figure 13) and the client service `raftkv.KeyValue`. Both only
+//! translate: a peer's message goes to the event loop one way, once its
+//! stream was admitted ([`PeerService::admit`]); a client's request goes
+//! with an id, and its answer comes back from the event loop's handoff to
+//! the oneshot registered under that id ([`Waiting`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,13 +15,17 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::convert;
-use crate::config::Members;
+use super::refusals::Refusals;
+use crate::config::{Address, Members};
 use crate::kv::{self, ClientError, ClientRequest, ClientResponse};
 use crate::proto::kv as kv_pb;
 use crate::proto::peer as peer_pb;
 use crate::proto::LEADER_ADDR_METADATA;
+use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
 use crate::raft::{self, NodeId, NodeStatus, RequestId};
 use crate::server::event_loop::{ClientCall, PeerMessage};
+use crate::server::identity::ClusterId;
+use crate::tls;
 
 fn event_loop_gone() -> Status {
     Status::unavailable("this node is shutting down")
@@ -34,28 +38,124 @@ fn event_loop_busy() -> Status {
 /// `raftpeer.Raft`: messages from other servers, handed to `RaftNode::step`.
 pub struct PeerService {
     pub id: NodeId,
+    pub cluster_id: ClusterId,
     pub members: Arc<Members>,
+    /// whether connections come over TLS, with a certificate to check
+    pub tls: bool,
+    pub client_addresses: ClientAddresses,
+    pub refusals: Refusals,
     pub to_event_loop: Sender<PeerMessage>,
+}
+
+impl PeerService {
+    /// Decide, once per stream, whether it comes from a member of this
+    /// cluster: its metadata must carry this cluster's id and a peer's id,
+    /// and with TLS its connection's certificate must name that peer. The
+    /// core trusts the sender of every message it steps (Figure 2 has no
+    /// outsiders), so everyone else stops here.
+    fn admit<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
+        let text = |key: &str| {
+            request
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let from_text = text(FROM_METADATA);
+        let cluster = text(CLUSTER_ID_METADATA);
+        if cluster != self.cluster_id.to_string() {
+            let said = if cluster.is_empty() { "none" } else { cluster };
+            return Err(self.refuse(
+                request,
+                format!("cluster id {said:.16}"),
+                format!(
+                    "its cluster id is {said:.20}, not this cluster's ({}): it is not a member \
+                     of this cluster",
+                    self.cluster_id
+                ),
+            ));
+        }
+        let from = match from_text.parse::<NodeId>() {
+            Ok(from) if from != self.id && self.members.contains(from) => from,
+            _ => {
+                return Err(self.refuse(
+                    request,
+                    "sender".into(),
+                    format!(
+                        "it claims to be node '{from_text:.20}', not a peer of node {}",
+                        self.id
+                    ),
+                ))
+            }
+        };
+        if self.tls {
+            let certified = request
+                .peer_certs()
+                .is_some_and(|chain| tls::names_node(&chain, from));
+            if !certified {
+                return Err(self.refuse(
+                    request,
+                    format!("certificate {from}"),
+                    format!(
+                        "it claims to be node {from}, but its TLS certificate does not name {}",
+                        tls::node_name(from)
+                    ),
+                ));
+            }
+        }
+        if let Some(address) = request
+            .metadata()
+            .get(CLIENT_ADDRESS_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|text| Address::parse(text).ok())
+        {
+            self.client_addresses.learn(from, address);
+        }
+        Ok(from)
+    }
+
+    /// Log a refused stream (once in a while per kind) and say why to the sender.
+    fn refuse<T>(&self, request: &Request<T>, kind: String, why: String) -> Status {
+        let remote = request
+            .remote_addr()
+            .map_or("an unknown address".to_string(), |a| a.to_string());
+        self.refusals.warn(format!("{kind} {remote}"), || {
+            format!(
+                "node {}: refused a peer stream from {remote}: {why}",
+                self.id
+            )
+        });
+        Status::permission_denied(format!("node {} refuses this stream: {why}", self.id))
+    }
 }
 
 #[tonic::async_trait]
 impl peer_pb::raft_server::Raft for PeerService {
     /// A peer's stream of messages, each handed to the event loop as it
-    /// comes. A message that is malformed or claims a sender that is not a
-    /// peer ends the stream (the peer's sender opens another).
+    /// comes. A message that is malformed or names another sender than the
+    /// stream's ends the stream (the peer's sender opens another).
     async fn send(
         &self,
         request: Request<Streaming<peer_pb::Envelope>>,
     ) -> Result<Response<peer_pb::Ack>, Status> {
+        let stream_from = self.admit(&request)?;
+        let remote = request.remote_addr();
         let mut envelopes = request.into_inner();
         while let Some(envelope) = envelopes.message().await? {
-            let (from, message) =
-                convert::open_envelope(envelope).map_err(Status::invalid_argument)?;
-            // The core keeps state per member: anyone else is refused.
-            if from == self.id || !self.members.contains(from) {
-                return Err(Status::invalid_argument(format!(
-                    "node {from} is not a peer of node {}",
-                    self.id
+            let refused = |why: String| {
+                let remote = remote.map_or("an unknown address".to_string(), |a| a.to_string());
+                self.refusals.warn(format!("malformed {remote}"), || {
+                    format!(
+                        "node {}: ended the stream of node {stream_from} from {remote}: {why}",
+                        self.id
+                    )
+                });
+                Status::invalid_argument(why)
+            };
+            let (from, message) = convert::open_envelope(envelope).map_err(&refused)?;
+            if from != stream_from {
+                return Err(refused(format!(
+                    "a message on node {stream_from}'s stream says it is from node {from}"
                 )));
             }
             match self.to_event_loop.try_send(PeerMessage { from, message }) {
@@ -70,6 +170,38 @@ impl peer_pb::raft_server::Raft for PeerService {
             }
         }
         Ok(Response::new(peer_pb::Ack {}))
+    }
+}
+
+/// Where clients reach each member, for the `leader-addr` of a redirect: a
+/// member's address in the member list until it says otherwise (each peer
+/// stream carries its sender's client address, which differs when it
+/// serves clients on a port of their own).
+#[derive(Clone)]
+pub struct ClientAddresses(Arc<Mutex<HashMap<NodeId, Address>>>);
+
+impl ClientAddresses {
+    pub fn new(members: &Members, own_id: NodeId, own: &Address) -> ClientAddresses {
+        let mut addresses: HashMap<NodeId, Address> =
+            members.iter().map(|(id, a)| (id, a.clone())).collect();
+        addresses.insert(own_id, own.clone());
+        ClientAddresses(Arc::new(Mutex::new(addresses)))
+    }
+
+    /// Only members are kept, so the map stays as small as the cluster.
+    fn learn(&self, id: NodeId, address: Address) {
+        let mut addresses = self.0.lock().expect("no panics while held");
+        if let Some(known) = addresses.get_mut(&id) {
+            *known = address;
+        }
+    }
+
+    fn of(&self, id: NodeId) -> Option<Address> {
+        self.0
+            .lock()
+            .expect("no panics while held")
+            .get(&id)
+            .cloned()
     }
 }
 
@@ -121,7 +253,7 @@ impl Waiting {
 
 /// `raftkv.KeyValue`: client requests, handed to `RaftNode::client_requests`.
 pub struct ClientService {
-    pub members: Arc<Members>,
+    pub addresses: ClientAddresses,
     pub to_event_loop: Sender<ClientCall>,
     pub waiting: Waiting,
 }
@@ -153,7 +285,7 @@ impl ClientService {
     fn status_of(&self, error: ClientError) -> Status {
         match error {
             ClientError::NotLeader { leader: Some(id) } => {
-                let Some(address) = self.members.address(id) else {
+                let Some(address) = self.addresses.of(id) else {
                     return Status::unavailable(format!("not leader; the leader is node {id}"));
                 };
                 let mut metadata = MetadataMap::new();
