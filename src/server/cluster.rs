@@ -49,6 +49,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// paused node never answers.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// In the base dir: the token every node of the cluster is started with.
+const TOKEN_FILE: &str = "cluster-token";
+
 const COMMANDS: &str =
     "kill N, restart N, pause N, resume N, status, help, quit (N: a node id or 'leader')";
 const HELP: [&str; 7] = [
@@ -96,11 +99,19 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
     };
     interrupt::catch();
     let (events_tx, events) = unbounded();
+    let token = match cluster_token(&args.data_dir) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("raft-kv: error: {e}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
     let mut cluster = Cluster {
         exe,
         members,
         data_dir: args.data_dir,
         tuning: args.tuning,
+        node_flags: vec!["--cluster-token".into(), token],
         events: events_tx,
         nodes: BTreeMap::new(),
     };
@@ -115,6 +126,29 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
     }
     read_commands(cluster.events.clone());
     cluster.supervise(events)
+}
+
+/// The token that names this cluster (src/server/identity.rs): drawn at
+/// random when the base dir is new, and kept in BASE/cluster-token, so that
+/// a node whose data dir was wiped joins the same cluster again.
+fn cluster_token(base: &Path) -> Result<String, String> {
+    let path = base.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) => {
+            let token = token.trim().to_string();
+            crate::config::check_cluster_token(&token)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(token)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let token = format!("{:016x}", rand::random::<u64>());
+            std::fs::create_dir_all(base)
+                .and_then(|()| std::fs::write(&path, format!("{token}\n")))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(token)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 /// Check the flags here, so a mistake is reported once rather than by every node.
@@ -145,6 +179,8 @@ struct Cluster {
     members: Members,
     data_dir: PathBuf,
     tuning: Tuning,
+    /// flags every node gets besides the member list, data dir and tuning
+    node_flags: Vec<String>,
     /// Kept to hand to the output thread of every node started.
     events: Sender<Event>,
     nodes: BTreeMap<NodeId, Node>,
@@ -183,6 +219,7 @@ impl Cluster {
             &self.members,
             &data_dir,
             &self.tuning,
+            &self.node_flags,
             &self.events,
         )?;
         let state = State::Running {
@@ -538,6 +575,7 @@ fn spawn_node(
     members: &Members,
     data_dir: &Path,
     tuning: &Tuning,
+    node_flags: &[String],
     events: &Sender<Event>,
 ) -> io::Result<Child> {
     // One pipe for stdout and stderr keeps each node's lines in order.
@@ -550,6 +588,7 @@ fn spawn_node(
         .arg("--data-dir")
         .arg(data_dir)
         .args(tuning.to_flags())
+        .args(node_flags)
         .stdin(Stdio::null())
         .stdout(output_writer.try_clone()?)
         .stderr(output_writer);
