@@ -36,6 +36,9 @@ enum Command {
     /// Show every node's role, term, leader, commit and applied index.
     #[command(after_help = STATUS_EXIT_CODES)]
     Status(raft_kv::cli::StatusArgs),
+    /// Write a cluster's CA and certificates for mutual TLS: raft-kv certs --out DIR --nodes 1,2,3
+    #[command(after_help = CERTS_EXIT_CODES)]
+    Certs(raft_kv::tls::certs::CertsArgs),
     /// Load a cluster (raft-kv or etcd) and report latency and throughput.
     #[command(disable_help_flag = true)]
     Bench(Passed),
@@ -68,6 +71,15 @@ const STATUS_EXIT_CODES: &str = "\
 Exit codes:
   0  at least one node answered
   2  none did, or any other error: one line on stderr, starting 'raft-kv: error:'";
+const CERTS_EXIT_CODES: &str = "\
+Give every node and client --tls-dir DIR afterwards. Every certificate is valid
+for 10 years: long, because this is a learning tool with no way to renew or
+revoke one; run it again with --force for a new CA and new certificates.
+
+Exit codes:
+  0  written (prints each file and what it names)
+  2  any error (a bad list, the files of an earlier run in DIR without --force,
+     a file it cannot write): one line on stderr, starting 'raft-kv: error:'";
 const NODE_EXIT_CODES: &str = "\
 A node runs until it is killed; kill -9 is safe: what it acknowledged is on disk.
 Exit codes:
@@ -114,6 +126,7 @@ fn main() {
         Command::Get(a) => raft_kv::cli::get(a),
         Command::Delete(a) => raft_kv::cli::delete(a),
         Command::Status(a) => raft_kv::cli::status(a),
+        Command::Certs(a) => raft_kv::tls::certs::run(a),
         Command::Bench(a) => run_sibling("bench", a.args),
         Command::Skeleton(a) => run_sibling("skeleton", a.args),
     };

@@ -15,6 +15,8 @@
 //! still keeps apart the messages of different clusters, but anyone who can
 //! reach the peer port can speak for a member.
 
+pub mod certs;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

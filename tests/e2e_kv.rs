@@ -340,7 +340,7 @@ fn bad_subcommands_and_flags_get_one_line_and_exit_2() {
         );
     }
     for command in [
-        "node", "cluster", "set", "get", "delete", "status", "bench", "skeleton",
+        "node", "cluster", "set", "get", "delete", "status", "certs", "bench", "skeleton",
     ] {
         let help = stdout(&cli(&[command, "--help"]));
         assert!(help.contains("\nExit codes"), "{command} --help:\n{help}");
