@@ -212,16 +212,7 @@ impl Cluster {
     fn start(&mut self, id: NodeId) -> io::Result<()> {
         let run = self.nodes.get(&id).map_or(1, |node| node.run + 1);
         let data_dir = self.node_data_dir(id);
-        let child = spawn_node(
-            &self.exe,
-            id,
-            run,
-            &self.members,
-            &data_dir,
-            &self.tuning,
-            &self.node_flags,
-            &self.events,
-        )?;
+        let child = self.spawn_node(id, run, &data_dir)?;
         let state = State::Running {
             child,
             paused: false,
@@ -229,6 +220,32 @@ impl Cluster {
         };
         self.nodes.insert(id, Node { run, state });
         Ok(())
+    }
+
+    fn spawn_node(&self, id: NodeId, run: u64, data_dir: &Path) -> io::Result<Child> {
+        // One pipe for stdout and stderr keeps each node's lines in order.
+        let (output, output_writer) = io::pipe()?;
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("node")
+            .args(["--id", &id.to_string()])
+            .args(["--peers", &self.members.to_peers_flag()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(self.tuning.to_flags())
+            .args(&self.node_flags)
+            .stdin(Stdio::null())
+            .stdout(output_writer.try_clone()?)
+            .stderr(output_writer);
+        die_with_parent(&mut command);
+        let child = command.spawn()?;
+        // Close our copies of the pipe's write end, so the output ends when the node does.
+        drop(command);
+        let events = self.events.clone();
+        thread::Builder::new()
+            .name(format!("node{id}-output"))
+            .spawn(move || forward_output(id, run, output, events))?;
+        Ok(child)
     }
 
     fn node_data_dir(&self, id: NodeId) -> PathBuf {
@@ -566,41 +583,6 @@ impl Drop for Cluster {
 enum Flow {
     Continue,
     Quit,
-}
-
-fn spawn_node(
-    exe: &Path,
-    id: NodeId,
-    run: u64,
-    members: &Members,
-    data_dir: &Path,
-    tuning: &Tuning,
-    node_flags: &[String],
-    events: &Sender<Event>,
-) -> io::Result<Child> {
-    // One pipe for stdout and stderr keeps each node's lines in order.
-    let (output, output_writer) = io::pipe()?;
-    let mut command = Command::new(exe);
-    command
-        .arg("node")
-        .args(["--id", &id.to_string()])
-        .args(["--peers", &members.to_peers_flag()])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(tuning.to_flags())
-        .args(node_flags)
-        .stdin(Stdio::null())
-        .stdout(output_writer.try_clone()?)
-        .stderr(output_writer);
-    die_with_parent(&mut command);
-    let child = command.spawn()?;
-    // Close our copies of the pipe's write end, so the output ends when the node does.
-    drop(command);
-    let events = events.clone();
-    thread::Builder::new()
-        .name(format!("node{id}-output"))
-        .spawn(move || forward_output(id, run, output, events))?;
-    Ok(child)
 }
 
 fn forward_output(id: NodeId, run: u64, output: io::PipeReader, events: Sender<Event>) {
