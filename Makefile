@@ -103,8 +103,10 @@ clean:
 	rm -rf data
 
 ## Three nodes on 127.0.0.1:7001-7003, data under ./data/node{1,2,3}; Ctrl-C stops them all.
+## make cluster TLS=1: the same cluster with mutual TLS (certificates in data/tls;
+## clients then need --tls-dir data/tls; docs/api.md "TLS").
 cluster: release
-	./target/release/raft-kv cluster --peers "$(PEERS)" --data-dir data
+	./target/release/raft-kv cluster --peers "$(PEERS)" --data-dir data $(if $(filter 1,$(TLS)),--tls)
 
 ## Benchmarks (docs/performance.md). Extra flags: make bench BENCH_FLAGS="--runs 3".
 ## A fresh local 3-node cluster, every workload, then stopped.

@@ -40,6 +40,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::cli::Client;
 use crate::config::{ConfigError, Members, Tuning, EXIT_BAD_CONFIG};
 use crate::raft::NodeId;
+use crate::tls::{certs, Holder, TlsArgs};
 
 /// How long the nodes get to exit after an interrupt before they are killed.
 const GRACE: Duration = Duration::from_secs(2);
@@ -51,6 +52,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// In the base dir: the token every node of the cluster is started with.
 const TOKEN_FILE: &str = "cluster-token";
+/// In the base dir: the certificates `--tls` makes.
+const TLS_DIR: &str = "tls";
 
 const COMMANDS: &str =
     "kill N, restart N, pause N, resume N, status, help, quit (N: a node id or 'leader')";
@@ -77,6 +80,12 @@ pub struct ClusterArgs {
     /// Base data directory: node N keeps its data in BASE/nodeN.
     #[arg(long, value_name = "BASE", default_value = "data")]
     pub data_dir: PathBuf,
+    /// Run with mutual TLS: at the first start, `raft-kv certs` writes a CA
+    /// and every certificate to BASE/tls; clients then need `--tls-dir BASE/tls`.
+    #[arg(long, conflicts_with_all = ["tls_dir", "cert"])]
+    pub tls: bool,
+    #[command(flatten)]
+    pub tls_files: TlsArgs,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -106,12 +115,22 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             return EXIT_BAD_CONFIG;
         }
     };
+    let tls = match cluster_tls(&args, &members) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("raft-kv: error: {e}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let mut node_flags = vec!["--cluster-token".into(), token];
+    node_flags.extend(tls.to_flags());
     let mut cluster = Cluster {
         exe,
         members,
         data_dir: args.data_dir,
         tuning: args.tuning,
-        node_flags: vec!["--cluster-token".into(), token],
+        node_flags,
+        tls,
         events: events_tx,
         nodes: BTreeMap::new(),
     };
@@ -151,6 +170,34 @@ fn cluster_token(base: &Path) -> Result<String, String> {
     }
 }
 
+/// The TLS files of the cluster: `--tls` makes them in BASE/tls at the
+/// first start (and uses them after), `--tls-dir` and the others name them.
+/// Each node's certificate is checked here, so a wrong file is reported
+/// once, before any node starts.
+fn cluster_tls(args: &ClusterArgs, members: &Members) -> Result<TlsArgs, String> {
+    let mut tls = args.tls_files.clone();
+    if args.tls {
+        let dir = args.data_dir.join(TLS_DIR);
+        if !dir.join(crate::tls::CA_CERT_FILE).exists() {
+            let nodes = certs::nodes(&members.to_peers_flag(), &[])?;
+            certs::write(&dir, &nodes, false)?;
+            announce(&format!(
+                "wrote a CA and certificates to {}; clients need --tls-dir {}",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        tls.tls_dir = Some(dir);
+    }
+    if tls.enabled() {
+        for id in members.ids() {
+            tls.load(Holder::Node(id))?;
+        }
+        tls.load(Holder::Client)?;
+    }
+    Ok(tls)
+}
+
 /// Check the flags here, so a mistake is reported once rather than by every node.
 fn check(args: &ClusterArgs) -> Result<Members, ConfigError> {
     let members = Members::parse_peers(&args.peers)?;
@@ -181,6 +228,8 @@ struct Cluster {
     tuning: Tuning,
     /// flags every node gets besides the member list, data dir and tuning
     node_flags: Vec<String>,
+    /// the TLS files, if on: `status` asks the nodes as a client
+    tls: TlsArgs,
     /// Kept to hand to the output thread of every node started.
     events: Sender<Event>,
     nodes: BTreeMap<NodeId, Node>,
