@@ -40,7 +40,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::cli::Client;
 use crate::config::{ConfigError, Members, Tuning, EXIT_BAD_CONFIG};
 use crate::raft::NodeId;
-use crate::tls::{certs, Holder, TlsArgs};
+use crate::tls::{certs, Holder, Tls, TlsArgs};
 
 /// How long the nodes get to exit after an interrupt before they are killed.
 const GRACE: Duration = Duration::from_secs(2);
@@ -124,13 +124,14 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
     };
     let mut node_flags = vec!["--cluster-token".into(), token];
     node_flags.extend(tls.to_flags());
+    let client_tls = tls.load(Holder::Client).expect("checked in cluster_tls");
     let mut cluster = Cluster {
         exe,
         members,
         data_dir: args.data_dir,
         tuning: args.tuning,
         node_flags,
-        tls,
+        client_tls,
         events: events_tx,
         nodes: BTreeMap::new(),
     };
@@ -228,8 +229,8 @@ struct Cluster {
     tuning: Tuning,
     /// flags every node gets besides the member list, data dir and tuning
     node_flags: Vec<String>,
-    /// the TLS files, if on: `status` asks the nodes as a client
-    tls: TlsArgs,
+    /// with TLS, the client certificate `status` asks the nodes with
+    client_tls: Option<Tls>,
     /// Kept to hand to the output thread of every node started.
     events: Sender<Event>,
     nodes: BTreeMap<NodeId, Node>,
