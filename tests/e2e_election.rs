@@ -431,7 +431,10 @@ fn cluster_tls_makes_certificates_once_and_serves_only_clients_that_have_them() 
         }
         (rows.len() == 3).then_some(())
     });
-    let leaders = rows.iter().filter(|r| r.contains(": leader, term ")).count();
+    let leaders = rows
+        .iter()
+        .filter(|r| r.contains(": leader, term "))
+        .count();
     assert_eq!(leaders, 1, "{rows:?}");
 
     // A restart keeps the certificates it made.

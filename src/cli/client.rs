@@ -633,7 +633,7 @@ mod tests {
         listener.set_nonblocking(true).unwrap();
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = tls {
-            server = server.tls_config(tls.server_config()).unwrap();
+            server = server.tls_config(tls.tonic_server_config()).unwrap();
         }
         let _inside = runtime.enter();
         let incoming = tokio::net::TcpListener::from_std(listener).unwrap();

@@ -82,7 +82,7 @@ pub struct ClusterArgs {
     pub data_dir: PathBuf,
     /// Run with mutual TLS: at the first start, `raft-kv certs` writes a CA
     /// and every certificate to BASE/tls; clients then need `--tls-dir BASE/tls`.
-    #[arg(long, conflicts_with_all = ["tls_dir", "cert"])]
+    #[arg(long, conflicts_with_all = ["tls_dir", "tls_cert"])]
     pub tls: bool,
     #[command(flatten)]
     pub tls_files: TlsArgs,
@@ -519,7 +519,8 @@ impl Cluster {
             return BTreeMap::new();
         }
         let addrs: Vec<&str> = answering.iter().map(|(_, addr)| addr.as_str()).collect();
-        let Ok(client) = Client::new(&addrs) else {
+        let client = Client::new(&addrs).and_then(|c| c.with_tls(self.client_tls.as_ref()));
+        let Ok(client) = client else {
             return BTreeMap::new();
         };
         let mut client = client.with_rpc_timeout(STATUS_TIMEOUT);
