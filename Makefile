@@ -103,13 +103,19 @@ clean:
 	rm -rf data
 
 ## Three nodes on 127.0.0.1:7001-7003, data under ./data/node{1,2,3}; Ctrl-C stops them all.
+## make cluster TLS=1: the same cluster with mutual TLS (certificates in data/tls;
+## clients then need --tls-dir data/tls; docs/api.md "TLS").
 cluster: release
-	./target/release/raft-kv cluster --peers "$(PEERS)" --data-dir data
+	./target/release/raft-kv cluster --peers "$(PEERS)" --data-dir data $(if $(filter 1,$(TLS)),--tls)
 
 ## Benchmarks (docs/performance.md). Extra flags: make bench BENCH_FLAGS="--runs 3".
+## TLS=1 (bench, bench-compare): raft-kv's nodes and the bench's clients use
+## mutual TLS, with certificates made for the run; etcd stays plaintext.
+TLS ?= 0
+TLS_FLAG := $(if $(filter 1,$(TLS)),--tls)
 ## A fresh local 3-node cluster, every workload, then stopped.
 bench: release
-	./target/release/raft-kv bench --local --workload all $(BENCH_FLAGS)
+	./target/release/raft-kv bench --local --workload all $(TLS_FLAG) $(BENCH_FLAGS)
 
 ## The same workloads against a fresh local 3-member etcd (installed if missing).
 bench-etcd:
@@ -117,7 +123,7 @@ bench-etcd:
 
 ## raft-kv, then etcd, in one run: one table with the ratios raft-kv / etcd.
 bench-compare:
-	src/bin/raft-kv-bench/etcd.sh compare $(BENCH_FLAGS)
+	src/bin/raft-kv-bench/etcd.sh compare $(TLS_FLAG) $(BENCH_FLAGS)
 
 ## Each part of the fast path turned off in turn, and what it costs (docs/performance.md).
 bench-fastpath: release

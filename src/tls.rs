@@ -58,16 +58,18 @@ pub const CLIENT_NAME: &str = "client.raft-kv";
 pub struct TlsArgs {
     /// Turn on mutual TLS with the files `raft-kv certs` wrote to DIR: its
     /// ca.pem, and node-N.pem/.key for node N (client.pem/.key for a client).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["cert", "key", "ca"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
     pub tls_dir: Option<PathBuf>,
+    // The ids are not the field names: a command's own KEY argument must
+    // not be taken for --key.
     /// Turn on mutual TLS with this certificate (PEM); needs --key and --ca.
-    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+    #[arg(long, id = "tls_cert", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
     pub cert: Option<PathBuf>,
     /// The private key of --cert (PEM).
-    #[arg(long, value_name = "FILE", requires_all = ["cert", "ca"])]
+    #[arg(long, id = "tls_key", value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
     pub key: Option<PathBuf>,
     /// The certificate authority every certificate of the cluster is signed by (PEM).
-    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
+    #[arg(long, id = "tls_ca", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
     pub ca: Option<PathBuf>,
 }
 
@@ -250,6 +252,14 @@ impl Tls {
             .map_err(|e| format!("the certificate and key do not go together: {e}"))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// The same for tonic's own TLS: in-process test servers use it.
+    #[cfg(test)]
+    pub fn tonic_server_config(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(self.identity())
+            .client_ca_root(self.ca())
     }
 
     /// A node's connection to peer `peer`: the server must show `peer`'s

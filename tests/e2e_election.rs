@@ -239,15 +239,15 @@ struct RunningCluster {
 /// Start `raft-kv cluster` with stdin closed and wait until every node has
 /// announced its pid and a leader is elected.
 fn start_cluster() -> RunningCluster {
-    start_cluster_with(Stdio::null())
+    start_cluster_with(Stdio::null(), &[])
 }
 
 /// The same, with a pipe to type commands into.
 fn start_cluster_with_commands() -> RunningCluster {
-    start_cluster_with(Stdio::piped())
+    start_cluster_with(Stdio::piped(), &[])
 }
 
-fn start_cluster_with(stdin: Stdio) -> RunningCluster {
+fn start_cluster_with(stdin: Stdio, flags: &[&str]) -> RunningCluster {
     let ports = free_ports(3);
     let dir = tempfile::tempdir().unwrap();
     let mut process = Processes(vec![Some(
@@ -256,6 +256,7 @@ fn start_cluster_with(stdin: Stdio) -> RunningCluster {
             .args(["--peers", &peers_flag(&ports)])
             .arg("--data-dir")
             .arg(dir.path())
+            .args(flags)
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -396,6 +397,53 @@ impl RunningCluster {
             .with_timeout(Duration::from_secs(1));
         client.get(key, true).ok().flatten()
     }
+}
+
+#[test]
+fn cluster_tls_makes_certificates_once_and_serves_only_clients_that_have_them() {
+    let mut cluster = start_cluster_with(Stdio::piped(), &["--tls"]);
+    let tls_dir = cluster._dir.path().join("tls");
+    let addrs = cluster.addrs.join(",");
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--cluster", &addrs, "--timeout", "10s"])
+            .output()
+            .unwrap()
+    };
+    let tls_flag = tls_dir.to_str().unwrap();
+    let stored = cli(&["set", "k", "over TLS", "--tls-dir", tls_flag]);
+    assert!(stored.status.success(), "{stored:?}");
+    let read = cli(&["get", "k", "--tls-dir", tls_flag]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "over TLS\n");
+    let plain = Command::new(BIN)
+        .args(["get", "k", "--cluster", &addrs, "--timeout", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(plain.status.code(), Some(2), "{plain:?}");
+
+    // The cluster's own `status` asks its nodes over TLS too.
+    let mut rows = Vec::new();
+    cluster.type_command("status");
+    cluster.output.wait_for("the status of every node", |line| {
+        if line.starts_with("[cluster] node ") {
+            rows.push(line.to_string());
+        }
+        (rows.len() == 3).then_some(())
+    });
+    let leaders = rows
+        .iter()
+        .filter(|r| r.contains(": leader, term "))
+        .count();
+    assert_eq!(leaders, 1, "{rows:?}");
+
+    // A restart keeps the certificates it made.
+    let ca = std::fs::read(tls_dir.join("ca.pem")).unwrap();
+    cluster.type_command("restart 1");
+    cluster.output.wait_for("node 1's new pid", |line| {
+        node_pid(line).and_then(|(id, pid)| (id == 1).then_some(pid))
+    });
+    assert_eq!(std::fs::read(tls_dir.join("ca.pem")).unwrap(), ca);
 }
 
 #[test]

@@ -11,12 +11,16 @@
 //! of one write repeats the same pair, so the cluster applies it exactly once
 //! even if an earlier attempt was committed and only its answer was lost
 //! (dissertation §6.3).
+//!
+//! With TLS ([`Client::with_tls`]) every node, redirects included, is
+//! dialled at `https://HOST:PORT`, showing the client certificate, and must
+//! show a certificate of the same CA that names HOST.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::proto::kv::key_value_client::KeyValueClient;
@@ -24,6 +28,7 @@ use crate::proto::kv::{
     Consistency, DeleteRequest, GetRequest, SetRequest, StatusRequest, StatusResponse,
 };
 use crate::proto::LEADER_ADDR_METADATA;
+use crate::tls::{self, Tls};
 
 /// How long one operation may keep retrying before giving up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +59,9 @@ pub enum Error {
     },
     /// A node answered with a status this client does not expect.
     Server { addr: String, status: String },
+    /// TLS cannot be set up for an address, or one side of a connection
+    /// uses TLS and the other does not.
+    Tls(String),
 }
 
 impl fmt::Display for Error {
@@ -76,6 +84,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Server { addr, status } => write!(f, "{addr}: {status}"),
+            Error::Tls(message) => write!(f, "{message}"),
         }
     }
 }
@@ -87,8 +96,15 @@ impl std::error::Error for Error {}
 pub struct Client {
     runtime: Runtime,
     addrs: Vec<String>,
+    /// With TLS: what every connection shows and checks.
+    tls: Option<ClientTlsConfig>,
+    /// One per entry of `addrs`: where and how to connect (its URL, TLS).
+    endpoints: Vec<Endpoint>,
     /// One per entry of `addrs`, created on first use.
     channels: Vec<Option<KeyValueClient<Channel>>>,
+    /// One per entry of `addrs`: whether it answered a probe for a TLS
+    /// mismatch ([`speaks`]), which it then needs no more.
+    probed: Vec<bool>,
     /// Index into `addrs` of the node that last answered a leader-only call.
     leader: Option<usize>,
     client_id: u64,
@@ -99,8 +115,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the nodes at `addrs` (`host:port` each). Nothing is
-    /// contacted until the first call.
+    /// A client of the nodes at `addrs` (`host:port` each), without TLS
+    /// (see [`Client::with_tls`]). Nothing is contacted until the first call.
     pub fn new<S: AsRef<str>>(addrs: &[S]) -> Result<Client, Error> {
         if addrs.is_empty() {
             return Err(Error::BadAddress(String::new()));
@@ -108,6 +124,10 @@ impl Client {
         let addrs = addrs
             .iter()
             .map(|addr| check_address(addr.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = addrs
+            .iter()
+            .map(|addr| endpoint(addr, None))
             .collect::<Result<Vec<_>, _>>()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -123,13 +143,36 @@ impl Client {
         Ok(Client {
             runtime,
             channels: vec![None; addrs.len()],
+            probed: vec![false; addrs.len()],
             addrs,
+            tls: None,
+            endpoints,
             leader: None,
             client_id,
             sequence: 0,
             timeout: DEFAULT_TIMEOUT,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
         })
+    }
+
+    /// Speak TLS to every node with `tls` (a client's certificate, from
+    /// [`crate::tls::TlsArgs::load`] with [`crate::tls::Holder::Client`]);
+    /// `None` keeps plain HTTP/2. Each node's certificate must name the host
+    /// the client dials it at. An error names an address whose host cannot
+    /// be checked that way.
+    pub fn with_tls(mut self, tls: Option<&Tls>) -> Result<Client, Error> {
+        let Some(tls) = tls else {
+            return Ok(self);
+        };
+        let config = tls.client_config();
+        self.endpoints = self
+            .addrs
+            .iter()
+            .map(|addr| endpoint(addr, Some(&config)))
+            .collect::<Result<_, _>>()?;
+        self.channels = vec![None; self.addrs.len()];
+        self.tls = Some(config);
+        Ok(self)
     }
 
     /// How long one operation keeps retrying (default 5 s).
@@ -214,20 +257,47 @@ impl Client {
                         tokio::time::timeout(rpc_timeout, kv.status(StatusRequest {})).await;
                     let answer = match answer {
                         Ok(Ok(response)) => Ok(response.into_inner()),
-                        Ok(Err(status)) => Err(describe(&status)),
-                        Err(_) => Err(format!("no answer within {}", human(rpc_timeout))),
+                        Ok(Err(status)) => Err(status),
+                        Err(_) => Err(Status::deadline_exceeded(format!(
+                            "no answer within {}",
+                            human(rpc_timeout)
+                        ))),
                     };
                     (i, answer)
                 });
             }
-            let mut answers = vec![Err(String::new()); calls.len()];
+            let mut answers: Vec<_> = (0..calls.len()).map(|_| None).collect();
             while let Some(joined) = calls.join_next().await {
                 let (i, answer) = joined.expect("a status call panicked");
-                answers[i] = answer;
+                answers[i] = Some(answer);
             }
             answers
         });
-        self.addrs.iter().cloned().zip(answers).collect()
+        // Each failure explained at once, since a probe may wait a little.
+        let (tls, wait) = (self.tls.is_some(), probe_wait(rpc_timeout));
+        std::thread::scope(|scope| {
+            let rows: Vec<_> = self
+                .addrs
+                .iter()
+                .zip(answers)
+                .map(|(addr, answer)| {
+                    let answer = answer.expect("every status call answered");
+                    scope.spawn(move || {
+                        let answer = answer.map_err(|status| {
+                            let mismatch = connection_failed(&status)
+                                .then(|| speaks(addr, wait))
+                                .flatten()
+                                .and_then(|speaks| tls_mismatch(speaks, tls));
+                            mismatch.map_or_else(|| describe(&status), String::from)
+                        });
+                        (addr.clone(), answer)
+                    })
+                })
+                .collect();
+            rows.into_iter()
+                .map(|row| row.join().expect("a status row panicked"))
+                .collect()
+        })
     }
 
     /// Run `rpc` against the leader, finding it as described in the module
@@ -258,7 +328,6 @@ impl Client {
             let answer = self
                 .runtime
                 .block_on(async { tokio::time::timeout(rpc_timeout, rpc(kv)).await });
-            let addr = &self.addrs[target];
             let status = match answer {
                 Ok(Ok(value)) => {
                     if leader_only {
@@ -271,6 +340,17 @@ impl Client {
                     Status::deadline_exceeded(format!("no answer within {}", human(rpc_timeout)))
                 }
             };
+            let addr = &self.addrs[target];
+            // One side using TLS and the other not fails every time: say so
+            // at once. A node is asked until it answers once.
+            if !self.probed[target] && connection_failed(&status) {
+                if let Some(speaks) = speaks(addr, probe_wait(self.rpc_timeout)) {
+                    self.probed[target] = true;
+                    if let Some(why) = tls_mismatch(speaks, self.tls.is_some()) {
+                        return Err(Error::Tls(format!("{addr}: {why}")));
+                    }
+                }
+            }
             match status.code() {
                 Code::InvalidArgument => {
                     return Err(Error::InvalidArgument(status.message().to_owned()))
@@ -292,9 +372,9 @@ impl Client {
                 .get(LEADER_ADDR_METADATA)
                 .and_then(|value| value.to_str().ok())
                 .and_then(|leader| check_address(leader).ok());
-            match redirect {
+            match redirect.and_then(|leader| self.index_of(leader)) {
                 Some(leader) => {
-                    target = self.index_of(leader);
+                    target = leader;
                     self.leader = Some(target);
                 }
                 None => {
@@ -320,8 +400,8 @@ impl Client {
         if let Some(kv) = &self.channels[i] {
             return kv.clone();
         }
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addrs[i]))
-            .expect("address checked in Client::new")
+        let endpoint = self.endpoints[i]
+            .clone()
             .connect_timeout(self.rpc_timeout)
             .tcp_nodelay(true);
         // connect_lazy spawns the channel's worker, so it needs the runtime.
@@ -337,14 +417,18 @@ impl Client {
     }
 
     /// The index of `addr`, adding it when a redirect names a node the
-    /// client was not told about.
-    fn index_of(&mut self, addr: String) -> usize {
+    /// client was not told about (`None` if TLS cannot be set up for it,
+    /// and the redirect is not followed).
+    fn index_of(&mut self, addr: String) -> Option<usize> {
         if let Some(i) = self.addrs.iter().position(|known| *known == addr) {
-            return i;
+            return Some(i);
         }
+        self.endpoints
+            .push(endpoint(&addr, self.tls.as_ref()).ok()?);
         self.addrs.push(addr);
         self.channels.push(None);
-        self.addrs.len() - 1
+        self.probed.push(false);
+        Some(self.addrs.len() - 1)
     }
 }
 
@@ -385,12 +469,93 @@ pub fn describe(status: &Status) -> String {
     line.replace('\n', " ")
 }
 
+/// What a node speaks on its port, as [`speaks`] finds out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Speaks {
+    Tls,
+    PlainHttp2,
+}
+
+/// The bytes an HTTP/2 client starts every connection with (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `status` is a failure of the connection rather than a node's
+/// answer: tonic gives those a cause (a node's own statuses have none).
+///
+/// One side using TLS and the other not is such a failure, and a cryptic
+/// one: a client without TLS sees the connection cut short ("broken pipe",
+/// "frame with invalid size"), a TLS client "received corrupt message". So
+/// after such a failure the node is asked what it speaks ([`speaks`]), and
+/// [`tls_mismatch`] says what is wrong.
+fn connection_failed(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// What is wrong when a client with `tls` or without meets a node that
+/// speaks `speaks`; `None` when they agree.
+fn tls_mismatch(speaks: Speaks, tls: bool) -> Option<&'static str> {
+    match (speaks, tls) {
+        (Speaks::Tls, false) => Some(
+            "the node requires TLS: give --tls-dir DIR (the files `raft-kv certs` wrote), \
+             or --cert, --key and --ca",
+        ),
+        (Speaks::PlainHttp2, true) => Some(
+            "the node does not use TLS (it was started without --tls-dir): \
+             leave out the TLS flags",
+        ),
+        _ => None,
+    }
+}
+
+/// What the node at `addr` speaks, from the first bytes it answers the
+/// HTTP/2 preface with: a TLS server answers with an alert record (content
+/// type 21, version 3.x), since the preface is no TLS handshake; an HTTP/2
+/// server with its SETTINGS frame (type 4, the 4th byte). `None` when it
+/// cannot be reached within `wait`, or answers anything else.
+fn speaks(addr: &str, wait: Duration) -> Option<Speaks> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let socket = addr.to_socket_addrs().ok()?.next()?;
+    let mut tcp = TcpStream::connect_timeout(&socket, wait).ok()?;
+    tcp.set_read_timeout(Some(wait)).ok()?;
+    tcp.set_write_timeout(Some(wait)).ok()?;
+    tcp.write_all(HTTP2_PREFACE).ok()?;
+    let mut reply = [0u8; 4];
+    tcp.read_exact(&mut reply).ok()?;
+    match reply {
+        [21, 3, _, _] => Some(Speaks::Tls),
+        [_, _, _, 4] => Some(Speaks::PlainHttp2),
+        _ => None,
+    }
+}
+
+/// How long [`speaks`] waits for a node: a node that answers at all
+/// answers the preface at once.
+fn probe_wait(rpc_timeout: Duration) -> Duration {
+    rpc_timeout.min(Duration::from_millis(500))
+}
+
 /// A duration for people: `300ms`, `5.0s`.
 fn human(duration: Duration) -> String {
     if duration < Duration::from_secs(1) {
         format!("{}ms", duration.as_millis())
     } else {
         format!("{:.1}s", duration.as_secs_f64())
+    }
+}
+
+/// Where and how to reach `addr` (checked by [`check_address`]): plain
+/// HTTP/2, or with `tls` HTTPS whose server must show a certificate naming
+/// the host of `addr`.
+fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Error> {
+    let url = format!("{}://{addr}", tls::scheme(tls.is_some()));
+    let endpoint = Endpoint::from_shared(url).map_err(|_| Error::BadAddress(addr.to_owned()))?;
+    match tls {
+        None => Ok(endpoint),
+        Some(config) => endpoint.tls_config(config.clone()).map_err(|e| {
+            let why = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+            Error::Tls(format!("{addr}: cannot set up TLS: {why}"))
+        }),
     }
 }
 
@@ -421,6 +586,159 @@ mod tests {
             assert_eq!(check_address(bad), Err(Error::BadAddress(bad.into())));
         }
         assert!(Client::new::<&str>(&[]).is_err());
+    }
+
+    /// A node on a loopback port, with TLS if `tls` is given, that answers
+    /// Status as node 1, and Set as the leader or, with `leader`, as a
+    /// follower redirecting to that address; runs until `runtime` stops.
+    fn fake_node(runtime: &Runtime, tls: Option<&Tls>, leader: Option<String>) -> String {
+        use crate::proto::kv::key_value_server::{KeyValue, KeyValueServer};
+        use crate::proto::kv::{DeleteResponse, GetResponse, SetResponse};
+        use tonic::{Request, Response};
+
+        struct Node(Option<String>);
+        #[tonic::async_trait]
+        impl KeyValue for Node {
+            async fn set(&self, _: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+                let Some(leader) = &self.0 else {
+                    return Ok(Response::new(SetResponse {}));
+                };
+                let mut status = Status::unavailable("not leader");
+                let value = leader.parse().unwrap();
+                status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
+                Err(status)
+            }
+            async fn get(&self, _: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+            async fn delete(
+                &self,
+                _: Request<DeleteRequest>,
+            ) -> Result<Response<DeleteResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+            async fn status(
+                &self,
+                _: Request<StatusRequest>,
+            ) -> Result<Response<StatusResponse>, Status> {
+                Ok(Response::new(StatusResponse {
+                    id: 1,
+                    ..StatusResponse::default()
+                }))
+            }
+        }
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls.tonic_server_config()).unwrap();
+        }
+        let _inside = runtime.enter();
+        let incoming = tokio::net::TcpListener::from_std(listener).unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(incoming);
+        let router = server.add_service(KeyValueServer::new(Node(leader)));
+        runtime.spawn(router.serve_with_incoming(incoming));
+        addr
+    }
+
+    /// Certificates written by `raft-kv certs --nodes NODES`, and the
+    /// client's and node 1's TLS material from them.
+    fn certificates(nodes: &str) -> (tempfile::TempDir, Tls, Tls) {
+        use crate::tls::{certs, Holder, TlsArgs};
+        let dir = tempfile::tempdir().unwrap();
+        certs::write(dir.path(), &certs::nodes(nodes, &[]).unwrap(), false).unwrap();
+        let args = TlsArgs {
+            tls_dir: Some(dir.path().to_path_buf()),
+            ..TlsArgs::default()
+        };
+        let client = args.load(Holder::Client).unwrap().unwrap();
+        let node = args.load(Holder::Node(1)).unwrap().unwrap();
+        (dir, client, node)
+    }
+
+    fn status_of(addr: &str, tls: Option<&Tls>) -> Result<StatusResponse, String> {
+        let mut client = Client::new(&[addr]).unwrap().with_tls(tls).unwrap();
+        client.status_all().remove(0).1
+    }
+
+    #[test]
+    fn a_tls_client_reaches_tls_nodes_and_follows_redirects_over_tls() {
+        let runtime = Runtime::new().unwrap();
+        let (_dir, client_tls, node_tls) = certificates("1");
+        let leader = fake_node(&runtime, Some(&node_tls), None);
+        // The certificate names 127.0.0.1 and localhost.
+        assert_eq!(status_of(&leader, Some(&client_tls)).unwrap().id, 1);
+        let by_name = leader.replace("127.0.0.1", "localhost");
+        assert_eq!(status_of(&by_name, Some(&client_tls)).unwrap().id, 1);
+
+        let follower = fake_node(&runtime, Some(&node_tls), Some(leader.clone()));
+        let mut client = Client::new(&[&follower])
+            .unwrap()
+            .with_tls(Some(&client_tls))
+            .unwrap();
+        client.set("k", "v").unwrap();
+        assert_eq!(client.leader(), Some(leader.as_str()));
+    }
+
+    #[test]
+    fn a_node_that_does_not_name_the_dialled_host_is_refused() {
+        let runtime = Runtime::new().unwrap();
+        let (_dir, client_tls, node_tls) = certificates("1=10.0.0.1:7001");
+        let node = fake_node(&runtime, Some(&node_tls), None);
+        let why = status_of(&node, Some(&client_tls)).unwrap_err();
+        assert!(why.contains("not valid for name \"127.0.0.1\""), "{why}");
+        // Nor does a node that shows the client's certificate.
+        let (_dir, client_tls, _) = certificates("1");
+        let impostor = fake_node(&runtime, Some(&client_tls), None);
+        let why = status_of(&impostor, Some(&client_tls)).unwrap_err();
+        assert!(why.contains("extended key usage"), "{why}");
+    }
+
+    #[test]
+    fn tls_on_one_side_only_is_named_at_once() {
+        let runtime = Runtime::new().unwrap();
+        let (_dir, client_tls, node_tls) = certificates("1");
+        let tls_node = fake_node(&runtime, Some(&node_tls), None);
+        let plain_node = fake_node(&runtime, None, None);
+
+        let started = Instant::now();
+        let mut plain = Client::new(&[&tls_node]).unwrap();
+        let error = plain.set("k", "v").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{tls_node}: the node requires TLS: give --tls-dir DIR (the files `raft-kv certs` wrote), \
+                 or --cert, --key and --ca"
+            )
+        );
+        assert!(started.elapsed() < DEFAULT_TIMEOUT / 2, "it retried");
+        let why = status_of(&tls_node, None).unwrap_err();
+        assert!(
+            why.starts_with("the node requires TLS: give --tls-dir DIR"),
+            "{why}"
+        );
+
+        let mut tls = Client::new(&[&plain_node])
+            .unwrap()
+            .with_tls(Some(&client_tls))
+            .unwrap();
+        let error = tls.set("k", "v").unwrap_err();
+        assert!(
+            matches!(&error, Error::Tls(m) if m.contains("does not use TLS")),
+            "{error}"
+        );
+        let why = status_of(&plain_node, Some(&client_tls)).unwrap_err();
+        assert!(why.contains("does not use TLS"), "{why}");
+
+        // Both sides alike: no probe finds anything to say.
+        assert_eq!(
+            speaks(&plain_node, Duration::from_secs(1)),
+            Some(Speaks::PlainHttp2)
+        );
+        assert_eq!(speaks(&tls_node, Duration::from_secs(1)), Some(Speaks::Tls));
+        assert_eq!(speaks("127.0.0.1:1", Duration::from_secs(1)), None);
     }
 
     #[test]

@@ -12,9 +12,14 @@ use std::time::Duration;
 
 use crate::kv::{self, MAX_VALUE_BYTES};
 use crate::proto::kv::StatusResponse;
+use crate::tls::{Holder, TlsArgs};
 
 /// The addresses `make cluster` uses.
 const DEFAULT_CLUSTER: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+/// The clap id of the KEY argument: not `key`, the id of the TLS flag
+/// `--key` flattened beside it (clap would take the two for one argument).
+const KEY_ID: &str = "key_argument";
 
 /// Flags every client subcommand shares.
 #[derive(clap::Args, Debug, Clone)]
@@ -26,11 +31,15 @@ pub struct ClusterFlags {
     /// How long to keep trying to reach a leader: 500ms, 5s, or plain seconds (2.5).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    // Mutual TLS, which the nodes require when they were started with it.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct SetArgs {
     /// The key: 1 byte to 4 KiB of UTF-8.
+    #[arg(id = KEY_ID, value_name = "KEY")]
     pub key: String,
     /// The value: up to 1 MiB of UTF-8. `-` reads it from stdin, byte for
     /// byte (to store a literal `-`: printf %s - | raft-kv set KEY -).
@@ -47,6 +56,7 @@ pub struct SetArgs {
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
     /// The key to read.
+    #[arg(id = KEY_ID, value_name = "KEY")]
     pub key: String,
     /// Read from any node's state machine instead of the leader (may be
     /// stale). A node that may be behind (just restarted, or in an election)
@@ -64,6 +74,7 @@ pub struct GetArgs {
 #[derive(clap::Args, Debug)]
 pub struct DeleteArgs {
     /// The key to remove.
+    #[arg(id = KEY_ID, value_name = "KEY")]
     pub key: String,
     #[command(flatten)]
     pub flags: ClusterFlags,
@@ -188,8 +199,16 @@ pub fn status(a: StatusArgs) -> i32 {
 /// Build the client from the shared flags and run `command`; any error is
 /// one line on stderr and exit code 2.
 fn run(flags: &ClusterFlags, command: impl FnOnce(&mut Client) -> Result<i32, Error>) -> i32 {
+    let tls = match flags.tls.load(Holder::Client) {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("raft-kv: error: {message}");
+            return 2;
+        }
+    };
     let result = Client::new(&flags.cluster).and_then(|client| {
         let mut client = client
+            .with_tls(tls.as_ref())?
             .with_timeout(flags.timeout)
             .with_rpc_timeout(flags.timeout.min(DEFAULT_RPC_TIMEOUT));
         command(&mut client)
@@ -404,6 +423,44 @@ mod tests {
             usage_error_line(rendered, "raft-kv node"),
             "invalid value 'loud' for '--log-level <LEVEL>' [possible values: error, warn]; see 'raft-kv node --help'"
         );
+    }
+
+    /// The TLS flags sit beside KEY (whose clap id must not be `key`, the
+    /// id of `--key`).
+    #[test]
+    fn tls_flags_parse_beside_the_key() {
+        use clap::Parser;
+        #[derive(Parser)]
+        enum Cli {
+            Set(SetArgs),
+            Get(GetArgs),
+            Delete(DeleteArgs),
+            Status(StatusArgs),
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from([&["raft-kv"], args].concat()).unwrap();
+        let Cli::Set(set) = parse(&["set", "k", "v", "--cert", "c", "--key", "kk", "--ca", "a"])
+        else {
+            panic!("not set");
+        };
+        assert_eq!((set.key.as_str(), set.value.as_deref()), ("k", Some("v")));
+        let tls = &set.flags.tls;
+        assert_eq!(tls.key.as_deref(), Some(Path::new("kk")));
+        assert_eq!(tls.files(Holder::Client).unwrap().cert, Path::new("c"));
+        let Cli::Get(get) = parse(&["get", "--tls-dir", "d", "k"]) else {
+            panic!("not get");
+        };
+        assert_eq!(get.key, "k");
+        assert_eq!(get.flags.tls.tls_dir.as_deref(), Some(Path::new("d")));
+        let Cli::Delete(delete) = parse(&["delete", "k"]) else {
+            panic!("not delete");
+        };
+        assert_eq!(delete.key, "k");
+        assert!(!delete.flags.tls.enabled());
+        let Cli::Status(status) = parse(&["status", "--tls-dir", "d"]) else {
+            panic!("not status");
+        };
+        assert!(status.flags.tls.enabled());
+        assert!(Cli::try_parse_from(["raft-kv", "get", "k", "--key", "kk"]).is_err());
     }
 
     #[test]

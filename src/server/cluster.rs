@@ -40,6 +40,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::cli::Client;
 use crate::config::{ConfigError, Members, Tuning, EXIT_BAD_CONFIG};
 use crate::raft::NodeId;
+use crate::tls::{certs, Holder, Tls, TlsArgs};
 
 /// How long the nodes get to exit after an interrupt before they are killed.
 const GRACE: Duration = Duration::from_secs(2);
@@ -51,6 +52,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// In the base dir: the token every node of the cluster is started with.
 const TOKEN_FILE: &str = "cluster-token";
+/// In the base dir: the certificates `--tls` makes.
+const TLS_DIR: &str = "tls";
 
 const COMMANDS: &str =
     "kill N, restart N, pause N, resume N, status, help, quit (N: a node id or 'leader')";
@@ -77,6 +80,12 @@ pub struct ClusterArgs {
     /// Base data directory: node N keeps its data in BASE/nodeN.
     #[arg(long, value_name = "BASE", default_value = "data")]
     pub data_dir: PathBuf,
+    /// Run with mutual TLS: at the first start, `raft-kv certs` writes a CA
+    /// and every certificate to BASE/tls; clients then need `--tls-dir BASE/tls`.
+    #[arg(long, conflicts_with_all = ["tls_dir", "tls_cert"])]
+    pub tls: bool,
+    #[command(flatten)]
+    pub tls_files: TlsArgs,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -106,12 +115,23 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             return EXIT_BAD_CONFIG;
         }
     };
+    let tls = match cluster_tls(&args, &members) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("raft-kv: error: {e}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let mut node_flags = vec!["--cluster-token".into(), token];
+    node_flags.extend(tls.to_flags());
+    let client_tls = tls.load(Holder::Client).expect("checked in cluster_tls");
     let mut cluster = Cluster {
         exe,
         members,
         data_dir: args.data_dir,
         tuning: args.tuning,
-        node_flags: vec!["--cluster-token".into(), token],
+        node_flags,
+        client_tls,
         events: events_tx,
         nodes: BTreeMap::new(),
     };
@@ -151,6 +171,34 @@ fn cluster_token(base: &Path) -> Result<String, String> {
     }
 }
 
+/// The TLS files of the cluster: `--tls` makes them in BASE/tls at the
+/// first start (and uses them after), `--tls-dir` and the others name them.
+/// Each node's certificate is checked here, so a wrong file is reported
+/// once, before any node starts.
+fn cluster_tls(args: &ClusterArgs, members: &Members) -> Result<TlsArgs, String> {
+    let mut tls = args.tls_files.clone();
+    if args.tls {
+        let dir = args.data_dir.join(TLS_DIR);
+        if !dir.join(crate::tls::CA_CERT_FILE).exists() {
+            let nodes = certs::nodes(&members.to_peers_flag(), &[])?;
+            certs::write(&dir, &nodes, false)?;
+            announce(&format!(
+                "wrote a CA and certificates to {}; clients need --tls-dir {}",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        tls.tls_dir = Some(dir);
+    }
+    if tls.enabled() {
+        for id in members.ids() {
+            tls.load(Holder::Node(id))?;
+        }
+        tls.load(Holder::Client)?;
+    }
+    Ok(tls)
+}
+
 /// Check the flags here, so a mistake is reported once rather than by every node.
 fn check(args: &ClusterArgs) -> Result<Members, ConfigError> {
     let members = Members::parse_peers(&args.peers)?;
@@ -181,6 +229,8 @@ struct Cluster {
     tuning: Tuning,
     /// flags every node gets besides the member list, data dir and tuning
     node_flags: Vec<String>,
+    /// with TLS, the client certificate `status` asks the nodes with
+    client_tls: Option<Tls>,
     /// Kept to hand to the output thread of every node started.
     events: Sender<Event>,
     nodes: BTreeMap<NodeId, Node>,
@@ -212,16 +262,7 @@ impl Cluster {
     fn start(&mut self, id: NodeId) -> io::Result<()> {
         let run = self.nodes.get(&id).map_or(1, |node| node.run + 1);
         let data_dir = self.node_data_dir(id);
-        let child = spawn_node(
-            &self.exe,
-            id,
-            run,
-            &self.members,
-            &data_dir,
-            &self.tuning,
-            &self.node_flags,
-            &self.events,
-        )?;
+        let child = self.spawn_node(id, run, &data_dir)?;
         let state = State::Running {
             child,
             paused: false,
@@ -229,6 +270,32 @@ impl Cluster {
         };
         self.nodes.insert(id, Node { run, state });
         Ok(())
+    }
+
+    fn spawn_node(&self, id: NodeId, run: u64, data_dir: &Path) -> io::Result<Child> {
+        // One pipe for stdout and stderr keeps each node's lines in order.
+        let (output, output_writer) = io::pipe()?;
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("node")
+            .args(["--id", &id.to_string()])
+            .args(["--peers", &self.members.to_peers_flag()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(self.tuning.to_flags())
+            .args(&self.node_flags)
+            .stdin(Stdio::null())
+            .stdout(output_writer.try_clone()?)
+            .stderr(output_writer);
+        die_with_parent(&mut command);
+        let child = command.spawn()?;
+        // Close our copies of the pipe's write end, so the output ends when the node does.
+        drop(command);
+        let events = self.events.clone();
+        thread::Builder::new()
+            .name(format!("node{id}-output"))
+            .spawn(move || forward_output(id, run, output, events))?;
+        Ok(child)
     }
 
     fn node_data_dir(&self, id: NodeId) -> PathBuf {
@@ -452,7 +519,8 @@ impl Cluster {
             return BTreeMap::new();
         }
         let addrs: Vec<&str> = answering.iter().map(|(_, addr)| addr.as_str()).collect();
-        let Ok(client) = Client::new(&addrs) else {
+        let client = Client::new(&addrs).and_then(|c| c.with_tls(self.client_tls.as_ref()));
+        let Ok(client) = client else {
             return BTreeMap::new();
         };
         let mut client = client.with_rpc_timeout(STATUS_TIMEOUT);
@@ -566,41 +634,6 @@ impl Drop for Cluster {
 enum Flow {
     Continue,
     Quit,
-}
-
-fn spawn_node(
-    exe: &Path,
-    id: NodeId,
-    run: u64,
-    members: &Members,
-    data_dir: &Path,
-    tuning: &Tuning,
-    node_flags: &[String],
-    events: &Sender<Event>,
-) -> io::Result<Child> {
-    // One pipe for stdout and stderr keeps each node's lines in order.
-    let (output, output_writer) = io::pipe()?;
-    let mut command = Command::new(exe);
-    command
-        .arg("node")
-        .args(["--id", &id.to_string()])
-        .args(["--peers", &members.to_peers_flag()])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(tuning.to_flags())
-        .args(node_flags)
-        .stdin(Stdio::null())
-        .stdout(output_writer.try_clone()?)
-        .stderr(output_writer);
-    die_with_parent(&mut command);
-    let child = command.spawn()?;
-    // Close our copies of the pipe's write end, so the output ends when the node does.
-    drop(command);
-    let events = events.clone();
-    thread::Builder::new()
-        .name(format!("node{id}-output"))
-        .spawn(move || forward_output(id, run, output, events))?;
-    Ok(child)
 }
 
 fn forward_output(id: NodeId, run: u64, output: io::PipeReader, events: Sender<Event>) {

@@ -19,10 +19,14 @@
 //! Both move to the next member on a failure, and back off (1 ms doubling to
 //! 10 ms) once every member has failed in a row. The short backoff keeps
 //! what the client adds to a measured failover pause to about 10 ms.
+//!
+//! raft-kv's connections may use mutual TLS (`--tls-dir`, or `--tls` with
+//! `--local`), with the client certificate, as `raft-kv get` does; etcd's
+//! are always plaintext.
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
 
 use super::etcdpb;
@@ -33,6 +37,7 @@ use raft_kv::proto::kv as kv_pb;
 use raft_kv::proto::kv::key_value_client::KeyValueClient;
 use raft_kv::proto::LEADER_ADDR_METADATA;
 use raft_kv::server::interrupt;
+use raft_kv::tls::{self, Tls};
 
 /// How long one operation keeps retrying before it counts as an error.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
@@ -82,28 +87,46 @@ pub struct Pool {
     addrs: Vec<String>,
     channels: Vec<Channel>,
     rpc_timeout: Duration,
+    /// raft-kv's client TLS, when its nodes use it.
+    tls: Option<Tls>,
     /// `--at-leader`: the member every client starts on, instead of its own.
     first_member: Option<usize>,
 }
 
 impl Pool {
-    /// Connections to `addrs` (`host:port` each), opened lazily. Must be
-    /// called inside the tokio runtime.
-    pub fn new(system: System, addrs: &[String], rpc_timeout: Duration) -> Result<Pool, String> {
+    /// Connections to `addrs` (`host:port` each), opened lazily, with
+    /// `tls` (raft-kv only) if given. Must be called inside the tokio
+    /// runtime.
+    pub fn new(
+        system: System,
+        addrs: &[String],
+        rpc_timeout: Duration,
+        tls: Option<&Tls>,
+    ) -> Result<Pool, String> {
         if addrs.is_empty() {
             return Err("no member address given".into());
         }
+        if tls.is_some() && system == System::Etcd {
+            return Err("TLS is for raft-kv: the bench speaks to etcd in plaintext".into());
+        }
+        let config = tls.map(Tls::client_config);
         let channels = addrs
             .iter()
-            .map(|addr| connect(addr, rpc_timeout))
+            .map(|addr| connect(addr, rpc_timeout, config.as_ref()))
             .collect::<Result<_, _>>()?;
         Ok(Pool {
             system,
             addrs: addrs.to_vec(),
             channels,
             rpc_timeout,
+            tls: tls.cloned(),
             first_member: None,
         })
+    }
+
+    /// The same members and TLS, on new connections with another RPC timeout.
+    pub fn with_rpc_timeout(&self, rpc_timeout: Duration) -> Result<Pool, String> {
+        Pool::new(self.system, &self.addrs, rpc_timeout, self.tls.as_ref())
     }
 
     /// The same connections, with every new client starting on `member`.
@@ -199,11 +222,22 @@ impl Pool {
     }
 }
 
-fn connect(addr: &str, rpc_timeout: Duration) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+fn connect(
+    addr: &str,
+    rpc_timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, String> {
+    let url = format!("{}://{addr}", tls::scheme(tls.is_some()));
+    let mut endpoint = Endpoint::from_shared(url)
         .map_err(|_| format!("bad address {addr:?}: expected host:port"))?
         .connect_timeout(rpc_timeout)
         .tcp_nodelay(true);
+    if let Some(config) = tls {
+        endpoint = endpoint.tls_config(config.clone()).map_err(|e| {
+            let why = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+            format!("{addr}: cannot set up TLS: {why}")
+        })?;
+    }
     Ok(endpoint.connect_lazy())
 }
 

@@ -8,6 +8,10 @@
 //! Every process is killed and reaped when the [`LocalCluster`] is dropped,
 //! and on Linux the kernel kills them if the bench itself dies
 //! (`PR_SET_PDEATHSIG`, as `raft-kv cluster` does).
+//!
+//! With `--tls`, raft-kv's nodes use mutual TLS: `raft-kv certs` makes a CA
+//! and certificates for the run in the scratch directory (`tls/`), each node
+//! gets `--tls-dir` to it, and the bench's clients its client certificate.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -19,7 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::stats::{self, Footprint};
 use raft_kv::config::Tuning;
+use raft_kv::raft::NodeId;
 use raft_kv::server::die_with_parent;
+use raft_kv::tls::{certs, Holder, Tls, TlsArgs};
 
 /// Members of a local cluster by default: the smallest that survives a
 /// crash (§5).
@@ -35,6 +41,8 @@ pub enum Spec {
     RaftKv {
         exe: PathBuf,
         tuning: Tuning,
+        /// Mutual TLS between the nodes, and with the bench's clients.
+        tls: bool,
     },
     Etcd {
         exe: PathBuf,
@@ -45,6 +53,8 @@ pub enum Spec {
 pub struct LocalCluster {
     dir: ScratchDir,
     members: Vec<Member>,
+    /// The clients' TLS, when the members use it.
+    client_tls: Option<Tls>,
 }
 
 struct Member {
@@ -61,15 +71,34 @@ impl LocalCluster {
     /// Start `n` members; they elect a leader on their own.
     pub fn start(spec: &Spec, n: usize) -> Result<LocalCluster, String> {
         let dir = ScratchDir::new().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+        let mut client_tls = None;
         let members = match spec {
-            Spec::RaftKv { exe, tuning } => raft_kv_members(exe, tuning, &dir.0, n)?,
+            Spec::RaftKv { exe, tuning, tls } => {
+                let tls_dir = if *tls {
+                    let (tls_dir, tls) = make_certificates(&dir.0, n)?;
+                    client_tls = Some(tls);
+                    Some(tls_dir)
+                } else {
+                    None
+                };
+                raft_kv_members(exe, tuning, &dir.0, n, tls_dir.as_deref())?
+            }
             Spec::Etcd { exe, extra_flags } => etcd_members(exe, extra_flags, &dir.0, n)?,
         };
-        let mut cluster = LocalCluster { dir, members };
+        let mut cluster = LocalCluster {
+            dir,
+            members,
+            client_tls,
+        };
         for i in 0..cluster.members.len() {
             cluster.spawn(i)?;
         }
         Ok(cluster)
+    }
+
+    /// The TLS the bench's clients need, if the members use it.
+    pub fn client_tls(&self) -> Option<&Tls> {
+        self.client_tls.as_ref()
     }
 
     pub fn client_addrs(&self) -> Vec<String> {
@@ -197,11 +226,30 @@ impl Drop for LocalCluster {
     }
 }
 
+/// What `raft-kv certs --out DIR/tls --nodes 1,...,n` writes: a CA and
+/// certificates for nodes 1 to `n` on loopback, and a client's; returns the
+/// directory and the client's TLS.
+fn make_certificates(dir: &Path, n: usize) -> Result<(PathBuf, Tls), String> {
+    let tls_dir = dir.join("tls");
+    let ids: Vec<NodeId> = (1..=n as NodeId).collect();
+    certs::write(&tls_dir, &certs::local_nodes(&ids), false)?;
+    let files = TlsArgs {
+        tls_dir: Some(tls_dir.clone()),
+        ..TlsArgs::default()
+    };
+    let tls = files
+        .load(Holder::Client)?
+        .ok_or("no client certificate was written")?;
+    Ok((tls_dir, tls))
+}
+
+/// raft-kv nodes 1 to `n`, with `--tls-dir tls_dir` if given.
 fn raft_kv_members(
     exe: &Path,
     tuning: &Tuning,
     dir: &Path,
     n: usize,
+    tls_dir: Option<&Path>,
 ) -> Result<Vec<Member>, String> {
     tuning.check().map_err(|e| e.to_string())?;
     let addrs: Vec<String> = free_ports(n)?
@@ -230,6 +278,10 @@ fn raft_kv_members(
                 data_dir.clone().into(),
             ];
             args.extend(tuning.to_flags().into_iter().map(OsString::from));
+            if let Some(tls_dir) = tls_dir {
+                args.push("--tls-dir".into());
+                args.push(tls_dir.into());
+            }
             Member {
                 name: format!("node {id}"),
                 client_addr: addr.clone(),
@@ -419,6 +471,32 @@ mod tests {
         drop(kept);
         assert!(path.exists());
         fs::remove_dir_all(path).unwrap();
+    }
+
+    #[test]
+    fn tls_nodes_get_the_certificates_of_the_run() {
+        let dir = ScratchDir::new().unwrap();
+        let (tls_dir, _client) = make_certificates(&dir.0, 3).unwrap();
+        assert_eq!(tls_dir, dir.0.join("tls"));
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            tuning: Tuning,
+        }
+        let tuning = <Flags as clap::Parser>::parse_from(["bench"]).tuning;
+        let members = raft_kv_members(Path::new("raft-kv"), &tuning, &dir.0, 3, Some(&tls_dir));
+        for (i, member) in members.unwrap().iter().enumerate() {
+            let at = member.args.iter().position(|a| a == "--tls-dir").unwrap();
+            assert_eq!(member.args[at + 1], tls_dir.as_os_str());
+            // Each node finds its own certificate there.
+            let files = TlsArgs {
+                tls_dir: Some(tls_dir.clone()),
+                ..TlsArgs::default()
+            };
+            assert!(files.load(Holder::Node(i as NodeId + 1)).is_ok());
+        }
+        let plain = raft_kv_members(Path::new("raft-kv"), &tuning, &dir.0, 1, None).unwrap();
+        assert!(!plain[0].args.iter().any(|a| a == "--tls-dir"));
     }
 
     #[test]

@@ -44,6 +44,7 @@ use clap::Parser;
 use raft_kv::cli::parse_duration;
 use raft_kv::config::{Tuning, EXIT_BAD_CONFIG};
 use raft_kv::server::interrupt;
+use raft_kv::tls::{Holder, TlsArgs};
 
 use client::{Pool, System};
 use local::{LocalCluster, Spec, DEFAULT_MEMBERS, MAX_MEMBERS};
@@ -98,6 +99,16 @@ pub struct BenchArgs {
     /// cluster`), etcd's 127.0.0.1:2379.
     #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
     pub cluster: Vec<String>,
+    /// With --local: raft-kv's nodes, and the bench's clients of them, use
+    /// mutual TLS, with a CA and certificates made for each run in its
+    /// temporary directory (as `raft-kv certs` makes them). etcd stays
+    /// plaintext.
+    #[arg(long)]
+    pub tls: bool,
+    // A running raft-kv cluster that uses TLS (without --local): the
+    // client's files (--tls-dir, or --cert/--key/--ca).
+    #[command(flatten)]
+    pub tls_files: TlsArgs,
     /// What to run, comma-separated: all, or any of rtt, write-latency,
     /// write-throughput, read-throughput, failover, grow (run in that order).
     /// `all` is every one but grow.
@@ -201,6 +212,10 @@ struct Plan {
     nodes: usize,
     /// Without --local: the addresses of each system's cluster.
     cluster: Vec<String>,
+    /// With --local: raft-kv's nodes and clients use TLS (--tls).
+    local_tls: bool,
+    /// Without --local: the client's TLS files for raft-kv, checked.
+    tls_files: TlsArgs,
     workloads: Vec<Workload>,
     /// A workload of `all` that cannot run, and why.
     skipped: Option<String>,
@@ -238,6 +253,7 @@ impl Plan {
                 "--target both needs --local: each system runs on a fresh local cluster".into(),
             );
         }
+        check_tls(args)?;
         let named = |w: Workload| {
             args.workload.iter().any(|&arg| match arg {
                 WorkloadArg::All => false,
@@ -315,6 +331,8 @@ impl Plan {
             local: args.local,
             nodes,
             cluster,
+            local_tls: args.tls,
+            tls_files: args.tls_files.clone(),
             workloads,
             skipped,
             data: Arc::new(data),
@@ -359,12 +377,18 @@ impl Plan {
             System::RaftKv => Spec::RaftKv {
                 exe: raft_kv_beside_me()?,
                 tuning: self.tuning.clone(),
+                tls: self.local_tls,
             },
             System::Etcd => Spec::Etcd {
                 exe: self.etcd.clone(),
                 extra_flags: self.etcd_flags.clone(),
             },
         })
+    }
+
+    /// Whether the raft-kv clusters use TLS (--tls, or the TLS files).
+    fn tls(&self) -> bool {
+        self.local_tls || self.tls_files.enabled()
     }
 
     /// What every JSON object repeats about the run.
@@ -380,6 +404,7 @@ impl Plan {
             value_size: self.value_size,
             keyspace: self.keyspace,
             stale: self.stale,
+            tls: self.tls() && system == System::RaftKv,
             snapshot_threshold: (self.local && system == System::RaftKv)
                 .then_some(self.tuning.snapshot_threshold),
         }
@@ -403,6 +428,16 @@ impl Plan {
                 self.tuning.tick_ms,
                 self.tuning.snapshot_threshold
             ));
+        }
+        if self.tls() {
+            lines.push(
+                if self.systems.contains(&System::Etcd) {
+                    "tls: mutual TLS between raft-kv's nodes and with its clients; etcd in plaintext"
+                } else {
+                    "tls: mutual TLS between raft-kv's nodes and with its clients"
+                }
+                .into(),
+            );
         }
         if self.local && self.systems.contains(&System::Etcd) {
             lines.push(format!(
@@ -458,6 +493,31 @@ fn raft_kv_beside_me() -> Result<PathBuf, String> {
         ));
     }
     Ok(raft_kv)
+}
+
+/// --tls is for the nodes the bench starts, the TLS files for a running
+/// cluster's; both for raft-kv only. The files are read here, so that a
+/// missing one is a bad flag.
+fn check_tls(args: &BenchArgs) -> Result<(), String> {
+    let files = args.tls_files.enabled();
+    if args.tls && !args.local {
+        return Err(
+            "--tls needs --local: it makes certificates for the nodes the bench starts; \
+             for a running cluster give --tls-dir DIR (or --cert, --key and --ca)"
+                .into(),
+        );
+    }
+    if files && args.local {
+        return Err(
+            "--tls-dir, --cert, --key and --ca are for a running cluster; \
+             with --local give --tls, and the bench makes its own certificates"
+                .into(),
+        );
+    }
+    if (args.tls || files) && args.target == TargetArg::Etcd {
+        return Err("TLS is for raft-kv: the bench speaks to etcd in plaintext".into());
+    }
+    args.tls_files.load(Holder::Client).map(|_| ())
 }
 
 fn split(list: &str) -> Vec<String> {
@@ -621,8 +681,12 @@ fn run_once(
     let addrs = cluster
         .as_ref()
         .map_or_else(|| plan.cluster.clone(), LocalCluster::client_addrs);
+    let tls = match &cluster {
+        Some(cluster) => cluster.client_tls().cloned(),
+        None => plan.tls_files.load(Holder::Client)?,
+    };
     let result = runtime.block_on(async {
-        let pool = Pool::new(system, &addrs, plan.rpc_timeout)?;
+        let pool = Pool::new(system, &addrs, plan.rpc_timeout, tls.as_ref())?;
         workload::wait_for_leader(&pool, || {
             cluster.as_mut().map_or(Ok(()), LocalCluster::check_alive)
         })
@@ -682,8 +746,7 @@ async fn run_workload(
         let Some(cluster) = cluster.as_deref_mut() else {
             return Err("failover needs --local".into());
         };
-        let addrs = cluster.client_addrs();
-        let pool = Pool::new(pool.system(), &addrs, plan.failover_rpc_timeout)?;
+        let pool = pool.with_rpc_timeout(plan.failover_rpc_timeout)?;
         let progress = Progress::new(label, None);
         let _shown = progress.show();
         let measured = workload::failover(cluster, &pool, plan.kills, data, &progress).await?;
@@ -865,6 +928,28 @@ mod tests {
     }
 
     #[test]
+    fn tls_for_a_local_or_a_running_cluster() {
+        let p = plan(&["--local", "--target", "both", "--tls"]).unwrap();
+        assert!(p.local_tls && p.tls());
+        assert!(p.setup(System::RaftKv).tls);
+        assert!(!p.setup(System::Etcd).tls);
+        assert!(
+            p.describe().contains("etcd in plaintext"),
+            "{}",
+            p.describe()
+        );
+        assert!(!plan(&["--local"]).unwrap().tls());
+
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = raft_kv::tls::certs::local_nodes(&[1]);
+        raft_kv::tls::certs::write(dir.path(), &nodes, false).unwrap();
+        let p = plan(&["--tls-dir", dir.path().to_str().unwrap()]).unwrap();
+        assert!(p.tls() && !p.local_tls);
+        assert!(p.setup(System::RaftKv).tls);
+        assert!(p.describe().contains("tls: mutual TLS"), "{}", p.describe());
+    }
+
+    #[test]
     fn bad_flags_are_one_line_errors() {
         let cases: &[(&[&str], &str)] = &[
             (&["--target", "both"], "--target both needs --local"),
@@ -913,6 +998,23 @@ mod tests {
             (
                 &["--local", "--nodes", "1", "--workload", "failover"],
                 "failover needs --nodes 3 or more",
+            ),
+            (&["--tls"], "--tls needs --local"),
+            (
+                &["--local", "--tls-dir", "certs"],
+                "with --local give --tls",
+            ),
+            (
+                &["--local", "--target", "etcd", "--tls"],
+                "TLS is for raft-kv",
+            ),
+            (
+                &["--target", "etcd", "--tls-dir", "certs"],
+                "TLS is for raft-kv",
+            ),
+            (
+                &["--tls-dir", "/nonexistent"],
+                "cannot read /nonexistent/ca.pem",
             ),
         ];
         for (flags, expected) in cases {

@@ -20,6 +20,8 @@ pub struct Setup {
     pub value_size: usize,
     pub keyspace: usize,
     pub stale: bool,
+    /// Whether the system's nodes and clients used mutual TLS.
+    pub tls: bool,
     pub snapshot_threshold: Option<usize>,
 }
 
@@ -430,6 +432,7 @@ pub fn json(summary: &Summary, setup: &Setup) -> String {
         ("value_size", setup.value_size.to_string()),
         ("keyspace", setup.keyspace.to_string()),
         ("stale", setup.stale.to_string()),
+        ("tls", setup.tls.to_string()),
         (
             "snapshot_threshold",
             json_int(setup.snapshot_threshold.map(|t| t as u64)),
@@ -724,12 +727,13 @@ mod tests {
             value_size: 128,
             keyspace: 1000,
             stale: false,
+            tls: false,
             snapshot_threshold: None,
         };
         assert_eq!(
             json(&s, &setup),
             "{\"target\":\"etcd\",\"workload\":\"read-throughput\",\"nodes\":3,\"local\":false,\
-             \"key_size\":16,\"value_size\":128,\"keyspace\":1000,\"stale\":false,\
+             \"key_size\":16,\"value_size\":128,\"keyspace\":1000,\"stale\":false,\"tls\":false,\
              \"snapshot_threshold\":null,\"runs\":1,\"clients\":64,\
              \"ops\":100,\"errors\":0,\"seconds\":2.000,\"ops_per_sec\":50.000,\
              \"p50_ms\":0.500,\"p90_ms\":1.000,\"p99_ms\":2.000,\"max_ms\":5.000,\
