@@ -8,7 +8,7 @@
 
 use std::fs::OpenOptions;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,27 +54,89 @@ pub struct Cluster {
     /// `addrs[id - 1]` is node `id`'s address.
     pub addrs: Vec<String>,
     extra_flags: Vec<String>,
+    /// `--election-timeout-ms` and `--heartbeat-ms`
+    timing: (String, String),
+    /// the certificates the nodes and the CLI use, when they run with TLS
+    tls_dir: Option<PathBuf>,
     dir: TempDir,
     nodes: Vec<Option<Child>>,
+}
+
+/// How `Cluster::start_with` starts its nodes.
+pub struct Setup<'a> {
+    pub extra_flags: &'a [&'a str],
+    /// `--election-timeout-ms`
+    pub election_timeout_ms: &'a str,
+    /// `--heartbeat-ms`
+    pub heartbeat_ms: &'a str,
+    /// mutual TLS, with certificates `raft-kv certs` writes for this cluster
+    pub tls: bool,
+}
+
+impl Default for Setup<'_> {
+    /// Fast elections, no TLS.
+    fn default() -> Self {
+        Setup {
+            extra_flags: &[],
+            election_timeout_ms: "150-300",
+            heartbeat_ms: "50",
+            tls: false,
+        }
+    }
 }
 
 impl Cluster {
     /// Start three nodes with fast elections, plus `extra_flags` for each.
     pub fn start(extra_flags: &[&str]) -> Cluster {
+        Cluster::start_with(Setup {
+            extra_flags,
+            ..Setup::default()
+        })
+    }
+
+    /// Start three nodes as `setup` says.
+    pub fn start_with(setup: Setup) -> Cluster {
         let addrs = free_ports(3)
             .into_iter()
             .map(|port| format!("127.0.0.1:{port}"))
             .collect();
         let mut cluster = Cluster {
             addrs,
-            extra_flags: extra_flags.iter().map(|s| s.to_string()).collect(),
+            extra_flags: setup.extra_flags.iter().map(|s| s.to_string()).collect(),
+            timing: (
+                setup.election_timeout_ms.to_string(),
+                setup.heartbeat_ms.to_string(),
+            ),
+            tls_dir: None,
             dir: tempfile::tempdir().expect("temporary directory"),
             nodes: vec![None, None, None],
         };
+        if setup.tls {
+            let dir = cluster.dir.path().join("tls");
+            write_certs(&dir, "1,2,3");
+            cluster.tls_dir = Some(dir);
+        }
         for id in 1..=3 {
             cluster.spawn(id);
         }
         cluster
+    }
+
+    /// The certificates of a cluster started with TLS.
+    pub fn tls_dir(&self) -> Option<&Path> {
+        self.tls_dir.as_deref()
+    }
+
+    /// The cluster id node `id` recorded in its data dir at its first start
+    /// (the `cluster-id` line of DATA_DIR/cluster).
+    pub fn cluster_id(&self, id: u64) -> String {
+        let path = self.data_dir(id).join("cluster");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        text.lines()
+            .find_map(|line| line.strip_prefix("cluster-id "))
+            .unwrap_or_else(|| panic!("no cluster-id line in {}:\n{text}", path.display()))
+            .to_string()
     }
 
     pub fn ids(&self) -> std::ops::RangeInclusive<u64> {
@@ -114,8 +176,13 @@ impl Cluster {
             .args(["node", "--id", &id.to_string(), "--peers", peers])
             .arg("--data-dir")
             .arg(self.data_dir(id))
-            .args(["--election-timeout-ms", "150-300", "--heartbeat-ms", "50"])
-            .args(&self.extra_flags)
+            .args(["--election-timeout-ms", &self.timing.0])
+            .args(["--heartbeat-ms", &self.timing.1])
+            .args(&self.extra_flags);
+        if let Some(dir) = &self.tls_dir {
+            command.arg("--tls-dir").arg(dir);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -161,6 +228,9 @@ impl Cluster {
 
     /// Node `id`'s status, or None if it does not answer.
     pub fn status(&self, id: u64) -> Option<StatusResponse> {
+        if let Some(dir) = &self.tls_dir {
+            return tls_status(self.addr(id), dir);
+        }
         let mut client = Client::new(&[self.addr(id)]).unwrap();
         client
             .status_all()
@@ -206,11 +276,20 @@ impl Cluster {
             .expect("a running follower")
     }
 
-    /// Run the CLI against this cluster, patiently.
+    /// Run the CLI against this cluster, patiently (with the client's
+    /// certificate when the cluster runs with TLS).
     pub fn cli(&self, args: &[&str]) -> Output {
-        let cluster = self.addrs.join(",");
+        self.cli_to(&self.addrs.join(","), args)
+    }
+
+    /// Run the CLI against the nodes at `cluster` (`--cluster`), patiently.
+    pub fn cli_to(&self, cluster: &str, args: &[&str]) -> Output {
+        let tls_dir = self.tls_dir.as_ref().map(|d| d.display().to_string());
         let mut args = args.to_vec();
-        args.extend(["--cluster", &cluster, "--timeout", "30s"]);
+        args.extend(["--cluster", cluster, "--timeout", "30s"]);
+        if let Some(dir) = &tls_dir {
+            args.extend(["--tls-dir", dir]);
+        }
         cli(&args)
     }
 
@@ -246,6 +325,44 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// `raft-kv certs --out DIR --nodes NODES`, which must succeed.
+pub fn write_certs(dir: &Path, nodes: &str) {
+    let out = dir.display().to_string();
+    let output = cli(&["certs", "--out", &out, "--nodes", nodes]);
+    assert!(
+        output.status.success(),
+        "raft-kv certs --out {out} --nodes {nodes}: {}",
+        stderr(&output)
+    );
+}
+
+/// Node `addr`'s status over TLS, as the client whose certificate is in
+/// `tls_dir`; None if it does not answer.
+pub fn tls_status(addr: &str, tls_dir: &Path) -> Option<StatusResponse> {
+    use raft_kv::proto::kv::key_value_client::KeyValueClient;
+    use raft_kv::proto::kv::StatusRequest;
+    use raft_kv::tls::{Holder, TlsArgs};
+    let tls = TlsArgs {
+        tls_dir: Some(tls_dir.to_path_buf()),
+        ..TlsArgs::default()
+    };
+    let config = tls.load(Holder::Client).ok()??.client_config();
+    runtime().block_on(async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .ok()?
+            .tls_config(config)
+            .ok()?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2));
+        let channel = endpoint.connect().await.ok()?;
+        let response = KeyValueClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .ok()?;
+        Some(response.into_inner())
+    })
 }
 
 /// Run `raft-kv ARGS`.
