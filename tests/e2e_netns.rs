@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use common::{eventually, stderr, stdout, BIN};
 use raft_kv::cli::Client;
-use raft_kv::proto::kv::StatusResponse;
+use raft_kv::proto::kv::key_value_client::KeyValueClient;
+use raft_kv::proto::kv::{StatusRequest, StatusResponse};
 use raft_kv::proto::peer::envelope::Message as PeerMessage;
 use raft_kv::proto::peer::raft_client::RaftClient;
 use raft_kv::proto::peer::{AppendEntriesRequest, Envelope};
@@ -641,6 +642,39 @@ fn a_cluster_on_its_own_network_elects_replicates_fails_over_and_refuses_an_outs
         &[&stream_refused, "does not name node-1.raft-kv"],
     );
     eprintln!("node 3: {line}");
+
+    // With --listen-clients, each port serves its own service only: the
+    // client port has no peer service, the peer port no client service (so
+    // a firewall that keeps the peer port to the members keeps everyone
+    // else to the client API).
+    let tls = lab.client_tls();
+    let node1 = ip(1);
+    let (peer_on_client_port, client_on_peer_port) = on_thread_in(&lab.outsider_ns, move || {
+        common::runtime().block_on(async move {
+            let endpoint = |port: u16| {
+                Endpoint::from_shared(format!("https://{node1}:{port}"))
+                    .unwrap()
+                    .tls_config(tls.client_config())
+                    .unwrap()
+            };
+            let mut peer = RaftClient::new(endpoint(CLIENT_PORT).connect().await.unwrap());
+            let empty = tonic::Request::new(tokio_stream::iter(Vec::<Envelope>::new()));
+            let peer_on_client_port = peer.send(empty).await;
+            let mut kv = KeyValueClient::new(endpoint(PEER_PORT).connect().await.unwrap());
+            let client_on_peer_port = kv.status(StatusRequest {}).await;
+            (peer_on_client_port, client_on_peer_port)
+        })
+    });
+    assert_eq!(
+        peer_on_client_port.unwrap_err().code(),
+        Code::Unimplemented,
+        "the peer service on the client port"
+    );
+    assert_eq!(
+        client_on_peer_port.unwrap_err().code(),
+        Code::Unimplemented,
+        "the client service on the peer port"
+    );
 
     // Nothing came of it: the same leader in the same term, every write
     // readable, a new one goes through, no node exited.
