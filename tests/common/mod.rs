@@ -61,20 +61,25 @@ pub struct Cluster {
 impl Cluster {
     /// Start three nodes with fast elections, plus `extra_flags` for each.
     pub fn start(extra_flags: &[&str]) -> Cluster {
-        let addrs = free_ports(3)
-            .into_iter()
-            .map(|port| format!("127.0.0.1:{port}"))
-            .collect();
-        let mut cluster = Cluster {
-            addrs,
-            extra_flags: extra_flags.iter().map(|s| s.to_string()).collect(),
-            dir: tempfile::tempdir().expect("temporary directory"),
-            nodes: vec![None, None, None],
-        };
+        let mut cluster = Cluster::prepare(extra_flags);
         for id in 1..=3 {
             cluster.spawn(id);
         }
         cluster
+    }
+
+    /// The same, with no node started yet.
+    pub fn prepare(extra_flags: &[&str]) -> Cluster {
+        let addrs = free_ports(3)
+            .into_iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        Cluster {
+            addrs,
+            extra_flags: extra_flags.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            nodes: vec![None, None, None],
+        }
     }
 
     pub fn ids(&self) -> std::ops::RangeInclusive<u64> {
@@ -124,12 +129,18 @@ impl Cluster {
 
     /// Start node `id` (again) on its data directory.
     pub fn spawn(&mut self, id: u64) {
+        self.spawn_with(id, &[]);
+    }
+
+    /// The same, with `flags` added for this node alone.
+    pub fn spawn_with(&mut self, id: u64, flags: &[String]) {
         assert!(
             self.nodes[id as usize - 1].is_none(),
             "node {id} is running"
         );
         let child = self
             .node_command(id, &self.peers())
+            .args(flags)
             .spawn()
             .expect("start raft-kv node");
         self.nodes[id as usize - 1] = Some(child);
