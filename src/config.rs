@@ -373,12 +373,18 @@ pub struct Tuning {
     /// batching, pipelining. Raft stays correct without them, only slower.
     #[arg(long, value_name = "PART,...", default_value = "")]
     pub fast_path_off: String,
+    /// The largest client request a node decodes, in bytes (etcd's
+    /// --max-request-bytes); a larger one is refused with INVALID_ARGUMENT
+    /// before it is read. The default holds the largest key and value.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
 }
 
 impl Tuning {
     /// Check the flags; returns the timing in ticks.
     pub fn check(&self) -> Result<Timing, ConfigError> {
         check_snapshot_threshold(self.snapshot_threshold)?;
+        check_max_request_bytes(self.max_request_bytes)?;
         check_poll_us(self.poll_us)?;
         parse_fast_path_off(&self.fast_path_off)?;
         Timing::new(&self.election_timeout_ms, self.heartbeat_ms, self.tick_ms)
@@ -401,6 +407,8 @@ impl Tuning {
             self.poll_us.to_string(),
             "--fast-path-off".into(),
             self.fast_path_off.clone(),
+            "--max-request-bytes".into(),
+            self.max_request_bytes.to_string(),
         ]
     }
 }
@@ -428,6 +436,8 @@ pub struct NodeConfig {
     pub poll: Duration,
     /// what `--fast-path-off` left on
     pub fast_path: FastPath,
+    /// the largest client request decoded (`--max-request-bytes`)
+    pub max_request_bytes: usize,
     /// where this node serves its peers (`--listen-peers`; by default its
     /// address in the member list)
     pub listen_peers: Address,
@@ -487,6 +497,7 @@ impl NodeConfig {
             log_level: args.tuning.log_level,
             poll: Duration::from_micros(args.tuning.poll_us),
             fast_path,
+            max_request_bytes: args.tuning.max_request_bytes,
             listen_peers,
             listen_clients,
             client_address,
@@ -603,6 +614,25 @@ pub fn check_cluster_token(token: &str) -> Result<(), ConfigError> {
         return error("--cluster-token must be 1 to 256 visible ASCII characters (no spaces)");
     }
     Ok(())
+}
+
+/// `--max-request-bytes` by default: 1.5 MiB, as etcd's, room for the
+/// largest key and value (`kv::MAX_KEY_BYTES`, `kv::MAX_VALUE_BYTES`) and
+/// the rest of a request.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 << 19;
+/// The range `--max-request-bytes` may take: below 1 KiB no useful request
+/// fits; above 64 MiB, the bridge's own message limit.
+const MAX_REQUEST_BYTES_RANGE: (usize, usize) = (1 << 10, 64 << 20);
+
+/// Check `--max-request-bytes`.
+pub fn check_max_request_bytes(bytes: usize) -> Result<usize, ConfigError> {
+    let (least, most) = MAX_REQUEST_BYTES_RANGE;
+    if !(least..=most).contains(&bytes) {
+        return error(format!(
+            "--max-request-bytes {bytes} is outside {least}..={most}"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Check `--snapshot-threshold`.

@@ -389,6 +389,62 @@ fn a_follower_redirects_to_the_leader() {
     assert_eq!(stdout(&out), "yes\n");
 }
 
+#[test]
+fn clients_get_a_port_of_their_own_and_are_redirected_to_the_leaders() {
+    let mut cluster = Cluster::prepare(&[]);
+    let client_ports = free_ports(3);
+    let client_addr = |id: u64| format!("127.0.0.1:{}", client_ports[id as usize - 1]);
+    for id in cluster.ids() {
+        cluster.spawn_with(id, &["--listen-clients".into(), client_addr(id)]);
+    }
+    let rt = runtime();
+    let clients: Vec<String> = cluster.ids().map(client_addr).collect();
+    let mut client = Client::new(&clients).unwrap().with_timeout(PATIENCE);
+    client.set("k", "v").unwrap();
+
+    // Each port serves its own service only.
+    let on_peer_port = rt
+        .block_on(connect(&rt, cluster.addr(1)).get(GetRequest {
+            key: "k".into(),
+            consistency: Consistency::Stale as i32,
+        }))
+        .unwrap_err();
+    assert_eq!(on_peer_port.code(), Code::Unimplemented);
+    let channel = rt
+        .block_on(
+            Channel::from_shared(format!("http://{}", client_addr(1)))
+                .unwrap()
+                .connect(),
+        )
+        .unwrap();
+    let mut peer = raft_kv::proto::peer::raft_client::RaftClient::new(channel);
+    let no_messages = tonic::codegen::tokio_stream::iter(Vec::new());
+    let on_client_port = rt.block_on(peer.send(no_messages)).unwrap_err();
+    assert_eq!(on_client_port.code(), Code::Unimplemented);
+
+    // A follower names the leader's client port, which it learnt from the
+    // leader's own stream.
+    eventually("a follower to name the leader's client address", || {
+        let statuses = Client::new(&clients).unwrap().status_all();
+        let leader = statuses
+            .iter()
+            .filter_map(|(_, answer)| answer.as_ref().ok())
+            .find(|status| status.role == "leader")?
+            .id;
+        let follower = cluster.follower_of(leader);
+        let mut kv = connect(&rt, &client_addr(follower));
+        let refused = rt
+            .block_on(kv.set(set_request("redirected", "no", 0, 0)))
+            .expect_err("a follower must not accept a write");
+        let named = refused
+            .metadata()
+            .get(LEADER_ADDR_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (named == Some(client_addr(leader))).then_some(())
+    });
+}
+
 /// A request whose key and value are bytes, to send a key that is not UTF-8.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RawSetRequest {

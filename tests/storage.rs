@@ -707,14 +707,29 @@ fn a_half_written_temporary_file_is_ignored_and_removed() {
     fs::write(dir.path().join("hardstate.tmp"), &newer[..13]).unwrap();
     fs::write(dir.path().join("snapshot.tmp"), b"RKVS garbage").unwrap();
     fs::write(dir.path().join("log.tmp"), b"RKVL\x01\0\0\0 garbage").unwrap();
+    fs::write(dir.path().join("cluster.tmp"), b"cluster-id").unwrap();
 
     let recovered = reopen(dir.path());
     assert_eq!(recovered.hard_state, voted);
     assert_eq!(recovered.snapshot, None);
     assert_eq!(recovered.entries, entries(1..=3, 5));
-    for name in ["hardstate.tmp", "snapshot.tmp", "log.tmp"] {
+    for name in ["hardstate.tmp", "snapshot.tmp", "log.tmp", "cluster.tmp"] {
         assert!(!dir.path().join(name).exists(), "{name} is removed");
     }
+}
+
+#[test]
+fn the_cluster_file_is_kept_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    assert_eq!(storage.cluster_file().unwrap(), None);
+    storage.save_cluster_file(b"cluster-id 1\n").unwrap();
+    drop(storage);
+    let storage = open(dir.path());
+    assert_eq!(
+        storage.cluster_file().unwrap().as_deref(),
+        Some(&b"cluster-id 1\n"[..])
+    );
 }
 
 #[test]

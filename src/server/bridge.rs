@@ -92,6 +92,8 @@ pub struct Bridge {
     pub members: Arc<Members>,
     /// where clients reach this node (sent to peers, which redirect to it)
     pub client_address: Address,
+    /// the largest client request decoded (`--max-request-bytes`)
+    pub max_request_bytes: usize,
     pub tls: Option<Tls>,
     /// this node's listening sockets, bound early (see `Listeners::bind`)
     pub listeners: Listeners,
@@ -127,6 +129,7 @@ impl Bridge {
             cluster_id,
             members,
             client_address,
+            max_request_bytes,
             tls,
             listeners,
             peer_messages,
@@ -178,8 +181,9 @@ impl Bridge {
             to_event_loop: client_calls,
             waiting,
         })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client_service = services::RequestLimit::new(client_service, max_request_bytes);
         let tls_config = tls
             .map(|t| t.server_config())
             .transpose()

@@ -268,6 +268,7 @@ impl Node {
             cluster_id,
             members: Arc::new(config.members.clone()),
             client_address: config.client_address.clone(),
+            max_request_bytes: config.max_request_bytes,
             tls: config.tls.clone(),
             listeners,
             peer_messages: peer_tx,

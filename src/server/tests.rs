@@ -139,6 +139,7 @@ impl TestCluster {
             log_level: LogLevel::Info,
             poll: Duration::from_micros(500),
             fast_path: FastPath::default(),
+            max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
             listen_peers: self.address(id).clone(),
             listen_clients: None,
             client_address: self.address(id).clone(),
@@ -337,6 +338,42 @@ fn bad_client_input_is_refused_and_changes_nothing() {
 
     let after = cluster.status(leader).unwrap();
     assert_eq!(after.last_log_index, before.last_log_index);
+}
+
+#[test]
+fn requests_over_the_size_limit_are_refused_before_they_are_read() {
+    let mut cluster = TestCluster::new(1, 10_000);
+    cluster.start_all();
+    let leader = cluster.leader();
+    let limit = crate::config::DEFAULT_MAX_REQUEST_BYTES;
+    let before = cluster.status(leader).unwrap();
+
+    // The largest key and value fit; a value over its own limit is read and
+    // refused by the key-value layer; a request over the node's limit is
+    // refused from its length alone.
+    let key = "k".repeat(crate::kv::MAX_KEY_BYTES);
+    let largest = "v".repeat(crate::kv::MAX_VALUE_BYTES);
+    cluster.set(leader, &key, &largest).unwrap();
+    let over_value = "v".repeat(crate::kv::MAX_VALUE_BYTES + 1);
+    let refusal = cluster.set(leader, "k", &over_value).unwrap_err();
+    assert_eq!(refusal.code(), Code::InvalidArgument);
+    assert_eq!(
+        refusal.message(),
+        "value is 1048577 bytes; the limit is 1048576"
+    );
+    for size in [limit + 1, 5 << 20] {
+        let refusal = cluster.set(leader, "k", &"v".repeat(size)).unwrap_err();
+        assert_eq!(refusal.code(), Code::InvalidArgument);
+        let message = refusal.message();
+        let expected = format!("bytes; the limit is {limit} (--max-request-bytes)");
+        assert!(
+            message.starts_with("request is ") && message.ends_with(&expected),
+            "{message}"
+        );
+    }
+
+    let after = cluster.status(leader).unwrap();
+    assert_eq!(after.last_log_index, before.last_log_index + 1);
 }
 
 #[test]

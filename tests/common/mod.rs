@@ -94,8 +94,26 @@ impl Cluster {
         })
     }
 
+    /// The same, with no node started yet.
+    pub fn prepare(extra_flags: &[&str]) -> Cluster {
+        Cluster::prepare_with(Setup {
+            extra_flags,
+            ..Setup::default()
+        })
+    }
+
     /// Start three nodes as `setup` says.
     pub fn start_with(setup: Setup) -> Cluster {
+        let mut cluster = Cluster::prepare_with(setup);
+        for id in 1..=3 {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// The same, with no node started yet (with TLS, the certificates are
+    /// written).
+    pub fn prepare_with(setup: Setup) -> Cluster {
         let addrs = free_ports(3)
             .into_iter()
             .map(|port| format!("127.0.0.1:{port}"))
@@ -115,9 +133,6 @@ impl Cluster {
             let dir = cluster.dir.path().join("tls");
             write_certs(&dir, "1,2,3");
             cluster.tls_dir = Some(dir);
-        }
-        for id in 1..=3 {
-            cluster.spawn(id);
         }
         cluster
     }
@@ -191,12 +206,18 @@ impl Cluster {
 
     /// Start node `id` (again) on its data directory.
     pub fn spawn(&mut self, id: u64) {
+        self.spawn_with(id, &[]);
+    }
+
+    /// The same, with `flags` added for this node alone.
+    pub fn spawn_with(&mut self, id: u64, flags: &[String]) {
         assert!(
             self.nodes[id as usize - 1].is_none(),
             "node {id} is running"
         );
         let child = self
             .node_command(id, &self.peers())
+            .args(flags)
             .spawn()
             .expect("start raft-kv node");
         self.nodes[id as usize - 1] = Some(child);

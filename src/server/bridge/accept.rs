@@ -67,7 +67,7 @@ pub fn tls_incoming(
                         let _ = connections.send(Ok(tls)).await;
                         return;
                     }
-                    Ok(Err(e)) => format!("the TLS handshake failed: {e}"),
+                    Ok(Err(e)) => format!("the TLS handshake failed: {}", explain(&e)),
                     Err(_) => format!("no TLS handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
                 };
                 refusals.warn(format!("tls {} {refused}", remote.ip()), || {
@@ -77,4 +77,21 @@ pub fn tls_incoming(
         }
     });
     ReceiverStream::new(incoming)
+}
+
+/// A failed handshake in the words of the usual causes.
+fn explain(error: &io::Error) -> String {
+    use rustls::{CertificateError, Error, InvalidMessage};
+    let why = match error.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+        Some(Error::InvalidMessage(InvalidMessage::InvalidContentType)) => {
+            "it does not speak TLS (a client or node without --tls-dir?)"
+        }
+        Some(Error::NoCertificatesPresented) => "it showed no certificate",
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            "its certificate is not signed by this cluster's CA"
+        }
+        Some(Error::InvalidCertificate(CertificateError::Expired)) => "its certificate has expired",
+        _ => return error.to_string(),
+    };
+    format!("{why} ({error})")
 }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Sender, TrySendError};
 use log::debug;
 use tokio::sync::oneshot;
+use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
 use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::convert;
@@ -425,4 +427,62 @@ impl kv_pb::key_value_server::KeyValue for ClientService {
             last_log_index: status.last_log_index,
         }))
     }
+}
+
+/// A client service whose too-large requests are refused as what they are:
+/// the caller's mistake (INVALID_ARGUMENT, naming the limit and the flag),
+/// not tonic's OUT_OF_RANGE. tonic refuses them from the length prefix,
+/// before reading the body, so a large request costs no memory.
+#[derive(Clone)]
+pub struct RequestLimit<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> RequestLimit<S> {
+    pub fn new(inner: S, limit: usize) -> RequestLimit<S> {
+        RequestLimit { inner, limit }
+    }
+}
+
+impl<S: NamedService> NamedService for RequestLimit<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for RequestLimit<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (answer, limit) = (self.inner.call(request), self.limit);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(match too_large(&response) {
+                Some(size) => Status::invalid_argument(format!(
+                    "request is {size} bytes; the limit is {limit} (--max-request-bytes)"
+                ))
+                .into_http(),
+                None => response,
+            })
+        })
+    }
+}
+
+/// The size tonic found, if `response` is its refusal of a request over
+/// the decoding limit.
+fn too_large<T>(response: &http::Response<T>) -> Option<String> {
+    let status = Status::from_header_map(response.headers())?;
+    let found = status
+        .message()
+        .strip_prefix("Error, decoded message length too large: found ")?;
+    (status.code() == Code::OutOfRange).then(|| found.split(' ').next().unwrap_or("?").to_string())
 }
