@@ -963,3 +963,49 @@ fn a_node_restarted_with_another_member_list_or_token_refuses_to_start() {
     });
     assert_eq!(get(&cluster, &at, "k", true).as_deref(), Some("v"));
 }
+
+/// KNOWN FAILURE, reported, not fixed here (the server is not this test
+/// file's to change). A connection showing a certificate of another CA is
+/// refused, as it must be, but the node's log does not say so in the words
+/// src/server/bridge/accept.rs has for it ("its certificate is not signed by
+/// this cluster's CA"): every CA `raft-kv certs` makes is named `CN=raft-kv
+/// CA`, so rustls finds an issuer of that name, the signature does not
+/// verify, and the reason is `BadSignature`, which `explain` does not
+/// translate (only `UnknownIssuer`). Either a name of its own for each CA
+/// (`raft-kv CA <random>`) or `BadSignature` in `explain` would fix it.
+/// Run it with `cargo test --release --test e2e_hostile -- --ignored`.
+#[test]
+#[ignore = "known failure: a certificate of another raft-kv CA is logged as BadSignature, \
+            not as 'not signed by this cluster's CA'"]
+fn a_certificate_of_another_raft_kv_ca_is_explained_in_the_log() {
+    let cluster = Cluster::start_with(setup(true));
+    let tls_dir = cluster.tls_dir().unwrap().to_path_buf();
+    let other_ca = tempfile::tempdir().unwrap();
+    write_certs(other_ca.path(), "1,2,3");
+    let path = |name: &str| other_ca.path().join(name).display().to_string();
+    let tls = outsider_tls(&tls_dir, Some((&path("node-2.pem"), &path("node-2.key"))));
+    let rt = runtime();
+    let sent = connect(&rt, cluster.addr(1), Some(tls))
+        .map_err(Status::unavailable)
+        .and_then(|channel| send(&rt, channel, &[(FROM_METADATA, "2".into())], vec![]));
+    assert!(sent.is_err(), "a certificate of another CA was let in");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = cluster.log(1);
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("refused a connection from"))
+        {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 logged no refusal:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        line.contains("its certificate is not signed by this cluster's CA"),
+        "the refusal does not say why in words: {line}"
+    );
+}
