@@ -22,6 +22,11 @@
 //! no forged key exists anywhere; the term and the leader are the ones from
 //! before; no node exited; and each node attacked logged the refusal.
 //!
+//! A control shows the attacks are real: without TLS, an outsider that
+//! sends the right cluster id (it is no secret) is admitted, and its forged
+//! AppendEntries is applied. And a node restarted with another member list
+//! or token, or a damaged `cluster` file, refuses to start.
+//!
 //! Elections here are slower than in the other end-to-end tests
 //! (`SLOW_ELECTIONS`), so that a loaded machine does not hold one on its own
 //! while a scenario compares terms.
@@ -299,8 +304,9 @@ impl Writes {
     }
 }
 
-/// `raft-kv get KEY` (linearizable, through the leader) against `cluster`'s
-/// nodes at `at`: Some(value), or None when the key does not exist.
+/// `raft-kv get KEY` against `cluster`'s nodes at `at` (`--cluster`),
+/// linearizable through the leader, or with `stale` from the first node
+/// that answers: Some(value), or None when the key does not exist.
 fn get(cluster: &Cluster, at: &str, key: &str, stale: bool) -> Option<String> {
     let mut args = vec!["get", key];
     if stale {
