@@ -2,9 +2,13 @@
 //! certificates it signs — one per node, one for the clients — written as
 //! the PEM files `--tls-dir` reads (src/tls.rs).
 //!
-//! - `ca.pem`, `ca.key`: the CA, `CN=raft-kv CA`, allowed to sign
-//!   certificates and nothing else. Every node and client trusts `ca.pem`;
-//!   `ca.key` is needed only to sign more, by running this command again.
+//! - `ca.pem`, `ca.key`: the CA, `CN=raft-kv CA <random>`, allowed to sign
+//!   certificates and nothing else. Every node and client trusts `ca.pem`.
+//!   raft-kv never reads `ca.key`: it is there to sign more certificates for
+//!   this CA with other tools (this command always makes a new CA), and
+//!   belongs on no node. The random part keeps two clusters' CAs apart by
+//!   name, so a certificate of the other one is refused as "not signed by
+//!   this cluster's CA" rather than as a bad signature.
 //! - `node-N.pem`, `node-N.key`: node N, named `node-N.raft-kv` (what its
 //!   peers check, [`super::names_node`]) and the hosts it is reached at
 //!   (what a client checks against the address it dialled); good both as a
@@ -257,7 +261,8 @@ fn make(nodes: &[NodeHosts]) -> Result<Vec<(String, String, bool)>, rcgen::Error
         Ok(SanType::DnsName(name.to_string().try_into()?))
     };
 
-    let mut ca = params("raft-kv CA", Vec::new());
+    let ca_name = format!("raft-kv CA {:08x}", rand::random::<u32>());
+    let mut ca = params(&ca_name, Vec::new());
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
     let ca_key = KeyPair::generate()?;

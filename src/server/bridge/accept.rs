@@ -81,16 +81,19 @@ pub fn tls_incoming(
 
 /// A failed handshake in the words of the usual causes.
 fn explain(error: &io::Error) -> String {
-    use rustls::{CertificateError, Error, InvalidMessage};
+    use rustls::{AlertDescription, CertificateError, Error, InvalidMessage};
     let why = match error.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
         Some(Error::InvalidMessage(InvalidMessage::InvalidContentType)) => {
             "it does not speak TLS (a client or node without --tls-dir?)"
         }
         Some(Error::NoCertificatesPresented) => "it showed no certificate",
-        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
-            "its certificate is not signed by this cluster's CA"
-        }
+        Some(Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => "its certificate is not signed by this cluster's CA",
         Some(Error::InvalidCertificate(CertificateError::Expired)) => "its certificate has expired",
+        Some(Error::AlertReceived(
+            AlertDescription::UnknownCA | AlertDescription::BadCertificate,
+        )) => "it does not trust this node's certificate (it has another CA?)",
         _ => return error.to_string(),
     };
     format!("{why} ({error})")
