@@ -254,6 +254,29 @@ fn decode_log_header(bytes: &[u8]) -> Result<LogIndex, Corruption> {
     Ok(follows_snapshot)
 }
 
+/// A version-4 header whose version was damaged into an older one would
+/// have its last 12 bytes read as a record, and the records after them
+/// judged by the damage to it: perhaps cut off whole as a torn write. The
+/// header's own checksum, computed as if the version were 4, gives it away.
+fn check_not_a_damaged_header(bytes: &[u8], version: u32) -> Result<(), Corruption> {
+    if (bytes.len() as u64) < LOG_HEADER_LEN {
+        return Ok(());
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[0..4]);
+    hasher.update(&LOG_FORMAT_VERSION.to_le_bytes());
+    hasher.update(&bytes[8..16]);
+    if hasher.finalize() != u32_at(bytes, 16) {
+        return Ok(());
+    }
+    Err(corruption(
+        4,
+        format!(
+            "format version {version}, yet bytes 8..20 are the snapshot index and crc32 of a version-{LOG_FORMAT_VERSION} header: the version was damaged"
+        ),
+    ))
+}
+
 /// Append one log record for `entry` to `buffer`; returns the record's length.
 /// `durable_before` is the last entry that was on disk when the record was
 /// written (docs/storage.md, "Torn writes and corruption").
@@ -533,6 +556,7 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
     let (follows_snapshot, header_len) = if version == LOG_FORMAT_VERSION {
         (decode_log_header(bytes)?, LOG_HEADER_LEN)
     } else {
+        check_not_a_damaged_header(bytes, version)?;
         (0, LEGACY_LOG_HEADER_LEN)
     };
     let mut scanned = ScannedLog {
@@ -914,6 +938,34 @@ mod tests {
         assert_eq!(scanned.entries, entries);
         assert_eq!(scanned.offsets[0], 8);
         assert_eq!(scanned.end, bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_version_4_header_damaged_into_an_older_version_is_refused_not_cut() {
+        // Read as an older version, the header's snapshot index and crc32
+        // would be a damaged first record, and the records after it no proof
+        // against a cut: the whole log could go as a torn write.
+        for follows in [0, 5] {
+            let mut bytes = log_header(follows).to_vec();
+            encode_record(&entry(follows + 1, 1), follows, &mut bytes).unwrap();
+            for version in 1..=3u32 {
+                let mut damaged = bytes.clone();
+                damaged[4..8].copy_from_slice(&version.to_le_bytes());
+                let error = scan_log(&damaged, follows).unwrap_err();
+                assert_eq!(error.offset, 4, "{error:?}");
+                assert!(
+                    error.reason.contains(&format!(
+                        "format version {version}, yet bytes 8..20 are the snapshot index and crc32 of a version-4 header"
+                    )),
+                    "{error:?}"
+                );
+            }
+        }
+        // The other way round the header's checksum fails.
+        let mut version_3 = version_3_log_bytes(&[entry(1, 1)]);
+        version_3[4] = 4;
+        let error = scan_log(&version_3, 0).unwrap_err();
+        assert_eq!(error.offset, 16, "{error:?}");
     }
 
     #[test]
