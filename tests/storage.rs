@@ -156,6 +156,19 @@ fn handmade_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
     handmade_log_after(0, records)
 }
 
+/// A snapshot file as docs/storage.md describes it, built without FileStorage.
+fn handmade_snapshot(index: LogIndex, term: Term, data: &[u8]) -> Vec<u8> {
+    let mut bytes = b"RKVS".to_vec();
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(&index.to_le_bytes());
+    bytes.extend_from_slice(&term.to_le_bytes());
+    bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(data);
+    let crc = crc32fast::hash(&bytes);
+    bytes.splice(32..32, crc.to_le_bytes());
+    bytes
+}
+
 #[test]
 fn a_new_dir_is_empty_and_hard_state_survives_reopen() {
     let dir = TempDir::new().unwrap();
@@ -1047,6 +1060,71 @@ fn a_snapshot_beside_an_empty_log_is_named_in_the_log_header() {
             "{keep_suffix}: {error}"
         );
     }
+}
+
+/// Values no FileStorage writes, with valid checksums: refused, never an
+/// index overflowing past u64::MAX.
+#[test]
+fn indexes_that_leave_no_room_for_the_next_entry_are_refused() {
+    let (dir, _) = dir_with(1, &[]);
+    let (log, _) = handmade_log_after(u64::MAX, &[]);
+    let copy = copy_with_log(dir.path(), &log);
+    let error = open_error(copy.path());
+    assert!(
+        error.contains("/log is corrupt at byte offset 8:")
+            && error.contains("follows a snapshot through entry 18446744073709551615"),
+        "{error}"
+    );
+
+    for index in [u64::MAX, u64::MAX - 1] {
+        let (log, _) = handmade_log_after(index, &[]);
+        let copy = copy_with_log(dir.path(), &log);
+        fs::write(
+            copy.path().join("snapshot"),
+            handmade_snapshot(u64::MAX, 1, b"data"),
+        )
+        .unwrap();
+        let error = open_error(copy.path());
+        assert!(
+            error.contains("/snapshot is corrupt at byte offset 8:")
+                && error.contains("last_included_index 18446744073709551615"),
+            "{error}"
+        );
+    }
+
+    let (log, offsets) = handmade_log_after(u64::MAX - 1, &[(u64::MAX, 1)]);
+    let copy = copy_with_log(dir.path(), &log);
+    fs::write(
+        copy.path().join("snapshot"),
+        handmade_snapshot(u64::MAX - 1, 1, b"data"),
+    )
+    .unwrap();
+    let error = open_error(copy.path());
+    assert!(
+        error.contains(&format!("/log is corrupt at byte offset {}:", offsets[0]))
+            && error.contains("entry index 18446744073709551615"),
+        "{error}"
+    );
+
+    // One below is the largest a snapshot may end at, and the writes
+    // refuse to go past it.
+    let (log, _) = handmade_log_after(u64::MAX - 1, &[]);
+    let copy = copy_with_log(dir.path(), &log);
+    fs::write(
+        copy.path().join("snapshot"),
+        handmade_snapshot(u64::MAX - 1, 1, b"data"),
+    )
+    .unwrap();
+    let mut storage = open(copy.path());
+    assert!(storage.recover().unwrap().entries.is_empty());
+    let error = storage.append(&[set(u64::MAX, 1)]).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    let error = storage
+        .save_snapshot(&snapshot_through(u64::MAX, 1), true)
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    drop(storage);
+    assert!(reopen(copy.path()).entries.is_empty());
 }
 
 #[test]

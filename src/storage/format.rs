@@ -211,6 +211,12 @@ pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
         "the header and data",
     )?;
     let last_included_index = u64_at(&bytes, 8);
+    if !leaves_room_after(last_included_index) {
+        return Err(corruption(
+            8,
+            format!("last_included_index {last_included_index} {NO_ROOM}"),
+        ));
+    }
     let last_included_term = u64_at(&bytes, 16);
     bytes.drain(..SNAPSHOT_HEADER_LEN);
     Ok(Snapshot {
@@ -219,6 +225,15 @@ pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
         data: bytes,
     })
 }
+
+/// Whether an entry could follow `index`. One that cannot (u64::MAX) is
+/// crafted, or damage a checksum happened to match; it is refused where it
+/// is read, so that no `index + 1` overflows.
+pub fn leaves_room_after(index: LogIndex) -> bool {
+    index < LogIndex::MAX
+}
+
+pub const NO_ROOM: &str = "leaves no index for the next entry";
 
 /// The header of a log that follows the snapshot through `follows_snapshot`
 /// (0: none, the log starts at entry 1). Its checksum covers the index, so
@@ -251,6 +266,12 @@ fn decode_log_header(bytes: &[u8]) -> Result<LogIndex, Corruption> {
         "bytes 0..16",
     )?;
     let follows_snapshot = u64_at(bytes, 8);
+    if !leaves_room_after(follows_snapshot) {
+        return Err(corruption(
+            8,
+            format!("the log follows a snapshot through entry {follows_snapshot}, which {NO_ROOM}"),
+        ));
+    }
     Ok(follows_snapshot)
 }
 
@@ -613,6 +634,12 @@ fn decode_entry(
     if entry.index == 0 {
         return Err(corruption(at64, "entry index 0 (log indexes start at 1)"));
     }
+    if !leaves_room_after(entry.index) {
+        return Err(corruption(
+            at64,
+            format!("entry index {} {NO_ROOM}", entry.index),
+        ));
+    }
     if let Some(previous) = previous {
         check_follows(entry.index, entry.term, previous.index, previous.term)
             .map_err(|reason| corruption(at64, reason))?;
@@ -673,7 +700,7 @@ pub fn check_follows(
     previous_index: LogIndex,
     previous_term: Term,
 ) -> Result<(), String> {
-    if index != previous_index + 1 {
+    if previous_index.checked_add(1) != Some(index) {
         return Err(format!(
             "entry {index} follows entry {previous_index} (indexes must be consecutive)"
         ));
@@ -920,6 +947,41 @@ mod tests {
         let error = scan_log(&bytes, 7).unwrap_err();
         assert_eq!(error.offset, 16, "{error:?}");
         assert!(error.reason.contains("crc32 mismatch"), "{error:?}");
+
+        let error = scan_log(&log_header(u64::MAX), 0).unwrap_err();
+        assert_eq!(error.offset, 8, "{error:?}");
+        assert!(error.reason.contains("leaves no index"), "{error:?}");
+        assert_eq!(
+            scan_log(&log_header(u64::MAX - 1), 0)
+                .unwrap()
+                .follows_snapshot,
+            u64::MAX - 1
+        );
+    }
+
+    #[test]
+    fn indexes_no_entry_could_follow_are_refused_not_overflowed() {
+        let snapshot = Snapshot {
+            last_included_index: u64::MAX,
+            last_included_term: 1,
+            data: vec![],
+        };
+        let bytes = encode_snapshot_header(&snapshot).to_vec();
+        let error = decode_snapshot(bytes).unwrap_err();
+        assert_eq!(error.offset, 8, "{error:?}");
+
+        // (entry() would make a command of u64::MAX bytes.)
+        let last = Entry {
+            index: u64::MAX,
+            term: 1,
+            command: Command::Noop,
+        };
+        let mut bytes = log_header(u64::MAX - 1).to_vec();
+        encode_record(&last, u64::MAX - 1, &mut bytes).unwrap();
+        let error = scan_log(&bytes, u64::MAX - 1).unwrap_err();
+        assert_eq!(error.offset, LOG_HEADER_LEN, "{error:?}");
+        assert!(error.reason.contains("leaves no index"), "{error:?}");
+        assert!(check_follows(0, 1, u64::MAX, 1).is_err());
     }
 
     /// A log as version 3 wrote it: the records of version 4 after a header

@@ -392,6 +392,7 @@ impl FileStorage {
                 }
             }
         };
+        // The snapshot cannot end at u64::MAX (format::decode_snapshot).
         let first_index = snapshot_index + 1;
         check_snapshot_reaches(&snapshot_path, snapshot.as_ref(), scanned.follows_snapshot)?;
         if let (Some(first), Some(&offset)) = (scanned.entries.first(), scanned.offsets.first()) {
@@ -598,6 +599,13 @@ impl FileStorage {
         let mut previous = (self.last_index(), self.records.last().map(|r| r.term));
         for entry in entries {
             let (previous_index, previous_term) = previous;
+            if !format::leaves_room_after(entry.index) {
+                return Err(invalid_input(format!(
+                    "cannot append entry {}: its index {}",
+                    entry.index,
+                    format::NO_ROOM
+                )));
+            }
             if entry.index != previous_index + 1 {
                 return Err(invalid_input(format!(
                     "cannot append entry {}: the log ends at entry {previous_index}",
@@ -772,6 +780,12 @@ impl Storage for FileStorage {
             return Err(invalid_input(
                 "a snapshot must cover at least entry 1".into(),
             ));
+        }
+        if !format::leaves_room_after(index) {
+            return Err(invalid_input(format!(
+                "a snapshot through {index} {}",
+                format::NO_ROOM
+            )));
         }
         if index < self.snapshot_index {
             return Err(invalid_input(format!(
