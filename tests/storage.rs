@@ -54,12 +54,27 @@ fn term(current_term: Term) -> HardState {
 /// The bytes before each record's payload (docs/storage.md, "File formats").
 const RECORD_HEADER_LEN: usize = 16;
 
+/// The bytes before the first record of a version-4 log: magic, version,
+/// the index of the snapshot the log follows, crc32 (docs/storage.md).
+const LOG_HEADER_LEN: usize = 20;
+
+/// The header of a log that follows the snapshot through `follows` (0: none),
+/// as docs/storage.md describes it.
+fn log_header(follows: LogIndex) -> Vec<u8> {
+    let mut bytes = b"RKVL".to_vec();
+    bytes.extend_from_slice(&4u32.to_le_bytes());
+    bytes.extend_from_slice(&follows.to_le_bytes());
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
 /// Where each record of the log `bytes` starts, and where the records end:
 /// the file is grown ahead of them, and the rest reads as zeros
 /// (docs/storage.md).
 fn record_starts(bytes: &[u8]) -> (Vec<usize>, usize) {
     let mut starts = Vec::new();
-    let mut at = 8;
+    let mut at = LOG_HEADER_LEN;
     while at + RECORD_HEADER_LEN <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if len == 0 {
@@ -126,15 +141,32 @@ fn record(index: LogIndex, term: Term) -> Vec<u8> {
     bytes
 }
 
-fn handmade_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
-    let mut bytes = b"RKVL".to_vec();
-    bytes.extend_from_slice(&3u32.to_le_bytes());
+/// A log following the snapshot through `follows`, holding these records.
+fn handmade_log_after(follows: LogIndex, records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = log_header(follows);
     let mut offsets = Vec::new();
     for &(index, term) in records {
         offsets.push(bytes.len());
         bytes.extend_from_slice(&record(index, term));
     }
     (bytes, offsets)
+}
+
+fn handmade_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
+    handmade_log_after(0, records)
+}
+
+/// A snapshot file as docs/storage.md describes it, built without FileStorage.
+fn handmade_snapshot(index: LogIndex, term: Term, data: &[u8]) -> Vec<u8> {
+    let mut bytes = b"RKVS".to_vec();
+    bytes.extend_from_slice(&1u32.to_le_bytes());
+    bytes.extend_from_slice(&index.to_le_bytes());
+    bytes.extend_from_slice(&term.to_le_bytes());
+    bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(data);
+    let crc = crc32fast::hash(&bytes);
+    bytes.splice(32..32, crc.to_le_bytes());
+    bytes
 }
 
 #[test]
@@ -211,7 +243,11 @@ fn truncate_removes_the_suffix_and_new_entries_take_its_place() {
     storage.sync().unwrap();
     drop(storage);
     assert!(reopen(dir.path()).entries.is_empty());
-    assert_eq!(log_end(dir.path()), 8, "only the header is left");
+    assert_eq!(
+        log_end(dir.path()),
+        LOG_HEADER_LEN as u64,
+        "only the header is left"
+    );
 
     let mut storage = open(dir.path());
     storage.append(&[set(1, 2)]).unwrap();
@@ -455,7 +491,7 @@ fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
     drop(storage);
     let bytes = fs::read(dir.path().join("log")).unwrap();
     let (starts, end) = record_starts(&bytes);
-    assert_eq!(starts[0], 8, "the batch is the log's first");
+    assert_eq!(starts[0], LOG_HEADER_LEN, "the batch is the log's first");
     let copy = copy_with_log(
         dir.path(),
         &with_hole(&bytes[..end], starts[0]..starts[1], Hole::Zeros),
@@ -463,7 +499,7 @@ fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
     let recovered = reopen(copy.path());
     assert_eq!(recovered.snapshot, Some(snapshot));
     assert!(recovered.entries.is_empty());
-    assert_eq!(log_end(copy.path()), 8);
+    assert_eq!(log_end(copy.path()), LOG_HEADER_LEN as u64);
 
     // Once it is synced (here by `open`) and another batch follows, the
     // same hole is refused.
@@ -477,7 +513,7 @@ fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
         &with_hole(&bytes[..end], starts[0]..starts[1], Hole::Zeros),
     );
     let error = open_error(copy.path());
-    assert!(error.contains("corrupt at byte offset 8:"), "{error}");
+    assert!(error.contains("corrupt at byte offset 20:"), "{error}");
 }
 
 /// A snapshot from the leader that conflicts with the log replaces all of it
@@ -539,7 +575,7 @@ fn a_hole_in_a_batch_written_after_a_truncation_is_cut_off() {
 }
 
 /// A log as a build of format version 1 wrote it: records without
-/// durable_before (docs/storage.md, "Upgrading from version 1").
+/// durable_before (docs/storage.md, "Upgrading from versions 1 and 2").
 fn version_1_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
     let mut bytes = b"RKVL".to_vec();
     bytes.extend_from_slice(&1u32.to_le_bytes());
@@ -563,7 +599,7 @@ fn version_1_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
 }
 
 #[test]
-fn a_version_1_log_is_rewritten_as_version_3_at_open() {
+fn a_version_1_log_is_rewritten_as_version_4_at_open() {
     let (dir, _) = dir_with(1, &[]);
     let (version_1, offsets) = version_1_log(&[(1, 1), (2, 1), (3, 1)]);
     let copy = copy_with_log(dir.path(), &version_1);
@@ -573,7 +609,7 @@ fn a_version_1_log_is_rewritten_as_version_3_at_open() {
     storage.sync().unwrap();
     drop(storage);
     let upgraded = fs::read(copy.path().join("log")).unwrap();
-    assert_eq!(upgraded[4..8], 3u32.to_le_bytes(), "format version 3");
+    assert_eq!(upgraded[4..8], 4u32.to_le_bytes(), "format version 4");
     let (expected, _) = handmade_log(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
     assert_eq!(upgraded[..record_starts(&upgraded).1], expected);
     assert!(!copy.path().join("log.tmp").exists());
@@ -604,6 +640,58 @@ fn a_version_1_log_is_rewritten_as_version_3_at_open() {
     assert_eq!(fs::read(copy.path().join("log")).unwrap(), damaged);
 }
 
+/// A log as a build of format version 3 wrote it: the records of version 4
+/// after an 8-byte header (magic and version), which said nothing of the
+/// snapshot.
+fn version_3_log(records: &[(LogIndex, Term)]) -> Vec<u8> {
+    let (bytes, _) = handmade_log(records);
+    [&b"RKVL\x03\0\0\0"[..], &bytes[LOG_HEADER_LEN..]].concat()
+}
+
+#[test]
+fn a_version_3_log_is_rewritten_as_version_4_at_open() {
+    let (dir, _) = dir_with(1, &[]);
+    let copy = copy_with_log(dir.path(), &version_3_log(&[(1, 1), (2, 1), (3, 1)]));
+    assert_eq!(reopen(copy.path()).entries, entries(1..=3, 1));
+    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    assert_eq!(upgraded, handmade_log(&[(1, 1), (2, 1), (3, 1)]).0);
+
+    // Beside a snapshot, the new header names it: from then on, losing it
+    // is noticed.
+    let (dir, _) = dir_with(2, &entries(1..=4, 2));
+    open(dir.path())
+        .save_snapshot(&snapshot_through(2, 2), true)
+        .unwrap();
+    let copy = copy_with_log(dir.path(), &version_3_log(&[(3, 2), (4, 2)]));
+    let mut storage = open(copy.path());
+    assert_eq!(storage.recover().unwrap().entries, entries(3..=4, 2));
+    storage.append(&[set(5, 2)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    assert_eq!(
+        upgraded[..record_starts(&upgraded).1],
+        handmade_log_after(2, &[(3, 2), (4, 2), (5, 2)]).0
+    );
+    assert!(!copy.path().join("log.tmp").exists());
+    fs::remove_file(copy.path().join("snapshot")).unwrap();
+    let error = open_error(copy.path());
+    assert!(
+        error.contains("missing, yet the log follows a snapshot through entry 2"),
+        "{error}"
+    );
+
+    // A version-3 log says nothing of the snapshot, so before the upgrade
+    // its loss goes unnoticed, as it did in version 3; the entries after it
+    // still cannot start the log.
+    let copy = copy_with_log(dir.path(), &version_3_log(&[]));
+    fs::remove_file(copy.path().join("snapshot")).unwrap();
+    assert!(reopen(copy.path()).entries.is_empty());
+    let copy = copy_with_log(dir.path(), &version_3_log(&[(3, 2)]));
+    fs::remove_file(copy.path().join("snapshot")).unwrap();
+    assert!(open_error(copy.path()).contains("entries 1..2 are missing"));
+}
+
 #[test]
 fn a_flipped_bit_anywhere_in_an_earlier_record_is_refused() {
     let (dir, ends) = dir_with(1, &entries(1..=4, 1));
@@ -631,15 +719,27 @@ fn a_flipped_bit_anywhere_in_an_earlier_record_is_refused() {
 fn a_damaged_log_header_is_refused() {
     let (dir, _) = dir_with(1, &entries(1..=2, 1));
     let bytes = fs::read(dir.path().join("log")).unwrap();
-    for at in 0..8 {
-        let mut damaged = bytes.clone();
-        damaged[at] ^= 0x20;
-        let copy = copy_with_log(dir.path(), &damaged);
-        let error = open_error(copy.path());
-        assert!(error.contains("/log is corrupt at byte offset"), "{error}");
+    for at in 0..LOG_HEADER_LEN {
+        for bit in 0..8 {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 1 << bit;
+            let copy = copy_with_log(dir.path(), &damaged);
+            let error = open_error(copy.path());
+            assert!(
+                error.contains("/log is corrupt at byte offset"),
+                "byte {at} bit {bit}: {error}"
+            );
+        }
     }
     let copy = copy_with_log(dir.path(), &bytes[..5]);
-    assert!(open_error(copy.path()).contains("shorter than the 8-byte header"));
+    let error = open_error(copy.path());
+    assert!(error.contains("file is 5 bytes, too short for"), "{error}");
+    let copy = copy_with_log(dir.path(), &bytes[..12]);
+    let error = open_error(copy.path());
+    assert!(
+        error.contains("file is 12 bytes, shorter than the 20-byte header"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -866,6 +966,167 @@ fn a_lost_hard_state_or_log_is_refused_rather_than_forgotten() {
     assert_eq!(reopen(dir.path()).entries, entries(1..=2, 3));
 }
 
+fn snapshot_through(index: LogIndex, term: Term) -> Snapshot {
+    Snapshot {
+        last_included_index: index,
+        last_included_term: term,
+        data: format!("the state machine through entry {index}").into_bytes(),
+    }
+}
+
+/// Issue 15: a compaction with nothing after the snapshot leaves a log of
+/// only a header, and without its snapshot such a dir would open empty,
+/// having forgotten everything the node applied. The log's header names the
+/// snapshot it follows, so a snapshot lost or replaced by an older one is
+/// refused like a lost log or hard state.
+#[test]
+fn a_lost_or_older_snapshot_is_refused_rather_than_forgotten() {
+    let (dir, _) = dir_with(2, &entries(1..=6, 2));
+    let path = dir.path().join("snapshot");
+    let missing = |follows: LogIndex| {
+        format!(
+            "{}: missing, yet the log follows a snapshot through entry {follows}: the snapshot was lost, and with it the state through entry {follows}; refusing to start (see docs/storage.md)",
+            path.display()
+        )
+    };
+
+    // Entries after the snapshot do not make up for it.
+    open(dir.path())
+        .save_snapshot(&snapshot_through(4, 2), true)
+        .unwrap();
+    let older = fs::read(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    assert_eq!(open_error(dir.path()), missing(4));
+    fs::write(&path, &older).unwrap();
+    assert_eq!(reopen(dir.path()).entries, entries(5..=6, 2));
+
+    // Nor does an empty log: only its header is left.
+    open(dir.path())
+        .save_snapshot(&snapshot_through(6, 2), true)
+        .unwrap();
+    let log = fs::read(dir.path().join("log")).unwrap();
+    assert_eq!(log_end(dir.path()), LOG_HEADER_LEN as u64);
+    assert_eq!(log[..LOG_HEADER_LEN], log_header(6));
+    let current = fs::read(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    assert_eq!(open_error(dir.path()), missing(6));
+
+    // An older snapshot in its place is no better.
+    fs::write(&path, &older).unwrap();
+    assert_eq!(
+        open_error(dir.path()),
+        format!(
+            "{}: ends at entry 4, yet the log follows a snapshot through entry 6: the snapshot was replaced by an older one; refusing to start (see docs/storage.md)",
+            path.display()
+        )
+    );
+    assert_eq!(
+        fs::read(dir.path().join("log")).unwrap(),
+        log,
+        "a refused dir is left as it was"
+    );
+
+    fs::write(&path, &current).unwrap();
+    let mut storage = open(dir.path());
+    let recovered = storage.recover().unwrap();
+    assert_eq!(recovered.snapshot, Some(snapshot_through(6, 2)));
+    assert!(recovered.entries.is_empty());
+    storage.append(&[set(7, 2)]).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    assert_eq!(reopen(dir.path()).entries, [set(7, 2)]);
+}
+
+/// A snapshot saved when the log holds nothing it covers (say the first one
+/// a new node installs) has no entries to drop, but the header must still
+/// name it.
+#[test]
+fn a_snapshot_beside_an_empty_log_is_named_in_the_log_header() {
+    for keep_suffix in [true, false] {
+        let (dir, _) = dir_with(3, &[]);
+        let mut storage = open(dir.path());
+        storage
+            .save_snapshot(&snapshot_through(5, 3), keep_suffix)
+            .unwrap();
+        storage.append(&[set(6, 3)]).unwrap();
+        storage.sync().unwrap();
+        drop(storage);
+        let log = fs::read(dir.path().join("log")).unwrap();
+        assert_eq!(log[..LOG_HEADER_LEN], log_header(5), "{keep_suffix}");
+        fs::remove_file(dir.path().join("snapshot")).unwrap();
+        let error = open_error(dir.path());
+        assert!(
+            error.contains("missing, yet the log follows a snapshot through entry 5"),
+            "{keep_suffix}: {error}"
+        );
+    }
+}
+
+/// Values no FileStorage writes, with valid checksums: refused, never an
+/// index overflowing past u64::MAX.
+#[test]
+fn indexes_that_leave_no_room_for_the_next_entry_are_refused() {
+    let (dir, _) = dir_with(1, &[]);
+    let (log, _) = handmade_log_after(u64::MAX, &[]);
+    let copy = copy_with_log(dir.path(), &log);
+    let error = open_error(copy.path());
+    assert!(
+        error.contains("/log is corrupt at byte offset 8:")
+            && error.contains("follows a snapshot through entry 18446744073709551615"),
+        "{error}"
+    );
+
+    for index in [u64::MAX, u64::MAX - 1] {
+        let (log, _) = handmade_log_after(index, &[]);
+        let copy = copy_with_log(dir.path(), &log);
+        fs::write(
+            copy.path().join("snapshot"),
+            handmade_snapshot(u64::MAX, 1, b"data"),
+        )
+        .unwrap();
+        let error = open_error(copy.path());
+        assert!(
+            error.contains("/snapshot is corrupt at byte offset 8:")
+                && error.contains("last_included_index 18446744073709551615"),
+            "{error}"
+        );
+    }
+
+    let (log, offsets) = handmade_log_after(u64::MAX - 1, &[(u64::MAX, 1)]);
+    let copy = copy_with_log(dir.path(), &log);
+    fs::write(
+        copy.path().join("snapshot"),
+        handmade_snapshot(u64::MAX - 1, 1, b"data"),
+    )
+    .unwrap();
+    let error = open_error(copy.path());
+    assert!(
+        error.contains(&format!("/log is corrupt at byte offset {}:", offsets[0]))
+            && error.contains("entry index 18446744073709551615"),
+        "{error}"
+    );
+
+    // One below is the largest a snapshot may end at, and the writes
+    // refuse to go past it.
+    let (log, _) = handmade_log_after(u64::MAX - 1, &[]);
+    let copy = copy_with_log(dir.path(), &log);
+    fs::write(
+        copy.path().join("snapshot"),
+        handmade_snapshot(u64::MAX - 1, 1, b"data"),
+    )
+    .unwrap();
+    let mut storage = open(copy.path());
+    assert!(storage.recover().unwrap().entries.is_empty());
+    let error = storage.append(&[set(u64::MAX, 1)]).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    let error = storage
+        .save_snapshot(&snapshot_through(u64::MAX, 1), true)
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    drop(storage);
+    assert!(reopen(copy.path()).entries.is_empty());
+}
+
 #[test]
 fn a_compaction_interrupted_by_a_crash_is_finished_at_open() {
     let log = entries(1..=10, 1);
@@ -913,6 +1174,17 @@ fn a_compaction_interrupted_by_a_crash_is_finished_at_open() {
     storage.sync().unwrap();
     drop(storage);
     assert_eq!(reopen(short.path()).entries, [set(9, 1)]);
+
+    // A log that held nothing the snapshot covers only has its header behind.
+    let (empty, _) = dir_with(1, &[]);
+    let header_only = fs::read(empty.path().join("log")).unwrap();
+    open(empty.path())
+        .save_snapshot(&snapshot_through(4, 1), true)
+        .unwrap();
+    fs::write(empty.path().join("log"), &header_only).unwrap();
+    assert!(reopen(empty.path()).entries.is_empty());
+    let log = fs::read(empty.path().join("log")).unwrap();
+    assert_eq!(log, log_header(4), "open finished the job");
 }
 
 /// Figure 13 steps 6–7 across a crash: a snapshot from the leader whose

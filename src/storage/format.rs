@@ -14,9 +14,11 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The format version of `log`. Version 2 added durable_before to each
 /// record; version 3 gave the record its own payload layout (kind, index,
 /// term, command bytes) in place of the peer protocol's prost-encoded
-/// `LogEntry` with the key-value store's `Command` inside. `FileStorage::open`
-/// rewrites an older log in it (docs/storage.md, "Upgrading").
-pub const LOG_FORMAT_VERSION: u32 = 3;
+/// `LogEntry` with the key-value store's `Command` inside; version 4 added
+/// to the header the index of the snapshot the log follows, and a checksum.
+/// `FileStorage::open` rewrites an older log in it (docs/storage.md,
+/// "Upgrading").
+pub const LOG_FORMAT_VERSION: u32 = 4;
 
 pub const HARD_STATE_MAGIC: &[u8; 4] = b"RKVH";
 /// magic, version, current_term, voted_for, crc32
@@ -27,8 +29,11 @@ pub const SNAPSHOT_MAGIC: &[u8; 4] = b"RKVS";
 pub const SNAPSHOT_HEADER_LEN: usize = 4 + 4 + 8 + 8 + 8 + 4;
 
 pub const LOG_MAGIC: &[u8; 4] = b"RKVL";
-/// magic, version
-pub const LOG_HEADER_LEN: u64 = 8;
+/// magic, version, the last_included_index of the snapshot the log follows,
+/// crc32
+pub const LOG_HEADER_LEN: u64 = 4 + 4 + 8 + 4;
+/// magic, version: all a log header held in versions 1 to 3
+const LEGACY_LOG_HEADER_LEN: u64 = 8;
 /// payload length, crc32 of durable_before and the payload, durable_before
 pub const RECORD_HEADER_LEN: usize = 16;
 /// payload length, crc32 of the payload
@@ -206,6 +211,12 @@ pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
         "the header and data",
     )?;
     let last_included_index = u64_at(&bytes, 8);
+    if !leaves_room_after(last_included_index) {
+        return Err(corruption(
+            8,
+            format!("last_included_index {last_included_index} {NO_ROOM}"),
+        ));
+    }
     let last_included_term = u64_at(&bytes, 16);
     bytes.drain(..SNAPSHOT_HEADER_LEN);
     Ok(Snapshot {
@@ -215,11 +226,76 @@ pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
     })
 }
 
-pub fn log_header() -> [u8; LOG_HEADER_LEN as usize] {
+/// Whether an entry could follow `index`. One that cannot (u64::MAX) is
+/// crafted, or damage a checksum happened to match; it is refused where it
+/// is read, so that no `index + 1` overflows.
+pub fn leaves_room_after(index: LogIndex) -> bool {
+    index < LogIndex::MAX
+}
+
+pub const NO_ROOM: &str = "leaves no index for the next entry";
+
+/// The header of a log that follows the snapshot through `follows_snapshot`
+/// (0: none, the log starts at entry 1). Its checksum covers the index, so
+/// a flipped bit cannot make it claim less than the snapshot it follows.
+pub fn log_header(follows_snapshot: LogIndex) -> [u8; LOG_HEADER_LEN as usize] {
     let mut header = [0; LOG_HEADER_LEN as usize];
     header[0..4].copy_from_slice(LOG_MAGIC);
     header[4..8].copy_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
+    header[8..16].copy_from_slice(&follows_snapshot.to_le_bytes());
+    let crc = crc32fast::hash(&header[0..16]);
+    header[16..20].copy_from_slice(&crc.to_le_bytes());
     header
+}
+
+/// The snapshot a version-4 header says the log follows.
+fn decode_log_header(bytes: &[u8]) -> Result<LogIndex, Corruption> {
+    if (bytes.len() as u64) < LOG_HEADER_LEN {
+        return Err(corruption(
+            0,
+            format!(
+                "file is {} bytes, shorter than the {LOG_HEADER_LEN}-byte header of format version {LOG_FORMAT_VERSION}",
+                bytes.len()
+            ),
+        ));
+    }
+    check_crc(
+        u32_at(bytes, 16),
+        crc32fast::hash(&bytes[0..16]),
+        16,
+        "bytes 0..16",
+    )?;
+    let follows_snapshot = u64_at(bytes, 8);
+    if !leaves_room_after(follows_snapshot) {
+        return Err(corruption(
+            8,
+            format!("the log follows a snapshot through entry {follows_snapshot}, which {NO_ROOM}"),
+        ));
+    }
+    Ok(follows_snapshot)
+}
+
+/// A version-4 header whose version was damaged into an older one would
+/// have its last 12 bytes read as a record, and the records after them
+/// judged by the damage to it: perhaps cut off whole as a torn write. The
+/// header's own checksum, computed as if the version were 4, gives it away.
+fn check_not_a_damaged_header(bytes: &[u8], version: u32) -> Result<(), Corruption> {
+    if (bytes.len() as u64) < LOG_HEADER_LEN {
+        return Ok(());
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[0..4]);
+    hasher.update(&LOG_FORMAT_VERSION.to_le_bytes());
+    hasher.update(&bytes[8..16]);
+    if hasher.finalize() != u32_at(bytes, 16) {
+        return Ok(());
+    }
+    Err(corruption(
+        4,
+        format!(
+            "format version {version}, yet bytes 8..20 are the snapshot index and crc32 of a version-{LOG_FORMAT_VERSION} header: the version was damaged"
+        ),
+    ))
 }
 
 /// Append one log record for `entry` to `buffer`; returns the record's length.
@@ -261,6 +337,9 @@ pub fn encode_record(
 pub struct ScannedLog {
     /// the format version in the header (below `LOG_FORMAT_VERSION`: to upgrade)
     pub version: u32,
+    /// the last_included_index of the snapshot the header says the log
+    /// follows: 0 for none, and in versions 1 to 3, which did not record it
+    pub follows_snapshot: LogIndex,
     /// the entries of the complete records, in file order
     pub entries: Vec<Entry>,
     /// where each of those records starts
@@ -280,6 +359,7 @@ enum Layout {
     /// payload (a prost `LogEntry`)
     Version2,
     /// as version 2, the payload being kind, index, term, command bytes
+    /// (versions 3 and 4, whose headers differ)
     Version3,
 }
 
@@ -299,11 +379,12 @@ impl Layout {
         }
     }
 
-    fn version(self) -> u32 {
+    /// The format versions that lay records out so.
+    fn versions(self) -> &'static str {
         match self {
-            Layout::Version1 => 1,
-            Layout::Version2 => 2,
-            Layout::Version3 => 3,
+            Layout::Version1 => "1",
+            Layout::Version2 => "2",
+            Layout::Version3 => "3 or 4",
         }
     }
 
@@ -407,7 +488,7 @@ fn next_valid_record(bytes: &[u8], from: usize, layout: Layout) -> Option<ValidR
 fn judge_damage(
     bytes: &[u8],
     at: usize,
-    layout: Layout,
+    (version, layout): (u32, Layout),
     damaged_index: LogIndex,
     reason: String,
 ) -> Result<Corruption, Corruption> {
@@ -446,10 +527,9 @@ fn judge_damage(
         return Err(corruption(
             at as u64,
             format!(
-                "{reason}, yet a valid record of format version {} is at byte offset {} (the header says version {})",
-                layout.other().version(),
+                "{reason}, yet a valid record of format version {} is at byte offset {} (the header says version {version})",
+                layout.other().versions(),
                 valid.offset,
-                layout.version()
             ),
         ));
     }
@@ -470,11 +550,11 @@ fn judge_damage(
 /// decides; a record that passes its checksum but breaks the log's rules is
 /// corruption.
 pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Corruption> {
-    if (bytes.len() as u64) < LOG_HEADER_LEN {
+    if (bytes.len() as u64) < LEGACY_LOG_HEADER_LEN {
         return Err(corruption(
             0,
             format!(
-                "file is {} bytes, shorter than the {LOG_HEADER_LEN}-byte header",
+                "file is {} bytes, too short for the magic and format version ({LEGACY_LOG_HEADER_LEN} bytes)",
                 bytes.len()
             ),
         ));
@@ -484,7 +564,7 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
     let layout = match version {
         1 => Layout::Version1,
         2 => Layout::Version2,
-        LOG_FORMAT_VERSION => Layout::Version3,
+        3 | LOG_FORMAT_VERSION => Layout::Version3,
         _ => {
             return Err(corruption(
                 4,
@@ -494,11 +574,18 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
             ))
         }
     };
+    let (follows_snapshot, header_len) = if version == LOG_FORMAT_VERSION {
+        (decode_log_header(bytes)?, LOG_HEADER_LEN)
+    } else {
+        check_not_a_damaged_header(bytes, version)?;
+        (0, LEGACY_LOG_HEADER_LEN)
+    };
     let mut scanned = ScannedLog {
         version,
+        follows_snapshot,
         ..Default::default()
     };
-    let mut at = LOG_HEADER_LEN as usize;
+    let mut at = header_len as usize;
     while at < bytes.len() {
         if bytes[at..].iter().all(|&b| b == 0) {
             // Space the log file was grown by ahead of its records (see
@@ -517,7 +604,13 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
                     .last()
                     .map_or(snapshot_index, |e| e.index)
                     .saturating_add(1);
-                scanned.torn = Some(judge_damage(bytes, at, layout, damaged_index, reason)?);
+                scanned.torn = Some(judge_damage(
+                    bytes,
+                    at,
+                    (version, layout),
+                    damaged_index,
+                    reason,
+                )?);
                 break;
             }
         };
@@ -540,6 +633,12 @@ fn decode_entry(
     let entry = decode_payload(payload, layout).map_err(|reason| corruption(at64, reason))?;
     if entry.index == 0 {
         return Err(corruption(at64, "entry index 0 (log indexes start at 1)"));
+    }
+    if !leaves_room_after(entry.index) {
+        return Err(corruption(
+            at64,
+            format!("entry index {} {NO_ROOM}", entry.index),
+        ));
     }
     if let Some(previous) = previous {
         check_follows(entry.index, entry.term, previous.index, previous.term)
@@ -601,7 +700,7 @@ pub fn check_follows(
     previous_index: LogIndex,
     previous_term: Term,
 ) -> Result<(), String> {
-    if index != previous_index + 1 {
+    if previous_index.checked_add(1) != Some(index) {
         return Err(format!(
             "entry {index} follows entry {previous_index} (indexes must be consecutive)"
         ));
@@ -644,7 +743,7 @@ mod tests {
     /// A log file holding `entries`, each appended and synced on its own,
     /// and where each record starts.
     fn log_bytes(entries: &[Entry]) -> (Vec<u8>, Vec<usize>) {
-        let mut bytes = log_header().to_vec();
+        let mut bytes = log_header(0).to_vec();
         let mut offsets = Vec::new();
         for e in entries {
             offsets.push(bytes.len());
@@ -777,7 +876,7 @@ mod tests {
     /// append; `later` adds entry 6, appended after that append was synced.
     fn batch_log(later: bool) -> (Vec<u8>, Vec<usize>, Vec<Entry>) {
         let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1)).collect();
-        let mut bytes = log_header().to_vec();
+        let mut bytes = log_header(0).to_vec();
         let mut offsets = Vec::new();
         let durable_before = [0, 1, 2, 2, 2, 5];
         let count = if later { 6 } else { 5 };
@@ -821,7 +920,7 @@ mod tests {
     #[test]
     fn a_damaged_first_record_holds_the_entry_after_the_snapshot() {
         // Entries 6..=8 appended in one go after a snapshot through 5.
-        let mut bytes = log_header().to_vec();
+        let mut bytes = log_header(5).to_vec();
         let mut offsets = Vec::new();
         for index in 6..=8 {
             offsets.push(bytes.len());
@@ -836,18 +935,114 @@ mod tests {
     }
 
     #[test]
+    fn the_log_header_names_the_snapshot_and_is_checksummed() {
+        let (mut bytes, _) = log_bytes(&[]);
+        bytes[0..LOG_HEADER_LEN as usize].copy_from_slice(&log_header(7));
+        assert_eq!(bytes[8..16], 7u64.to_le_bytes());
+        let scanned = scan_log(&bytes, 7).unwrap();
+        assert_eq!((scanned.version, scanned.follows_snapshot), (4, 7));
+        assert_eq!(scanned.end, LOG_HEADER_LEN);
+
+        bytes[8] ^= 1; // 7 -> 6
+        let error = scan_log(&bytes, 7).unwrap_err();
+        assert_eq!(error.offset, 16, "{error:?}");
+        assert!(error.reason.contains("crc32 mismatch"), "{error:?}");
+
+        let error = scan_log(&log_header(u64::MAX), 0).unwrap_err();
+        assert_eq!(error.offset, 8, "{error:?}");
+        assert!(error.reason.contains("leaves no index"), "{error:?}");
+        assert_eq!(
+            scan_log(&log_header(u64::MAX - 1), 0)
+                .unwrap()
+                .follows_snapshot,
+            u64::MAX - 1
+        );
+    }
+
+    #[test]
+    fn indexes_no_entry_could_follow_are_refused_not_overflowed() {
+        let snapshot = Snapshot {
+            last_included_index: u64::MAX,
+            last_included_term: 1,
+            data: vec![],
+        };
+        let bytes = encode_snapshot_header(&snapshot).to_vec();
+        let error = decode_snapshot(bytes).unwrap_err();
+        assert_eq!(error.offset, 8, "{error:?}");
+
+        // (entry() would make a command of u64::MAX bytes.)
+        let last = Entry {
+            index: u64::MAX,
+            term: 1,
+            command: Command::Noop,
+        };
+        let mut bytes = log_header(u64::MAX - 1).to_vec();
+        encode_record(&last, u64::MAX - 1, &mut bytes).unwrap();
+        let error = scan_log(&bytes, u64::MAX - 1).unwrap_err();
+        assert_eq!(error.offset, LOG_HEADER_LEN, "{error:?}");
+        assert!(error.reason.contains("leaves no index"), "{error:?}");
+        assert!(check_follows(0, 1, u64::MAX, 1).is_err());
+    }
+
+    /// A log as version 3 wrote it: the records of version 4 after a header
+    /// of only the magic and the version.
+    fn version_3_log_bytes(entries: &[Entry]) -> Vec<u8> {
+        let (bytes, _) = log_bytes(entries);
+        [&b"RKVL\x03\0\0\0"[..], &bytes[LOG_HEADER_LEN as usize..]].concat()
+    }
+
+    #[test]
+    fn a_version_3_log_is_read_and_names_no_snapshot() {
+        let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+        let bytes = version_3_log_bytes(&entries);
+        let scanned = scan_log(&bytes, 0).unwrap();
+        assert_eq!((scanned.version, scanned.follows_snapshot), (3, 0));
+        assert_eq!(scanned.entries, entries);
+        assert_eq!(scanned.offsets[0], 8);
+        assert_eq!(scanned.end, bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_version_4_header_damaged_into_an_older_version_is_refused_not_cut() {
+        // Read as an older version, the header's snapshot index and crc32
+        // would be a damaged first record, and the records after it no proof
+        // against a cut: the whole log could go as a torn write.
+        for follows in [0, 5] {
+            let mut bytes = log_header(follows).to_vec();
+            encode_record(&entry(follows + 1, 1), follows, &mut bytes).unwrap();
+            for version in 1..=3u32 {
+                let mut damaged = bytes.clone();
+                damaged[4..8].copy_from_slice(&version.to_le_bytes());
+                let error = scan_log(&damaged, follows).unwrap_err();
+                assert_eq!(error.offset, 4, "{error:?}");
+                assert!(
+                    error.reason.contains(&format!(
+                        "format version {version}, yet bytes 8..20 are the snapshot index and crc32 of a version-4 header"
+                    )),
+                    "{error:?}"
+                );
+            }
+        }
+        // The other way round the header's checksum fails.
+        let mut version_3 = version_3_log_bytes(&[entry(1, 1)]);
+        version_3[4] = 4;
+        let error = scan_log(&version_3, 0).unwrap_err();
+        assert_eq!(error.offset, 16, "{error:?}");
+    }
+
+    #[test]
     fn a_version_damaged_into_the_other_is_refused_not_cut() {
         // Read by the other layout, every record looks damaged and nothing
         // valid of that layout follows: a cut would drop the whole log.
         let entries: Vec<Entry> = (1..=2).map(|i| entry(i, 1)).collect();
-        let (mut version_3, _) = log_bytes(&entries[..1]);
+        let mut version_3 = version_3_log_bytes(&entries[..1]);
         version_3[4] = 1;
         let error = scan_log(&version_3, 0).unwrap_err();
-        assert_eq!(error.offset, LOG_HEADER_LEN);
+        assert_eq!(error.offset, 8);
         assert!(
-            error
-                .reason
-                .contains("a valid record of format version 3 is at byte offset 8"),
+            error.reason.contains(
+                "a valid record of format version 3 or 4 is at byte offset 8 (the header says version 1)"
+            ),
             "{error:?}"
         );
 
@@ -929,10 +1124,10 @@ mod tests {
         assert_eq!(scanned.end, bytes.len() as u64);
 
         let mut future = bytes.clone();
-        future[4] = 4;
+        future[4] = 5;
         let error = scan_log(&future, 0).unwrap_err();
         assert_eq!(error.offset, 4);
-        assert!(error.reason.contains("format version 4"), "{error:?}");
+        assert!(error.reason.contains("format version 5"), "{error:?}");
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct FileStorage {
     durable_index: LogIndex,
     hard_state: HardState,
     snapshot_index: LogIndex,
+    /// The snapshot `log`'s header says the log follows: `snapshot_index`,
+    /// but for a moment in `save_snapshot`, between the snapshot's write
+    /// and the log's.
+    log_follows: LogIndex,
     /// `log` was written or truncated since the last fsync.
     unsynced: bool,
     /// `log` was truncated since the last fsync.
@@ -242,11 +246,39 @@ fn remove_temporary_files(dir: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The log's header names the snapshot the log was written to follow, and
+/// `save_snapshot` writes it only once that snapshot is durable: a snapshot
+/// that is missing, or ends before it, lost state the node had applied and
+/// that no other file holds (a log compacted after it may hold nothing
+/// else but its header).
+fn check_snapshot_reaches(
+    snapshot_path: &Path,
+    snapshot: Option<&Snapshot>,
+    log_follows: LogIndex,
+) -> Result<(), StorageError> {
+    let snapshot_index = snapshot.map_or(0, |s| s.last_included_index);
+    if log_follows <= snapshot_index {
+        return Ok(());
+    }
+    let reason = match snapshot {
+        None => format!(
+            "missing, yet the log follows a snapshot through entry {log_follows}: the snapshot was lost, and with it the state through entry {log_follows}"
+        ),
+        Some(_) => format!(
+            "ends at entry {snapshot_index}, yet the log follows a snapshot through entry {log_follows}: the snapshot was replaced by an older one"
+        ),
+    };
+    Err(StorageError::Inconsistent {
+        file: snapshot_path.to_path_buf(),
+        reason,
+    })
+}
+
 /// The log holds the entries after the snapshot (or from index 1): a first
-/// entry further on means entries were lost.
+/// entry further on (its record at `offset`) means entries were lost.
 fn check_log_follows_snapshot(
     log_path: &Path,
-    first_entry: LogIndex,
+    (first_entry, offset): (LogIndex, u64),
     snapshot: Option<&Snapshot>,
 ) -> Result<(), StorageError> {
     let snapshot_index = snapshot.map_or(0, |s| s.last_included_index);
@@ -259,7 +291,7 @@ fn check_log_follows_snapshot(
     };
     Err(StorageError::Corrupt {
         file: log_path.to_path_buf(),
-        offset: format::LOG_HEADER_LEN,
+        offset,
         reason: format!(
             "the first entry is {first_entry} but {after}: entries {}..{} are missing",
             snapshot_index + 1,
@@ -292,12 +324,17 @@ fn check_hard_state_is_newest(
     })
 }
 
-/// Rewrite the version-1 log `scanned` was read from in the current format,
-/// leaving out a torn record. The new file is fsynced whole before it
-/// replaces the old one, so each of its records can say that every entry
-/// before it is durable.
-fn upgrade_log(dir: &Path, scanned: &mut format::ScannedLog) -> io::Result<()> {
-    let mut bytes = format::log_header().to_vec();
+/// Rewrite the older log `scanned` was read from in the current format,
+/// leaving out a torn record, with a header naming the snapshot beside it
+/// (through `snapshot_index`; an older log did not say which it follows).
+/// The new file is fsynced whole before it replaces the old one, so each
+/// of its records can say that every entry before it is durable.
+fn upgrade_log(
+    dir: &Path,
+    scanned: &mut format::ScannedLog,
+    snapshot_index: LogIndex,
+) -> io::Result<()> {
+    let mut bytes = format::log_header(snapshot_index).to_vec();
     let mut offsets = Vec::with_capacity(scanned.entries.len());
     for entry in &scanned.entries {
         offsets.push(bytes.len() as u64);
@@ -306,6 +343,7 @@ fn upgrade_log(dir: &Path, scanned: &mut format::ScannedLog) -> io::Result<()> {
     }
     replace_atomically(dir, LOG_FILE, |f| f.write_all(&bytes))?;
     scanned.version = format::LOG_FORMAT_VERSION;
+    scanned.follows_snapshot = snapshot_index;
     scanned.offsets = offsets;
     scanned.end = bytes.len() as u64;
     scanned.torn = None;
@@ -324,7 +362,8 @@ impl FileStorage {
 
         let hard_state_path = dir.join(HARD_STATE_FILE);
         let hard_state = read_hard_state(&hard_state_path)?;
-        let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let snapshot = read_snapshot(&snapshot_path)?;
         let (snapshot_index, snapshot_term) = snapshot
             .as_ref()
             .map_or((0, 0), |s| (s.last_included_index, s.last_included_term));
@@ -343,7 +382,8 @@ impl FileStorage {
                 });
             }
             None => {
-                replace_atomically(dir, LOG_FILE, |f| f.write_all(&format::log_header()))
+                // First boot: no snapshot for the log to follow.
+                replace_atomically(dir, LOG_FILE, |f| f.write_all(&format::log_header(0)))
                     .map_err(StorageError::io("creating the log"))?;
                 format::ScannedLog {
                     version: format::LOG_FORMAT_VERSION,
@@ -352,9 +392,11 @@ impl FileStorage {
                 }
             }
         };
+        // The snapshot cannot end at u64::MAX (format::decode_snapshot).
         let first_index = snapshot_index + 1;
-        if let Some(first) = scanned.entries.first() {
-            check_log_follows_snapshot(&log_path, first.index, snapshot.as_ref())?;
+        check_snapshot_reaches(&snapshot_path, snapshot.as_ref(), scanned.follows_snapshot)?;
+        if let (Some(first), Some(&offset)) = (scanned.entries.first(), scanned.offsets.first()) {
+            check_log_follows_snapshot(&log_path, (first.index, offset), snapshot.as_ref())?;
         }
         let newest_term = scanned
             .entries
@@ -377,13 +419,18 @@ impl FileStorage {
             );
         }
         if scanned.version < format::LOG_FORMAT_VERSION {
+            let section = match scanned.version {
+                3 => "Upgrading from version 3",
+                _ => "Upgrading from versions 1 and 2",
+            };
             info!(
-                "{}: format version {}; rewriting it in version {} (docs/storage.md, \"Upgrading from versions 1 and 2\")",
+                "{}: format version {}; rewriting it in version {} (docs/storage.md, \"{section}\")",
                 log_path.display(),
                 scanned.version,
                 format::LOG_FORMAT_VERSION
             );
-            upgrade_log(dir, &mut scanned).map_err(StorageError::io("upgrading the log"))?;
+            upgrade_log(dir, &mut scanned, snapshot_index)
+                .map_err(StorageError::io("upgrading the log"))?;
         }
         let log = open_for_writing(&log_path).map_err(StorageError::io("opening the log"))?;
         if scanned.torn.is_some() {
@@ -424,6 +471,7 @@ impl FileStorage {
             durable_index: scanned.entries.last().map_or(first_index - 1, |e| e.index),
             hard_state,
             snapshot_index,
+            log_follows: scanned.follows_snapshot,
             unsynced: false,
             truncated_unsynced: false,
             recovered: None,
@@ -460,6 +508,17 @@ impl FileStorage {
                 .rewrite_log(first_index)
                 .map_err(StorageError::io("compacting the log"))?;
             entries.retain(|e| e.index >= first_index);
+        } else if storage.log_follows < snapshot_index {
+            // The same crash when the log held nothing the snapshot covers:
+            // only its header is behind, naming an older snapshot (or none).
+            info!(
+                "{}: the header names the snapshot through {}, not the one through {snapshot_index} (snapshot interrupted by a crash); rewriting it",
+                storage.log_path.display(),
+                storage.log_follows
+            );
+            storage
+                .rewrite_log(first_index)
+                .map_err(StorageError::io("rewriting the log's header"))?;
         }
         storage.recovered = Some(Recovered {
             hard_state,
@@ -490,7 +549,8 @@ impl FileStorage {
         self.first_index + self.records.len() as u64 - 1
     }
 
-    /// Replace `log` with one holding only the entries from `keep_from` on.
+    /// Replace `log` with one holding only the entries from `keep_from` on,
+    /// its header naming the snapshot through `snapshot_index`.
     fn rewrite_log(&mut self, keep_from: LogIndex) -> io::Result<()> {
         let keep = (keep_from.saturating_sub(self.first_index) as usize).min(self.records.len());
         let copy_from = self.records.get(keep).map_or(self.log_end, |r| r.offset);
@@ -499,11 +559,15 @@ impl FileStorage {
             .seek(SeekFrom::Start(copy_from))
             .map_err(on("seeking in", &self.log_path))?;
         let mut kept = source.take(self.log_end - copy_from);
+        // The snapshot through `snapshot_index` is durable (save_snapshot
+        // writes it first), so the header may name it.
+        let header = format::log_header(self.snapshot_index);
         replace_atomically(&self.dir, LOG_FILE, |tmp| {
-            tmp.write_all(&format::log_header())?;
+            tmp.write_all(&header)?;
             io::copy(&mut kept, tmp)?;
             Ok(())
         })?;
+        self.log_follows = self.snapshot_index;
         self.log = open_for_writing(&self.log_path)?;
         let shift = copy_from - format::LOG_HEADER_LEN;
         self.records.drain(..keep);
@@ -535,6 +599,13 @@ impl FileStorage {
         let mut previous = (self.last_index(), self.records.last().map(|r| r.term));
         for entry in entries {
             let (previous_index, previous_term) = previous;
+            if !format::leaves_room_after(entry.index) {
+                return Err(invalid_input(format!(
+                    "cannot append entry {}: its index {}",
+                    entry.index,
+                    format::NO_ROOM
+                )));
+            }
             if entry.index != previous_index + 1 {
                 return Err(invalid_input(format!(
                     "cannot append entry {}: the log ends at entry {previous_index}",
@@ -557,20 +628,25 @@ impl FileStorage {
     }
 
     /// The second step of `save_snapshot`: drop the entries through `index`
-    /// from `log` (all of them unless `keep_suffix`).
+    /// from `log` (all of them unless `keep_suffix`), and name the snapshot
+    /// in its header.
     fn drop_covered_entries(&mut self, index: LogIndex, keep_suffix: bool) -> io::Result<()> {
         if !keep_suffix {
             // Figure 13 step 7, in the same rewrite: the old log, entry
             // `index` included, stays whole until the new one replaces it.
             return self.discard_log(index + 1);
         }
-        if self.records.is_empty() || self.first_index > index {
-            self.first_index = self.first_index.max(index + 1);
-            // The entries through `index` are on disk in the snapshot.
-            self.durable_index = self.durable_index.max(index);
-            return Ok(());
+        let covers_entries = !self.records.is_empty() && self.first_index <= index;
+        if covers_entries || self.log_follows != index {
+            // With no entries to drop the header alone is rewritten: without
+            // it, losing the snapshot would go unnoticed (docs/storage.md).
+            return self.rewrite_log(index + 1);
         }
-        self.rewrite_log(index + 1)
+        // The same snapshot index again: nothing in the log changes.
+        self.first_index = self.first_index.max(index + 1);
+        // The entries through `index` are on disk in the snapshot.
+        self.durable_index = self.durable_index.max(index);
+        Ok(())
     }
 }
 
@@ -704,6 +780,12 @@ impl Storage for FileStorage {
             return Err(invalid_input(
                 "a snapshot must cover at least entry 1".into(),
             ));
+        }
+        if !format::leaves_room_after(index) {
+            return Err(invalid_input(format!(
+                "a snapshot through {index} {}",
+                format::NO_ROOM
+            )));
         }
         if index < self.snapshot_index {
             return Err(invalid_input(format!(
