@@ -84,8 +84,9 @@ const NODE_EXIT_CODES: &str = "\
 A node runs until it is killed; kill -9 is safe: what it acknowledged is on disk.
 Exit codes:
   1  it stopped on an error it cannot recover from, such as a failed disk write
-  2  it could not start (a bad flag or member list, its address in use, a data
-     dir it cannot open): one line on stderr, starting 'raft-kv: error:'";
+  2  it could not start (a bad flag or member list, its address in use, a TLS
+     file missing or not its own, a data dir it cannot open or that belongs to
+     another cluster): one line on stderr, starting 'raft-kv: error:'";
 const CLUSTER_EXIT_CODES: &str = "\
 Commands, typed in its terminal: kill N (SIGKILL), restart N (same data dir and
 flags), pause N (SIGSTOP), resume N (SIGCONT), status, help, quit; N is a node
