@@ -436,8 +436,34 @@ impl PeerSender {
                         )
                     })
             }
-            Ok(Err(status)) => debug!("node {id}: the stream to {peer} ended: {status}"),
+            Ok(Err(status)) => match tls_failure(&status) {
+                // A TLS failure does not heal by retrying: wrong files.
+                Some(why) => self.refusals.warn(format!("tls to {peer} {why}"), || {
+                    format!("node {id}: cannot reach node {peer} over TLS: {why}")
+                }),
+                None => debug!("node {id}: the stream to {peer} ended: {status}"),
+            },
             _ => debug!("node {id}: the stream to {peer} ended"),
         }
     }
+}
+
+/// The TLS error somewhere in the causes of `status`, if any: a peer whose
+/// certificate does not name it, or is of another CA, or that refused ours.
+fn tls_failure(status: &tonic::Status) -> Option<String> {
+    use tokio_rustls::rustls;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        let inner = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if let Some(tls) = inner.and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            return Some(tls.to_string());
+        }
+        cause = error.source();
+    }
+    None
 }
