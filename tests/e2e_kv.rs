@@ -83,6 +83,15 @@ fn cli_prints_values_and_exits_0_1_or_2() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "blue\n");
 
+    // The addresses from RAFT_KV_CLUSTER, for scripts; a flag would win.
+    let out = std::process::Command::new(common::BIN)
+        .args(["get", "colour", "--timeout", "30s"])
+        .env("RAFT_KV_CLUSTER", cluster.addrs.join(","))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "blue\n");
+
     let out = cluster.cli(&["get", "colour", "--stale"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 

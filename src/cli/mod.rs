@@ -17,16 +17,17 @@ use crate::tls::{Holder, TlsArgs};
 /// The addresses `make cluster` uses.
 const DEFAULT_CLUSTER: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 
-/// The clap id of the KEY argument: not `key`, the id of the TLS flag
-/// `--key` flattened beside it (clap would take the two for one argument).
+/// The clap id of the KEY argument: a name of its own, so that no flag
+/// flattened beside it (TLS's `--key`) can be taken for the same argument.
 const KEY_ID: &str = "key_argument";
 
 /// Flags every client subcommand shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterFlags {
     /// Client addresses of the nodes, comma-separated; any subset works for
-    /// set/get/delete, since followers redirect to the leader.
-    #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',', default_value = DEFAULT_CLUSTER)]
+    /// set/get/delete, since followers redirect to the leader. Scripts can
+    /// set RAFT_KV_CLUSTER instead; the flag wins.
+    #[arg(long, env = "RAFT_KV_CLUSTER", value_name = "ADDR,ADDR,...", value_delimiter = ',', default_value = DEFAULT_CLUSTER)]
     pub cluster: Vec<String>,
     /// How long to keep trying to reach a leader: 500ms, 5s, or plain seconds (2.5).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
