@@ -1007,3 +1007,61 @@ fn a_certificate_of_another_raft_kv_ca_is_explained_in_the_log() {
         "the refusal does not say why in words: {line}"
     );
 }
+
+/// A member started with another CA's files (a deployment mistake, not an
+/// attack) gets nowhere either — and both sides say why in their logs, so
+/// the mistake is found from either end.
+#[test]
+fn a_member_with_another_ca_is_refused_and_both_sides_say_why() {
+    let mut cluster = Cluster::prepare_with(setup(true));
+    cluster.spawn(1);
+    cluster.spawn(2);
+    let leader = cluster.wait_for_leader();
+    let other = tempfile::tempdir().unwrap();
+    write_certs(other.path(), "1,2,3");
+    let log_path = other.path().join("node3.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let node3 = Command::new(common::BIN)
+        .args(["node", "--id", "3", "--peers", &cluster.peers()])
+        .arg("--data-dir")
+        .arg(other.path().join("data"))
+        .arg("--tls-dir")
+        .arg(other.path())
+        .args([
+            "--cluster-token",
+            TOKEN,
+            "--election-timeout-ms",
+            SLOW_ELECTIONS,
+        ])
+        .args(["--heartbeat-ms", HEARTBEAT])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _node3 = Kill(node3);
+
+    let unknown = "over TLS: invalid peer certificate: UnknownIssuer";
+    eventually("node 3 to say it cannot reach the others", || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        log.contains(&format!("cannot reach node {leader} {unknown}"))
+            .then_some(())
+    });
+    eventually("the leader to say it cannot reach node 3", || {
+        let log = cluster.log(leader);
+        // Node 3, dialling, distrusts the leader's certificate first, so the
+        // leader hears of it as an alert.
+        (log.contains(&format!("node {leader}: cannot reach node 3 {unknown}"))
+            && log.contains("it does not trust this node's certificate (it has another CA?)"))
+        .then_some(())
+    });
+    let status = cluster.status(leader).unwrap();
+    assert_eq!(status.role, "leader");
+}
