@@ -10,14 +10,11 @@ use super::message::{AppendEntries, AppendEntriesReply, Message, NodeId};
 // BEGIN SOLUTION replication
 use super::log::{Entry, Log};
 use super::message::{LogIndex, Term};
-use super::state::Flow;
+use super::state::{Flow, InFlight, RaftConfig};
 // SKELETON
 // END SOLUTION
 use super::state::{RaftNode, Role};
 use super::state_machine::StateMachine;
-
-/// Bytes of entries in one AppendEntries (at least one entry is always sent).
-const MAX_BYTES_PER_MESSAGE: usize = 2 << 20;
 
 impl<S: StateMachine> RaftNode<S> {
     /// Send AppendEntries to every follower. A heartbeat goes to all of them,
@@ -27,11 +24,6 @@ impl<S: StateMachine> RaftNode<S> {
         if let Role::Leader(leader) = &mut self.role {
             if heartbeat {
                 leader.heartbeat_elapsed = 0;
-                // The in-flight window is refreshed every heartbeat: replies
-                // lost on the network must not shrink it for good.
-                for flow in leader.flow.values_mut() {
-                    flow.in_flight = 0;
-                }
             }
         }
         for peer in self.peers() {
@@ -47,8 +39,7 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         };
         // BEGIN SOLUTION replication
-        let max_in_flight = self.config.max_in_flight;
-        let max_entries = self.config.max_entries_per_message;
+        let config = &self.config;
         let next_index = leader.next_index[&peer];
         let flow = leader.flow.get_mut(&peer).expect("every peer has a flow");
         if next_index <= self.persistent.log().snapshot_index() {
@@ -57,7 +48,12 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let has_new_entries = next_index <= self.persistent.log().last_index();
-        if !always && (!has_new_entries || window_full(flow, max_in_flight)) {
+        if always && flow.probing {
+            // A heartbeat sends the probe again: the last one may be lost.
+            flow.in_flight.clear();
+        }
+        let window_full = window_full(flow, config);
+        if !always && (!has_new_entries || window_full) {
             return;
         }
         let prev_log_index = next_index - 1;
@@ -66,9 +62,18 @@ impl<S: StateMachine> RaftNode<S> {
             .log()
             .term_at(prev_log_index)
             .expect("prev_log_index is at or after the snapshot");
-        let entries = entries_from(self.persistent.log(), next_index, max_entries);
-        flow.in_flight += 1;
+        // A heartbeat to a follower whose window is full carries no entries:
+        // a follower behind a slow disk is not sent more than it can write.
+        let (entries, bytes) = if window_full {
+            (Vec::new(), 0)
+        } else {
+            entries_from(self.persistent.log(), next_index, config)
+        };
         if let Some(last) = entries.last() {
+            flow.in_flight.push_back(InFlight {
+                last_index: last.index,
+                bytes,
+            });
             if !flow.probing {
                 // Pipelining: assume these arrive and send what follows next
                 // time without waiting; a rejection resets next_index.
@@ -87,9 +92,9 @@ impl<S: StateMachine> RaftNode<S> {
         self.send(peer, Message::AppendEntries(request));
         // SKELETON
         // // Only heartbeats, so that followers know there is a leader (§5.2).
-        // // Yours: entries from next_index, at most MAX_BYTES_PER_MESSAGE of
-        // // them (and config.max_entries_per_message), within config.max_in_flight.
-        // let _ = MAX_BYTES_PER_MESSAGE;
+        // // Yours: entries from next_index, at most config.max_bytes_per_message
+        // // of them (and config.max_entries_per_message), within the window of
+        // // config.max_in_flight messages and config.max_bytes_in_flight bytes.
         // if !always {
         //     return;
         // }
@@ -238,7 +243,9 @@ impl<S: StateMachine> RaftNode<S> {
         let acked = leader.acked_read_round.entry(from).or_insert(0);
         *acked = (*acked).max(reply.read_round);
         let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
-        flow.in_flight = flow.in_flight.saturating_sub(1);
+        if reply.success {
+            flow.answered(reply.match_index);
+        }
         // BEGIN SOLUTION replication
         if reply.success {
             // "If successful: update nextIndex and matchIndex for follower (§5.3)".
@@ -246,7 +253,12 @@ impl<S: StateMachine> RaftNode<S> {
             *match_index = (*match_index).max(reply.match_index);
             let next_index = leader.next_index.get_mut(&from).expect("every peer");
             *next_index = (*next_index).max(*match_index + 1);
-            flow.probing = false;
+            if flow.probing {
+                // The probe was answered, or a heartbeat sent after it was
+                // and the probe is lost: either way it is not in flight.
+                flow.in_flight.clear();
+                flow.probing = false;
+            }
             self.advance_commit_index();
             self.send_append_entries(from, false);
         } else if self.back_up(from, &reply) {
@@ -297,7 +309,7 @@ impl<S: StateMachine> RaftNode<S> {
         leader.next_index.insert(from, hinted.min(last_index + 1));
         let flow = leader.flow.get_mut(&from).expect("every peer has a flow");
         flow.probing = true;
-        flow.in_flight = 0;
+        flow.in_flight.clear();
         flow.snapshot = None;
         true
     }
@@ -328,29 +340,31 @@ impl<S: StateMachine> RaftNode<S> {
 }
 
 // BEGIN SOLUTION replication
-/// The entries from `next_index` on, at most `max_entries` of them and
-/// about [`MAX_BYTES_PER_MESSAGE`] (at least one).
-fn entries_from(log: &Log, next_index: LogIndex, max_entries: usize) -> Vec<Entry> {
+/// The entries from `next_index` on, at most `max_entries_per_message` of
+/// them and `max_bytes_per_message` bytes (but at least one), and their bytes.
+fn entries_from(log: &Log, next_index: LogIndex, config: &RaftConfig) -> (Vec<Entry>, usize) {
     let mut entries = Vec::new();
     let mut bytes = 0;
-    for entry in log.entries_from(next_index, max_entries) {
-        bytes += entry.command.size();
-        if !entries.is_empty() && bytes > MAX_BYTES_PER_MESSAGE {
+    for entry in log.entries_from(next_index, config.max_entries_per_message) {
+        let size = entry.command.size();
+        if !entries.is_empty() && bytes + size > config.max_bytes_per_message {
             break;
         }
+        bytes += size;
         entries.push(entry.clone());
     }
-    entries
+    (entries, bytes)
 }
 
-/// Whether a follower has as many AppendEntries with entries in flight as it
-/// may: one while probing for where its log matches ours (§5.3),
-/// `max_in_flight` once it does (pipelining).
-fn window_full(flow: &Flow, max_in_flight: usize) -> bool {
+/// Whether a follower has as much in flight as it may: one AppendEntries
+/// while probing for where its log matches ours (§5.3); once it does
+/// (pipelining), `max_in_flight` messages or `max_bytes_in_flight` bytes.
+fn window_full(flow: &Flow, config: &RaftConfig) -> bool {
     if flow.probing {
-        flow.in_flight > 0
+        !flow.in_flight.is_empty()
     } else {
-        flow.in_flight >= max_in_flight
+        flow.in_flight.len() >= config.max_in_flight
+            || flow.bytes_in_flight() >= config.max_bytes_in_flight
     }
 }
 // SKELETON

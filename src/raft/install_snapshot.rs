@@ -255,7 +255,7 @@ impl<S: StateMachine> RaftNode<S> {
             {
                 flow.snapshot = None;
                 flow.probing = false;
-                flow.in_flight = 0;
+                flow.in_flight.clear();
             }
             self.advance_commit_index();
             self.send_append_entries(from, false);

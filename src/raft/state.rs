@@ -55,8 +55,14 @@ pub struct RaftConfig {
     pub max_snapshot_bytes: u64,
     /// most entries in one AppendEntries
     pub max_entries_per_message: usize,
+    /// most bytes of entries in one AppendEntries (at least one entry is
+    /// always sent): a turn's batch fits in one message (etcd: MaxSizePerMsg)
+    pub max_bytes_per_message: usize,
     /// most unanswered AppendEntries carrying entries per follower (pipelining)
     pub max_in_flight: usize,
+    /// most bytes of entries unanswered per follower (etcd: MaxInflightBytes):
+    /// a follower behind a slow disk is sent no more than it can soon write
+    pub max_bytes_in_flight: usize,
     /// seed of the RNG that randomizes election timeouts
     pub seed: u64,
 }
@@ -73,7 +79,9 @@ impl RaftConfig {
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_bytes: 1 << 30,
             max_entries_per_message: 1024,
+            max_bytes_per_message: 1 << 20,
             max_in_flight: 8,
+            max_bytes_in_flight: 4 << 20,
             seed: id,
         }
     }
@@ -140,12 +148,42 @@ pub struct Flow {
     /// false once it matches: entries are pipelined, next_index advancing
     /// as they are sent.
     pub probing: bool,
-    /// AppendEntries sent in this term and not yet answered (forgotten at
-    /// every heartbeat, since replies can be lost).
-    pub in_flight: usize,
+    /// AppendEntries with entries sent in this term and not yet answered,
+    /// oldest first.
+    pub in_flight: VecDeque<InFlight>,
     /// The snapshot being sent, when the follower needs entries the leader
     /// has compacted (§7, Figure 13).
     pub snapshot: Option<SnapshotTransfer>,
+}
+
+/// One unanswered AppendEntries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// the index of its last entry
+    pub last_index: LogIndex,
+    /// bytes of entries it carries
+    pub bytes: usize,
+}
+
+impl Flow {
+    /// Bytes of entries sent to this follower and not yet answered.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.in_flight.iter().map(|m| m.bytes).sum()
+    }
+
+    /// A success reply came: the follower holds every entry through
+    /// `match_index`, so no message carrying only those is in flight any
+    /// more — including messages whose own replies were lost, which the
+    /// reply to the next heartbeat clears this way.
+    pub fn answered(&mut self, match_index: LogIndex) {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|m| m.last_index <= match_index)
+        {
+            self.in_flight.pop_front();
+        }
+    }
 }
 
 /// A snapshot on its way to one follower, one chunk at a time.

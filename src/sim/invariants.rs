@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::kv::KvStore;
-use crate::raft::{Command, LogIndex, NodeId, RaftNode, Term};
+use crate::raft::{Command, LogIndex, NodeId, RaftNode, Role, Term};
 
 #[derive(Default)]
 pub struct Invariants {
@@ -60,6 +60,7 @@ impl Invariants {
         for &(id, node) in nodes {
             if node.is_leader() {
                 self.leader_completeness(id, node)?;
+                flow_control(id, node)?;
             }
         }
         Ok(())
@@ -233,4 +234,42 @@ impl Invariants {
         }
         Ok(())
     }
+}
+
+/// Not in Figure 3, but what keeps a leader's memory and a slow follower's
+/// queue bounded: per follower, at most `max_in_flight` AppendEntries with
+/// entries unanswered, holding at most `max_bytes_in_flight` bytes (the
+/// message that crosses it included), each at most `max_bytes_per_message`
+/// unless it carries a single larger entry.
+fn flow_control(id: NodeId, node: &RaftNode<KvStore>) -> Result<(), String> {
+    let Role::Leader(leader) = node.role() else {
+        return Ok(());
+    };
+    let config = node.config();
+    for (peer, flow) in &leader.flow {
+        let bytes = flow.bytes_in_flight();
+        let too_large = flow.in_flight.iter().find(|m| {
+            m.bytes > config.max_bytes_per_message
+                && node.log().get(m.last_index).is_some_and(|e| e.command.size() < m.bytes)
+        });
+        // The message that crosses the window may be a single entry larger
+        // than a message's bytes.
+        let largest = flow.in_flight.iter().map(|m| m.bytes).max().unwrap_or(0);
+        let crossing = largest.max(config.max_bytes_per_message);
+        if flow.in_flight.len() > config.max_in_flight
+            || bytes > config.max_bytes_in_flight + crossing
+            || too_large.is_some()
+        {
+            return Err(format!(
+                "flow control: n{id} has {} AppendEntries ({bytes} bytes) unanswered to n{peer} \
+                 (window {} messages, {} bytes; {} per message): {:?}",
+                flow.in_flight.len(),
+                config.max_in_flight,
+                config.max_bytes_in_flight,
+                config.max_bytes_per_message,
+                flow.in_flight
+            ));
+        }
+    }
+    Ok(())
 }

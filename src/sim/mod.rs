@@ -65,11 +65,14 @@ pub struct SimConfig {
     pub snapshot_threshold: usize,
     pub snapshot_chunk_bytes: usize,
     pub max_in_flight: usize,
+    pub max_bytes_per_message: usize,
+    pub max_bytes_in_flight: usize,
 }
 
 impl SimConfig {
     /// A reliable network of `nodes` nodes.
     pub fn new(nodes: usize, seed: u64) -> Self {
+        let defaults = RaftConfig::new(1, vec![1]);
         SimConfig {
             nodes,
             seed,
@@ -83,7 +86,9 @@ impl SimConfig {
             snapshot_threshold: 10_000,
             snapshot_chunk_bytes: 1 << 20,
             batching: true,
-            max_in_flight: RaftConfig::new(1, vec![1]).max_in_flight,
+            max_in_flight: defaults.max_in_flight,
+            max_bytes_per_message: defaults.max_bytes_per_message,
+            max_bytes_in_flight: defaults.max_bytes_in_flight,
         }
     }
 
@@ -98,9 +103,16 @@ impl SimConfig {
     }
 
     /// Lose `drop_rate` of messages and delay each by up to `max_delay` ticks.
+    /// On odd seeds the leader's byte windows are small too (a few commands
+    /// per AppendEntries and in flight), so random runs also exercise flow
+    /// control in bytes, which the default 1 MiB never reaches.
     pub fn unreliable(mut self, drop_rate: f64, max_delay: u64) -> Self {
         self.drop_rate = drop_rate;
         self.max_delay = max_delay;
+        if self.seed % 2 == 1 {
+            self.max_bytes_per_message = 64;
+            self.max_bytes_in_flight = 256;
+        }
         self
     }
 
@@ -307,6 +319,8 @@ impl Cluster {
         config.snapshot_threshold = self.config.snapshot_threshold;
         config.snapshot_chunk_bytes = self.config.snapshot_chunk_bytes;
         config.max_in_flight = self.config.max_in_flight;
+        config.max_bytes_per_message = self.config.max_bytes_per_message;
+        config.max_bytes_in_flight = self.config.max_bytes_in_flight;
         // Each node, and each restart of it, draws different timeouts.
         config.seed = self.config.seed ^ (id << 32) ^ (sim.restarts << 48);
         sim.outbox = SimOutbox::default();
