@@ -25,6 +25,16 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Bytes it brings: a write's command, a read's query.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Request::Write(command) => command.len(),
+            Request::Read { query, .. } => query.len(),
+        }
+    }
+}
+
 /// Why the core did not serve a request. Nothing was applied for any of
 /// these, except `LeadershipLost`, where the write may still commit later.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -26,6 +26,57 @@ pub enum Message {
     InstallSnapshotReply(InstallSnapshotReply),
 }
 
+/// One line for the debug log, without the payload: a 1 MiB value printed as
+/// a list of numbers would cost the event loop more than writing it to disk.
+impl std::fmt::Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::RequestVote(m) => write!(
+                f,
+                "RequestVote term {} last log {}/{}",
+                m.term, m.last_log_index, m.last_log_term
+            ),
+            Message::RequestVoteReply(m) => {
+                write!(
+                    f,
+                    "RequestVoteReply term {} granted {}",
+                    m.term, m.vote_granted
+                )
+            }
+            Message::AppendEntries(m) => write!(
+                f,
+                "AppendEntries term {} prev {}/{} entries {} commit {} read round {}",
+                m.term,
+                m.prev_log_index,
+                m.prev_log_term,
+                m.entries.len(),
+                m.leader_commit,
+                m.read_round
+            ),
+            Message::AppendEntriesReply(m) => write!(
+                f,
+                "AppendEntriesReply term {} success {} match {} conflict {}/{}",
+                m.term, m.success, m.match_index, m.conflict_term, m.conflict_index
+            ),
+            Message::InstallSnapshot(m) => write!(
+                f,
+                "InstallSnapshot term {} through {}/{} offset {} bytes {} done {}",
+                m.term,
+                m.last_included_index,
+                m.last_included_term,
+                m.offset,
+                m.data.len(),
+                m.done
+            ),
+            Message::InstallSnapshotReply(m) => write!(
+                f,
+                "InstallSnapshotReply term {} through {} next offset {} done {}",
+                m.term, m.last_included_index, m.next_offset, m.done
+            ),
+        }
+    }
+}
+
 impl Message {
     /// The sender's term: every message carries one, and Figure 2 "Rules for
     /// Servers / All Servers" compares it with our own before anything else.
@@ -49,6 +100,15 @@ impl Message {
             Message::AppendEntriesReply(_) => "AppendEntriesReply",
             Message::InstallSnapshot(_) => "InstallSnapshot",
             Message::InstallSnapshotReply(_) => "InstallSnapshotReply",
+        }
+    }
+
+    /// Bytes of log entries or snapshot it carries: what it costs to write.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Message::AppendEntries(m) => m.entries.iter().map(|e| e.command.size()).sum(),
+            Message::InstallSnapshot(m) => m.data.len(),
+            _ => 0,
         }
     }
 

@@ -16,7 +16,7 @@ impl<S: StateMachine> RaftNode<S> {
     /// outbox once what it speaks for is durable (`end_turn`).
     pub fn step(&mut self, from: NodeId, message: Message) {
         debug!(
-            "node {} term {}: <- {from} {message:?}",
+            "node {} term {}: <- {from} {message}",
             self.config.id,
             self.current_term()
         );

@@ -54,7 +54,8 @@ use crate::proto::kv::key_value_server::KeyValueServer;
 use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::raft_server::RaftServer;
 use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
-use crate::raft::{Message, NodeId};
+use crate::kv;
+use crate::raft::{Message, NodeId, RaftConfig};
 use crate::server::event_loop::{ClientCall, Handoff, PeerMessage};
 use crate::server::identity::ClusterId;
 use crate::server::Listeners;
@@ -62,9 +63,23 @@ use crate::tls::Tls;
 use refusals::Refusals;
 use services::{ClientAddresses, ClientService, PeerService, Waiting};
 
-/// Largest gRPC message sent or accepted: AppendEntries batches and snapshot
-/// chunks run to several MiB, and one value may be 1 MiB.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest gRPC message a node sends to a client: a value of 1 MiB and
+/// its key, with room to spare.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// The largest peer message a node sends or decodes: an AppendEntries holds
+/// at most `max_bytes_per_message` of entries, or one larger entry — which
+/// the key-value store's limits bound — and an InstallSnapshot one chunk;
+/// plus the few bytes each entry's index, term and framing add.
+pub fn max_peer_message_bytes(config: &RaftConfig) -> usize {
+    let largest_entry = kv::MAX_KEY_BYTES + kv::MAX_VALUE_BYTES + 1024;
+    let framing = config.max_entries_per_message * 32 + 4096;
+    config
+        .max_bytes_per_message
+        .max(config.snapshot_chunk_bytes)
+        .max(largest_entry)
+        + framing
+}
 /// Messages waiting to be sent to one peer; more are dropped.
 pub const PEER_QUEUE_LEN: usize = 256;
 /// Messages handed to one peer's open stream and not yet written to it;
@@ -94,6 +109,8 @@ pub struct Bridge {
     pub client_address: Address,
     /// the largest client request decoded (`--max-request-bytes`)
     pub max_request_bytes: usize,
+    /// the largest peer message sent or decoded ([`max_peer_message_bytes`])
+    pub max_peer_message_bytes: usize,
     pub tls: Option<Tls>,
     /// this node's listening sockets, bound early (see `Listeners::bind`)
     pub listeners: Listeners,
@@ -130,6 +147,7 @@ impl Bridge {
             members,
             client_address,
             max_request_bytes,
+            max_peer_message_bytes,
             tls,
             listeners,
             peer_messages,
@@ -151,7 +169,8 @@ impl Bridge {
             let address = members
                 .address(peer)
                 .expect("every peer with a queue is a member");
-            let client = peer_client(address, tls.as_ref().map(|t| t.peer_config(peer)))
+            let peer_tls = tls.as_ref().map(|t| t.peer_config(peer));
+            let client = peer_client(address, peer_tls, max_peer_message_bytes)
                 .map_err(|e| format!("node {id}: bad address {address} for peer {peer}: {e}"))?;
             let sender = PeerSender {
                 id,
@@ -174,8 +193,8 @@ impl Bridge {
             refusals: refusals.clone(),
             to_event_loop: peer_messages,
         })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_peer_message_bytes)
+        .max_encoding_message_size(max_peer_message_bytes);
         let client_service = KeyValueServer::new(ClientService {
             addresses: client_addresses,
             to_event_loop: client_calls,
@@ -285,6 +304,7 @@ async fn grace_after(mut stopping: watch::Receiver<bool>) {
 fn peer_client(
     address: &Address,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    max_message_bytes: usize,
 ) -> Result<RaftClient<Channel>, tonic::transport::Error> {
     let mut endpoint = Endpoint::from_shared(address.url(tls.is_some()))?;
     if let Some(tls) = tls {
@@ -299,8 +319,8 @@ fn peer_client(
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .connect_lazy();
     Ok(RaftClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes))
 }
 
 /// Deliver what the event loop hands over: answers to the clients waiting
@@ -389,11 +409,7 @@ impl PeerSender {
             let mut call = tokio::spawn(async move { client.send(request).await });
             let mut next = Some(first);
             while let Some(message) = next.take() {
-                debug!(
-                    "node {id} term {}: -> {peer} {}",
-                    message.term(),
-                    convert::summary(&message)
-                );
+                debug!("node {id} term {}: -> {peer} {}", message.term(), message);
                 match stream.try_send(convert::envelope(id, message)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {

@@ -19,9 +19,13 @@
 //! sleeps. The core flushes the requests before its fsync, so followers
 //! start writing while the leader does (dissertation §10.2.1).
 //!
-//! Batching and group commit are how much one turn takes: every client
-//! request waiting, every peer message waiting (`--fast-path-off batching`
-//! or `group-commit` takes one at a time, to measure what they are worth).
+//! Batching and group commit are how much one turn takes: the client
+//! requests waiting, the peer messages waiting, up to one AppendEntries'
+//! worth of bytes (`RaftConfig::max_bytes_per_message`) so that a turn's
+//! write and fsync stay short however large the values (`--fast-path-off
+//! batching` or `group-commit` takes one at a time, to measure what they
+//! are worth). A turn longer than the heartbeat interval is logged: its
+//! heartbeats were late.
 //!
 //! Waking a sleeping thread costs tens of microseconds on a virtual machine —
 //! as much as a loopback round trip — and a request crosses between this
@@ -33,7 +37,7 @@
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
-use log::{debug, info};
+use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FastPath;
@@ -129,7 +133,17 @@ pub struct EventLoop {
     poll: Duration,
     /// what `--fast-path-off` left on
     fast_path: FastPath,
+    /// most bytes of entries one turn takes in (beyond its first message):
+    /// what fits one AppendEntries, so that a turn's write and fsync stay
+    /// short and the timer's ticks are not kept waiting behind a large batch
+    turn_bytes: usize,
+    /// the heartbeat interval: a turn longer than twice this is worth a warning
+    slow_turn: Duration,
+    last_slow_turn_warning: Option<Instant>,
 }
+
+/// How often, at most, the slow-turn warning is logged.
+const SLOW_TURN_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// What woke the loop.
 enum Event {
@@ -147,12 +161,17 @@ impl EventLoop {
         inputs: Inputs,
         poll: Duration,
         fast_path: FastPath,
+        heartbeat: Duration,
     ) -> Self {
+        let turn_bytes = node.config().max_bytes_per_message;
         EventLoop {
             node,
             inputs,
             poll,
             fast_path,
+            turn_bytes,
+            slow_turn: heartbeat,
+            last_slow_turn_warning: None,
         }
     }
 
@@ -166,19 +185,22 @@ impl EventLoop {
         let mut poll = Duration::ZERO;
         loop {
             let event = self.next_event(poll);
+            let started = Instant::now();
             poll = self.poll;
-            match event {
+            let bytes = match event {
                 Event::Tick => {
                     self.node.tick();
                     // Ticks are the idle loop's only work: polling after
                     // them would burn the CPU of an idle cluster.
                     poll = Duration::ZERO;
+                    0
                 }
                 Event::Peer(message) => self.on_peer_messages(message),
                 Event::Client(call) => self.on_client_calls(call),
                 Event::Stop => break,
-            }
+            };
             self.node.end_turn();
+            self.check_turn(started, bytes);
         }
         info!(
             "node {id} term {}: event loop stopped",
@@ -211,40 +233,75 @@ impl EventLoop {
         }
     }
 
-    /// Step `first` and every peer message already waiting (group commit:
-    /// the entries they append cost one fsync, at the end of the turn).
-    fn on_peer_messages(&mut self, first: PeerMessage) {
-        let more = if self.fast_path.group_commit {
-            usize::MAX
-        } else {
-            0
-        };
-        let waiting = self.inputs.peer_messages.try_iter().take(more);
-        for m in std::iter::once(first).chain(waiting) {
+    /// Step `first` and the peer messages already waiting (group commit:
+    /// the entries they append cost one fsync, at the end of the turn), up
+    /// to a turn's worth of bytes. Returns the bytes of entries taken.
+    fn on_peer_messages(&mut self, first: PeerMessage) -> usize {
+        let mut bytes = first.message.payload_bytes();
+        self.node.step(first.from, first.message);
+        while self.fast_path.group_commit && bytes < self.turn_bytes {
+            let Ok(m) = self.inputs.peer_messages.try_recv() else {
+                break;
+            };
+            bytes += m.message.payload_bytes();
             self.node.step(m.from, m.message);
         }
+        bytes
     }
 
-    /// Give the core `first` and every client request already waiting in
-    /// one batch (batching: one append, one AppendEntries per follower).
-    fn on_client_calls(&mut self, first: ClientCall) {
-        let more = if self.fast_path.batching {
-            usize::MAX
-        } else {
-            0
-        };
+    /// Give the core `first` and the client requests already waiting, up to
+    /// a turn's worth of bytes, in one batch (batching: one append, one
+    /// AppendEntries per follower). Returns the bytes taken.
+    fn on_client_calls(&mut self, first: ClientCall) -> usize {
+        let mut bytes = 0;
         let mut batch = Vec::new();
-        let waiting = self.inputs.client_calls.try_iter().take(more);
-        for call in std::iter::once(first).chain(waiting) {
-            match call {
-                ClientCall::Request(id, request) => batch.push((id, request)),
+        let mut call = Some(first);
+        while let Some(next) = call.take() {
+            match next {
+                ClientCall::Request(id, request) => {
+                    bytes += request.bytes();
+                    batch.push((id, request));
+                }
                 ClientCall::Status(answer) => {
                     let _ = answer.send(self.node.status());
                 }
+            }
+            if self.fast_path.batching && bytes < self.turn_bytes {
+                call = self.inputs.client_calls.try_recv().ok();
             }
         }
         if !batch.is_empty() {
             self.node.client_requests(batch);
         }
+        bytes
+    }
+
+    /// A turn that keeps the loop from its timer for longer than a heartbeat
+    /// interval delays the leader's heartbeats, and followers that wait an
+    /// election timeout for them start an election: say so, with the bytes
+    /// the turn wrote (etcd: "leader failed to send out heartbeat on time").
+    fn check_turn(&mut self, started: Instant, bytes: usize) {
+        let took = started.elapsed();
+        if took <= 2 * self.slow_turn {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_slow_turn_warning
+            .is_some_and(|at| now.duration_since(at) < SLOW_TURN_WARNING_EVERY)
+        {
+            return;
+        }
+        self.last_slow_turn_warning = Some(now);
+        warn!(
+            "node {} term {}: one turn of the event loop took {} ms ({} KiB of entries \
+             written and synced), longer than twice the heartbeat interval ({} ms): heartbeats \
+             wait, and peers may start elections — is the disk slow?",
+            self.node.id(),
+            self.node.current_term(),
+            took.as_millis(),
+            bytes / 1024,
+            self.slow_turn.as_millis()
+        );
     }
 }

@@ -256,8 +256,10 @@ impl Node {
 
         let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
         let outbox = RuntimeOutbox::new(id, handoff_tx);
+        let raft_config = config.raft_config();
+        let max_peer_message_bytes = bridge::max_peer_message_bytes(&raft_config);
         let node = RaftNode::new(
-            config.raft_config(),
+            raft_config,
             storage,
             KvStore::new(),
             Box::new(outbox),
@@ -269,6 +271,7 @@ impl Node {
             members: Arc::new(config.members.clone()),
             client_address: config.client_address.clone(),
             max_request_bytes: config.max_request_bytes,
+            max_peer_message_bytes,
             tls: config.tls.clone(),
             listeners,
             peer_messages: peer_tx,
@@ -284,9 +287,10 @@ impl Node {
             shutdown: shutdown_rx,
         };
         let (poll, fast_path) = (config.poll, config.fast_path);
+        let heartbeat = config.timing.tick * config.timing.heartbeat_ticks as u32;
         let event_loop = thread::Builder::new()
             .name("event-loop".into())
-            .spawn(move || EventLoop::new(node, inputs, poll, fast_path).run())?;
+            .spawn(move || EventLoop::new(node, inputs, poll, fast_path, heartbeat).run())?;
         let timer = timer::spawn(config.timing.tick, tick_tx)?;
         Ok(Node {
             id,

@@ -474,6 +474,57 @@ fn the_peer_service_refuses_strangers_and_malformed_entries() {
     assert_eq!(cluster.status(1).unwrap().term, 0);
 }
 
+/// The peer listener decodes no more than the largest message a member
+/// sends (`max_peer_message_bytes`: one AppendEntries' worth of entries),
+/// not the 64 MiB it once took: a larger one is refused before it is read,
+/// and the node goes on serving.
+#[test]
+fn the_peer_service_refuses_messages_over_the_append_entries_cap() {
+    let mut cluster = TestCluster::new(3, 10_000);
+    cluster.start(1);
+    let limit = crate::server::bridge::max_peer_message_bytes(&crate::raft::RaftConfig::new(
+        1,
+        vec![1, 2, 3],
+    ));
+    assert!(limit < 2 << 20, "the limit is {limit} bytes");
+    let url = cluster.address(1).url(false);
+    let mut peer = cluster.runtime.block_on(RaftClient::connect(url)).unwrap();
+    let append = |command_bytes: usize| Envelope {
+        from: 2,
+        message: Some(PeerMessage::AppendEntries(AppendEntriesRequest {
+            term: 1,
+            leader_id: 2,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![LogEntry {
+                index: 1,
+                term: 1,
+                command: vec![b'x'; command_bytes],
+                kind: 0,
+            }],
+            leader_commit: 0,
+            read_round: 0,
+        })),
+    };
+    let ours = cluster.cluster_id;
+    let too_large = cluster
+        .runtime
+        .block_on(peer.send(stream(ours, "2", vec![append(limit)])))
+        .unwrap_err();
+    assert_eq!(too_large.code(), Code::OutOfRange, "{too_large:?}");
+    // Nothing reached the core, and the node still answers.
+    assert_eq!(cluster.status(1).unwrap().term, 0);
+    // The largest entry a member sends fits.
+    let largest = crate::kv::MAX_KEY_BYTES + crate::kv::MAX_VALUE_BYTES + 64;
+    let fits = cluster
+        .runtime
+        .block_on(peer.send(stream(ours, "2", vec![append(largest)])));
+    assert!(fits.is_ok(), "{fits:?}");
+    eventually("node 1 to take the entry", || {
+        (cluster.status(1).ok()?.term == 1).then_some(())
+    });
+}
+
 #[test]
 fn with_tls_only_members_speak_for_members_and_only_certified_clients_connect() {
     let mut cluster = TestCluster::with_tls(3);

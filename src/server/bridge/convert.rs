@@ -225,48 +225,6 @@ pub fn install_snapshot_reply_to_proto(m: InstallSnapshotReply) -> pb::InstallSn
     }
 }
 
-/// One line describing a message for the debug log, without its payload.
-pub fn summary(message: &Message) -> String {
-    match message {
-        Message::RequestVote(m) => format!(
-            "RequestVote term {} last log {}/{}",
-            m.term, m.last_log_index, m.last_log_term
-        ),
-        Message::RequestVoteReply(m) => {
-            format!(
-                "RequestVoteReply term {} granted {}",
-                m.term, m.vote_granted
-            )
-        }
-        Message::AppendEntries(m) => format!(
-            "AppendEntries term {} prev {}/{} entries {} commit {} read round {}",
-            m.term,
-            m.prev_log_index,
-            m.prev_log_term,
-            m.entries.len(),
-            m.leader_commit,
-            m.read_round
-        ),
-        Message::AppendEntriesReply(m) => format!(
-            "AppendEntriesReply term {} success {} match {} conflict {}/{}",
-            m.term, m.success, m.match_index, m.conflict_term, m.conflict_index
-        ),
-        Message::InstallSnapshot(m) => format!(
-            "InstallSnapshot term {} through {}/{} offset {} bytes {} done {}",
-            m.term,
-            m.last_included_index,
-            m.last_included_term,
-            m.offset,
-            m.data.len(),
-            m.done
-        ),
-        Message::InstallSnapshotReply(m) => format!(
-            "InstallSnapshotReply term {} through {} next offset {} done {}",
-            m.term, m.last_included_index, m.next_offset, m.done
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
