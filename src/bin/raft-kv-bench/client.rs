@@ -197,6 +197,17 @@ impl Pool {
         }
     }
 
+    /// The highest term any member reports, if any answers.
+    pub async fn highest_term(&self) -> Option<u64> {
+        let mut highest = None;
+        for i in 0..self.addrs.len() {
+            if let Ok(status) = self.status(i).await {
+                highest = highest.max(Some(status.term));
+            }
+        }
+        highest
+    }
+
     /// The member that leads in the highest term any member reports. When
     /// none does, the error says whether any member answered at all.
     pub async fn leader(&self) -> Result<usize, NoLeader> {

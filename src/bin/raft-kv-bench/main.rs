@@ -110,8 +110,11 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub tls_files: TlsArgs,
     /// What to run, comma-separated: all, or any of rtt, write-latency,
-    /// write-throughput, read-throughput, failover, grow (run in that order).
-    /// `all` is every one but grow.
+    /// write-throughput, read-throughput, failover, grow, large-values,
+    /// many-writers (run in that order). `all` is the first five.
+    /// large-values (8 clients, 40 values of 1 MiB) and many-writers (256
+    /// clients, 20 000 values of 16 KiB) fix their own clients and values;
+    /// the "new terms" column says how many elections a workload caused.
     #[arg(
         long,
         value_enum,
@@ -201,6 +204,8 @@ pub enum WorkloadArg {
     ReadThroughput,
     Failover,
     Grow,
+    LargeValues,
+    ManyWriters,
 }
 
 /// The checked flags: what to run, against what.
@@ -263,6 +268,8 @@ impl Plan {
                 WorkloadArg::ReadThroughput => w == Workload::ReadThroughput,
                 WorkloadArg::Failover => w == Workload::Failover,
                 WorkloadArg::Grow => w == Workload::Grow,
+                WorkloadArg::LargeValues => w == Workload::LargeValues,
+                WorkloadArg::ManyWriters => w == Workload::ManyWriters,
             })
         };
         let nodes = match args.nodes {
@@ -369,6 +376,9 @@ impl Plan {
         match workload {
             Workload::WriteThroughput | Workload::ReadThroughput | Workload::Grow => self.clients,
             Workload::Rtt | Workload::WriteLatency | Workload::Failover => 1,
+            Workload::LargeValues | Workload::ManyWriters => {
+                workload.fixed_shape().map_or(1, |(clients, _)| clients)
+            }
         }
     }
 
@@ -741,6 +751,11 @@ async fn run_workload(
     }
     let pids = cluster.as_ref().map_or_else(Vec::new, |c| c.pids());
     let log_lengths = cluster.as_ref().map(|c| c.log_lengths());
+    let term_before = if workload == Workload::Failover {
+        None
+    } else {
+        pool.highest_term().await
+    };
     let cpu = CpuMeter::start(pids);
     let (mut measured, pids_after) = if workload == Workload::Failover {
         let Some(cluster) = cluster.as_deref_mut() else {
@@ -770,6 +785,14 @@ async fn run_workload(
         let count = plan.count(workload);
         let progress = Progress::new(label, Some(count));
         let _shown = progress.show();
+        let shaped;
+        let data = match workload.fixed_shape() {
+            Some((_, value_size)) => {
+                shaped = Arc::new(data.with_value_size(value_size));
+                &shaped
+            }
+            None => data,
+        };
         let measured = workload::closed_loop(pool, clients, count, op, data, &progress).await?;
         (
             measured,
@@ -777,6 +800,12 @@ async fn run_workload(
         )
     };
     cpu.finish(&pids_after, &mut measured);
+    if let Some(before) = term_before {
+        measured.new_terms = pool
+            .highest_term()
+            .await
+            .map(|after| after.saturating_sub(before));
+    }
     if let (Some(cluster), Some(lengths)) = (cluster, log_lengths) {
         measured.member_names = (0..cluster.client_addrs().len())
             .map(|i| cluster.member_name(i).to_string())
@@ -924,7 +953,14 @@ mod tests {
         assert_eq!(p.count(Workload::Grow), 1_000_000);
         assert_eq!(p.clients(Workload::Grow), 64);
         let p = plan(&["--local", "--workload", "grow,all"]).unwrap();
-        assert_eq!(p.workloads, Workload::ORDER);
+        assert_eq!(p.workloads, Workload::ORDER[..6]);
+        // Issue 15's loads fix their own clients and values.
+        let p = plan(&["--local", "--workload", "many-writers,large-values"]).unwrap();
+        assert_eq!(p.workloads, [Workload::LargeValues, Workload::ManyWriters]);
+        assert_eq!(p.clients(Workload::LargeValues), 8);
+        assert_eq!(p.count(Workload::LargeValues), 40);
+        assert_eq!(p.clients(Workload::ManyWriters), 256);
+        assert_eq!(p.count(Workload::ManyWriters), 20_000);
     }
 
     #[test]

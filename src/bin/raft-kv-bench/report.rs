@@ -50,6 +50,12 @@ impl Summary {
         self.runs.iter().map(|m| m.errors).sum()
     }
 
+    /// Terms the cluster went through while the workload ran, over all
+    /// runs (0: no election), when every run measured it.
+    fn new_terms(&self) -> Option<u64> {
+        self.runs.iter().map(|m| m.new_terms).sum()
+    }
+
     /// Failover pauses of every kill of every run, pooled.
     fn gaps(&self) -> Vec<f64> {
         self.runs.iter().flat_map(|m| m.gaps_ms.clone()).collect()
@@ -99,6 +105,7 @@ pub fn table(summaries: &[&Summary]) -> String {
         "clients",
         "ops",
         "errors",
+        "new terms",
         "ops/s",
         "p50 ms",
         "p90 ms",
@@ -132,6 +139,7 @@ pub fn table(summaries: &[&Summary]) -> String {
                 s.clients().to_string(),
                 number(s.median(|m| Some(m.ops as f64)), 0),
                 s.errors().to_string(),
+                s.new_terms().map_or("-".into(), |n| n.to_string()),
                 number(s.ops_per_sec(), 0),
                 number(s.percentile(|p| p.p50), 2),
                 number(s.percentile(|p| p.p90), 2),
@@ -429,7 +437,13 @@ pub fn json(summary: &Summary, setup: &Setup) -> String {
         ("nodes", setup.nodes.to_string()),
         ("local", setup.local.to_string()),
         ("key_size", setup.key_size.to_string()),
-        ("value_size", setup.value_size.to_string()),
+        (
+            "value_size",
+            s.workload
+                .fixed_shape()
+                .map_or(setup.value_size, |(_, size)| size)
+                .to_string(),
+        ),
         ("keyspace", setup.keyspace.to_string()),
         ("stale", setup.stale.to_string()),
         ("tls", setup.tls.to_string()),
@@ -441,6 +455,7 @@ pub fn json(summary: &Summary, setup: &Setup) -> String {
         ("clients", s.clients().to_string()),
         ("ops", number(s.median(|m| Some(m.ops as f64)), 0)),
         ("errors", s.errors().to_string()),
+        ("new_terms", json_int(s.new_terms())),
         ("seconds", json_number(s.median(|m| Some(m.seconds)))),
     ];
     if s.workload == Workload::Failover {
@@ -673,11 +688,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "workload          clients    ops  errors  ops/s  p50 ms  p90 ms  p99 ms  max ms  bench CPU  server CPU  server RSS  data dir"
+            "workload          clients    ops  errors  new terms  ops/s  p50 ms  p90 ms  p99 ms  max ms  bench CPU  server CPU  server RSS  data dir"
         );
         assert_eq!(
             lines[1],
-            "write-throughput       64  20000       0   5000    1.50    3.00    6.00   15.00          -        150%           -         -"
+            "write-throughput       64  20000       0          -   5000    1.50    3.00    6.00   15.00          -        150%           -         -"
         );
         assert_eq!(
             lines[2],
@@ -735,7 +750,7 @@ mod tests {
             "{\"target\":\"etcd\",\"workload\":\"read-throughput\",\"nodes\":3,\"local\":false,\
              \"key_size\":16,\"value_size\":128,\"keyspace\":1000,\"stale\":false,\"tls\":false,\
              \"snapshot_threshold\":null,\"runs\":1,\"clients\":64,\
-             \"ops\":100,\"errors\":0,\"seconds\":2.000,\"ops_per_sec\":50.000,\
+             \"ops\":100,\"errors\":0,\"new_terms\":null,\"seconds\":2.000,\"ops_per_sec\":50.000,\
              \"p50_ms\":0.500,\"p90_ms\":1.000,\"p99_ms\":2.000,\"max_ms\":5.000,\
              \"client_cpu_pct\":null,\"server_cpu_pct\":150.000,\"ops_per_sec_runs\":[50.000],\
              \"server_rss_max_bytes\":null,\"data_max_bytes\":null,\"members\":[],\

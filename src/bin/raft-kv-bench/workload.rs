@@ -46,6 +46,12 @@ pub enum Workload {
     /// --clients writers write each of --keyspace keys once, so the state
     /// grows to --keyspace keys, sampled once a second. Not part of `all`.
     Grow,
+    /// 8 writers, 40 values of 1 MiB (the largest): does the leader keep
+    /// its office? Not part of `all`.
+    LargeValues,
+    /// 256 writers, 20 000 values of 16 KiB: does throughput level off
+    /// rather than fall, with no election? Not part of `all`.
+    ManyWriters,
 }
 
 impl Workload {
@@ -57,14 +63,16 @@ impl Workload {
         Workload::Failover,
     ];
 
-    /// Every workload, in the order they run: `all`'s, then grow.
-    pub const ORDER: [Workload; 6] = [
+    /// Every workload, in the order they run: `all`'s, then the others.
+    pub const ORDER: [Workload; 8] = [
         Workload::Rtt,
         Workload::WriteLatency,
         Workload::WriteThroughput,
         Workload::ReadThroughput,
         Workload::Failover,
         Workload::Grow,
+        Workload::LargeValues,
+        Workload::ManyWriters,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +83,18 @@ impl Workload {
             Workload::ReadThroughput => "read-throughput",
             Workload::Failover => "failover",
             Workload::Grow => "grow",
+            Workload::LargeValues => "large-values",
+            Workload::ManyWriters => "many-writers",
+        }
+    }
+
+    /// The clients and value size of a workload that fixes its own (the
+    /// loads issue 15 names), rather than taking --clients and --value-size.
+    pub fn fixed_shape(self) -> Option<(usize, usize)> {
+        match self {
+            Workload::LargeValues => Some((8, 1 << 20)),
+            Workload::ManyWriters => Some((256, 16 << 10)),
+            _ => None,
         }
     }
 
@@ -84,6 +104,8 @@ impl Workload {
         match self {
             Workload::Rtt | Workload::WriteLatency => 5_000,
             Workload::WriteThroughput => 50_000,
+            Workload::LargeValues => 40,
+            Workload::ManyWriters => 20_000,
             Workload::ReadThroughput => 100_000,
             // Grow writes --keyspace keys; failover runs until its kills are done.
             Workload::Failover | Workload::Grow => 0,
@@ -120,18 +142,22 @@ impl Data {
                 digits + 1
             ));
         }
-        // A fixed seed: the same bytes in every run and for every system.
-        let value = rand::rngs::SmallRng::seed_from_u64(7)
-            .sample_iter(&Alphanumeric)
-            .take(value_size)
-            .map(char::from)
-            .collect();
         Ok(Data {
             keyspace: keyspace as u64,
             key_digits: key_size - 1,
-            value,
+            value: value_of(value_size),
             stale,
         })
+    }
+
+    /// The same keys with a value of `value_size` bytes.
+    pub fn with_value_size(&self, value_size: usize) -> Data {
+        Data {
+            keyspace: self.keyspace,
+            key_digits: self.key_digits,
+            value: value_of(value_size),
+            stale: self.stale,
+        }
     }
 
     /// Key number `n` modulo the keyspace, written into `buffer`.
@@ -178,6 +204,10 @@ pub struct Measured {
     pub snapshots: Vec<SnapshotEvent>,
     /// Grow: the timeline.
     pub growth: Option<Growth>,
+    /// How many terms the cluster went through while the workload ran (the
+    /// highest term any member reports, after minus before): 0 means no
+    /// election. None when not measured (failover, which causes them).
+    pub new_terms: Option<u64>,
 }
 
 impl Measured {
@@ -305,6 +335,16 @@ impl Op {
             Op::Get => client.get(data.key(n, key), data.stale).await.map(|_| ()),
         }
     }
+}
+
+/// A random alphanumeric value of `size` bytes, from a fixed seed: the
+/// same bytes in every run and for every system.
+fn value_of(size: usize) -> String {
+    rand::rngs::SmallRng::seed_from_u64(7)
+        .sample_iter(&Alphanumeric)
+        .take(size)
+        .map(char::from)
+        .collect()
 }
 
 /// Wait until some member is leader, as the members themselves report;
