@@ -409,7 +409,10 @@ fn bytes_in_flight_stay_within_the_byte_window() {
     let flow = &l.flow[&follower];
     assert!(!flow.in_flight.is_empty(), "entries were sent");
     for message in &flow.in_flight {
-        assert!(message.bytes <= 300, "{message:?} carries more than 300 bytes");
+        assert!(
+            message.bytes <= 300,
+            "{message:?} carries more than 300 bytes"
+        );
     }
     assert!(
         flow.bytes_in_flight() <= 700 + 300,
@@ -423,7 +426,10 @@ fn bytes_in_flight_stay_within_the_byte_window() {
         c.node(leader).log().last_index(),
         "the follower catches up, one window at a time"
     );
-    assert_eq!(c.node(follower).state_machine().get("big").map(str::len), Some(1000));
+    assert_eq!(
+        c.node(follower).state_machine().get("big").map(str::len),
+        Some(1000)
+    );
 }
 
 /// Random bytes from outside, under load: while clients write and read and

@@ -50,11 +50,11 @@ use tonic::Code;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{Address, Members};
+use crate::kv;
 use crate::proto::kv::key_value_server::KeyValueServer;
 use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::raft_server::RaftServer;
 use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
-use crate::kv;
 use crate::raft::{Message, NodeId, RaftConfig};
 use crate::server::event_loop::{ClientCall, Handoff, PeerMessage};
 use crate::server::identity::ClusterId;

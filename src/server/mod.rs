@@ -258,12 +258,7 @@ impl Node {
         let outbox = RuntimeOutbox::new(id, handoff_tx);
         let raft_config = config.raft_config();
         let max_peer_message_bytes = bridge::max_peer_message_bytes(&raft_config);
-        let node = RaftNode::new(
-            raft_config,
-            storage,
-            KvStore::new(),
-            Box::new(outbox),
-        );
+        let node = RaftNode::new(raft_config, storage, KvStore::new(), Box::new(outbox));
 
         let bridge = Bridge {
             id,

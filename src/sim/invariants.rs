@@ -250,7 +250,10 @@ fn flow_control(id: NodeId, node: &RaftNode<KvStore>) -> Result<(), String> {
         let bytes = flow.bytes_in_flight();
         let too_large = flow.in_flight.iter().find(|m| {
             m.bytes > config.max_bytes_per_message
-                && node.log().get(m.last_index).is_some_and(|e| e.command.size() < m.bytes)
+                && node
+                    .log()
+                    .get(m.last_index)
+                    .is_some_and(|e| e.command.size() < m.bytes)
         });
         // The message that crosses the window may be a single entry larger
         // than a message's bytes.
