@@ -579,10 +579,8 @@ mod tests {
             big.apply_command(client, &set("k", "v", client, 1));
         }
         let mut state = KvStore::restore_bounded(&big.snapshot(), 10).unwrap();
-        let mut index = 101;
-        for _ in 0..10 {
+        for index in 101..111 {
             state.apply_command(index, &set("k", "v", 0, 0));
-            index += 1;
         }
         assert_eq!(state.sessions(), 10);
         assert!(state.sessions.get(100).is_some(), "the most recent stays");

@@ -46,6 +46,11 @@ pub enum Workload {
     /// --clients writers write each of --keyspace keys once, so the state
     /// grows to --keyspace keys, sampled once a second. Not part of `all`.
     Grow,
+    /// --clients writers write --count times over --keyspace keys, each
+    /// write in a new client session (a fresh client_id), sampled once a
+    /// second like grow: the session table (dissertation §6.3) grows until
+    /// its bound. Not part of `all`.
+    Sessions,
 }
 
 impl Workload {
@@ -58,13 +63,14 @@ impl Workload {
     ];
 
     /// Every workload, in the order they run: `all`'s, then grow.
-    pub const ORDER: [Workload; 6] = [
+    pub const ORDER: [Workload; 7] = [
         Workload::Rtt,
         Workload::WriteLatency,
         Workload::WriteThroughput,
         Workload::ReadThroughput,
         Workload::Failover,
         Workload::Grow,
+        Workload::Sessions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +81,7 @@ impl Workload {
             Workload::ReadThroughput => "read-throughput",
             Workload::Failover => "failover",
             Workload::Grow => "grow",
+            Workload::Sessions => "sessions",
         }
     }
 
@@ -85,6 +92,8 @@ impl Workload {
             Workload::Rtt | Workload::WriteLatency => 5_000,
             Workload::WriteThroughput => 50_000,
             Workload::ReadThroughput => 100_000,
+            // Twice raft-kv's bound on sessions (kv::MAX_SESSIONS).
+            Workload::Sessions => 200_000,
             // Grow writes --keyspace keys; failover runs until its kills are done.
             Workload::Failover | Workload::Grow => 0,
         }
@@ -288,6 +297,8 @@ impl Drop for ProgressShown {
 pub enum Op {
     Status,
     Put,
+    /// A put in a new client session, as from a new client each time.
+    PutFresh,
     Get,
 }
 
@@ -302,6 +313,10 @@ impl Op {
         match self {
             Op::Status => client.status().await,
             Op::Put => client.put(data.key(n, key), &data.value).await,
+            Op::PutFresh => {
+                client.new_session();
+                client.put(data.key(n, key), &data.value).await
+            }
             Op::Get => client.get(data.key(n, key), data.stale).await.map(|_| ()),
         }
     }
