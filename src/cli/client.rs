@@ -635,6 +635,7 @@ fn check_address(addr: &str) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn addresses_need_host_and_numeric_port() {
@@ -702,6 +703,101 @@ mod tests {
         let router = server.add_service(KeyValueServer::new(Node(leader)));
         runtime.spawn(router.serve_with_incoming(incoming));
         addr
+    }
+
+    /// A leader on a loopback port that keeps no sessions, as if every one
+    /// had expired (§6.3): a Set with sequence 1 is OK, a later one is
+    /// refused `session-expired`. With `lose_first`, the first Set with a
+    /// later sequence fails as if the leader was lost after proposing it.
+    /// Returns its address and every (client_id, sequence) it was sent.
+    fn forgetful_leader(
+        runtime: &Runtime,
+        lose_first: bool,
+    ) -> (String, Arc<Mutex<Vec<(u64, u64)>>>) {
+        use crate::proto::kv::key_value_server::{KeyValue, KeyValueServer};
+        use crate::proto::kv::{DeleteResponse, GetResponse, SetResponse};
+        use tonic::{Request, Response};
+
+        struct Node {
+            seen: Arc<Mutex<Vec<(u64, u64)>>>,
+            lose_first: Mutex<bool>,
+        }
+        #[tonic::async_trait]
+        impl KeyValue for Node {
+            async fn set(&self, r: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+                let r = r.into_inner();
+                self.seen.lock().unwrap().push((r.client_id, r.sequence));
+                if r.sequence == 1 {
+                    return Ok(Response::new(SetResponse {}));
+                }
+                if std::mem::take(&mut *self.lose_first.lock().unwrap()) {
+                    return Err(Status::unavailable("not leader: leadership was lost"));
+                }
+                let mut status = Status::failed_precondition("session expired");
+                let kind = tonic::metadata::MetadataValue::from_static(SESSION_EXPIRED);
+                status.metadata_mut().insert(SESSION_ERROR_METADATA, kind);
+                Err(status)
+            }
+            async fn get(&self, _: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+            async fn delete(
+                &self,
+                _: Request<DeleteRequest>,
+            ) -> Result<Response<DeleteResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+            async fn status(
+                &self,
+                _: Request<StatusRequest>,
+            ) -> Result<Response<StatusResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+        }
+
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let node = Node {
+            seen: Arc::clone(&seen),
+            lose_first: Mutex::new(lose_first),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        let _inside = runtime.enter();
+        let incoming = tokio::net::TcpListener::from_std(listener).unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(incoming);
+        let router = tonic::transport::Server::builder().add_service(KeyValueServer::new(node));
+        runtime.spawn(router.serve_with_incoming(incoming));
+        (addr, seen)
+    }
+
+    /// §6.3: a write refused because the session expired, before any
+    /// attempt of it could have been applied, is sent again in a new
+    /// session; after an attempt that may have been applied, the error is
+    /// the caller's.
+    #[test]
+    fn an_expired_session_is_renewed_only_when_nothing_can_have_applied_6_3() {
+        let runtime = Runtime::new().unwrap();
+        let (addr, seen) = forgetful_leader(&runtime, false);
+        let mut client = Client::new(&[&addr]).unwrap();
+        let first = client.client_id();
+        client.set("k", "1").unwrap();
+        client.set("k", "2").unwrap();
+        let renewed = client.client_id();
+        assert_ne!(renewed, first);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(first, 1), (first, 2), (renewed, 1)]
+        );
+
+        let (addr, seen) = forgetful_leader(&runtime, true);
+        let mut client = Client::new(&[&addr]).unwrap();
+        let id = client.client_id();
+        client.set("k", "1").unwrap();
+        let error = client.set("k", "2").unwrap_err();
+        assert!(matches!(error, Error::SessionExpired(_)), "{error:?}");
+        assert_eq!(client.client_id(), id);
+        assert_eq!(*seen.lock().unwrap(), [(id, 1), (id, 2), (id, 2)]);
     }
 
     /// Certificates written by `raft-kv certs --nodes NODES`, and the
