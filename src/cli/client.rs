@@ -705,21 +705,21 @@ mod tests {
         addr
     }
 
+    /// Every (client_id, sequence) a fake node was sent.
+    type Seen = Arc<Mutex<Vec<(u64, u64)>>>;
+
     /// A leader on a loopback port that keeps no sessions, as if every one
     /// had expired (§6.3): a Set with sequence 1 is OK, a later one is
     /// refused `session-expired`. With `lose_first`, the first Set with a
     /// later sequence fails as if the leader was lost after proposing it.
     /// Returns its address and every (client_id, sequence) it was sent.
-    fn forgetful_leader(
-        runtime: &Runtime,
-        lose_first: bool,
-    ) -> (String, Arc<Mutex<Vec<(u64, u64)>>>) {
+    fn forgetful_leader(runtime: &Runtime, lose_first: bool) -> (String, Seen) {
         use crate::proto::kv::key_value_server::{KeyValue, KeyValueServer};
         use crate::proto::kv::{DeleteResponse, GetResponse, SetResponse};
         use tonic::{Request, Response};
 
         struct Node {
-            seen: Arc<Mutex<Vec<(u64, u64)>>>,
+            seen: Seen,
             lose_first: Mutex<bool>,
         }
         #[tonic::async_trait]
