@@ -38,6 +38,15 @@ pub mod proto {
     /// the server to read it.
     pub const LEADER_ADDR_METADATA: &str = "leader-addr";
 
+    /// gRPC metadata of a FAILED_PRECONDITION answer to a write: which §6.3
+    /// session refusal it is, [`SESSION_EXPIRED`] among them, so that a
+    /// client need not read the message.
+    pub const SESSION_ERROR_METADATA: &str = "session-error";
+    /// Values of [`SESSION_ERROR_METADATA`].
+    pub const STALE_SEQUENCE: &str = "stale-sequence";
+    pub const SEQUENCE_REUSED: &str = "sequence-reused";
+    pub const SESSION_EXPIRED: &str = "session-expired";
+
     /// gRPC metadata of every peer stream (`raftpeer.Raft/Send`): the id of
     /// the sender's cluster (16 hex digits; src/server/identity.rs), the
     /// sender's node id, and where its clients reach it (for redirects).

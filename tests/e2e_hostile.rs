@@ -94,18 +94,23 @@ fn forged_set(key: &str) -> Vec<u8> {
         value: FORGED_VALUE.into(),
         client_id: 0,
         sequence: 0,
+        timestamp_ms: 0,
     })
 }
 
 /// A state machine holding a forged key: what the forged InstallSnapshot carries.
 fn forged_snapshot() -> Vec<u8> {
     let mut store = KvStore::new();
-    store.apply_command(&KvCommand::Set {
-        key: "forged-snapshot".into(),
-        value: FORGED_VALUE.into(),
-        client_id: 0,
-        sequence: 0,
-    });
+    store.apply_command(
+        1,
+        &KvCommand::Set {
+            key: "forged-snapshot".into(),
+            value: FORGED_VALUE.into(),
+            client_id: 0,
+            sequence: 0,
+            timestamp_ms: 0,
+        },
+    );
     store.snapshot()
 }
 

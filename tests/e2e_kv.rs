@@ -1,7 +1,7 @@
 //! End-to-end tests of the client API (docs/api.md) against three real
 //! `raft-kv node` processes: the `Client`, the CLI's output and exit codes,
 //! follower redirects (dissertation §6.2), input validation, exactly-once
-//! retries (dissertation §6.3), and a leader crash during writes (§5.4: a
+//! retries and session refusals (dissertation §6.3), and a leader crash during writes (§5.4: a
 //! committed entry survives in every future leader's log).
 
 mod common;
@@ -13,7 +13,8 @@ use common::{cli, eventually, free_ports, runtime, stderr, stdout, Cluster, PATI
 use raft_kv::cli::{Client, Error};
 use raft_kv::proto::kv::key_value_client::KeyValueClient;
 use raft_kv::proto::kv::{Consistency, DeleteRequest, GetRequest, SetRequest, SetResponse};
-use raft_kv::proto::LEADER_ADDR_METADATA;
+use raft_kv::proto::{LEADER_ADDR_METADATA, SESSION_ERROR_METADATA};
+use raft_kv::proto::{SEQUENCE_REUSED, SESSION_EXPIRED};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -585,6 +586,67 @@ fn retried_writes_apply_exactly_once() {
         .expect_err("an older sequence must not apply");
     assert_eq!(late.code(), Code::FailedPrecondition);
     assert_eq!(cluster.client().get("once", false).unwrap(), None);
+}
+
+/// Dissertation §6.3 over the gRPC API (issue 15): the same
+/// (client_id, sequence) for another command is refused with
+/// FAILED_PRECONDITION and `session-error: sequence-reused`, and not
+/// applied; a later sequence from a client without a session is told
+/// `session-expired`; sequences out of range are INVALID_ARGUMENT.
+#[test]
+fn sessions_refuse_reused_and_out_of_range_sequences() {
+    let mut cluster = Cluster::start(&[]);
+    let leader = cluster.wait_for_leader();
+    let rt = runtime();
+    let mut kv = connect(&rt, cluster.addr(leader));
+    let session_error = |status: &tonic::Status| {
+        let kind = status.metadata().get(SESSION_ERROR_METADATA);
+        kind.and_then(|kind| kind.to_str().ok()).map(str::to_owned)
+    };
+
+    rt.block_on(kv.set(set_request("k", "A", 7, 3)))
+        .expect_err("no session");
+    rt.block_on(kv.set(set_request("k", "A", 7, 1))).unwrap();
+    let reused = rt
+        .block_on(kv.set(set_request("other", "E", 7, 1)))
+        .expect_err("another command with a used sequence must not apply");
+    assert_eq!(reused.code(), Code::FailedPrecondition);
+    assert_eq!(session_error(&reused).as_deref(), Some(SEQUENCE_REUSED));
+    assert!(
+        reused
+            .message()
+            .contains("client 7 already used sequence 1 for another command"),
+        "{}",
+        reused.message()
+    );
+    assert_eq!(cluster.client().get("other", false).unwrap(), None);
+    // The same command again is a retry: answered OK, applied once.
+    rt.block_on(kv.set(set_request("k", "A", 7, 1))).unwrap();
+
+    let expired = rt
+        .block_on(kv.set(set_request("k", "B", 8, 2)))
+        .expect_err("a later sequence without a session");
+    assert_eq!(expired.code(), Code::FailedPrecondition);
+    assert_eq!(session_error(&expired).as_deref(), Some(SESSION_EXPIRED));
+    assert!(
+        expired.message().contains("new client_id"),
+        "{}",
+        expired.message()
+    );
+
+    for (client_id, sequence) in [(7, 0), (7, u64::MAX), (7, 1 << 63), (0, 5)] {
+        let refused = rt
+            .block_on(kv.set(set_request("k", "C", client_id, sequence)))
+            .expect_err("out of range");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(&sequence.to_string()));
+    }
+    rt.block_on(kv.set(set_request("k", "D", 7, (1 << 63) - 1)))
+        .unwrap();
+    assert_eq!(
+        cluster.client().get("k", false).unwrap().as_deref(),
+        Some("D")
+    );
 }
 
 #[test]

@@ -1012,3 +1012,195 @@ fn a_reply_to_an_old_term_heartbeat_confirms_no_read_round_6_4() {
         );
     }
 }
+
+// ---- Honest and bounded sessions (dissertation §6.3, issue 15). ----
+
+/// Every running node's state machine, sessions and clock included, is the
+/// leader's: they discarded the same sessions at the same index.
+fn replicas_agree(c: &mut Cluster) {
+    let leader = c.converge(300);
+    for id in c.ids() {
+        assert_eq!(
+            c.node(id).state_machine(),
+            c.node(leader).state_machine(),
+            "n{id}'s state machine differs from the leader's"
+        );
+    }
+}
+
+/// Dissertation §6.3: the session remembers which command its sequence
+/// applied. The same (client_id, sequence) for another command is refused
+/// with SequenceReused and not applied (issue 15: `Set other=E` answered
+/// OK and then `get other` found nothing); the same command again is a
+/// retry and gets the recorded answer.
+#[test]
+fn a_reused_sequence_for_another_command_is_refused_6_3() {
+    for seed in seeds(10) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        c.elect(200);
+        let ok = Some(Ok(ClientResponse::Set));
+        assert_eq!(c.submit(set("k", "A", 7, 1), 200), ok);
+        assert_eq!(c.submit(set("k", "B", 7, 2), 200), ok);
+        let reused = Some(Err(ClientError::SequenceReused {
+            client_id: 7,
+            sequence: 2,
+        }));
+        assert_eq!(c.submit(set("other", "E", 7, 2), 200), reused);
+        assert_eq!(c.submit(delete("k", 7, 2), 200), reused);
+        assert_eq!(
+            c.submit(get("other"), 200),
+            Some(Ok(ClientResponse::Value(None)))
+        );
+        assert_eq!(c.submit(get("k"), 200), Some(value("B")));
+        assert_eq!(c.submit(set("k", "B", 7, 2), 200), ok, "a retry");
+        replicas_agree(&mut c);
+    }
+}
+
+/// The valid range: client_id 0 is no session and needs sequence 0; a
+/// session's sequences are 1 to 2^63 - 1. Anything else is refused with
+/// InvalidArgument before it is proposed, by leader and follower alike.
+#[test]
+fn sequences_out_of_range_are_refused_before_the_log_6_3() {
+    let mut c = Cluster::new(SimConfig::new(3, 1));
+    let leader = c.elect(200);
+    c.ticks(10);
+    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+    let max = kv::MAX_SEQUENCE;
+    let invalid = vec![
+        set("k", "v", 7, 0),
+        set("k", "v", 7, max + 1),
+        set("k", "v", 7, u64::MAX),
+        set("k", "v", 0, 1),
+        delete("k", 7, 0),
+        delete("k", 0, u64::MAX),
+    ];
+    for node in [leader, follower] {
+        let last = c.node(node).log().last_index();
+        let ids = c.requests(node, invalid.clone());
+        for (id, request) in ids.into_iter().zip(&invalid) {
+            match c.response(id) {
+                Some(Err(ClientError::InvalidArgument(reason))) => {
+                    assert!(reason.contains("sequence"), "{reason}");
+                }
+                other => panic!("{request:?} answered {other:?}"),
+            }
+        }
+        assert_eq!(c.node(node).log().last_index(), last, "appended");
+    }
+    // The ends of the range are accepted.
+    let ok = Some(Ok(ClientResponse::Set));
+    assert_eq!(c.submit(set("k", "1", 7, 1), 200), ok);
+    assert_eq!(c.submit(set("k", "2", 7, max), 200), ok);
+    assert_eq!(c.submit(set("k", "3", 0, 0), 200), ok);
+    replicas_agree(&mut c);
+}
+
+/// Dissertation §6.3: a client without a session may only start one at
+/// sequence 1; a later sequence is answered SessionExpired and not
+/// applied — its session expired or was evicted, and an earlier request
+/// of it may or may not have been applied.
+#[test]
+fn a_later_sequence_without_a_session_is_told_it_expired_6_3() {
+    for seed in seeds(5) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        c.elect(200);
+        let expired = Some(Err(ClientError::SessionExpired { client_id: 9 }));
+        assert_eq!(c.submit(set("k", "v", 9, 2), 200), expired);
+        assert_eq!(c.submit(delete("k", 9, 5), 200), expired);
+        assert_eq!(
+            c.submit(get("k"), 200),
+            Some(Ok(ClientResponse::Value(None)))
+        );
+        replicas_agree(&mut c);
+        assert_eq!(c.node(c.leader().unwrap()).state_machine().sessions(), 0);
+    }
+}
+
+/// Dissertation §6.3: "servers must agree on when sessions expire", so
+/// expiry is decided from the log. Each write carries the time its leader
+/// received it; a session unused for longer than the TTL by the largest
+/// such time applied is expired, on every replica at the same index — even
+/// when the nodes' clocks differ and leadership moves to a node whose
+/// clock is behind (the log's clock never goes back).
+#[test]
+fn sessions_expire_by_the_log_clock_on_every_replica_6_3() {
+    for seed in seeds(10) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        let first = c.elect(200);
+        let ok = Some(Ok(ClientResponse::Set));
+        assert_eq!(c.submit(set("a", "1", 1, 1), 200), ok);
+        assert_eq!(c.submit(set("b", "1", 2, 1), 200), ok);
+        // Time passes: client 2 stays active, client 1 is idle.
+        c.advance_clock(kv::SESSION_TTL_MS / 2);
+        assert_eq!(c.submit(set("b", "2", 2, 2), 200), ok);
+        c.advance_clock(kv::SESSION_TTL_MS / 2 + 60_000);
+        // Client 3's write carries the time at which client 1 is too old.
+        assert_eq!(c.submit(set("c", "1", 3, 1), 200), ok);
+        replicas_agree(&mut c);
+        let expired = Some(Err(ClientError::SessionExpired { client_id: 1 }));
+        assert_eq!(c.submit(set("a", "2", 1, 2), 200), expired);
+        assert_eq!(c.submit(get("a"), 200), Some(value("1")));
+        assert_eq!(c.submit(set("b", "3", 2, 3), 200), ok, "2 was in use");
+
+        // A new leader whose clock is two hours behind: its writes carry
+        // earlier times, which neither move the log's clock back nor
+        // expire anyone.
+        c.skew_clock(first, 0);
+        for id in c.ids().into_iter().filter(|&id| id != first) {
+            c.skew_clock(id, -2 * 3_600_000);
+        }
+        c.crash(first);
+        c.elect(300);
+        assert_eq!(c.submit(set("b", "4", 2, 4), 300), ok);
+        assert_eq!(c.submit(set("c", "2", 3, 2), 300), ok);
+        c.restart(first);
+        replicas_agree(&mut c);
+        let leader = c.leader().unwrap();
+        assert_eq!(c.node(leader).state_machine().sessions(), 2);
+    }
+}
+
+/// Dissertation §6.3: the table is bounded. Beyond the bound the least
+/// recently used session, by the log index of its last use, is evicted —
+/// the same one on every replica, and across snapshots and restarts.
+#[test]
+fn the_least_recently_used_session_is_evicted_at_the_bound_6_3() {
+    for seed in seeds(10) {
+        let config = SimConfig::new(3, seed)
+            .max_sessions(3)
+            .snapshot_threshold(8, 64);
+        let mut c = Cluster::new(config);
+        c.elect(200);
+        let ok = Some(Ok(ClientResponse::Set));
+        for client in 1..=3 {
+            assert_eq!(c.submit(set("k", "v", client, 1), 200), ok);
+        }
+        // Client 1 is used again, so 2 is now the least recently used.
+        assert_eq!(c.submit(set("k", "w", 1, 2), 200), ok);
+        for client in 4..=12 {
+            let filler = set(&format!("f{client}"), "v", client, 1);
+            assert_eq!(c.submit(filler, 200), ok);
+            if client == 4 {
+                let expired = Some(Err(ClientError::SessionExpired { client_id: 2 }));
+                assert_eq!(c.submit(set("k", "x", 2, 2), 200), expired);
+            }
+        }
+        replicas_agree(&mut c);
+        for id in c.ids() {
+            c.crash(id);
+        }
+        for id in c.ids() {
+            c.restart(id);
+        }
+        c.elect(300);
+        replicas_agree(&mut c);
+        let leader = c.leader().unwrap();
+        assert!(c.node(leader).log().snapshot_index() > 0, "never compacted");
+        assert_eq!(c.node(leader).state_machine().sessions(), 3);
+        // 10, 11 and 12 remain: a retry of 12 gets its recorded answer.
+        assert_eq!(c.submit(set("f12", "v", 12, 1), 200), ok);
+        let expired = Some(Err(ClientError::SessionExpired { client_id: 9 }));
+        assert_eq!(c.submit(set("f9", "w", 9, 2), 200), expired);
+    }
+}

@@ -971,6 +971,7 @@ fn follower_batch_of_append_entries_is_one_fsync_figure_2() {
                 value: "v".into(),
                 client_id: 0,
                 sequence: 0,
+                timestamp_ms: 0,
             }
             .into(),
         };

@@ -391,6 +391,7 @@ fn agreement_bytes_are_bounded_5_3() {
                     value: value.clone(),
                     client_id: 1,
                     sequence: i + 1,
+                    timestamp_ms: raft_kv::sim::SIM_EPOCH_MS,
                 }
                 .into();
                 payload += command.size() as u64;
@@ -510,6 +511,7 @@ fn commit_index_stops_at_last_new_entry_figure_2() {
             value: value.into(),
             client_id: 0,
             sequence: 0,
+            timestamp_ms: 0,
         }
         .into(),
     };

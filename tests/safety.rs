@@ -309,9 +309,10 @@ fn reads_checked_across_compaction_gaps_7() {
             client_id: 1,
             sequence,
         };
-        let mut batch = vec![set(value.clone(), 2 * i as u64 + 1)];
+        // A session starts at sequence 1 (§6.3).
+        let mut batch = vec![set(value.clone(), 2 * i as u64 - 1)];
         if i % 2 == 0 {
-            batch.insert(0, set(format!("{i}-before"), 2 * i as u64));
+            batch.insert(0, set(format!("{i}-before"), 2 * i as u64 - 2));
         }
         for id in c.requests(1, batch) {
             assert_eq!(c.wait_response(id, 20), Some(Ok(ClientResponse::Set)));

@@ -23,6 +23,7 @@ fn set(index: LogIndex, term: Term) -> Entry {
             value: format!("value of entry {index} in term {term}"),
             client_id: 42,
             sequence: index,
+            timestamp_ms: 0,
         }
         .into(),
     }
@@ -202,6 +203,7 @@ fn synced_entries_survive_reopen_and_appends_continue_after_them() {
             key: "key-1".into(),
             client_id: 42,
             sequence: 4,
+            timestamp_ms: 0,
         }
         .into(),
     });

@@ -10,7 +10,10 @@
 //! Writes carry this client's `client_id` and a fresh `sequence`; every retry
 //! of one write repeats the same pair, so the cluster applies it exactly once
 //! even if an earlier attempt was committed and only its answer was lost
-//! (dissertation §6.3).
+//! (dissertation §6.3). A session the cluster expired or evicted is
+//! replaced by a new one (a new `client_id`, sequence 1) when the write was
+//! refused for it before any attempt could have been applied; otherwise
+//! the error is the caller's ([`Error::SessionExpired`]).
 //!
 //! With TLS ([`Client::with_tls`]) every node, redirects included, is
 //! dialled at `https://HOST:PORT`, showing the client certificate, and must
@@ -27,7 +30,8 @@ use crate::proto::kv::key_value_client::KeyValueClient;
 use crate::proto::kv::{
     Consistency, DeleteRequest, GetRequest, SetRequest, StatusRequest, StatusResponse,
 };
-use crate::proto::LEADER_ADDR_METADATA;
+use crate::proto::{LEADER_ADDR_METADATA, SESSION_ERROR_METADATA};
+use crate::proto::{SEQUENCE_REUSED, SESSION_EXPIRED};
 use crate::tls::{self, Tls};
 
 /// How long one operation may keep retrying before giving up.
@@ -49,6 +53,13 @@ pub enum Error {
     /// The write's sequence is older than one this client already had
     /// applied (FAILED_PRECONDITION, dissertation §6.3).
     StaleSequence(String),
+    /// The write's (client_id, sequence) was already applied for another
+    /// command (FAILED_PRECONDITION, §6.3); this one was not applied.
+    SequenceReused(String),
+    /// The cluster no longer has this client's session (§6.3), and an
+    /// earlier attempt of the write may have been applied: it is unknown
+    /// whether it was. Read the key to find out.
+    SessionExpired(String),
     /// No node could serve the call before the deadline: no leader, or for
     /// a stale read no node that is caught up (`leader_only` says which);
     /// `last` is the last failure seen.
@@ -71,6 +82,11 @@ impl fmt::Display for Error {
             Error::BadAddress(addr) => write!(f, "bad address {addr:?}: expected host:port"),
             Error::InvalidArgument(message) => write!(f, "invalid argument: {message}"),
             Error::StaleSequence(message) => write!(f, "stale request: {message}"),
+            Error::SequenceReused(message) => write!(f, "refused: {message}"),
+            Error::SessionExpired(message) => write!(
+                f,
+                "{message} (an earlier attempt of this write may have been applied)"
+            ),
             Error::Unavailable {
                 waited,
                 last,
@@ -110,6 +126,9 @@ pub struct Client {
     client_id: u64,
     /// The sequence of the latest write started (dissertation §6.3).
     sequence: u64,
+    /// Whether an attempt of the latest call may have reached the log: any
+    /// failure but a refusal that names the leader or a full queue.
+    maybe_proposed: bool,
     timeout: Duration,
     rpc_timeout: Duration,
 }
@@ -133,13 +152,6 @@ impl Client {
             .enable_all()
             .build()
             .expect("cannot start the client's tokio runtime");
-        // 0 means "no session" on the wire, so a real session needs another id.
-        let client_id = loop {
-            let id: u64 = rand::random();
-            if id != 0 {
-                break id;
-            }
-        };
         Ok(Client {
             runtime,
             channels: vec![None; addrs.len()],
@@ -148,8 +160,9 @@ impl Client {
             tls: None,
             endpoints,
             leader: None,
-            client_id,
+            client_id: new_client_id(),
             sequence: 0,
+            maybe_proposed: false,
             timeout: DEFAULT_TIMEOUT,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
         })
@@ -200,15 +213,36 @@ impl Client {
     /// Store `value` under `key`; returns once committed and applied.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
         self.sequence += 1;
-        let request = SetRequest {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            client_id: self.client_id,
-            sequence: self.sequence,
-        };
-        self.call(true, async |mut kv| {
-            kv.set(request.clone()).await.map(|_| ())
-        })
+        loop {
+            let request = SetRequest {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                client_id: self.client_id,
+                sequence: self.sequence,
+            };
+            let result = self.call(true, async |mut kv| {
+                kv.set(request.clone()).await.map(|_| ())
+            });
+            if !self.renewed_after(&result) {
+                return result;
+            }
+        }
+    }
+
+    /// After a write's call: if the cluster refused it because this
+    /// client's session expired (§6.3) and no attempt can have been
+    /// applied, start a new session for it and say so (the caller sends it
+    /// again). The cluster starts a session only at sequence 1, so this
+    /// happens at most once per write.
+    fn renewed_after<T>(&mut self, result: &Result<T, Error>) -> bool {
+        let renew = matches!(result, Err(Error::SessionExpired(_)))
+            && !self.maybe_proposed
+            && self.sequence > 1;
+        if renew {
+            self.client_id = new_client_id();
+            self.sequence = 1;
+        }
+        renew
     }
 
     /// Read `key`: from the leader after it confirms its leadership
@@ -234,14 +268,19 @@ impl Client {
     /// Remove `key`; returns whether it existed.
     pub fn delete(&mut self, key: &str) -> Result<bool, Error> {
         self.sequence += 1;
-        let request = DeleteRequest {
-            key: key.to_owned(),
-            client_id: self.client_id,
-            sequence: self.sequence,
-        };
-        self.call(true, async |mut kv| {
-            Ok(kv.delete(request.clone()).await?.into_inner().existed)
-        })
+        loop {
+            let request = DeleteRequest {
+                key: key.to_owned(),
+                client_id: self.client_id,
+                sequence: self.sequence,
+            };
+            let result = self.call(true, async |mut kv| {
+                Ok(kv.delete(request.clone()).await?.into_inner().existed)
+            });
+            if !self.renewed_after(&result) {
+                return result;
+            }
+        }
     }
 
     /// Ask every node for its status at once, without retrying; one entry
@@ -314,6 +353,7 @@ impl Client {
         let mut backoff = FIRST_BACKOFF;
         let mut misses = 0;
         let mut last = String::from("no node tried");
+        self.maybe_proposed = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -356,7 +396,13 @@ impl Client {
                     return Err(Error::InvalidArgument(status.message().to_owned()))
                 }
                 Code::FailedPrecondition => {
-                    return Err(Error::StaleSequence(status.message().to_owned()))
+                    let message = status.message().to_owned();
+                    let kind = status.metadata().get(SESSION_ERROR_METADATA);
+                    return Err(match kind.and_then(|kind| kind.to_str().ok()) {
+                        Some(SESSION_EXPIRED) => Error::SessionExpired(message),
+                        Some(SEQUENCE_REUSED) => Error::SequenceReused(message),
+                        _ => Error::StaleSequence(message),
+                    });
                 }
                 code if !retryable(code) => {
                     return Err(Error::Server {
@@ -367,6 +413,11 @@ impl Client {
                 _ => {}
             }
             last = format!("{addr}: {}", describe(&status));
+            // A follower's redirect and a full queue refuse before
+            // proposing; after anything else the write may be in the log.
+            let refused = status.metadata().get(LEADER_ADDR_METADATA).is_some()
+                || status.code() == Code::ResourceExhausted;
+            self.maybe_proposed |= !refused;
             let redirect = status
                 .metadata()
                 .get(LEADER_ADDR_METADATA)
@@ -436,6 +487,16 @@ impl Client {
 /// leadership lost, node unreachable or overloaded, or a connection cut
 /// mid-call (which tonic reports as UNKNOWN or INTERNAL). The benchmark's
 /// client uses the same rule.
+/// A new random session id: 0 means "no session" on the wire.
+fn new_client_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            break id;
+        }
+    }
+}
+
 pub fn retryable(code: Code) -> bool {
     matches!(
         code,
@@ -574,6 +635,7 @@ fn check_address(addr: &str) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn addresses_need_host_and_numeric_port() {
@@ -641,6 +703,101 @@ mod tests {
         let router = server.add_service(KeyValueServer::new(Node(leader)));
         runtime.spawn(router.serve_with_incoming(incoming));
         addr
+    }
+
+    /// Every (client_id, sequence) a fake node was sent.
+    type Seen = Arc<Mutex<Vec<(u64, u64)>>>;
+
+    /// A leader on a loopback port that keeps no sessions, as if every one
+    /// had expired (§6.3): a Set with sequence 1 is OK, a later one is
+    /// refused `session-expired`. With `lose_first`, the first Set with a
+    /// later sequence fails as if the leader was lost after proposing it.
+    /// Returns its address and every (client_id, sequence) it was sent.
+    fn forgetful_leader(runtime: &Runtime, lose_first: bool) -> (String, Seen) {
+        use crate::proto::kv::key_value_server::{KeyValue, KeyValueServer};
+        use crate::proto::kv::{DeleteResponse, GetResponse, SetResponse};
+        use tonic::{Request, Response};
+
+        struct Node {
+            seen: Seen,
+            lose_first: Mutex<bool>,
+        }
+        #[tonic::async_trait]
+        impl KeyValue for Node {
+            async fn set(&self, r: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+                let r = r.into_inner();
+                self.seen.lock().unwrap().push((r.client_id, r.sequence));
+                if r.sequence == 1 {
+                    return Ok(Response::new(SetResponse {}));
+                }
+                if std::mem::take(&mut *self.lose_first.lock().unwrap()) {
+                    return Err(Status::unavailable("not leader: leadership was lost"));
+                }
+                let mut status = Status::failed_precondition("session expired");
+                let kind = tonic::metadata::MetadataValue::from_static(SESSION_EXPIRED);
+                status.metadata_mut().insert(SESSION_ERROR_METADATA, kind);
+                Err(status)
+            }
+            async fn get(&self, _: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+            async fn delete(
+                &self,
+                _: Request<DeleteRequest>,
+            ) -> Result<Response<DeleteResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+            async fn status(
+                &self,
+                _: Request<StatusRequest>,
+            ) -> Result<Response<StatusResponse>, Status> {
+                Err(Status::unimplemented("fake"))
+            }
+        }
+
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let node = Node {
+            seen: Arc::clone(&seen),
+            lose_first: Mutex::new(lose_first),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        let _inside = runtime.enter();
+        let incoming = tokio::net::TcpListener::from_std(listener).unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(incoming);
+        let router = tonic::transport::Server::builder().add_service(KeyValueServer::new(node));
+        runtime.spawn(router.serve_with_incoming(incoming));
+        (addr, seen)
+    }
+
+    /// §6.3: a write refused because the session expired, before any
+    /// attempt of it could have been applied, is sent again in a new
+    /// session; after an attempt that may have been applied, the error is
+    /// the caller's.
+    #[test]
+    fn an_expired_session_is_renewed_only_when_nothing_can_have_applied_6_3() {
+        let runtime = Runtime::new().unwrap();
+        let (addr, seen) = forgetful_leader(&runtime, false);
+        let mut client = Client::new(&[&addr]).unwrap();
+        let first = client.client_id();
+        client.set("k", "1").unwrap();
+        client.set("k", "2").unwrap();
+        let renewed = client.client_id();
+        assert_ne!(renewed, first);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(first, 1), (first, 2), (renewed, 1)]
+        );
+
+        let (addr, seen) = forgetful_leader(&runtime, true);
+        let mut client = Client::new(&[&addr]).unwrap();
+        let id = client.client_id();
+        client.set("k", "1").unwrap();
+        let error = client.set("k", "2").unwrap_err();
+        assert!(matches!(error, Error::SessionExpired(_)), "{error:?}");
+        assert_eq!(client.client_id(), id);
+        assert_eq!(*seen.lock().unwrap(), [(id, 1), (id, 2), (id, 2)]);
     }
 
     /// Certificates written by `raft-kv certs --nodes NODES`, and the

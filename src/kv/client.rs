@@ -1,7 +1,7 @@
 //! The key-value store's requests and answers, and how they become the
 //! bytes the Raft core carries ([`raft::Request`], [`raft::Response`]).
 
-use super::{encode_command, validate, Command};
+use super::{encode_command, validate, validate_session, Command};
 use crate::raft::{self, LogIndex, NodeId};
 
 /// A client request, as the gRPC bridge decoded it.
@@ -46,6 +46,12 @@ pub enum ClientError {
     InvalidArgument(String),
     /// The request's sequence is older than its client's latest (§6.3).
     StaleSequence,
+    /// The client's latest sequence was applied for another command (§6.3).
+    SequenceReused { client_id: u64, sequence: u64 },
+    /// A sequence after 1 from a client without a session: it expired or
+    /// was evicted (§6.3). The client must start a new session, with a new
+    /// client_id and sequence 1.
+    SessionExpired { client_id: u64 },
     /// A stale read on a node whose state machine may lack writes it already
     /// holds in its log: answering could call a key that exists absent.
     /// Another node, or this one a little later, can answer.
@@ -88,8 +94,20 @@ pub enum Answer {
     /// client had applied: it was neither applied now nor is its answer kept.
     StaleSequence,
     Value(Option<String>),
-    /// The command's bytes did not decode (a peer's bug or a forgery).
+    /// The command's bytes did not decode, or its fields are out of range
+    /// (a peer's bug or a forgery).
     Malformed(String),
+    /// The command has the sequence of its client's latest, but is another
+    /// command: not applied.
+    SequenceReused {
+        client_id: u64,
+        sequence: u64,
+    },
+    /// The command's client has no session and the sequence is after 1: not
+    /// applied.
+    SessionExpired {
+        client_id: u64,
+    },
 }
 
 impl Answer {
@@ -102,6 +120,11 @@ impl Answer {
             Answer::Value(None) => vec![3],
             Answer::Value(Some(value)) => [&[4], value.as_bytes()].concat(),
             Answer::Malformed(reason) => [&[5], reason.as_bytes()].concat(),
+            Answer::SequenceReused {
+                client_id,
+                sequence,
+            } => [&[6][..], &client_id.to_le_bytes(), &sequence.to_le_bytes()].concat(),
+            Answer::SessionExpired { client_id } => [&[7][..], &client_id.to_le_bytes()].concat(),
         }
     }
 
@@ -116,6 +139,13 @@ impl Answer {
             [3] => Ok(Answer::Value(None)),
             [4, rest @ ..] => Ok(Answer::Value(Some(text(rest)?))),
             [5, rest @ ..] => Ok(Answer::Malformed(text(rest)?)),
+            [6, rest @ ..] if rest.len() == 16 => Ok(Answer::SequenceReused {
+                client_id: u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")),
+                sequence: u64::from_le_bytes(rest[8..].try_into().expect("8 bytes")),
+            }),
+            [7, rest @ ..] if rest.len() == 8 => Ok(Answer::SessionExpired {
+                client_id: u64::from_le_bytes(rest.try_into().expect("8 bytes")),
+            }),
             _ => Err(format!(
                 "an answer of {} bytes does not decode",
                 bytes.len()
@@ -125,10 +155,22 @@ impl Answer {
 }
 
 /// Check a request and encode it for the core: bad input changes nothing.
-pub fn to_raft(request: ClientRequest) -> Result<raft::Request, ClientError> {
+/// A write becomes a command stamped with `timestamp_ms`, the time this node
+/// received it (ms since the Unix epoch), which expires sessions (§6.3).
+pub fn to_raft(request: ClientRequest, timestamp_ms: u64) -> Result<raft::Request, ClientError> {
     let checked = match &request {
-        ClientRequest::Set { key, value, .. } => validate(key, Some(value)),
-        ClientRequest::Delete { key, .. } | ClientRequest::Get { key, .. } => validate(key, None),
+        ClientRequest::Set {
+            key,
+            value,
+            client_id,
+            sequence,
+        } => validate(key, Some(value)).and(validate_session(*client_id, *sequence)),
+        ClientRequest::Delete {
+            key,
+            client_id,
+            sequence,
+        } => validate(key, None).and(validate_session(*client_id, *sequence)),
+        ClientRequest::Get { key, .. } => validate(key, None),
     };
     checked.map_err(ClientError::InvalidArgument)?;
     Ok(match request {
@@ -142,6 +184,7 @@ pub fn to_raft(request: ClientRequest) -> Result<raft::Request, ClientError> {
             value,
             client_id,
             sequence,
+            timestamp_ms,
         })),
         ClientRequest::Delete {
             key,
@@ -151,6 +194,7 @@ pub fn to_raft(request: ClientRequest) -> Result<raft::Request, ClientError> {
             key,
             client_id,
             sequence,
+            timestamp_ms,
         })),
         ClientRequest::Get { key, linearizable } => raft::Request::Read {
             query: key.into_bytes(),
@@ -168,6 +212,14 @@ pub fn from_raft(response: raft::Response) -> ClientResult {
         Ok(Answer::Value(value)) => Ok(ClientResponse::Value(value)),
         Ok(Answer::StaleSequence) => Err(ClientError::StaleSequence),
         Ok(Answer::Malformed(reason)) => Err(ClientError::InvalidArgument(reason)),
+        Ok(Answer::SequenceReused {
+            client_id,
+            sequence,
+        }) => Err(ClientError::SequenceReused {
+            client_id,
+            sequence,
+        }),
+        Ok(Answer::SessionExpired { client_id }) => Err(ClientError::SessionExpired { client_id }),
         Err(reason) => Err(ClientError::InvalidArgument(reason)),
     }
 }

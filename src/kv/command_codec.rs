@@ -14,20 +14,24 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
             value,
             client_id,
             sequence,
+            timestamp_ms,
         } => Kind::Set(pb::SetCommand {
             key,
             value,
             client_id,
             sequence,
+            timestamp_ms,
         }),
         Command::Delete {
             key,
             client_id,
             sequence,
+            timestamp_ms,
         } => Kind::Delete(pb::DeleteCommand {
             key,
             client_id,
             sequence,
+            timestamp_ms,
         }),
     };
     pb::Command { kind: Some(kind) }.encode_to_vec()
@@ -43,11 +47,13 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, String> {
             value: c.value,
             client_id: c.client_id,
             sequence: c.sequence,
+            timestamp_ms: c.timestamp_ms,
         }),
         Some(Kind::Delete(c)) => Ok(Command::Delete {
             key: c.key,
             client_id: c.client_id,
             sequence: c.sequence,
+            timestamp_ms: c.timestamp_ms,
         }),
         // Written by versions whose log carried the KV's encoding of the
         // no-op; Raft now marks its no-op itself (raft::Command::Noop).

@@ -42,11 +42,13 @@ fn write_of(command: &kv::Command) -> Write {
             value,
             client_id,
             sequence,
+            ..
         } => (key, Some(value), client_id, sequence),
         kv::Command::Delete {
             key,
             client_id,
             sequence,
+            ..
         } => (key, None, client_id, sequence),
     }
 }
@@ -122,7 +124,7 @@ impl Replay {
     fn apply(&mut self, index: LogIndex, command: &Command) {
         self.applied = index;
         if let Some(command) = kv_command(command) {
-            self.state.apply_command(&command);
+            self.state.apply_command(index, &command);
             let write = write_of(&command);
             let value = self.state.get(&write.0).map(str::to_owned);
             self.versions
@@ -137,7 +139,8 @@ impl Replay {
     /// lies between.
     fn resume(&mut self, index: LogIndex, data: &[u8]) {
         let snapshot = pb::StateMachineSnapshot::decode(data).expect("a node's snapshot decodes");
-        let state = KvStore::restore(data).expect("a node's snapshot decodes");
+        let state = KvStore::restore_bounded(data, self.state.max_sessions())
+            .expect("a node's snapshot decodes");
         self.gaps.push((self.applied + 1, index));
         let mut keys: Vec<String> = self.versions.keys().cloned().collect();
         keys.extend(snapshot.pairs.into_iter().map(|p| p.key));
@@ -198,6 +201,14 @@ pub struct History {
 }
 
 impl History {
+    /// A history whose reference state machine keeps at most `max_sessions`
+    /// sessions, as the nodes' do (dissertation §6.3).
+    pub fn with_max_sessions(max_sessions: usize) -> History {
+        let mut history = History::default();
+        history.replay.state = KvStore::with_max_sessions(max_sessions);
+        history
+    }
+
     /// A client issued `request` at tick `now`.
     pub fn issue(&mut self, id: RequestId, request: &ClientRequest, now: u64) {
         let lo = match request {
@@ -455,6 +466,7 @@ mod tests {
                 value,
                 client_id,
                 sequence,
+                timestamp_ms: 0,
             })),
             _ => unreachable!(),
         }

@@ -38,6 +38,11 @@ pub use storage::{Disks, FileDisks, MemDisks};
 pub use timeline::{Event, EventKind};
 pub use trace::describe;
 
+/// The simulated wall clocks start at 2023-11-14 22:13:20 UTC.
+pub const SIM_EPOCH_MS: u64 = 1_700_000_000_000;
+/// Wall-clock time per tick: the runtime's default tick (`--tick-ms`).
+pub const MS_PER_TICK: u64 = 10;
+
 /// How the simulated cluster behaves.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -67,6 +72,9 @@ pub struct SimConfig {
     pub max_in_flight: usize,
     pub max_bytes_per_message: usize,
     pub max_bytes_in_flight: usize,
+    /// the bound on each state machine's session table (dissertation §6.3);
+    /// `kv::MAX_SESSIONS` unless a test needs a small one
+    pub max_sessions: usize,
 }
 
 impl SimConfig {
@@ -89,6 +97,7 @@ impl SimConfig {
             max_in_flight: defaults.max_in_flight,
             max_bytes_per_message: defaults.max_bytes_per_message,
             max_bytes_in_flight: defaults.max_bytes_in_flight,
+            max_sessions: kv::MAX_SESSIONS,
         }
     }
 
@@ -125,6 +134,12 @@ impl SimConfig {
         );
         self.late_rate = late_rate;
         self.max_late_delay = max_late_delay;
+        self
+    }
+
+    /// Keep at most `max_sessions` client sessions per state machine.
+    pub fn max_sessions(mut self, max_sessions: usize) -> Self {
+        self.max_sessions = max_sessions;
         self
     }
 
@@ -218,6 +233,10 @@ pub struct Cluster {
     /// links that drop everything, as (from, to)
     cut_links: BTreeSet<(NodeId, NodeId)>,
     now: u64,
+    /// added to every node's wall clock by `advance_clock`, in ms
+    clock_jump_ms: u64,
+    /// each node's wall clock off the common one by this many ms
+    clock_skew_ms: BTreeMap<NodeId, i64>,
     next_order: u64,
     next_request: RequestId,
     /// answers to client requests, by request id
@@ -264,6 +283,7 @@ impl Cluster {
     /// Start `config.nodes` nodes on `disks`: [`MemDisks`], or [`FileDisks`]
     /// to run the cluster on real data dirs.
     pub fn with_storage(config: SimConfig, disks: impl Disks + 'static) -> Cluster {
+        let max_sessions = config.max_sessions;
         let mut cluster = Cluster {
             rng: StdRng::seed_from_u64(config.seed),
             batch_rng: StdRng::seed_from_u64(config.seed ^ 0xba7c4),
@@ -274,6 +294,8 @@ impl Cluster {
             partition: Vec::new(),
             cut_links: BTreeSet::new(),
             now: 0,
+            clock_jump_ms: 0,
+            clock_skew_ms: BTreeMap::new(),
             next_order: 0,
             next_request: 1,
             responses: BTreeMap::new(),
@@ -282,7 +304,7 @@ impl Cluster {
             observed: BTreeMap::new(),
             next_message: 0,
             invariants: Invariants::default(),
-            history: History::default(),
+            history: History::with_max_sessions(max_sessions),
             delivered: 0,
             batched: 0,
             sent: 0,
@@ -327,7 +349,7 @@ impl Cluster {
         let node = RaftNode::new(
             config,
             self.disks.open(id),
-            KvStore::new(),
+            KvStore::with_max_sessions(self.config.max_sessions),
             Box::new(sim.outbox.clone()),
         );
         sim.node = Some(node);
@@ -339,6 +361,29 @@ impl Cluster {
     /// Logical time: ticks since the start.
     pub fn now(&self) -> u64 {
         self.now
+    }
+
+    /// Node `id`'s wall clock, which the bridge stamps on the writes it
+    /// receives (ms since the Unix epoch; dissertation §6.3): a fixed start,
+    /// [`MS_PER_TICK`] per tick, jumps and the node's skew.
+    pub fn clock_ms(&self, id: NodeId) -> u64 {
+        let common = SIM_EPOCH_MS + self.now * MS_PER_TICK + self.clock_jump_ms;
+        let skew = self.clock_skew_ms.get(&id).copied().unwrap_or(0);
+        common.saturating_add_signed(skew)
+    }
+
+    /// Move every node's wall clock `ms` ahead, as if that much time passed
+    /// with nothing to do: what expires sessions (§6.3) without running an
+    /// hour of ticks.
+    pub fn advance_clock(&mut self, ms: u64) {
+        self.clock_jump_ms += ms;
+        self.note(format!("wall clocks jump {ms} ms ahead"));
+    }
+
+    /// Set node `id`'s wall clock `skew_ms` off the others (either way).
+    pub fn skew_clock(&mut self, id: NodeId, skew_ms: i64) {
+        self.clock_skew_ms.insert(id, skew_ms);
+        self.note(format!("n{id}'s wall clock is {skew_ms} ms off"));
     }
 
     pub fn node(&self, id: NodeId) -> &RaftNode<KvStore> {
@@ -797,8 +842,9 @@ impl Cluster {
     /// bridge does: one turn for all of them (or one each without batching).
     fn give(&mut self, to: NodeId, requests: Vec<(RequestId, ClientRequest)>) {
         let mut batch = Vec::new();
+        let now_ms = self.clock_ms(to);
         for (id, request) in requests {
-            match kv::to_raft(request) {
+            match kv::to_raft(request, now_ms) {
                 Ok(request) => batch.push((id, request)),
                 // Refused by the bridge: the core never sees it.
                 Err(error) => self.answer_directly(to, id, Err(error)),

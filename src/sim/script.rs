@@ -769,6 +769,13 @@ fn answer(result: &ClientResult) -> String {
         Err(ClientError::LeadershipLost) => "leadership lost".to_string(),
         Err(ClientError::InvalidArgument(why)) => format!("invalid: {why}"),
         Err(ClientError::StaleSequence) => "stale sequence".to_string(),
+        Err(ClientError::SequenceReused {
+            client_id,
+            sequence,
+        }) => format!("sequence reused: client {client_id}, sequence {sequence}"),
+        Err(ClientError::SessionExpired { client_id }) => {
+            format!("session expired: client {client_id}")
+        }
         Err(ClientError::Behind {
             last_applied,
             commit_index,

@@ -11,7 +11,9 @@
 //! - raft-kv: a follower answers UNAVAILABLE with `leader-addr` (dissertation
 //!   §6.2), and the client moves to the leader's connection, like
 //!   `raft_kv::cli::Client`. Writes carry a `client_id` and `sequence`, and
-//!   every retry of one write repeats them, so it applies once (§6.3).
+//!   every retry of one write repeats them, so it applies once (§6.3). A
+//!   write refused because the session expired, before any attempt of it
+//!   could have been applied, is sent again in a new session.
 //! - etcd: any member accepts any request and forwards proposals and
 //!   ReadIndex requests to its leader itself, so a client stays where it is
 //!   until its member fails.
@@ -35,7 +37,7 @@ use super::etcdpb::maintenance_client::MaintenanceClient;
 use raft_kv::cli::client::{describe, retryable};
 use raft_kv::proto::kv as kv_pb;
 use raft_kv::proto::kv::key_value_client::KeyValueClient;
-use raft_kv::proto::LEADER_ADDR_METADATA;
+use raft_kv::proto::{LEADER_ADDR_METADATA, SESSION_ERROR_METADATA, SESSION_EXPIRED};
 use raft_kv::server::interrupt;
 use raft_kv::tls::{self, Tls};
 
@@ -146,13 +148,7 @@ impl Pool {
         BenchClient {
             pool: self.clone(),
             target: self.first_member.unwrap_or(i % self.addrs.len()),
-            client_id: loop {
-                // 0 means "no session" on raft-kv's wire.
-                let id: u64 = rand::random();
-                if id != 0 {
-                    break id;
-                }
-            },
+            client_id: new_client_id(),
             sequence: 0,
         }
     }
@@ -284,6 +280,12 @@ impl BenchClient {
         self.run(Operation::Put { key, value }).await.map(|_| ())
     }
 
+    /// Start a new session (§6.3): the next write is its sequence 1.
+    pub fn new_session(&mut self) {
+        self.client_id = new_client_id();
+        self.sequence = 0;
+    }
+
     /// Read `key`: linearizable, or with `stale` from the member's own state.
     /// Returns whether the key exists.
     pub async fn get(&mut self, key: &str, stale: bool) -> Result<bool, String> {
@@ -300,6 +302,9 @@ impl BenchClient {
         let deadline = Instant::now() + OPERATION_DEADLINE;
         let mut backoff = FIRST_BACKOFF;
         let mut misses = 0;
+        // Whether an attempt may have reached the log: any failure but a
+        // redirect or a full queue, which refuse before proposing.
+        let mut maybe_proposed = false;
         loop {
             let answer =
                 tokio::time::timeout(self.pool.rpc_timeout, self.attempt(&operation)).await;
@@ -308,6 +313,13 @@ impl BenchClient {
                 Ok(Err(status)) => status,
                 Err(_) => Status::deadline_exceeded("no answer within the RPC timeout"),
             };
+            if session_expired(&status) && !maybe_proposed && self.sequence > 1 {
+                self.new_session();
+                self.sequence = 1;
+                continue;
+            }
+            maybe_proposed |= status.metadata().get(LEADER_ADDR_METADATA).is_none()
+                && status.code() != tonic::Code::ResourceExhausted;
             let failed_at = &self.pool.addrs[self.target];
             if !retryable(status.code()) || Instant::now() >= deadline {
                 return Err(format!("{failed_at}: {}", describe(&status)));
@@ -401,5 +413,24 @@ impl BenchClient {
     fn redirect(&self, status: &Status) -> Option<usize> {
         let leader = status.metadata().get(LEADER_ADDR_METADATA)?.to_str().ok()?;
         self.pool.addrs.iter().position(|addr| addr == leader)
+    }
+}
+
+/// raft-kv's answer to a write whose session it no longer has (§6.3).
+fn session_expired(status: &Status) -> bool {
+    status.code() == tonic::Code::FailedPrecondition
+        && status
+            .metadata()
+            .get(SESSION_ERROR_METADATA)
+            .is_some_and(|kind| kind == SESSION_EXPIRED)
+}
+
+/// A new random session id: 0 means "no session" on raft-kv's wire.
+fn new_client_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            break id;
+        }
     }
 }

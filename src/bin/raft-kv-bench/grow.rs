@@ -78,25 +78,20 @@ impl Interval {
     }
 }
 
-/// Run the grow workload: `keyspace` writes, key `n` for each `n`, sampled
-/// once a second (the members through `probes`, none without --local).
+/// Run the grow workload — `keyspace` writes, key `n` for each `n`, `op`
+/// [`Op::Put`] — or the sessions workload (`total` writes over the keys,
+/// [`Op::PutFresh`]), sampled once a second (the members through `probes`,
+/// none without --local).
 pub async fn grow(
     pool: &Pool,
     clients: usize,
+    (total, op): (u64, Op),
     data: &Arc<Data>,
     progress: &Arc<Progress>,
     probes: &[Probe],
 ) -> Result<Measured, String> {
-    let (mut measured, sampled) = sampled_loop(
-        pool,
-        clients,
-        data.keyspace,
-        Op::Put,
-        data,
-        progress,
-        Some(probes),
-    )
-    .await?;
+    let (mut measured, sampled) =
+        sampled_loop(pool, clients, total, op, data, progress, Some(probes)).await?;
     let mut sampled = sampled.expect("sampled_loop samples when given probes");
     let bench_rss_max_bytes = sampled
         .samples

@@ -110,11 +110,12 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub tls_files: TlsArgs,
     /// What to run, comma-separated: all, or any of rtt, write-latency,
-    /// write-throughput, read-throughput, failover, grow, large-values,
-    /// many-writers (run in that order). `all` is the first five.
-    /// large-values (8 clients, 40 values of 1 MiB) and many-writers (256
-    /// clients, 20 000 values of 16 KiB) fix their own clients and values;
-    /// the "new terms" column says how many elections a workload caused.
+    /// write-throughput, read-throughput, failover, grow, sessions,
+    /// large-values, many-writers (run in that order). `all` is the first
+    /// five. large-values (8 clients, 40 values of 1 MiB) and many-writers
+    /// (256 clients, 20 000 values of 16 KiB) fix their own clients and
+    /// values; the "new terms" column says how many elections a workload
+    /// caused.
     #[arg(
         long,
         value_enum,
@@ -123,12 +124,13 @@ pub struct BenchArgs {
         default_value = "all"
     )]
     pub workload: Vec<WorkloadArg>,
-    /// Concurrent clients of write-throughput, read-throughput and grow.
+    /// Concurrent clients of write-throughput, read-throughput, grow and
+    /// sessions.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub clients: usize,
     /// Operations per workload [default: 5000 for rtt and write-latency,
-    /// 50000 for write-throughput, 100000 for read-throughput]. Grow
-    /// writes --keyspace keys instead.
+    /// 50000 for write-throughput, 100000 for read-throughput, 200000 for
+    /// sessions]. Grow writes --keyspace keys instead.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     /// Bytes per key.
@@ -204,6 +206,7 @@ pub enum WorkloadArg {
     ReadThroughput,
     Failover,
     Grow,
+    Sessions,
     LargeValues,
     ManyWriters,
 }
@@ -268,6 +271,7 @@ impl Plan {
                 WorkloadArg::ReadThroughput => w == Workload::ReadThroughput,
                 WorkloadArg::Failover => w == Workload::Failover,
                 WorkloadArg::Grow => w == Workload::Grow,
+                WorkloadArg::Sessions => w == Workload::Sessions,
                 WorkloadArg::LargeValues => w == Workload::LargeValues,
                 WorkloadArg::ManyWriters => w == Workload::ManyWriters,
             })
@@ -374,7 +378,10 @@ impl Plan {
 
     fn clients(&self, workload: Workload) -> usize {
         match workload {
-            Workload::WriteThroughput | Workload::ReadThroughput | Workload::Grow => self.clients,
+            Workload::WriteThroughput
+            | Workload::ReadThroughput
+            | Workload::Grow
+            | Workload::Sessions => self.clients,
             Workload::Rtt | Workload::WriteLatency | Workload::Failover => 1,
             Workload::LargeValues | Workload::ManyWriters => {
                 workload.fixed_shape().map_or(1, |(clients, _)| clients)
@@ -767,11 +774,16 @@ async fn run_workload(
         let measured = workload::failover(cluster, &pool, plan.kills, data, &progress).await?;
         // The killed members were restarted: their CPU is not comparable.
         (measured, Vec::new())
-    } else if workload == Workload::Grow {
+    } else if matches!(workload, Workload::Grow | Workload::Sessions) {
         let probes = cluster.as_ref().map_or_else(Vec::new, |c| c.probes());
-        let progress = Progress::new(label, Some(plan.count(workload)));
+        let count = plan.count(workload);
+        let progress = Progress::new(label, Some(count));
         let _shown = progress.show();
-        let measured = grow::grow(pool, clients, data, &progress, &probes).await?;
+        let op = match workload {
+            Workload::Sessions => Op::PutFresh,
+            _ => Op::Put,
+        };
+        let measured = grow::grow(pool, clients, (count, op), data, &progress, &probes).await?;
         (
             measured,
             cluster.as_ref().map_or_else(Vec::new, |c| c.pids()),
@@ -952,8 +964,14 @@ mod tests {
         assert_eq!(p.workloads, [Workload::Grow]);
         assert_eq!(p.count(Workload::Grow), 1_000_000);
         assert_eq!(p.clients(Workload::Grow), 64);
-        let p = plan(&["--local", "--workload", "grow,all"]).unwrap();
-        assert_eq!(p.workloads, Workload::ORDER[..6]);
+        let p = plan(&["--local", "--workload", "grow,all,sessions,large-values,many-writers"]).unwrap();
+        assert_eq!(p.workloads, Workload::ORDER);
+        // Sessions is not part of all either; --count writes, 200000 by default.
+        let p = plan(&["--local", "--workload", "all"]).unwrap();
+        assert!(!p.workloads.contains(&Workload::Sessions));
+        let p = plan(&["--workload", "sessions"]).unwrap();
+        assert_eq!(p.count(Workload::Sessions), 200_000);
+        assert_eq!(p.clients(Workload::Sessions), 64);
         // Issue 15's loads fix their own clients and values.
         let p = plan(&["--local", "--workload", "many-writers,large-values"]).unwrap();
         assert_eq!(p.workloads, [Workload::LargeValues, Workload::ManyWriters]);

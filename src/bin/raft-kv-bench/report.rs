@@ -160,15 +160,16 @@ pub fn table(summaries: &[&Summary]) -> String {
     for s in summaries {
         if let Some(last) = s.last().filter(|m| m.growth.is_some()) {
             out.push('\n');
-            out.push_str(&growth_table(last, s.runs.len(), s.system));
+            out.push_str(&growth_table(last, s.runs.len(), s.system, s.workload));
         }
     }
     out
 }
 
-/// The grow workload's timeline, one row per second or per few seconds,
-/// then its snapshots and the memory and disk at the end.
-fn growth_table(m: &Measured, runs: usize, system: System) -> String {
+/// The grow or sessions workload's timeline, one row per second or per few
+/// seconds, then its snapshots and the memory and disk at the end. Sessions
+/// adds the largest member's snapshot file, which holds the session table.
+fn growth_table(m: &Measured, runs: usize, system: System, workload: Workload) -> String {
     let Some(growth) = &m.growth else {
         return String::new();
     };
@@ -179,15 +180,24 @@ fn growth_table(m: &Measured, runs: usize, system: System) -> String {
         (Some(row), true) => format!("{:.0} s", row.seconds),
         _ => "1 s".to_string(),
     };
+    let sessions = workload == Workload::Sessions;
+    let (what, largest) = match sessions {
+        true => (
+            "writes, each in a new client session,",
+            "data dir, log and snapshot",
+        ),
+        false => ("keys", "data dir and log"),
+    };
     let mut out = format!(
-        "grow: {} keys written by {} clients{}, one row per {per_row}; server RSS, data dir and log: the largest member's at the row's end\n",
+        "{}: {} {what} written by {} clients{}, one row per {per_row}; server RSS, {largest}: the largest member's at the row's end\n",
+        workload.name(),
         m.ops,
         m.clients,
         if runs > 1 { " (the last run)" } else { "" },
     );
-    let header = [
+    let mut header = vec![
         "t s",
-        "keys",
+        if sessions { "writes" } else { "keys" },
         "ops/s",
         "p50 ms",
         "p99 ms",
@@ -197,7 +207,10 @@ fn growth_table(m: &Measured, runs: usize, system: System) -> String {
         "data dir",
         "log",
     ];
-    let mut rows = vec![header.map(String::from).to_vec()];
+    if sessions {
+        header.push("snapshot");
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     // Only raft-kv's snapshots are read from the members' logs.
     let reads_snapshots = system == System::RaftKv;
     let mut previous_end = f64::NEG_INFINITY;
@@ -225,6 +238,12 @@ fn growth_table(m: &Measured, runs: usize, system: System) -> String {
             mib(row.max_data().map(|b| b as f64)),
             mib(row.max_log().map(|b| b as f64)),
         ]);
+        if sessions {
+            let snapshot = row.members.iter().filter_map(|f| f.snapshot_bytes).max();
+            rows.last_mut()
+                .expect("just pushed")
+                .push(mib(snapshot.map(|b| b as f64)));
+        }
     }
     out.push_str(&align(&rows));
     if reads_snapshots {

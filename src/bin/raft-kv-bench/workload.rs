@@ -46,6 +46,11 @@ pub enum Workload {
     /// --clients writers write each of --keyspace keys once, so the state
     /// grows to --keyspace keys, sampled once a second. Not part of `all`.
     Grow,
+    /// --clients writers write --count times over --keyspace keys, each
+    /// write in a new client session (a fresh client_id), sampled once a
+    /// second like grow: the session table (dissertation §6.3) grows until
+    /// its bound. Not part of `all`.
+    Sessions,
     /// 8 writers, 40 values of 1 MiB (the largest): does the leader keep
     /// its office? Not part of `all`.
     LargeValues,
@@ -64,13 +69,14 @@ impl Workload {
     ];
 
     /// Every workload, in the order they run: `all`'s, then the others.
-    pub const ORDER: [Workload; 8] = [
+    pub const ORDER: [Workload; 9] = [
         Workload::Rtt,
         Workload::WriteLatency,
         Workload::WriteThroughput,
         Workload::ReadThroughput,
         Workload::Failover,
         Workload::Grow,
+        Workload::Sessions,
         Workload::LargeValues,
         Workload::ManyWriters,
     ];
@@ -83,6 +89,7 @@ impl Workload {
             Workload::ReadThroughput => "read-throughput",
             Workload::Failover => "failover",
             Workload::Grow => "grow",
+            Workload::Sessions => "sessions",
             Workload::LargeValues => "large-values",
             Workload::ManyWriters => "many-writers",
         }
@@ -107,6 +114,8 @@ impl Workload {
             Workload::LargeValues => 40,
             Workload::ManyWriters => 20_000,
             Workload::ReadThroughput => 100_000,
+            // Twice raft-kv's bound on sessions (kv::MAX_SESSIONS).
+            Workload::Sessions => 200_000,
             // Grow writes --keyspace keys; failover runs until its kills are done.
             Workload::Failover | Workload::Grow => 0,
         }
@@ -318,6 +327,8 @@ impl Drop for ProgressShown {
 pub enum Op {
     Status,
     Put,
+    /// A put in a new client session, as from a new client each time.
+    PutFresh,
     Get,
 }
 
@@ -332,6 +343,10 @@ impl Op {
         match self {
             Op::Status => client.status().await,
             Op::Put => client.put(data.key(n, key), &data.value).await,
+            Op::PutFresh => {
+                client.new_session();
+                client.put(data.key(n, key), &data.value).await
+            }
             Op::Get => client.get(data.key(n, key), data.stale).await.map(|_| ()),
         }
     }

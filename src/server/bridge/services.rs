@@ -22,8 +22,9 @@ use crate::config::{Address, Members};
 use crate::kv::{self, ClientError, ClientRequest, ClientResponse};
 use crate::proto::kv as kv_pb;
 use crate::proto::peer as peer_pb;
-use crate::proto::LEADER_ADDR_METADATA;
 use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
+use crate::proto::{LEADER_ADDR_METADATA, SESSION_ERROR_METADATA};
+use crate::proto::{SEQUENCE_REUSED, SESSION_EXPIRED, STALE_SEQUENCE};
 use crate::raft::{self, NodeId, NodeStatus, RequestId};
 use crate::server::event_loop::{ClientCall, PeerMessage};
 use crate::server::identity::ClusterId;
@@ -271,7 +272,7 @@ impl ClientService {
 
     /// Check a request, send it to the core and wait for its answer.
     async fn call(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
-        let request = kv::to_raft(request).map_err(|error| self.status_of(error))?;
+        let request = kv::to_raft(request, unix_ms()).map_err(|error| self.status_of(error))?;
         let (answer_to, answer) = oneshot::channel();
         let id = self.waiting.register(answer_to);
         if let Err(status) = self.submit(ClientCall::Request(id, request)) {
@@ -308,8 +309,27 @@ impl ClientService {
                  retry with the same client_id and sequence",
             ),
             ClientError::InvalidArgument(reason) => Status::invalid_argument(reason),
-            ClientError::StaleSequence => Status::failed_precondition(
-                "stale sequence: this client has already applied a later request",
+            ClientError::StaleSequence => session_refusal(
+                STALE_SEQUENCE,
+                "stale sequence: this client has already applied a later request".into(),
+            ),
+            ClientError::SequenceReused {
+                client_id,
+                sequence,
+            } => session_refusal(
+                SEQUENCE_REUSED,
+                format!(
+                    "sequence reused: client {client_id} already used sequence {sequence} \
+                     for another command; nothing was applied"
+                ),
+            ),
+            ClientError::SessionExpired { client_id } => session_refusal(
+                SESSION_EXPIRED,
+                format!(
+                    "session expired: client {client_id} has no session (it expired or was \
+                     evicted); nothing was applied; start a new session with a new client_id \
+                     and sequence 1"
+                ),
             ),
             ClientError::Behind {
                 node,
@@ -330,6 +350,21 @@ impl ClientService {
             }),
         }
     }
+}
+
+/// FAILED_PRECONDITION for a §6.3 session refusal, saying which in metadata.
+fn session_refusal(kind: &'static str, message: String) -> Status {
+    let mut metadata = MetadataMap::new();
+    metadata.insert(SESSION_ERROR_METADATA, MetadataValue::from_static(kind));
+    Status::with_metadata(Code::FailedPrecondition, message, metadata)
+}
+
+/// The time a write is received, which its command carries (§6.3): the
+/// bridge reads the clock so that the Raft core never does.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 fn wrong_response(response: ClientResponse) -> Status {
