@@ -840,7 +840,7 @@ fn sessions_survive_snapshots_and_crashes_6_3() {
     for seed in seeds(40) {
         let config = SimConfig::new(5, seed)
             .unreliable(0.05, 2)
-            .snapshot_threshold(15, 256);
+            .snapshot_log_bytes(400, 256);
         let mut c = Cluster::new(config);
         let mut rng = StdRng::seed_from_u64(seed);
         let mut w = Workload::new(seed, 2, 3, 2);
@@ -877,7 +877,7 @@ fn sessions_survive_snapshots_and_crashes_6_3() {
 #[test]
 fn sessions_survive_snapshot_and_restart_6_3() {
     for seed in seeds(10) {
-        let mut c = Cluster::new(SimConfig::new(3, seed).snapshot_threshold(20, 64));
+        let mut c = Cluster::new(SimConfig::new(3, seed).snapshot_log_bytes(512, 64));
         c.elect(200);
         let delete = ClientRequest::Delete {
             key: "k".into(),

@@ -13,6 +13,7 @@ pub use command_codec::{decode_command, encode_command};
 
 use std::collections::BTreeMap;
 
+use imbl::OrdMap;
 use prost::Message as _;
 
 use crate::proto::kv as pb;
@@ -81,11 +82,15 @@ struct Session {
     existed: bool,
 }
 
-/// A `BTreeMap<String, String>` plus the client sessions. `apply` is
+/// An ordered map of strings plus the client sessions. `apply` is
 /// deterministic, so every server that applies the same log holds the same map.
+///
+/// The map is persistent (copy-on-write): [`KvStore::freeze`] keeps the state
+/// of one moment in O(1), for a snapshot to be encoded on another thread
+/// while this one goes on applying (§7).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
-    data: BTreeMap<String, String>,
+    data: OrdMap<String, String>,
     sessions: BTreeMap<u64, Session>,
 }
 
@@ -107,8 +112,8 @@ impl raft::StateMachine for KvStore {
         Answer::Value(value).encode()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        KvStore::snapshot(self)
+    fn freeze(&self) -> raft::FrozenState {
+        Box::new(self.freeze())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
@@ -155,7 +160,7 @@ impl KvStore {
         &mut self,
         client_id: u64,
         sequence: u64,
-        op: impl FnOnce(&mut BTreeMap<String, String>) -> bool,
+        op: impl FnOnce(&mut OrdMap<String, String>) -> bool,
     ) -> Option<bool> {
         // BEGIN SOLUTION kv
         if client_id != 0 {
@@ -195,49 +200,19 @@ impl KvStore {
     }
 
     /// Encode every key and session, for a snapshot (§7): the bytes of a
-    /// `pb::StateMachineSnapshot`, written straight from the map into a buffer
-    /// of the right size. Building that message first would copy every key
-    /// and value: with a million keys, a quarter more memory and a slower
-    /// snapshot on the event loop (docs/performance.md, "As the data grows").
+    /// `pb::StateMachineSnapshot`.
     pub fn snapshot(&self) -> Vec<u8> {
-        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len};
-        use prost::encoding::{message, string, WireType};
-        // proto3 leaves out a field that holds its default, here "".
-        fn field_len(tag: u32, text: &String) -> usize {
-            if text.is_empty() {
-                0
-            } else {
-                string::encoded_len(tag, text)
-            }
-        }
-        let pair_len = |key, value| field_len(1, key) + field_len(2, value);
+        self.freeze()()
+    }
+
+    /// The state as it is now, to be encoded later, on any thread: §7's
+    /// copy-on-write. Cloning the map is O(1) — it shares every node with
+    /// ours until `apply` changes one — and the session table is copied
+    /// (it holds one small record per client).
+    pub fn freeze(&self) -> impl FnOnce() -> Vec<u8> + Send + 'static {
+        let data = self.data.clone();
         let sessions = self.session_messages();
-        let size = self
-            .data
-            .iter()
-            .map(|(key, value)| {
-                let len = pair_len(key, value);
-                key_len(1) + encoded_len_varint(len as u64) + len
-            })
-            .sum::<usize>()
-            + sessions
-                .iter()
-                .map(|session| message::encoded_len(2, session))
-                .sum::<usize>();
-        let mut buf = Vec::with_capacity(size);
-        for (key, value) in &self.data {
-            encode_key(1, WireType::LengthDelimited, &mut buf);
-            encode_varint(pair_len(key, value) as u64, &mut buf);
-            for (tag, text) in [(1, key), (2, value)] {
-                if !text.is_empty() {
-                    string::encode(tag, text, &mut buf);
-                }
-            }
-        }
-        for session in &sessions {
-            message::encode(2, session, &mut buf);
-        }
-        buf
+        move || encode_snapshot(&data, &sessions)
     }
 
     fn session_messages(&self) -> Vec<pb::Session> {
@@ -273,6 +248,50 @@ impl KvStore {
                 .collect(),
         })
     }
+}
+
+/// The bytes of a `pb::StateMachineSnapshot` holding `data` and `sessions`,
+/// written straight from the map into a buffer of the right size. Building
+/// that message first would copy every key and value: with a million keys, a
+/// quarter more memory and a slower snapshot (docs/performance.md, "As the
+/// data grows").
+fn encode_snapshot(data: &OrdMap<String, String>, sessions: &[pb::Session]) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len};
+    use prost::encoding::{message, string, WireType};
+    // proto3 leaves out a field that holds its default, here "".
+    fn field_len(tag: u32, text: &String) -> usize {
+        if text.is_empty() {
+            0
+        } else {
+            string::encoded_len(tag, text)
+        }
+    }
+    let pair_len = |key, value| field_len(1, key) + field_len(2, value);
+    let size = data
+        .iter()
+        .map(|(key, value)| {
+            let len = pair_len(key, value);
+            key_len(1) + encoded_len_varint(len as u64) + len
+        })
+        .sum::<usize>()
+        + sessions
+            .iter()
+            .map(|session| message::encoded_len(2, session))
+            .sum::<usize>();
+    let mut buf = Vec::with_capacity(size);
+    for (key, value) in data {
+        encode_key(1, WireType::LengthDelimited, &mut buf);
+        encode_varint(pair_len(key, value) as u64, &mut buf);
+        for (tag, text) in [(1, key), (2, value)] {
+            if !text.is_empty() {
+                string::encode(tag, text, &mut buf);
+            }
+        }
+    }
+    for session in sessions {
+        message::encode(2, session, &mut buf);
+    }
+    buf
 }
 
 #[cfg(test)]

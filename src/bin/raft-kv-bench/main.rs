@@ -405,8 +405,8 @@ impl Plan {
             keyspace: self.keyspace,
             stale: self.stale,
             tls: self.tls() && system == System::RaftKv,
-            snapshot_threshold: (self.local && system == System::RaftKv)
-                .then_some(self.tuning.snapshot_threshold),
+            snapshot_log_bytes: (self.local && system == System::RaftKv)
+                .then_some(self.tuning.snapshot_log_bytes),
         }
     }
 
@@ -422,11 +422,11 @@ impl Plan {
         }];
         if self.local && self.systems.contains(&System::RaftKv) {
             lines.push(format!(
-                "raft-kv: --election-timeout-ms {} --heartbeat-ms {} --tick-ms {} --snapshot-threshold {}",
+                "raft-kv: --election-timeout-ms {} --heartbeat-ms {} --tick-ms {} --snapshot-log-bytes {}",
                 self.tuning.election_timeout_ms,
                 self.tuning.heartbeat_ms,
                 self.tuning.tick_ms,
-                self.tuning.snapshot_threshold
+                self.tuning.snapshot_log_bytes
             ));
         }
         if self.tls() {
@@ -892,8 +892,8 @@ mod tests {
         assert_eq!(p.workloads, Workload::ALL);
         assert!(p.describe().contains("a fresh local 5-member cluster"));
         assert_eq!(p.setup(System::RaftKv).nodes, 5);
-        assert_eq!(p.setup(System::RaftKv).snapshot_threshold, Some(10_000));
-        assert_eq!(p.setup(System::Etcd).snapshot_threshold, None);
+        assert_eq!(p.setup(System::RaftKv).snapshot_log_bytes, Some(10_000));
+        assert_eq!(p.setup(System::Etcd).snapshot_log_bytes, None);
         // Without --local the cluster has the members --cluster names.
         let p = plan(&[
             "--cluster",

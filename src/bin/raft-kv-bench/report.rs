@@ -22,7 +22,7 @@ pub struct Setup {
     pub stale: bool,
     /// Whether the system's nodes and clients used mutual TLS.
     pub tls: bool,
-    pub snapshot_threshold: Option<usize>,
+    pub snapshot_log_bytes: Option<usize>,
 }
 
 /// Every run of one workload against one system.
@@ -434,8 +434,8 @@ pub fn json(summary: &Summary, setup: &Setup) -> String {
         ("stale", setup.stale.to_string()),
         ("tls", setup.tls.to_string()),
         (
-            "snapshot_threshold",
-            json_int(setup.snapshot_threshold.map(|t| t as u64)),
+            "snapshot_log_bytes",
+            json_int(setup.snapshot_log_bytes.map(|t| t as u64)),
         ),
         ("runs", s.runs.len().to_string()),
         ("clients", s.clients().to_string()),
@@ -728,13 +728,13 @@ mod tests {
             keyspace: 1000,
             stale: false,
             tls: false,
-            snapshot_threshold: None,
+            snapshot_log_bytes: None,
         };
         assert_eq!(
             json(&s, &setup),
             "{\"target\":\"etcd\",\"workload\":\"read-throughput\",\"nodes\":3,\"local\":false,\
              \"key_size\":16,\"value_size\":128,\"keyspace\":1000,\"stale\":false,\"tls\":false,\
-             \"snapshot_threshold\":null,\"runs\":1,\"clients\":64,\
+             \"snapshot_log_bytes\":null,\"runs\":1,\"clients\":64,\
              \"ops\":100,\"errors\":0,\"seconds\":2.000,\"ops_per_sec\":50.000,\
              \"p50_ms\":0.500,\"p90_ms\":1.000,\"p99_ms\":2.000,\"max_ms\":5.000,\
              \"client_cpu_pct\":null,\"server_cpu_pct\":150.000,\"ops_per_sec_runs\":[50.000],\
