@@ -63,8 +63,9 @@ fn snapshot_chunks(c: &Cluster, leader: NodeId) -> usize {
 
 /// §7: "each server takes snapshots independently": during a long run of
 /// writes every node's log — in memory and on its disk — stays bounded by
-/// the larger of LOG_BYTES and the last snapshot (plus what is appended while
-/// a snapshot is written), and compaction changes no answer.
+/// the larger of LOG_BYTES and the last snapshot (up to half as much again
+/// to stagger the members, plus what is appended while a snapshot is
+/// written), and compaction changes no answer.
 #[test]
 fn log_stays_bounded_7() {
     for seed in seeds(10) {
@@ -85,7 +86,7 @@ fn log_stays_bounded_7() {
                 largest_snapshot = largest_snapshot.max(snapshot);
             }
         }
-        let bound = 2 * LOG_BYTES.max(largest_snapshot);
+        let bound = 2 * LOG_BYTES.max(largest_snapshot) + LOG_BYTES;
         assert!(
             longest <= bound,
             "a log grew to {longest} bytes; the bound is {bound}"

@@ -247,10 +247,19 @@ fn snapshot_summary(events: &[SnapshotEvent], names: &[String]) -> String {
             }
         })
         .collect();
+    let encodes: Vec<f64> = events.iter().filter_map(|e| e.encode_ms).collect();
     let writes: Vec<f64> = events.iter().filter_map(|e| e.write_ms).collect();
     let rewrites: Vec<f64> = events.iter().filter_map(|e| e.rewrite_ms).collect();
     let largest = events.iter().filter_map(|e| e.file_bytes).max();
     let mut out = format!("snapshots: {} ({})", events.len(), per_member.join(", "));
+    if !encodes.is_empty() {
+        let _ = write!(
+            out,
+            "; encoding (writer thread) median {} ms, max {} ms",
+            number(median(&encodes), 1),
+            number(encodes.iter().copied().reduce(f64::max), 1),
+        );
+    }
     if !writes.is_empty() {
         let _ = write!(
             out,
@@ -539,12 +548,13 @@ fn json_timeline(timeline: &[Interval]) -> String {
 
 fn json_snapshot(e: &SnapshotEvent) -> String {
     format!(
-        "{{\"member\":{},\"t\":{},\"index\":{},\"installed\":{},\"state_bytes\":{},\"file_bytes\":{},\"write_ms\":{},\"rewrite_ms\":{}}}",
+        "{{\"member\":{},\"t\":{},\"index\":{},\"installed\":{},\"state_bytes\":{},\"encode_ms\":{},\"file_bytes\":{},\"write_ms\":{},\"rewrite_ms\":{}}}",
         string(&e.member),
         json_number(Some(e.at)),
         e.index,
         e.installed,
         json_int(e.state_bytes),
+        json_number(e.encode_ms),
         json_int(e.file_bytes),
         json_number(e.write_ms),
         json_number(e.rewrite_ms),
@@ -886,7 +896,7 @@ mod tests {
         assert!(
             j.contains(
                 "\"snapshots\":[{\"member\":\"node 1\",\"t\":0.500,\"index\":1000,\"installed\":false,\
-                 \"state_bytes\":5000,\"file_bytes\":5040,\"write_ms\":4.000,\"rewrite_ms\":0.500},"
+                 \"state_bytes\":5000,\"encode_ms\":null,\"file_bytes\":5040,\"write_ms\":4.000,\"rewrite_ms\":0.500},"
             ),
             "{j}"
         );
