@@ -342,4 +342,20 @@ mod tests {
         assert_eq!(KvStore::restore(&bytes).unwrap(), state);
         assert_eq!(KvStore::new().snapshot(), Vec::<u8>::new());
     }
+
+    /// §7 copy-on-write: a frozen state encodes what the store held when it
+    /// was frozen, whatever is applied after, and on another thread.
+    #[test]
+    fn frozen_state_ignores_later_writes() {
+        let mut state = KvStore::new();
+        state.apply_command(&set("a", "1", 7, 1));
+        let before = state.clone();
+        let frozen = state.freeze();
+        state.apply_command(&set("a", "2", 7, 2));
+        state.apply_command(&set("b", "3", 8, 1));
+        let bytes = std::thread::spawn(frozen).join().unwrap();
+        assert_eq!(bytes, before.snapshot());
+        assert_eq!(KvStore::restore(&bytes).unwrap(), before);
+        assert_eq!(state.get("a"), Some("2"));
+    }
 }

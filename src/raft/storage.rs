@@ -179,6 +179,18 @@ impl MemStorage {
         self.disk.lock().unwrap().durable.entries.clone()
     }
 
+    /// The last index of the durable snapshot (0: none), and the index of
+    /// the first durable log entry (for the simulator's checks, which run
+    /// after every step: no copies).
+    pub fn durable_bounds(&self) -> (LogIndex, Option<LogIndex>) {
+        let disk = self.disk.lock().unwrap();
+        let snapshot = disk.durable.snapshot.as_ref();
+        (
+            snapshot.map_or(0, |s| s.last_included_index),
+            disk.durable.entries.first().map(|e| e.index),
+        )
+    }
+
     /// The durable snapshot (for tests).
     pub fn durable_snapshot(&self) -> Option<Snapshot> {
         self.disk.lock().unwrap().durable.snapshot.clone()

@@ -1027,6 +1027,24 @@ impl Cluster {
         if let Err(violation) = self.invariants.check(&nodes) {
             panic!("safety violation at t={}: {violation}", self.now);
         }
+        // §7: entries are discarded only once a snapshot covering them is
+        // durable — and the disk still holds every entry after it.
+        for &(id, node) in &nodes {
+            let Some(disk) = self.disks.memory(id) else {
+                continue;
+            };
+            let log = node.log();
+            let (durable, first_on_disk) = disk.durable_bounds();
+            if log.snapshot_index() > durable
+                || first_on_disk.is_some_and(|first| first > log.snapshot_index() + 1)
+            {
+                panic!(
+                    "safety violation at t={}: n{id} compacted its log through {} with the snapshot on disk through {durable} and its entries from {first_on_disk:?} (§7)",
+                    self.now,
+                    log.snapshot_index()
+                );
+            }
+        }
         // After the commits of this step are recorded: an answer and the
         // commit it depends on arrive in the same step.
         let committed = self.invariants.committed();

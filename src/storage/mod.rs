@@ -38,6 +38,11 @@ const CLUSTER_FILE: &str = "cluster";
 /// `snapshot` (apart from `snapshot.tmp`, which the event loop may be
 /// writing at the same time: a snapshot installed from the leader).
 const BACKGROUND_SNAPSHOT_FILE: &str = "snapshot.background.tmp";
+/// The snapshot writer thread syncs the file after each piece of this many
+/// bytes, then pauses this long, so that the disk is free for the log's
+/// fsyncs in between.
+const SNAPSHOT_WRITE_PIECE: usize = 1 << 20;
+const SNAPSHOT_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Each atomic replacement writes `<name>.tmp` first; a crash can leave one.
 const TEMPORARY_FILES: [&str; 5] = [
     "hardstate.tmp",
@@ -227,7 +232,16 @@ impl SnapshotWriter for FileSnapshotWriter {
         let started = Instant::now();
         write_durably(&temporary, |f| {
             f.write_all(&header)?;
-            f.write_all(&snapshot.data)
+            // In pieces, each synced before the next, with a pause between:
+            // written at once, the whole snapshot would sit in the disk's
+            // queue ahead of every log fsync until it is out, and the
+            // node's writes would wait as long (docs/performance.md).
+            for piece in snapshot.data.chunks(SNAPSHOT_WRITE_PIECE) {
+                f.write_all(piece)?;
+                f.sync_data()?;
+                std::thread::sleep(SNAPSHOT_WRITE_PAUSE);
+            }
+            Ok(())
         })?;
         let mut stored = lock_index(&self.stored_snapshot);
         if *stored >= index {

@@ -447,7 +447,10 @@ a line without a time: snapshot through index 5 started (1 bytes of log)
         // Everything, counted from before the first line; the one that
         // started before the start of the workload is left out whole.
         assert_eq!(snapshot_events("n", LOG, start - 10.0).len(), 4);
-        assert_eq!(snapshot_events("n", LOG, start - 10.0)[0].rewrite_ms, Some(0.2));
+        assert_eq!(
+            snapshot_events("n", LOG, start - 10.0)[0].rewrite_ms,
+            Some(0.2)
+        );
         assert_eq!(snapshot_events("n", "", start), []);
     }
 
