@@ -356,9 +356,11 @@ pub struct Tuning {
     /// in ticks; the times above are rounded up to whole ticks.
     #[arg(long, value_name = "MS", default_value_t = 10)]
     pub tick_ms: u64,
-    /// Take a snapshot once the log holds more than this many entries (§7).
-    #[arg(long, value_name = "ENTRIES", default_value_t = 10_000)]
-    pub snapshot_threshold: usize,
+    /// Take a snapshot (§7) once the log's entries since the last one hold
+    /// more than this many bytes and more than that snapshot's size (so the
+    /// bytes written for snapshots stay proportional to the log's).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SNAPSHOT_LOG_BYTES)]
+    pub snapshot_log_bytes: usize,
     /// How much to log: `info` shows every role change, `debug` every RPC.
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -383,7 +385,7 @@ pub struct Tuning {
 impl Tuning {
     /// Check the flags; returns the timing in ticks.
     pub fn check(&self) -> Result<Timing, ConfigError> {
-        check_snapshot_threshold(self.snapshot_threshold)?;
+        check_snapshot_log_bytes(self.snapshot_log_bytes)?;
         check_max_request_bytes(self.max_request_bytes)?;
         check_poll_us(self.poll_us)?;
         parse_fast_path_off(&self.fast_path_off)?;
@@ -399,8 +401,8 @@ impl Tuning {
             self.heartbeat_ms.to_string(),
             "--tick-ms".into(),
             self.tick_ms.to_string(),
-            "--snapshot-threshold".into(),
-            self.snapshot_threshold.to_string(),
+            "--snapshot-log-bytes".into(),
+            self.snapshot_log_bytes.to_string(),
             "--log-level".into(),
             self.log_level.as_flag().into(),
             "--poll-us".into(),
@@ -430,7 +432,7 @@ pub struct NodeConfig {
     pub members: Members,
     pub data_dir: PathBuf,
     pub timing: Timing,
-    pub snapshot_threshold: usize,
+    pub snapshot_log_bytes: usize,
     pub log_level: LogLevel,
     /// how long the event loop polls before it sleeps (`--poll-us`)
     pub poll: Duration,
@@ -493,7 +495,7 @@ impl NodeConfig {
             members,
             data_dir: args.data_dir.clone(),
             timing,
-            snapshot_threshold: args.tuning.snapshot_threshold,
+            snapshot_log_bytes: args.tuning.snapshot_log_bytes,
             log_level: args.tuning.log_level,
             poll: Duration::from_micros(args.tuning.poll_us),
             fast_path,
@@ -533,7 +535,7 @@ impl NodeConfig {
         let mut config = RaftConfig::new(self.id, self.members.ids());
         config.election_timeout_ticks = self.timing.election_timeout_ticks;
         config.heartbeat_ticks = self.timing.heartbeat_ticks;
-        config.snapshot_threshold = self.snapshot_threshold;
+        config.snapshot_log_bytes = self.snapshot_log_bytes;
         if !self.fast_path.pipelining {
             // One AppendEntries with entries in flight per follower: send,
             // wait for the reply, send the next.
@@ -616,6 +618,8 @@ pub fn check_cluster_token(token: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+pub use crate::raft::state::DEFAULT_SNAPSHOT_LOG_BYTES;
+
 /// `--max-request-bytes` by default: 1.5 MiB, as etcd's, room for the
 /// largest key and value (`kv::MAX_KEY_BYTES`, `kv::MAX_VALUE_BYTES`) and
 /// the rest of a request.
@@ -635,12 +639,12 @@ pub fn check_max_request_bytes(bytes: usize) -> Result<usize, ConfigError> {
     Ok(bytes)
 }
 
-/// Check `--snapshot-threshold`.
-pub fn check_snapshot_threshold(threshold: usize) -> Result<usize, ConfigError> {
-    if threshold == 0 {
-        return error("--snapshot-threshold must be at least 1");
+/// Check `--snapshot-log-bytes`.
+pub fn check_snapshot_log_bytes(bytes: usize) -> Result<usize, ConfigError> {
+    if bytes == 0 {
+        return error("--snapshot-log-bytes must be at least 1");
     }
-    Ok(threshold)
+    Ok(bytes)
 }
 
 /// Bind this node's listening socket now, so a busy port is reported before
@@ -879,12 +883,12 @@ mod tests {
     }
 
     #[test]
-    fn rejects_a_zero_snapshot_threshold() {
+    fn rejects_a_zero_snapshot_log_bytes() {
         assert_eq!(
-            check_snapshot_threshold(0).unwrap_err().0,
-            "--snapshot-threshold must be at least 1"
+            check_snapshot_log_bytes(0).unwrap_err().0,
+            "--snapshot-log-bytes must be at least 1"
         );
-        assert_eq!(check_snapshot_threshold(10_000), Ok(10_000));
+        assert_eq!(check_snapshot_log_bytes(10_000), Ok(10_000));
     }
 
     #[test]

@@ -107,14 +107,14 @@ fn crashing_every_node_during_writes_loses_no_acknowledged_write() {
 
 #[test]
 fn a_follower_far_behind_catches_up_through_install_snapshot() {
-    let mut cluster = Cluster::start(&["--snapshot-threshold", "50"]);
+    let mut cluster = Cluster::start(&["--snapshot-log-bytes", "1000"]);
     let leader = cluster.wait_for_leader();
     let lagging = cluster.follower_of(leader);
     cluster.kill(lagging);
 
-    // 400 entries with a threshold of 50: the leader has compacted away the
-    // entries the lagging follower needs next, so AppendEntries cannot catch
-    // it up; only InstallSnapshot can (§7).
+    // 400 entries of ~30 bytes, a snapshot every 1000 bytes or more: the
+    // leader has compacted away the entries the lagging follower needs next,
+    // so AppendEntries cannot catch it up; only InstallSnapshot can (§7).
     let mut client = cluster.client();
     for i in 0..200 {
         client.set(&format!("key-{i}"), &i.to_string()).unwrap();
@@ -149,7 +149,7 @@ fn a_follower_far_behind_catches_up_through_install_snapshot() {
 /// refills it — here through InstallSnapshot, since it has compacted them.
 #[test]
 fn a_follower_whose_data_dir_was_wiped_is_refilled() {
-    let mut cluster = Cluster::start(&["--snapshot-threshold", "50"]);
+    let mut cluster = Cluster::start(&["--snapshot-log-bytes", "1000"]);
     let leader = cluster.wait_for_leader();
     let wiped = cluster.follower_of(leader);
     let mut client = cluster.client();

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use raft_kv::kv::KvStore;
 use raft_kv::raft::{
     AppendEntries, Command, Entry, HardState, MemStorage, Message, NodeId, Outbox, RaftConfig,
-    RaftNode, RequestId, RequestVote, RequestVoteReply, Response, Role, Storage, Term,
+    RaftNode, RequestId, RequestVote, RequestVoteReply, Response, Role, SnapshotToSave, Storage,
+    Term,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 use rand::rngs::StdRng;
@@ -340,6 +341,7 @@ impl Outbox for Capture {
         self.0.lock().unwrap().push(message);
     }
     fn respond(&mut self, _: RequestId, _: Response) {}
+    fn save_snapshot(&mut self, _: SnapshotToSave) {}
 }
 
 /// Node `id` of the cluster {1, 2, 3}, started from a disk that holds term

@@ -840,7 +840,7 @@ fn sessions_survive_snapshots_and_crashes_6_3() {
     for seed in seeds(40) {
         let config = SimConfig::new(5, seed)
             .unreliable(0.05, 2)
-            .snapshot_threshold(15, 256);
+            .snapshot_log_bytes(400, 256);
         let mut c = Cluster::new(config);
         let mut rng = StdRng::seed_from_u64(seed);
         let mut w = Workload::new(seed, 2, 3, 2);
@@ -877,7 +877,7 @@ fn sessions_survive_snapshots_and_crashes_6_3() {
 #[test]
 fn sessions_survive_snapshot_and_restart_6_3() {
     for seed in seeds(10) {
-        let mut c = Cluster::new(SimConfig::new(3, seed).snapshot_threshold(20, 64));
+        let mut c = Cluster::new(SimConfig::new(3, seed).snapshot_log_bytes(512, 64));
         c.elect(200);
         let delete = ClientRequest::Delete {
             key: "k".into(),
@@ -1169,7 +1169,7 @@ fn the_least_recently_used_session_is_evicted_at_the_bound_6_3() {
     for seed in seeds(10) {
         let config = SimConfig::new(3, seed)
             .max_sessions(3)
-            .snapshot_threshold(8, 64);
+            .snapshot_log_bytes(120, 64);
         let mut c = Cluster::new(config);
         c.elect(200);
         let ok = Some(Ok(ClientResponse::Set));
@@ -1187,6 +1187,13 @@ fn the_least_recently_used_session_is_evicted_at_the_bound_6_3() {
             }
         }
         replicas_agree(&mut c);
+        // Snapshots are written in the background: let them land.
+        let compacted = |c: &Cluster| {
+            c.ids()
+                .iter()
+                .all(|&id| c.node(id).log().snapshot_index() > 0)
+        };
+        assert!(c.run_until(200, compacted), "never compacted");
         for id in c.ids() {
             c.crash(id);
         }
@@ -1196,7 +1203,10 @@ fn the_least_recently_used_session_is_evicted_at_the_bound_6_3() {
         c.elect(300);
         replicas_agree(&mut c);
         let leader = c.leader().unwrap();
-        assert!(c.node(leader).log().snapshot_index() > 0, "never compacted");
+        assert!(
+            c.node(leader).log().snapshot_index() > 0,
+            "the snapshot survived"
+        );
         assert_eq!(c.node(leader).state_machine().sessions(), 3);
         // 10, 11 and 12 remain: a retry of 12 gets its recorded answer.
         assert_eq!(c.submit(set("f12", "v", 12, 1), 200), ok);

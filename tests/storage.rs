@@ -1267,3 +1267,63 @@ fn the_log_grows_ahead_of_its_records_and_reopens_at_their_end() {
     );
     assert_eq!(reopen(dir.path()).entries, entries(1..=4, 1));
 }
+
+fn snapshot_at(index: LogIndex, term: Term) -> Snapshot {
+    Snapshot {
+        last_included_index: index,
+        last_included_term: term,
+        data: format!("the state through {index}").into_bytes(),
+    }
+}
+
+/// §7: a node's own snapshot is written by another thread's
+/// `SnapshotWriter` while the log stays whole; only `compact` drops the
+/// entries it covers. A crash in between reopens with the new snapshot
+/// beside the whole log, and recovery hands back only what follows it.
+#[test]
+fn a_snapshot_written_in_the_background_then_compacted_7() {
+    let dir = TempDir::new().unwrap();
+    let mut storage = open(dir.path());
+    storage.save_hard_state(term(1)).unwrap();
+    storage.append(&entries(1..=10, 1)).unwrap();
+    storage.sync().unwrap();
+    let mut writer = storage.snapshot_writer();
+    let writing = std::thread::spawn(move || writer.write_snapshot(&snapshot_at(6, 1)).unwrap());
+    assert!(writing.join().unwrap(), "the snapshot was stored");
+
+    // A crash here: the snapshot, and the log with every entry.
+    drop(storage);
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.snapshot, Some(snapshot_at(6, 1)));
+    assert_eq!(recovered.entries, entries(7..=10, 1));
+
+    let mut storage = open(dir.path());
+    storage.compact(6).unwrap();
+    storage.append(&entries(11..=12, 1)).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.snapshot, Some(snapshot_at(6, 1)));
+    assert_eq!(recovered.entries, entries(7..=12, 1));
+}
+
+/// A snapshot installed from the leader while the node's own older one is
+/// being written wins: the writer leaves it in place, and the log cannot
+/// be compacted past what is stored.
+#[test]
+fn a_background_snapshot_never_replaces_a_newer_one_figure_13() {
+    let dir = TempDir::new().unwrap();
+    let mut storage = open(dir.path());
+    storage.save_hard_state(term(2)).unwrap();
+    storage.append(&entries(1..=5, 1)).unwrap();
+    storage.sync().unwrap();
+    let mut writer = storage.snapshot_writer();
+    storage.save_snapshot(&snapshot_at(20, 2), false).unwrap();
+    assert!(!writer.write_snapshot(&snapshot_at(4, 1)).unwrap());
+    assert!(storage.compact(21).is_err(), "no snapshot reaches 21");
+    drop(storage);
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.snapshot, Some(snapshot_at(20, 2)));
+    assert_eq!(recovered.entries, []);
+    assert!(!dir.path().join("snapshot.background.tmp").exists());
+}

@@ -56,7 +56,7 @@ fn assert_holds(c: &Cluster, id: NodeId, keys: std::ops::Range<u32>) {
 #[test]
 fn a_cluster_on_file_storage_keeps_its_data_across_restarts_and_snapshots() {
     let dir = TempDir::new().unwrap();
-    let config = SimConfig::new(3, 1).snapshot_threshold(10, 100);
+    let config = SimConfig::new(3, 1).snapshot_log_bytes(256, 100);
     let mut c = Cluster::with_storage(config, FileDisks::new(dir.path()));
     write(&mut c, 0..12);
 
@@ -67,6 +67,8 @@ fn a_cluster_on_file_storage_keeps_its_data_across_restarts_and_snapshots() {
     c.isolate(laggard);
     write(&mut c, 12..40);
     let leader = c.elect(2_000);
+    // The leader's snapshots are written in the background.
+    assert!(c.run_until(100, |c| c.node(leader).snapshot_in_progress().is_none()));
     let laggard_last = c.node(laggard).log().last_index();
     assert!(
         c.node(leader).log().snapshot_index() > laggard_last,

@@ -15,8 +15,7 @@ pub use sessions::{validate_session, MAX_SEQUENCE, MAX_SESSIONS, SESSION_TTL_MS}
 
 use sessions::{fingerprint, Sessions};
 
-use std::collections::BTreeMap;
-
+use imbl::OrdMap;
 use prost::Message as _;
 
 use crate::proto::kv as pb;
@@ -102,11 +101,15 @@ pub fn value_too_long(len: u64) -> String {
     format!("value is {len} bytes; the limit is {MAX_VALUE_BYTES}")
 }
 
-/// A `BTreeMap<String, String>` plus the client sessions. `apply` is
+/// An ordered map of strings plus the client sessions. `apply` is
 /// deterministic, so every server that applies the same log holds the same map.
+///
+/// The map is persistent (copy-on-write): [`KvStore::freeze`] keeps the state
+/// of one moment in O(1), for a snapshot to be encoded on another thread
+/// while this one goes on applying (§7).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
-    data: BTreeMap<String, String>,
+    data: OrdMap<String, String>,
     sessions: Sessions,
 }
 
@@ -128,8 +131,8 @@ impl raft::StateMachine for KvStore {
         Answer::Value(value).encode()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        KvStore::snapshot(self)
+    fn freeze(&self) -> raft::FrozenState {
+        Box::new(self.freeze())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
@@ -148,7 +151,7 @@ impl KvStore {
     /// [`MAX_SESSIONS`]: for tests. Every server of a cluster must use the same.
     pub fn with_max_sessions(max_sessions: usize) -> Self {
         KvStore {
-            data: BTreeMap::new(),
+            data: OrdMap::new(),
             sessions: Sessions::with_max_sessions(max_sessions),
         }
     }
@@ -192,7 +195,7 @@ impl KvStore {
         client_id: u64,
         sequence: u64,
         fingerprint: u32,
-        op: impl FnOnce(&mut BTreeMap<String, String>) -> bool,
+        op: impl FnOnce(&mut OrdMap<String, String>) -> bool,
     ) -> Result<bool, Answer> {
         // BEGIN SOLUTION kv
         if client_id != 0 {
@@ -244,58 +247,20 @@ impl KvStore {
     }
 
     /// Encode every key and session, for a snapshot (§7): the bytes of a
-    /// `pb::StateMachineSnapshot`, written straight from the map into a buffer
-    /// of the right size. Building that message first would copy every key
-    /// and value: with a million keys, a quarter more memory and a slower
-    /// snapshot on the event loop (docs/performance.md, "As the data grows").
+    /// `pb::StateMachineSnapshot`.
     pub fn snapshot(&self) -> Vec<u8> {
-        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len};
-        use prost::encoding::{message, string, uint64, WireType};
-        // proto3 leaves out a field that holds its default, here "".
-        fn field_len(tag: u32, text: &String) -> usize {
-            if text.is_empty() {
-                0
-            } else {
-                string::encoded_len(tag, text)
-            }
-        }
-        let pair_len = |key, value| field_len(1, key) + field_len(2, value);
+        self.freeze()()
+    }
+
+    /// The state as it is now, to be encoded later, on any thread: §7's
+    /// copy-on-write. Cloning the map is O(1) — it shares every node with
+    /// ours until `apply` changes one — and the session table is copied
+    /// (it is bounded, `MAX_SESSIONS` small records).
+    pub fn freeze(&self) -> impl FnOnce() -> Vec<u8> + Send + 'static {
+        let data = self.data.clone();
         let sessions = self.sessions.to_messages();
         let clock_ms = self.sessions.clock_ms();
-        let size = self
-            .data
-            .iter()
-            .map(|(key, value)| {
-                let len = pair_len(key, value);
-                key_len(1) + encoded_len_varint(len as u64) + len
-            })
-            .sum::<usize>()
-            + sessions
-                .iter()
-                .map(|session| message::encoded_len(2, session))
-                .sum::<usize>()
-            + if clock_ms == 0 {
-                0
-            } else {
-                uint64::encoded_len(3, &clock_ms)
-            };
-        let mut buf = Vec::with_capacity(size);
-        for (key, value) in &self.data {
-            encode_key(1, WireType::LengthDelimited, &mut buf);
-            encode_varint(pair_len(key, value) as u64, &mut buf);
-            for (tag, text) in [(1, key), (2, value)] {
-                if !text.is_empty() {
-                    string::encode(tag, text, &mut buf);
-                }
-            }
-        }
-        for session in &sessions {
-            message::encode(2, session, &mut buf);
-        }
-        if clock_ms != 0 {
-            uint64::encode(3, &clock_ms, &mut buf);
-        }
-        buf
+        move || encode_snapshot(&data, &sessions, clock_ms)
     }
 
     /// How many client sessions the store holds (§6.3).
@@ -328,6 +293,62 @@ impl KvStore {
             sessions: Sessions::from_messages(snapshot.sessions, snapshot.clock_ms, max_sessions),
         })
     }
+}
+
+/// The bytes of a `pb::StateMachineSnapshot` holding `data` and `sessions`,
+/// written straight from the map into a buffer of the right size. Building
+/// that message first would copy every key and value: with a million keys, a
+/// quarter more memory and a slower snapshot (docs/performance.md, "As the
+/// data grows").
+fn encode_snapshot(
+    data: &OrdMap<String, String>,
+    sessions: &[pb::Session],
+    clock_ms: u64,
+) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len};
+    use prost::encoding::{message, string, uint64, WireType};
+    // proto3 leaves out a field that holds its default, here "" and 0.
+    fn field_len(tag: u32, text: &String) -> usize {
+        if text.is_empty() {
+            0
+        } else {
+            string::encoded_len(tag, text)
+        }
+    }
+    let pair_len = |key, value| field_len(1, key) + field_len(2, value);
+    let size = data
+        .iter()
+        .map(|(key, value)| {
+            let len = pair_len(key, value);
+            key_len(1) + encoded_len_varint(len as u64) + len
+        })
+        .sum::<usize>()
+        + sessions
+            .iter()
+            .map(|session| message::encoded_len(2, session))
+            .sum::<usize>()
+        + if clock_ms == 0 {
+            0
+        } else {
+            uint64::encoded_len(3, &clock_ms)
+        };
+    let mut buf = Vec::with_capacity(size);
+    for (key, value) in data {
+        encode_key(1, WireType::LengthDelimited, &mut buf);
+        encode_varint(pair_len(key, value) as u64, &mut buf);
+        for (tag, text) in [(1, key), (2, value)] {
+            if !text.is_empty() {
+                string::encode(tag, text, &mut buf);
+            }
+        }
+    }
+    for session in sessions {
+        message::encode(2, session, &mut buf);
+    }
+    if clock_ms != 0 {
+        uint64::encode(3, &clock_ms, &mut buf);
+    }
+    buf
 }
 
 #[cfg(test)]
@@ -584,5 +605,21 @@ mod tests {
         }
         assert_eq!(state.sessions(), 10);
         assert!(state.sessions.get(100).is_some(), "the most recent stays");
+    }
+
+    /// §7 copy-on-write: a frozen state encodes what the store held when it
+    /// was frozen, whatever is applied after, and on another thread.
+    #[test]
+    fn frozen_state_ignores_later_writes() {
+        let mut state = KvStore::new();
+        state.apply_command(1, &set("a", "1", 7, 1));
+        let before = state.clone();
+        let frozen = state.freeze();
+        state.apply_command(2, &set("a", "2", 7, 2));
+        state.apply_command(3, &set("b", "3", 8, 1));
+        let bytes = std::thread::spawn(frozen).join().unwrap();
+        assert_eq!(bytes, before.snapshot());
+        assert_eq!(KvStore::restore(&bytes).unwrap(), before);
+        assert_eq!(state.get("a"), Some("2"));
     }
 }

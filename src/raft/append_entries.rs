@@ -47,28 +47,14 @@ impl<S: StateMachine> RaftNode<S> {
             self.send_snapshot_chunk(peer, always);
             return;
         }
-        let has_new_entries = next_index <= self.persistent.log().last_index();
-        if always && flow.probing {
-            // A heartbeat sends the probe again: the last one may be lost.
-            flow.in_flight.clear();
-        }
-        let window_full = window_full(flow, config);
-        if !always && (!has_new_entries || window_full) {
+        let log = self.persistent.log();
+        let Some((entries, bytes)) = entries_to_send(flow, log, next_index, config, always) else {
             return;
-        }
+        };
         let prev_log_index = next_index - 1;
-        let prev_log_term = self
-            .persistent
-            .log()
+        let prev_log_term = log
             .term_at(prev_log_index)
             .expect("prev_log_index is at or after the snapshot");
-        // A heartbeat to a follower whose window is full carries no entries:
-        // a follower behind a slow disk is not sent more than it can write.
-        let (entries, bytes) = if window_full {
-            (Vec::new(), 0)
-        } else {
-            entries_from(self.persistent.log(), next_index, config)
-        };
         if let Some(last) = entries.last() {
             flow.in_flight.push_back(InFlight {
                 last_index: last.index,
@@ -340,6 +326,32 @@ impl<S: StateMachine> RaftNode<S> {
 }
 
 // BEGIN SOLUTION replication
+/// What to send a follower from `next_index`: nothing when no entries are
+/// new or its window is full, unless `always` (a heartbeat, a retry). A
+/// heartbeat to a follower whose window is full carries no entries: a
+/// follower behind a slow disk is not sent more than it can soon write.
+fn entries_to_send(
+    flow: &mut Flow,
+    log: &Log,
+    next_index: LogIndex,
+    config: &RaftConfig,
+    always: bool,
+) -> Option<(Vec<Entry>, usize)> {
+    if always && flow.probing {
+        // A heartbeat sends the probe again: the last one may be lost.
+        flow.in_flight.clear();
+    }
+    let window_full = window_full(flow, config);
+    let has_new_entries = next_index <= log.last_index();
+    if !always && (!has_new_entries || window_full) {
+        return None;
+    }
+    if window_full {
+        return Some((Vec::new(), 0));
+    }
+    Some(entries_from(log, next_index, config))
+}
+
 /// The entries from `next_index` on, at most `max_entries_per_message` of
 /// them and `max_bytes_per_message` bytes (but at least one), and their bytes.
 fn entries_from(log: &Log, next_index: LogIndex, config: &RaftConfig) -> (Vec<Entry>, usize) {

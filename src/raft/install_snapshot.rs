@@ -3,49 +3,98 @@
 use log::info;
 // BEGIN SOLUTION snapshots
 use log::warn;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use super::message::Message;
 use super::message::{LogIndex, Term};
 use super::state::{IncomingSnapshot, Role, SnapshotTransfer};
-use super::storage::Snapshot;
+use super::storage::SnapshotToSave;
 // SKELETON
 // END SOLUTION
 
 use super::message::{InstallSnapshot, InstallSnapshotReply, NodeId};
 use super::state::RaftNode;
 use super::state_machine::StateMachine;
+use super::storage::Snapshot;
 
 impl<S: StateMachine> RaftNode<S> {
     /// §7: "Each server takes snapshots independently, covering just the
     /// committed entries in its log." We snapshot what has been applied once
-    /// the log holds more than `snapshot_threshold` entries.
+    /// the log has outgrown the last snapshot (below). The state machine is
+    /// frozen here and written off the event loop (§7: "copy-on-write ... so
+    /// that new updates can be accepted without impacting the snapshot being
+    /// written"); the log keeps every entry until `snapshot_saved`.
     pub(super) fn maybe_snapshot(&mut self) {
         // BEGIN SOLUTION snapshots
-        if self.persistent.log().len() <= self.config.snapshot_threshold
-            || self.last_applied <= self.persistent.log().snapshot_index()
+        let log = self.persistent.log();
+        // Dissertation §5.1.3: snapshot when the log exceeds the size of the
+        // previous snapshot, so that the bytes written for snapshots stay
+        // proportional to those written to the log — never below
+        // `snapshot_log_bytes`, so a small state is not snapshotted at
+        // every few entries.
+        let last_snapshot_bytes = log.snapshot().map_or(0, |s| s.data.len());
+        let base = self.config.snapshot_log_bytes.max(last_snapshot_bytes);
+        if log.bytes() <= base
+            || self.snapshot_in_progress.is_some()
+            || self.last_applied <= log.snapshot_index()
         {
             return;
         }
+        // Members with the same log would all snapshot at the same moment,
+        // and on a shared disk their writes slow every fsync at once
+        // (docs/performance.md): each waits for up to half as many bytes
+        // again, drawn from its own seed and the snapshot it replaces.
+        let mut stagger = SmallRng::seed_from_u64(self.config.seed ^ log.snapshot_index());
+        if log.bytes() <= base + stagger.gen_range(0..=base / 2) {
+            return;
+        }
         let index = self.last_applied;
-        let term = self
-            .persistent
-            .log()
-            .term_at(index)
-            .expect("applied entries are in the log");
-        let snapshot = Snapshot {
+        let term = log.term_at(index).expect("applied entries are in the log");
+        info!(
+            "node {} term {}: snapshot through index {index} started ({} bytes of log)",
+            self.config.id,
+            self.current_term(),
+            log.bytes()
+        );
+        self.snapshot_in_progress = Some(index);
+        self.outbox.save_snapshot(SnapshotToSave {
             last_included_index: index,
             last_included_term: term,
-            data: self.state_machine.snapshot(),
-        };
+            state: self.state_machine.freeze(),
+        });
+        // SKELETON
+        // // Never compacts: the log grows without bound.
+        // END SOLUTION
+    }
+
+    /// Our snapshot through `snapshot.last_included_index`, started by
+    /// `maybe_snapshot`, is durable: the log entries it covers may go (§7).
+    /// Until now the log kept them, so a crash while the snapshot was being
+    /// written lost nothing.
+    pub fn snapshot_saved(&mut self, snapshot: Snapshot) {
+        // BEGIN SOLUTION snapshots
+        let index = snapshot.last_included_index;
+        if self.snapshot_in_progress == Some(index) {
+            self.snapshot_in_progress = None;
+        }
+        // A newer snapshot from the leader may have replaced the log while
+        // this one was written (Figure 13): then there is nothing to compact.
+        let log = self.persistent.log();
+        if index <= log.snapshot_index() || log.term_at(index) != Some(snapshot.last_included_term)
+        {
+            return;
+        }
         info!(
             "node {} term {}: snapshot through index {index} ({} bytes), log compacted",
             self.config.id,
             self.current_term(),
             snapshot.data.len()
         );
-        self.persistent.log_mut().install_snapshot(snapshot, true);
+        self.persistent.log_mut().compact(snapshot);
         // SKELETON
-        // // Never compacts: the log grows without bound.
+        // // Never called: maybe_snapshot starts no snapshot.
+        // let _ = snapshot;
         // END SOLUTION
     }
 

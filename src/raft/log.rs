@@ -54,6 +54,8 @@ pub struct Log {
     snapshot: Option<Snapshot>,
     /// entries snapshot_index+1 ..= last_index
     entries: Vec<Entry>,
+    /// the bytes of their commands (what triggers the next snapshot, §7)
+    bytes: usize,
     /// entries up to here are on stable storage (see `sync`)
     durable_index: LogIndex,
     /// where the log was truncated since the last `sync`, in order (see
@@ -128,6 +130,7 @@ impl Log {
             snapshot_index,
             snapshot_term,
             snapshot: recovered.snapshot,
+            bytes: entries.iter().map(|e| e.command.size()).sum(),
             entries,
             durable_index,
             truncated_since_sync: Vec::new(),
@@ -203,6 +206,11 @@ impl Log {
         self.entries.len()
     }
 
+    /// Bytes of the commands held outside the snapshot (see [`Command::size`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -242,6 +250,7 @@ impl Log {
         self.storage
             .append(&entries)
             .unwrap_or_else(|e| fatal("appending log entries", e));
+        self.bytes += entries.iter().map(|e| e.command.size()).sum::<usize>();
         self.entries.extend(entries);
     }
 
@@ -289,8 +298,10 @@ impl Log {
         //     .truncate_from(index)
         //     .unwrap_or_else(|e| fatal("truncating the log", e));
         // END SOLUTION
-        self.entries
-            .truncate((index - self.snapshot_index - 1) as usize);
+        let removed = self
+            .entries
+            .drain((index - self.snapshot_index - 1) as usize..);
+        self.bytes -= removed.map(|e| e.command.size()).sum::<usize>();
         self.durable_index = self.durable_index.min(self.last_index());
         self.truncated_since_sync.push(index);
     }
@@ -308,13 +319,42 @@ impl Log {
             .save_snapshot(&snapshot, keep_suffix)
             .unwrap_or_else(|e| fatal("saving a snapshot", e));
         if keep_suffix {
-            self.entries.drain(..(index - self.snapshot_index) as usize);
+            self.drop_through(index);
         } else {
             // What was held may differ from what the snapshot replaces it with.
             self.truncated_since_sync.push(self.snapshot_index + 1);
             self.entries.clear();
+            self.bytes = 0;
         }
-        self.snapshot_index = index;
+        self.set_snapshot(snapshot);
+    }
+
+    /// Discard the entries through `snapshot.last_included_index`, which it
+    /// covers (§7): the node's own snapshot, taken in the background, is
+    /// durable now. Until this call the log kept them, so a crash while it
+    /// was written lost nothing. Durable when this returns.
+    pub fn compact(&mut self, snapshot: Snapshot) {
+        let index = snapshot.last_included_index;
+        assert_eq!(
+            self.term_at(index),
+            Some(snapshot.last_included_term),
+            "a snapshot of applied entries agrees with the log"
+        );
+        self.storage
+            .compact(index)
+            .unwrap_or_else(|e| fatal("compacting the log", e));
+        self.drop_through(index);
+        self.set_snapshot(snapshot);
+    }
+
+    /// Drop the entries through `index` from memory.
+    fn drop_through(&mut self, index: LogIndex) {
+        let dropped = self.entries.drain(..(index - self.snapshot_index) as usize);
+        self.bytes -= dropped.map(|e| e.command.size()).sum::<usize>();
+    }
+
+    fn set_snapshot(&mut self, snapshot: Snapshot) {
+        self.snapshot_index = snapshot.last_included_index;
         self.snapshot_term = snapshot.last_included_term;
         self.snapshot = Some(snapshot);
         self.durable_index = self

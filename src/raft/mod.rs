@@ -36,6 +36,8 @@ pub use self::log::{Command, Durable, Entry, Log};
 pub use client::{Request, RequestError, RequestId, Response};
 pub use message::*;
 pub use state::{NodeStatus, Outbox, RaftConfig, RaftNode, Role};
-pub use state_machine::StateMachine;
-pub use storage::{HardState, MemStorage, Recovered, Snapshot, Storage};
+pub use state_machine::{FrozenState, StateMachine};
+pub use storage::{
+    HardState, MemStorage, Recovered, Snapshot, SnapshotToSave, SnapshotWriter, Storage,
+};
 pub use validate::MAX_TERM_JUMP;

@@ -18,7 +18,7 @@ use super::log::Log;
 use super::message::{LogIndex, Message, NodeId, Term};
 use super::persistent::Persistent;
 use super::state_machine::StateMachine;
-use super::storage::Storage;
+use super::storage::{SnapshotToSave, Storage};
 
 /// Where the core's output goes, one way: messages to peers (requests and
 /// replies alike) and answers to clients. The runtime hands them to the gRPC
@@ -28,11 +28,18 @@ pub trait Outbox: Send {
     fn send(&mut self, to: NodeId, message: Message);
     /// Answer the client request `request`.
     fn respond(&mut self, request: RequestId, response: Response);
+    /// Encode and write `snapshot` durably away from the core (§7), then
+    /// report it with [`RaftNode::snapshot_saved`]: the runtime on a thread
+    /// of its own, the test harness after a delay of its choosing.
+    fn save_snapshot(&mut self, snapshot: SnapshotToSave);
     /// Messages may wait in the outbox until this is called, so that the
     /// runtime hands a whole turn's batch to the network at once
     /// ([`RaftNode::end_turn`] calls it).
     fn flush(&mut self) {}
 }
+
+/// The least bytes of log that trigger a snapshot (`RaftConfig::snapshot_log_bytes`).
+pub const DEFAULT_SNAPSHOT_LOG_BYTES: usize = 4 << 20;
 
 /// Settings of the core. Times are in ticks: the runtime's timer thread sends
 /// one tick every `--tick-ms`, and tests call `tick()` themselves.
@@ -46,8 +53,9 @@ pub struct RaftConfig {
     pub election_timeout_ticks: (u64, u64),
     /// the leader sends heartbeats this often (§5.2)
     pub heartbeat_ticks: u64,
-    /// take a snapshot when the log holds more entries than this (§7)
-    pub snapshot_threshold: usize,
+    /// take a snapshot (§7) when the log's entries since the last one hold
+    /// more bytes than this and than that snapshot (`maybe_snapshot`)
+    pub snapshot_log_bytes: usize,
     /// bytes of snapshot per InstallSnapshot message
     pub snapshot_chunk_bytes: usize,
     /// the largest snapshot a follower accepts: the chunks are gathered in
@@ -75,7 +83,7 @@ impl RaftConfig {
             members,
             election_timeout_ticks: (15, 30),
             heartbeat_ticks: 5,
-            snapshot_threshold: 10_000,
+            snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
             snapshot_chunk_bytes: 1 << 20,
             max_snapshot_bytes: 1 << 30,
             max_entries_per_message: 1024,
@@ -252,6 +260,9 @@ pub struct RaftNode<S: StateMachine> {
     pub(super) state_machine: S,
     /// a snapshot being received from the leader
     pub(super) incoming_snapshot: Option<IncomingSnapshot>,
+    /// the last index of our own snapshot being written, until it is
+    /// durable (`snapshot_saved`): at most one at a time
+    pub(super) snapshot_in_progress: Option<LogIndex>,
     pub(super) outbox: Box<dyn Outbox>,
     /// replies held until this turn's fsync (`turn.rs`), each with the
     /// log's truncation count when it was made
@@ -302,6 +313,7 @@ impl<S: StateMachine> RaftNode<S> {
             rng,
             state_machine,
             incoming_snapshot: None,
+            snapshot_in_progress: None,
             outbox,
             awaiting_sync: Vec::new(),
         };
@@ -351,6 +363,11 @@ impl<S: StateMachine> RaftNode<S> {
 
     pub fn config(&self) -> &RaftConfig {
         &self.config
+    }
+
+    /// The last index of our own snapshot being written, if one is.
+    pub fn snapshot_in_progress(&self) -> Option<LogIndex> {
+        self.snapshot_in_progress
     }
 
     /// Bytes of a snapshot being received and held in memory.

@@ -6,6 +6,10 @@
 
 use super::message::LogIndex;
 
+/// A state machine's state frozen at one moment; calling it encodes that
+/// state for a snapshot ([`StateMachine::freeze`]).
+pub type FrozenState = Box<dyn FnOnce() -> Vec<u8> + Send>;
+
 pub trait StateMachine: Send {
     /// Apply the committed command at `index` (All Servers: "apply
     /// log[lastApplied] to state machine"), returning the answer for the
@@ -18,8 +22,13 @@ pub trait StateMachine: Send {
     /// Answer a read from the current state, without changing it.
     fn query(&self, query: &[u8]) -> Vec<u8>;
 
-    /// The whole state, encoded, for a snapshot (§7).
-    fn snapshot(&self) -> Vec<u8>;
+    /// The whole state as it is now, frozen, for a snapshot (§7): calling
+    /// what this returns encodes it. The encoding happens on another
+    /// thread while this state machine goes on applying, so the frozen view
+    /// must not change with it — §7's "copy-on-write techniques ... so that
+    /// new updates can be accepted without impacting the snapshot being
+    /// written". Freezing must be cheap: it happens on the event loop.
+    fn freeze(&self) -> FrozenState;
 
     /// Replace the whole state with a snapshot's (Figure 13 step 8). On an
     /// error the state is unchanged.

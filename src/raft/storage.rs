@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use super::log::Entry;
 use super::message::{LogIndex, NodeId, Term};
+use super::state_machine::FrozenState;
 
 /// The persistent state of Figure 2 besides the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,6 +32,36 @@ pub struct Snapshot {
     pub last_included_term: Term,
     /// the state machine, encoded by `kv::StateMachine::snapshot`
     pub data: Vec<u8>,
+}
+
+/// A snapshot the core has started (§7): the state machine frozen just
+/// after applying `last_included_index`. The runtime encodes and writes it
+/// away from the event loop, with the storage's [`SnapshotWriter`], and
+/// reports back through `RaftNode::snapshot_saved`.
+pub struct SnapshotToSave {
+    pub last_included_index: LogIndex,
+    pub last_included_term: Term,
+    pub state: FrozenState,
+}
+
+impl SnapshotToSave {
+    /// Encode the frozen state: the snapshot to write.
+    pub fn encode(self) -> Snapshot {
+        Snapshot {
+            last_included_index: self.last_included_index,
+            last_included_term: self.last_included_term,
+            data: (self.state)(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SnapshotToSave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotToSave")
+            .field("last_included_index", &self.last_included_index)
+            .field("last_included_term", &self.last_included_term)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything a node had made durable when it stopped.
@@ -71,6 +102,21 @@ pub trait Storage: Send {
     /// trimmed one — never a suffix without the entry that shows whether it
     /// agrees with the snapshot.
     fn save_snapshot(&mut self, snapshot: &Snapshot, keep_suffix: bool) -> io::Result<()>;
+    /// A writer of this node's own snapshots, for another thread (§7: the
+    /// node goes on while its snapshot is written).
+    fn snapshot_writer(&self) -> Box<dyn SnapshotWriter>;
+    /// Discard the log entries through `index`, which a snapshot that the
+    /// [`SnapshotWriter`] made durable covers. Durable. A crash before it
+    /// leaves the snapshot beside the whole log, which `recover` reconciles.
+    fn compact(&mut self, index: LogIndex) -> io::Result<()>;
+}
+
+/// Writes a node's snapshots on a thread of its own.
+pub trait SnapshotWriter: Send {
+    /// Store `snapshot` durably, atomically replacing the stored one — unless
+    /// that one is as new or newer (installed from the leader meanwhile):
+    /// then nothing changes and this returns false. Never touches the log.
+    fn write_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<bool>;
 }
 
 /// The simulated disk of the test harness: what `sync` (or a durable method)
@@ -131,6 +177,18 @@ impl MemStorage {
     /// The durable log entries (for tests).
     pub fn durable_entries(&self) -> Vec<Entry> {
         self.disk.lock().unwrap().durable.entries.clone()
+    }
+
+    /// The last index of the durable snapshot (0: none), and the index of
+    /// the first durable log entry (for the simulator's checks, which run
+    /// after every step: no copies).
+    pub fn durable_bounds(&self) -> (LogIndex, Option<LogIndex>) {
+        let disk = self.disk.lock().unwrap();
+        let snapshot = disk.durable.snapshot.as_ref();
+        (
+            snapshot.map_or(0, |s| s.last_included_index),
+            disk.durable.entries.first().map(|e| e.index),
+        )
     }
 
     /// The durable snapshot (for tests).
@@ -202,5 +260,33 @@ impl Storage for MemStorage {
         disk.durable.entries.retain(keep);
         disk.fsyncs += 1;
         Ok(())
+    }
+
+    fn snapshot_writer(&self) -> Box<dyn SnapshotWriter> {
+        Box::new(self.clone())
+    }
+
+    fn compact(&mut self, index: LogIndex) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        disk.written.entries.retain(|e| e.index > index);
+        disk.durable.entries.retain(|e| e.index > index);
+        disk.fsyncs += 1;
+        Ok(())
+    }
+}
+
+/// The simulated disk writes a snapshot at once; the test harness decides
+/// when (src/sim).
+impl SnapshotWriter for MemStorage {
+    fn write_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<bool> {
+        let mut disk = self.disk.lock().unwrap();
+        let stored = disk.durable.snapshot.as_ref();
+        if stored.is_some_and(|s| s.last_included_index >= snapshot.last_included_index) {
+            return Ok(false);
+        }
+        disk.written.snapshot = Some(snapshot.clone());
+        disk.durable.snapshot = Some(snapshot.clone());
+        disk.fsyncs += 1;
+        Ok(true)
     }
 }

@@ -1,14 +1,15 @@
 //! The event loop: the one thread that owns the [`RaftNode`].
 //!
-//! It waits on four channels with `crossbeam_channel::select!` and makes one
+//! It waits on five channels with `crossbeam_channel::select!` and makes one
 //! plain, blocking call into the core for each thing that arrives:
 //!
-//! | channel          | sender             | call into the core            |
-//! |------------------|--------------------|-------------------------------|
-//! | `ticks`          | timer thread       | `tick()`                      |
-//! | `peer_messages`  | gRPC bridge        | `step_batch(messages)`        |
-//! | `client_calls`   | gRPC bridge        | `client_requests(batch)`      |
-//! | `shutdown`       | whoever stops us   | (leave the loop)              |
+//! | channel           | sender                 | call into the core            |
+//! |-------------------|------------------------|-------------------------------|
+//! | `ticks`           | timer thread           | `tick()`                      |
+//! | `peer_messages`   | gRPC bridge            | `step_batch(messages)`        |
+//! | `client_calls`    | gRPC bridge            | `client_requests(batch)`      |
+//! | `snapshots_saved` | snapshot writer thread | `snapshot_saved(snapshot)`    |
+//! | `shutdown`        | whoever stops us       | (leave the loop)              |
 //!
 //! Each of these is one turn, which ends with `end_turn()`: one fsync for
 //! everything the turn appended, then the replies (src/raft/turn.rs). What
@@ -36,13 +37,16 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{select, Receiver, Sender};
 use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FastPath;
 use crate::kv::KvStore;
-use crate::raft::{Message, NodeId, NodeStatus, Outbox, RaftNode, Request, RequestId, Response};
+use crate::raft::{
+    Message, NodeId, NodeStatus, Outbox, RaftNode, Request, RequestId, Response, Snapshot,
+    SnapshotToSave,
+};
 
 /// A message from a peer, for `RaftNode::step`.
 #[derive(Debug)]
@@ -64,6 +68,8 @@ pub struct Inputs {
     pub ticks: Receiver<()>,
     pub peer_messages: Receiver<PeerMessage>,
     pub client_calls: Receiver<ClientCall>,
+    /// our own snapshots, durable (src/server/snapshot_writer.rs)
+    pub snapshots_saved: Receiver<Snapshot>,
     pub shutdown: Receiver<()>,
 }
 
@@ -88,14 +94,20 @@ pub struct RuntimeOutbox {
     /// what was produced since the last flush
     handoff: Handoff,
     to_bridge: mpsc::UnboundedSender<Handoff>,
+    to_snapshot_writer: Sender<SnapshotToSave>,
 }
 
 impl RuntimeOutbox {
-    pub fn new(id: NodeId, to_bridge: mpsc::UnboundedSender<Handoff>) -> Self {
+    pub fn new(
+        id: NodeId,
+        to_bridge: mpsc::UnboundedSender<Handoff>,
+        to_snapshot_writer: Sender<SnapshotToSave>,
+    ) -> Self {
         RuntimeOutbox {
             id,
             handoff: Handoff::default(),
             to_bridge,
+            to_snapshot_writer,
         }
     }
 }
@@ -107,6 +119,16 @@ impl Outbox for RuntimeOutbox {
 
     fn respond(&mut self, request: RequestId, response: Response) {
         self.handoff.answers.push((request, response));
+    }
+
+    /// Never waits: the core has at most one snapshot in progress.
+    fn save_snapshot(&mut self, snapshot: SnapshotToSave) {
+        if self.to_snapshot_writer.send(snapshot).is_err() {
+            debug!(
+                "node {}: no snapshot: the writer thread has stopped",
+                self.id
+            );
+        }
     }
 
     /// Never waits: the channel is unbounded, and the bridge drops what a
@@ -150,8 +172,9 @@ enum Event {
     Tick,
     Peer(PeerMessage),
     Client(ClientCall),
+    SnapshotSaved(Snapshot),
     /// shutdown, or a thread that feeds the loop has stopped (a node without
-    /// its timer or its bridge can do nothing useful)
+    /// its timer, its bridge or its snapshot writer can do nothing useful)
     Stop,
 }
 
@@ -197,6 +220,10 @@ impl EventLoop {
                 }
                 Event::Peer(message) => self.on_peer_messages(message),
                 Event::Client(call) => self.on_client_calls(call),
+                Event::SnapshotSaved(snapshot) => {
+                    self.node.snapshot_saved(snapshot);
+                    0
+                }
                 Event::Stop => break,
             };
             self.node.end_turn();
@@ -217,6 +244,7 @@ impl EventLoop {
                 recv(inputs.peer_messages) -> m => return m.map_or(Event::Stop, Event::Peer),
                 recv(inputs.client_calls) -> c => return c.map_or(Event::Stop, Event::Client),
                 recv(inputs.ticks) -> t => return t.map_or(Event::Stop, |()| Event::Tick),
+                recv(inputs.snapshots_saved) -> s => return s.map_or(Event::Stop, Event::SnapshotSaved),
                 recv(inputs.shutdown) -> _ => return Event::Stop,
                 default => {}
             }
@@ -229,6 +257,7 @@ impl EventLoop {
             recv(inputs.peer_messages) -> m => m.map_or(Event::Stop, Event::Peer),
             recv(inputs.client_calls) -> c => c.map_or(Event::Stop, Event::Client),
             recv(inputs.ticks) -> t => t.map_or(Event::Stop, |()| Event::Tick),
+            recv(inputs.snapshots_saved) -> s => s.map_or(Event::Stop, Event::SnapshotSaved),
             recv(inputs.shutdown) -> _ => Event::Stop,
         }
     }

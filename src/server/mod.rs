@@ -1,13 +1,13 @@
 //! The node runtime: what turns the synchronous Raft core into a running
 //! server (`raft-kv node`), and a local cluster of them (`raft-kv cluster`).
 //!
-//! A node is three threads and the channels between them:
+//! A node is four threads and the channels between them:
 //!
 //! ```text
 //!   timer thread ──ticks──────────────────┐
 //!                                          ▼
-//!   gRPC bridge ──peer messages──▶  event loop (owns the RaftNode,
-//!   (tokio, tonic) ──client calls──▶  plain blocking code)
+//!   gRPC bridge ──peer messages──▶  event loop (owns the RaftNode,    ──snapshot to save──▶ snapshot
+//!   (tokio, tonic) ──client calls──▶  plain blocking code)  ◀──snapshot saved───── writer
 //!        ▲                                 │
 //!        └──── one Handoff per turn ◀──────┘ (messages, replies, answers)
 //! ```
@@ -16,6 +16,8 @@
 //!   Raft state: it `select!`s over its channels and calls `tick`, `step` or
 //!   `client_requests` — no locks, no async, in the order things arrived.
 //! - The **timer** (`timer.rs`) sends a tick every `--tick-ms`.
+//! - The **snapshot writer** (`snapshot_writer.rs`) encodes and writes the
+//!   node's own snapshots (§7), from a state the loop froze in O(1).
 //! - The **bridge** (`bridge.rs`) owns the tokio runtime: it serves the peer
 //!   and client gRPC services and makes the outbound RPCs. Nothing it does
 //!   can block the event loop: every channel into the loop is bounded and
@@ -29,6 +31,7 @@ pub mod bridge;
 mod cluster;
 pub mod event_loop;
 pub mod identity;
+mod snapshot_writer;
 mod timer;
 
 pub use cluster::{die_with_parent, interrupt};
@@ -40,7 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, unbounded, Sender};
 use log::{error, info};
 use tokio::sync::{mpsc, oneshot};
 
@@ -227,12 +230,13 @@ fn exit_on_panic(id: NodeId) {
     }));
 }
 
-/// A running node: its three threads and the means to stop them.
+/// A running node: its four threads and the means to stop them.
 pub struct Node {
     id: NodeId,
     event_loop: JoinHandle<()>,
     bridge: JoinHandle<Result<(), String>>,
     timer: JoinHandle<()>,
+    snapshot_writer: JoinHandle<()>,
     stop_event_loop: Sender<()>,
     /// taken by `shutdown`; dropping it would stop the bridge too
     stop_bridge: Option<oneshot::Sender<()>>,
@@ -255,7 +259,11 @@ impl Node {
         let (stop_bridge, bridge_shutdown) = oneshot::channel();
 
         let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
-        let outbox = RuntimeOutbox::new(id, handoff_tx);
+        let (to_write_tx, to_write_rx) = unbounded();
+        let (saved_tx, saved_rx) = bounded(1);
+        let snapshot_writer =
+            snapshot_writer::spawn(id, storage.snapshot_writer(), to_write_rx, saved_tx)?;
+        let outbox = RuntimeOutbox::new(id, handoff_tx, to_write_tx);
         let raft_config = config.raft_config();
         let max_peer_message_bytes = bridge::max_peer_message_bytes(&raft_config);
         let node = RaftNode::new(raft_config, storage, KvStore::new(), Box::new(outbox));
@@ -279,6 +287,7 @@ impl Node {
             ticks: tick_rx,
             peer_messages: peer_rx,
             client_calls: client_rx,
+            snapshots_saved: saved_rx,
             shutdown: shutdown_rx,
         };
         let (poll, fast_path) = (config.poll, config.fast_path);
@@ -292,6 +301,7 @@ impl Node {
             event_loop,
             bridge,
             timer,
+            snapshot_writer,
             stop_event_loop,
             stop_bridge: Some(stop_bridge),
         })
@@ -306,6 +316,11 @@ impl Node {
             .join()
             .unwrap_or_else(|_| Err(format!("node {id}: the gRPC bridge thread panicked")));
         Self::stop_the_rest(id, self.stop_event_loop, self.event_loop, self.timer)?;
+        // It stops with the event loop, once the snapshot it is writing is
+        // written.
+        self.snapshot_writer
+            .join()
+            .map_err(|_| format!("node {id}: the snapshot writer thread panicked"))?;
         served
     }
 

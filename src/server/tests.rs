@@ -52,7 +52,7 @@ struct TestCluster {
     listeners: Vec<Option<TcpListener>>,
     disks: Vec<MemStorage>,
     nodes: Vec<Option<Node>>,
-    snapshot_threshold: usize,
+    snapshot_log_bytes: usize,
     /// `raft-kv certs` output, when the cluster runs with TLS
     tls_dir: Option<tempfile::TempDir>,
     runtime: tokio::runtime::Runtime,
@@ -60,7 +60,7 @@ struct TestCluster {
 
 impl TestCluster {
     /// Bind a port for each of `size` members; start none of them yet.
-    fn new(size: usize, snapshot_threshold: usize) -> TestCluster {
+    fn new(size: usize, snapshot_log_bytes: usize) -> TestCluster {
         let listeners: Vec<TcpListener> = (0..size)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
@@ -77,7 +77,7 @@ impl TestCluster {
             listeners: listeners.into_iter().map(Some).collect(),
             disks: (0..size).map(|_| MemStorage::new()).collect(),
             nodes: (0..size).map(|_| None).collect(),
-            snapshot_threshold,
+            snapshot_log_bytes,
             tls_dir: None,
             // A worker thread of its own keeps the clients' connections
             // alive between calls, so they hang up promptly at shutdown.
@@ -135,7 +135,7 @@ impl TestCluster {
             members: self.members.clone(),
             data_dir: PathBuf::new(),
             timing: Timing::new("150-300", 50, 10).unwrap(),
-            snapshot_threshold: self.snapshot_threshold,
+            snapshot_log_bytes: self.snapshot_log_bytes,
             log_level: LogLevel::Info,
             poll: Duration::from_micros(500),
             fast_path: FastPath::default(),

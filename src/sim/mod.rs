@@ -30,7 +30,8 @@ use history::History;
 
 use crate::kv::{self, ClientError, ClientRequest, ClientResult, KvStore};
 use crate::raft::{
-    LogIndex, MemStorage, Message, NodeId, Outbox, RaftConfig, RaftNode, RequestId, Response, Term,
+    LogIndex, MemStorage, Message, NodeId, Outbox, RaftConfig, RaftNode, RequestId, Response,
+    Snapshot, SnapshotToSave, SnapshotWriter, Term,
 };
 pub use history::ReadStats;
 pub use invariants::Invariants;
@@ -67,8 +68,13 @@ pub struct SimConfig {
     pub batching: bool,
     pub election_timeout_ticks: (u64, u64),
     pub heartbeat_ticks: u64,
-    pub snapshot_threshold: usize,
+    pub snapshot_log_bytes: usize,
     pub snapshot_chunk_bytes: usize,
+    /// a node's own snapshot is written up to this many ticks after it is
+    /// started (seeded), and reported durable up to as many after; 0 writes
+    /// and reports it at once, in the turn that started it, as a node that
+    /// snapshots on its event loop would
+    pub max_snapshot_write_ticks: u64,
     pub max_in_flight: usize,
     pub max_bytes_per_message: usize,
     pub max_bytes_in_flight: usize,
@@ -91,8 +97,9 @@ impl SimConfig {
             batch_delivery: true,
             election_timeout_ticks: (15, 30),
             heartbeat_ticks: 5,
-            snapshot_threshold: 10_000,
+            snapshot_log_bytes: RaftConfig::new(1, vec![1]).snapshot_log_bytes,
             snapshot_chunk_bytes: 1 << 20,
+            max_snapshot_write_ticks: 10,
             batching: true,
             max_in_flight: defaults.max_in_flight,
             max_bytes_per_message: defaults.max_bytes_per_message,
@@ -143,8 +150,10 @@ impl SimConfig {
         self
     }
 
-    pub fn snapshot_threshold(mut self, entries: usize, chunk_bytes: usize) -> Self {
-        self.snapshot_threshold = entries;
+    /// Snapshot once the log holds `log_bytes` (and more than the last
+    /// snapshot); send snapshots in chunks of `chunk_bytes`.
+    pub fn snapshot_log_bytes(mut self, log_bytes: usize, chunk_bytes: usize) -> Self {
+        self.snapshot_log_bytes = log_bytes;
         self.snapshot_chunk_bytes = chunk_bytes;
         self
     }
@@ -155,6 +164,7 @@ impl SimConfig {
 struct Collected {
     sent: Vec<(NodeId, Message)>,
     responses: Vec<(RequestId, Response)>,
+    snapshots: Vec<SnapshotToSave>,
 }
 
 /// The outbox of a simulated node: the harness drains it after every call.
@@ -168,13 +178,31 @@ impl Outbox for SimOutbox {
     fn respond(&mut self, request: RequestId, response: Response) {
         self.0.lock().unwrap().responses.push((request, response));
     }
+    fn save_snapshot(&mut self, snapshot: SnapshotToSave) {
+        self.0.lock().unwrap().snapshots.push(snapshot);
+    }
 }
 
 struct SimNode {
     /// None while crashed
     node: Option<RaftNode<KvStore>>,
     outbox: SimOutbox,
+    /// what the runtime's snapshot writer thread does with its storage
+    snapshot_writer: Option<Box<dyn SnapshotWriter>>,
     restarts: u64,
+}
+
+/// A node's own snapshot on its way to its disk: the simulated snapshot
+/// writer thread (src/server/snapshot_writer.rs). It is written at
+/// `write_at` and reported to the node at `saved_at`; a crash before
+/// `write_at` loses it, one between the two leaves it on disk beside the
+/// whole log.
+struct SnapshotWrite {
+    node: NodeId,
+    write_at: u64,
+    saved_at: u64,
+    started: Option<SnapshotToSave>,
+    written: Option<Snapshot>,
 }
 
 /// A message on the simulated network.
@@ -228,6 +256,10 @@ pub struct Cluster {
     /// where the nodes keep their state across crashes
     disks: Box<dyn Disks>,
     network: Vec<InFlight>,
+    /// the nodes' own snapshots being written
+    snapshot_writes: Vec<SnapshotWrite>,
+    /// draws when they are written, apart from the network's draws
+    snapshot_rng: StdRng,
     /// groups of nodes that can talk to each other; empty = no partition
     partition: Vec<BTreeSet<NodeId>>,
     /// links that drop everything, as (from, to)
@@ -287,10 +319,12 @@ impl Cluster {
         let mut cluster = Cluster {
             rng: StdRng::seed_from_u64(config.seed),
             batch_rng: StdRng::seed_from_u64(config.seed ^ 0xba7c4),
+            snapshot_rng: StdRng::seed_from_u64(config.seed ^ 0x5a4b),
             config,
             nodes: BTreeMap::new(),
             disks: Box::new(disks),
             network: Vec::new(),
+            snapshot_writes: Vec::new(),
             partition: Vec::new(),
             cut_links: BTreeSet::new(),
             now: 0,
@@ -315,6 +349,7 @@ impl Cluster {
             let sim = SimNode {
                 node: None,
                 outbox: SimOutbox::default(),
+                snapshot_writer: None,
                 restarts: 0,
             };
             cluster.nodes.insert(id, sim);
@@ -338,7 +373,7 @@ impl Cluster {
         let mut config = RaftConfig::new(id, members);
         config.election_timeout_ticks = self.config.election_timeout_ticks;
         config.heartbeat_ticks = self.config.heartbeat_ticks;
-        config.snapshot_threshold = self.config.snapshot_threshold;
+        config.snapshot_log_bytes = self.config.snapshot_log_bytes;
         config.snapshot_chunk_bytes = self.config.snapshot_chunk_bytes;
         config.max_in_flight = self.config.max_in_flight;
         config.max_bytes_per_message = self.config.max_bytes_per_message;
@@ -346,9 +381,11 @@ impl Cluster {
         // Each node, and each restart of it, draws different timeouts.
         config.seed = self.config.seed ^ (id << 32) ^ (sim.restarts << 48);
         sim.outbox = SimOutbox::default();
+        let storage = self.disks.open(id);
+        sim.snapshot_writer = Some(storage.snapshot_writer());
         let node = RaftNode::new(
             config,
-            self.disks.open(id),
+            storage,
             KvStore::with_max_sessions(self.config.max_sessions),
             Box::new(sim.outbox.clone()),
         );
@@ -507,7 +544,55 @@ impl Cluster {
                 self.check();
             }
         }
+        self.write_snapshots_due();
         self.deliver_due();
+    }
+
+    /// Write the snapshots due by now, and report those written to their
+    /// node, each in a turn of its own (as the event loop takes it from the
+    /// writer thread's channel).
+    fn write_snapshots_due(&mut self) {
+        let now = self.now;
+        let mut notes = Vec::new();
+        for write in &mut self.snapshot_writes {
+            if write.write_at > now {
+                continue;
+            }
+            if let Some(started) = write.started.take() {
+                let snapshot = started.encode();
+                let sim = self.nodes.get_mut(&write.node).expect("node exists");
+                let writer = sim
+                    .snapshot_writer
+                    .as_mut()
+                    .expect("a running node has one");
+                let stored = writer
+                    .write_snapshot(&snapshot)
+                    .unwrap_or_else(|e| panic!("n{}: writing a snapshot: {e}", write.node));
+                notes.push(format!(
+                    "n{}: snapshot through {} {}",
+                    write.node,
+                    snapshot.last_included_index,
+                    if stored { "written" } else { "superseded" }
+                ));
+                write.written = Some(snapshot);
+            }
+        }
+        for note in notes {
+            self.note(note);
+        }
+        let (due, waiting) = std::mem::take(&mut self.snapshot_writes)
+            .into_iter()
+            .partition(|w| w.saved_at <= now);
+        self.snapshot_writes = waiting;
+        for write in due {
+            let snapshot = write.written.expect("written before it is saved");
+            self.with_node(write.node, |node| node.snapshot_saved(snapshot));
+        }
+    }
+
+    /// The snapshots of node `id` being written (for tests).
+    pub fn snapshots_being_written(&self, id: NodeId) -> usize {
+        self.snapshot_writes.iter().filter(|w| w.node == id).count()
     }
 
     pub fn ticks(&mut self, n: u64) {
@@ -634,6 +719,18 @@ impl Cluster {
         for (to, message) in collected.sent {
             self.send(id, term, to, message);
         }
+        for started in collected.snapshots {
+            let max = self.config.max_snapshot_write_ticks;
+            let write_at = self.now + self.snapshot_rng.gen_range(0..=max);
+            let saved_at = write_at + self.snapshot_rng.gen_range(0..=max);
+            self.snapshot_writes.push(SnapshotWrite {
+                node: id,
+                write_at,
+                saved_at,
+                started: Some(started),
+                written: None,
+            });
+        }
         for (request, response) in collected.responses {
             let result = kv::from_raft(response);
             self.record(EventKind::Answer {
@@ -644,6 +741,9 @@ impl Cluster {
             self.history.answer(id, request, &result, self.now);
             let previous = self.responses.insert(request, result);
             assert!(previous.is_none(), "request {request} answered twice");
+        }
+        if self.config.max_snapshot_write_ticks == 0 {
+            self.write_snapshots_due();
         }
     }
 
@@ -742,6 +842,10 @@ impl Cluster {
         let sim = self.nodes.get_mut(&id).unwrap();
         if sim.node.take().is_some() {
             sim.restarts += 1;
+            sim.snapshot_writer = None;
+            // The writer thread dies with the node; what it had written
+            // stays on disk.
+            self.snapshot_writes.retain(|w| w.node != id);
             self.disks.crash(id);
             self.record(EventKind::Power {
                 node: id,
@@ -982,6 +1086,24 @@ impl Cluster {
             .collect();
         if let Err(violation) = self.invariants.check(&nodes) {
             panic!("safety violation at t={}: {violation}", self.now);
+        }
+        // §7: entries are discarded only once a snapshot covering them is
+        // durable — and the disk still holds every entry after it.
+        for &(id, node) in &nodes {
+            let Some(disk) = self.disks.memory(id) else {
+                continue;
+            };
+            let log = node.log();
+            let (durable, first_on_disk) = disk.durable_bounds();
+            if log.snapshot_index() > durable
+                || first_on_disk.is_some_and(|first| first > log.snapshot_index() + 1)
+            {
+                panic!(
+                    "safety violation at t={}: n{id} compacted its log through {} with the snapshot on disk through {durable} and its entries from {first_on_disk:?} (§7)",
+                    self.now,
+                    log.snapshot_index()
+                );
+            }
         }
         // After the commits of this step are recorded: an answer and the
         // commit it depends on arrive in the same step.

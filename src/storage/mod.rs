@@ -18,6 +18,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use log::{info, warn};
@@ -25,7 +26,7 @@ use log::{info, warn};
 pub use error::StorageError;
 use format::Corruption;
 
-use crate::raft::{Entry, HardState, LogIndex, Recovered, Snapshot, Storage, Term};
+use crate::raft::{Entry, HardState, LogIndex, Recovered, Snapshot, SnapshotWriter, Storage, Term};
 
 const LOCK_FILE: &str = "LOCK";
 const HARD_STATE_FILE: &str = "hardstate";
@@ -33,8 +34,23 @@ const SNAPSHOT_FILE: &str = "snapshot";
 const LOG_FILE: &str = "log";
 /// The cluster this dir belongs to; its text is the server's (src/server/identity.rs).
 const CLUSTER_FILE: &str = "cluster";
+/// Where the snapshot writer thread writes a snapshot before it replaces
+/// `snapshot` (apart from `snapshot.tmp`, which the event loop may be
+/// writing at the same time: a snapshot installed from the leader).
+const BACKGROUND_SNAPSHOT_FILE: &str = "snapshot.background.tmp";
+/// The snapshot writer thread syncs the file after each piece of this many
+/// bytes, then pauses this long, so that the disk is free for the log's
+/// fsyncs in between.
+const SNAPSHOT_WRITE_PIECE: usize = 1 << 20;
+const SNAPSHOT_WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Each atomic replacement writes `<name>.tmp` first; a crash can leave one.
-const TEMPORARY_FILES: [&str; 4] = ["hardstate.tmp", "snapshot.tmp", "log.tmp", "cluster.tmp"];
+const TEMPORARY_FILES: [&str; 5] = [
+    "hardstate.tmp",
+    "snapshot.tmp",
+    BACKGROUND_SNAPSHOT_FILE,
+    "log.tmp",
+    "cluster.tmp",
+];
 /// `log` grows in steps of this many bytes, ahead of the records written into
 /// it. An fsync after an append that also grew the file must write the
 /// file's new length too; within the space already there it need not, which
@@ -73,7 +89,13 @@ pub struct FileStorage {
     /// corruption").
     durable_index: LogIndex,
     hard_state: HardState,
+    /// The snapshot the log follows: the entries through it are dropped.
     snapshot_index: LogIndex,
+    /// The last index of the snapshot in `snapshot`, shared with the
+    /// [`FileSnapshotWriter`]: ahead of `snapshot_index` while a snapshot
+    /// the writer stored waits for `compact`. Held while `snapshot` is
+    /// replaced, so that an older snapshot never replaces a newer one.
+    stored_snapshot: Arc<Mutex<LogIndex>>,
     /// The snapshot `log`'s header says the log follows: `snapshot_index`,
     /// but for a moment in `save_snapshot`, between the snapshot's write
     /// and the log's.
@@ -142,19 +164,102 @@ fn replace_atomically(
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
     let temporary = dir.join(format!("{name}.tmp"));
-    let target = dir.join(name);
-    let written = File::create(&temporary)
+    write_durably(&temporary, fill)?;
+    rename_durably(dir, &temporary, name)
+}
+
+/// Create `path` with what `fill` writes, and fsync it; on an error, remove it.
+fn write_durably(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let written = File::create(path)
         .and_then(|mut file| {
             fill(&mut file)?;
             file.sync_all()
         })
-        .map_err(on("writing", &temporary));
-    if let Err(error) = written {
-        let _ = fs::remove_file(&temporary);
-        return Err(error);
+        .map_err(on("writing", path));
+    if written.is_err() {
+        let _ = fs::remove_file(path);
     }
-    fs::rename(&temporary, &target).map_err(on("renaming into place", &target))?;
+    written
+}
+
+/// Rename `temporary` over `dir/name` and fsync the directory, so that the
+/// rename itself survives a crash.
+fn rename_durably(dir: &Path, temporary: &Path, name: &str) -> io::Result<()> {
+    let target = dir.join(name);
+    fs::rename(temporary, &target).map_err(on("renaming into place", &target))?;
     sync_dir(dir)
+}
+
+/// Refuse a snapshot index that the files cannot hold.
+fn check_snapshot_index(index: LogIndex) -> io::Result<()> {
+    if index == 0 {
+        return Err(invalid_input(
+            "a snapshot must cover at least entry 1".into(),
+        ));
+    }
+    if !format::leaves_room_after(index) {
+        return Err(invalid_input(format!(
+            "a snapshot through {index} {}",
+            format::NO_ROOM
+        )));
+    }
+    Ok(())
+}
+
+/// The index of the stored snapshot, locked. A thread that panicked while
+/// holding it stopped the process (the node's panic hook), so a poisoned
+/// lock is never seen running; its value is still right if it were.
+fn lock_index(index: &Mutex<LogIndex>) -> std::sync::MutexGuard<'_, LogIndex> {
+    index
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes a node's own snapshots into its data dir, from the snapshot writer
+/// thread (§7), while the event loop goes on with the log in the same dir.
+pub struct FileSnapshotWriter {
+    dir: PathBuf,
+    /// shared with the [`FileStorage`]: see `FileStorage::stored_snapshot`
+    stored_snapshot: Arc<Mutex<LogIndex>>,
+}
+
+impl SnapshotWriter for FileSnapshotWriter {
+    fn write_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<bool> {
+        let index = snapshot.last_included_index;
+        check_snapshot_index(index)?;
+        let header = format::encode_snapshot_header(snapshot);
+        let temporary = self.dir.join(BACKGROUND_SNAPSHOT_FILE);
+        let started = Instant::now();
+        write_durably(&temporary, |f| {
+            f.write_all(&header)?;
+            // In pieces, each synced before the next, with a pause between:
+            // written at once, the whole snapshot would sit in the disk's
+            // queue ahead of every log fsync until it is out, and the
+            // node's writes would wait as long (docs/performance.md).
+            for piece in snapshot.data.chunks(SNAPSHOT_WRITE_PIECE) {
+                f.write_all(piece)?;
+                f.sync_data()?;
+                std::thread::sleep(SNAPSHOT_WRITE_PAUSE);
+            }
+            Ok(())
+        })?;
+        let mut stored = lock_index(&self.stored_snapshot);
+        if *stored >= index {
+            // The leader's newer snapshot was installed meanwhile.
+            let _ = fs::remove_file(&temporary);
+            return Ok(false);
+        }
+        rename_durably(&self.dir, &temporary, SNAPSHOT_FILE)?;
+        *stored = index;
+        // What a snapshot costs, for `raft-kv bench`'s grow workload
+        // (docs/performance.md).
+        info!(
+            "snapshot file written: {} bytes in {:.1} ms",
+            header.len() + snapshot.data.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(true)
+    }
 }
 
 /// Create `dir` and any missing parents, and make their names durable.
@@ -471,6 +576,7 @@ impl FileStorage {
             durable_index: scanned.entries.last().map_or(first_index - 1, |e| e.index),
             hard_state,
             snapshot_index,
+            stored_snapshot: Arc::new(Mutex::new(snapshot_index)),
             log_follows: scanned.follows_snapshot,
             unsynced: false,
             truncated_unsynced: false,
@@ -776,21 +882,13 @@ impl Storage for FileStorage {
 
     fn save_snapshot(&mut self, snapshot: &Snapshot, keep_suffix: bool) -> io::Result<()> {
         let index = snapshot.last_included_index;
-        if index == 0 {
-            return Err(invalid_input(
-                "a snapshot must cover at least entry 1".into(),
-            ));
-        }
-        if !format::leaves_room_after(index) {
-            return Err(invalid_input(format!(
-                "a snapshot through {index} {}",
-                format::NO_ROOM
-            )));
-        }
-        if index < self.snapshot_index {
+        check_snapshot_index(index)?;
+        let stored_snapshot = Arc::clone(&self.stored_snapshot);
+        let mut stored = lock_index(&stored_snapshot);
+        if index < *stored {
             return Err(invalid_input(format!(
                 "snapshot through {index} is older than the stored one through {}",
-                self.snapshot_index
+                *stored
             )));
         }
         if snapshot.last_included_term > self.hard_state.current_term {
@@ -805,6 +903,8 @@ impl Storage for FileStorage {
             f.write_all(&header)?;
             f.write_all(&snapshot.data)
         })?;
+        *stored = index;
+        drop(stored);
         let written = started.elapsed();
         self.snapshot_index = index;
         // Only now that the snapshot is durable may the entries it covers go
@@ -817,6 +917,35 @@ impl Storage for FileStorage {
             header.len() + snapshot.data.len(),
             written.as_secs_f64() * 1e3,
             (started.elapsed() - written).as_secs_f64() * 1e3
+        );
+        Ok(())
+    }
+
+    fn snapshot_writer(&self) -> Box<dyn SnapshotWriter> {
+        Box::new(FileSnapshotWriter {
+            dir: self.dir.clone(),
+            stored_snapshot: Arc::clone(&self.stored_snapshot),
+        })
+    }
+
+    fn compact(&mut self, index: LogIndex) -> io::Result<()> {
+        let stored = *lock_index(&self.stored_snapshot);
+        if index > stored {
+            return Err(invalid_input(format!(
+                "cannot compact the log through {index}: the stored snapshot ends at {stored}"
+            )));
+        }
+        if index <= self.snapshot_index {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.snapshot_index = index;
+        // The snapshot is durable (the writer's rename was fsynced), so the
+        // entries it covers may go (§7).
+        self.drop_covered_entries(index, true)?;
+        info!(
+            "log compacted through {index}: rewritten in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
         );
         Ok(())
     }

@@ -162,38 +162,46 @@ pub fn intervals(
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SnapshotEvent {
     pub member: String,
-    /// Seconds since the start of the workload, from the log line's time.
+    /// Seconds since the start of the workload, from the log line's time:
+    /// when the member started it (or installed it).
     pub at: f64,
     /// The last log index it covers.
     pub index: u64,
     /// Sent by the leader (InstallSnapshot) rather than taken by the member.
     pub installed: bool,
-    /// The state machine's bytes (the core logs them for a snapshot it takes).
+    /// The state machine's bytes (the writer thread logs them for a
+    /// snapshot the member takes), and how long encoding them took.
     pub state_bytes: Option<u64>,
-    /// From the storage's line: the snapshot file's bytes, and how long
+    pub encode_ms: Option<f64>,
+    /// From the storage's lines: the snapshot file's bytes, and how long
     /// writing it (with its fsyncs) and then rewriting the log took.
     pub file_bytes: Option<u64>,
     pub write_ms: Option<f64>,
     pub rewrite_ms: Option<f64>,
 }
 
-/// The core's line for a snapshot it takes (`src/raft/install_snapshot.rs`).
-const TAKEN: &str = "snapshot through index ";
-const TAKEN_END: &str = ", log compacted";
+/// The core's line when it starts a snapshot (`src/raft/install_snapshot.rs`).
+const STARTED: &str = "snapshot through index ";
+const STARTED_END: &str = " started (";
+/// The writer thread's line once it has encoded one (`src/server/snapshot_writer.rs`).
+const ENCODED: &str = " encoded: ";
 /// The core's line once it has installed one from the leader.
 const INSTALLED: &str = "installed snapshot through index ";
-/// The storage's line, after a taken snapshot's line and before an
-/// installed one's (`FileStorage::save_snapshot`).
+/// The storage's line when a snapshot file is written: by the writer thread
+/// ("B bytes in X ms"), or, for an installed one, before the core's line
+/// ("B bytes in X ms, log rewritten in Y ms").
 const WRITTEN: &str = "snapshot file written: ";
+/// The storage's line when the log is compacted after a taken snapshot.
+const COMPACTED: &str = "log compacted through ";
 
 /// The snapshot events in `log`, the text one member logged, that happened
-/// at or after `started_unix` (seconds since the Unix epoch).
+/// at or after `started_unix` (seconds since the Unix epoch). A member
+/// writes one snapshot of its own at a time.
 pub fn snapshot_events(member: &str, log: &str, started_unix: f64) -> Vec<SnapshotEvent> {
-    let mut events = Vec::new();
-    // A taken snapshot's storage line comes after the core's; an installed
-    // one's before it. `Some(None)`: a snapshot taken before the start,
-    // whose storage line is to be skipped.
-    let mut taken_waiting: Option<Option<usize>> = None;
+    let mut events: Vec<SnapshotEvent> = Vec::new();
+    // The snapshot of its own the member is writing, if it started after
+    // the start.
+    let mut taken: Option<usize> = None;
     let mut written_waiting: Option<(f64, u64, f64, f64)> = None;
     for line in log.lines() {
         let Some(time) = stats::parse_rfc3339(line) else {
@@ -217,39 +225,48 @@ pub fn snapshot_events(member: &str, log: &str, started_unix: f64) -> Vec<Snapsh
                     ..SnapshotEvent::default()
                 });
             }
-        } else if let Some(rest) = after(line, TAKEN).filter(|_| line.ends_with(TAKEN_END)) {
-            // "I (B bytes), log compacted"
+        } else if let Some(rest) = after(line, STARTED).filter(|rest| {
+            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            rest[digits..].starts_with(STARTED_END)
+        }) {
+            // "I started (B bytes of log)"
             let Some(index) = leading_number(rest) else {
                 continue;
             };
-            let state_bytes = rest
-                .split_once(" (")
-                .and_then(|(_, bytes)| leading_number(bytes));
-            written_waiting = None;
-            taken_waiting = Some(None);
+            taken = None;
             if at >= 0.0 {
-                taken_waiting = Some(Some(events.len()));
+                taken = Some(events.len());
                 events.push(SnapshotEvent {
                     member: member.to_string(),
                     at,
                     index,
-                    state_bytes,
                     ..SnapshotEvent::default()
                 });
             }
+        } else if let Some(rest) = after(line, ENCODED) {
+            // "B bytes in E ms"
+            if let (Some(i), Some((bytes, ms))) = (taken, parse_bytes_in_ms(rest)) {
+                events[i].state_bytes = Some(bytes);
+                events[i].encode_ms = Some(ms);
+            }
         } else if let Some(rest) = after(line, WRITTEN) {
-            // "B bytes in X ms, log rewritten in Y ms"
-            let Some(written) = parse_written(rest) else {
+            if let Some(written) = parse_written(rest) {
+                written_waiting = Some((at, written.0, written.1, written.2));
+            } else if let (Some(i), Some((bytes, ms))) = (taken, parse_bytes_in_ms(rest)) {
+                events[i].file_bytes = Some(bytes);
+                events[i].write_ms = Some(ms);
+            }
+        } else if let Some(rest) = after(line, COMPACTED) {
+            // "I: rewritten in R ms"
+            let Some(i) = taken.take() else {
                 continue;
             };
-            match taken_waiting.take() {
-                Some(None) => {}
-                Some(Some(i)) => {
-                    events[i].file_bytes = Some(written.0);
-                    events[i].write_ms = Some(written.1);
-                    events[i].rewrite_ms = Some(written.2);
-                }
-                None => written_waiting = Some((at, written.0, written.1, written.2)),
+            let rewrite = rest
+                .split_once(": rewritten in ")
+                .and_then(|(_, ms)| ms.strip_suffix(" ms"))
+                .and_then(|ms| ms.parse().ok());
+            if leading_number(rest) == Some(events[i].index) {
+                events[i].rewrite_ms = rewrite;
             }
         }
     }
@@ -266,6 +283,13 @@ fn leading_number(text: &str) -> Option<u64> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     text[..end].parse().ok()
+}
+
+/// "B bytes in X ms" -> (B, X).
+fn parse_bytes_in_ms(text: &str) -> Option<(u64, f64)> {
+    let (bytes, rest) = text.split_once(" bytes in ")?;
+    let ms = rest.strip_suffix(" ms")?;
+    Some((bytes.parse().ok()?, ms.trim().parse().ok()?))
 }
 
 /// "B bytes in X ms, log rewritten in Y ms" -> (B, X, Y).
@@ -360,15 +384,21 @@ mod tests {
     }
 
     const LOG: &str = "\
-2026-11-26T23:47:00.000000000Z [INFO] node 1 term 2: snapshot through index 100 (999 bytes), log compacted
-2026-11-26T23:47:00.010000000Z [INFO] snapshot file written: 1040 bytes in 1.5 ms, log rewritten in 0.2 ms
+2026-11-26T23:47:00.000000000Z [INFO] node 1 term 2: snapshot through index 100 started (9999 bytes of log)
+2026-11-26T23:47:00.005000000Z [INFO] node 1: snapshot through index 100 encoded: 999 bytes in 0.5 ms
+2026-11-26T23:47:01.010000000Z [INFO] snapshot file written: 1040 bytes in 1.5 ms
+2026-11-26T23:47:01.011000000Z [INFO] node 1 term 2: snapshot through index 100 (999 bytes), log compacted
+2026-11-26T23:47:01.012000000Z [INFO] log compacted through 100: rewritten in 0.2 ms
 2026-11-26T23:47:01.500000000Z [INFO] node 1 term 2: follower -> candidate
-2026-11-26T23:47:02.250000000Z [INFO] node 1 term 3: snapshot through index 20100 (123456 bytes), log compacted
-2026-11-26T23:47:02.300000000Z [INFO] snapshot file written: 123500 bytes in 40.0 ms, log rewritten in 3.5 ms
-a line without a time: snapshot through index 5 (1 bytes), log compacted
+2026-11-26T23:47:02.250000000Z [INFO] node 1 term 3: snapshot through index 20100 started (200000 bytes of log)
+2026-11-26T23:47:02.260000000Z [INFO] node 1: snapshot through index 20100 encoded: 123456 bytes in 10.0 ms
+2026-11-26T23:47:02.300000000Z [INFO] snapshot file written: 123500 bytes in 40.0 ms
+2026-11-26T23:47:02.301000000Z [INFO] node 1 term 3: snapshot through index 20100 (123456 bytes), log compacted
+2026-11-26T23:47:02.305000000Z [INFO] log compacted through 20100: rewritten in 3.5 ms
+a line without a time: snapshot through index 5 started (1 bytes of log)
 2026-11-26T23:47:03.000000000Z [INFO] snapshot file written: 5000 bytes in 2.0 ms, log rewritten in 0.0 ms
 2026-11-26T23:47:03.001000000Z [INFO] node 1 term 3: installed snapshot through index 30000 from leader 2
-2026-11-26T23:47:04.000000000Z [INFO] node 1 term 3: snapshot through index 40000 (7 bytes), log compacted
+2026-11-26T23:47:04.000000000Z [INFO] node 1 term 3: snapshot through index 40000 started (8000 bytes of log)
 ";
 
     #[test]
@@ -384,6 +414,7 @@ a line without a time: snapshot through index 5 (1 bytes), log compacted
                     index: 20100,
                     installed: false,
                     state_bytes: Some(123456),
+                    encode_ms: Some(10.0),
                     file_bytes: Some(123500),
                     write_ms: Some(40.0),
                     rewrite_ms: Some(3.5),
@@ -394,22 +425,27 @@ a line without a time: snapshot through index 5 (1 bytes), log compacted
                     index: 30000,
                     installed: true,
                     state_bytes: None,
+                    encode_ms: None,
                     file_bytes: Some(5000),
                     write_ms: Some(2.0),
                     rewrite_ms: Some(0.0),
                 },
-                // Its storage line is not there (yet): no times.
+                // Still being written: no sizes or times yet.
                 SnapshotEvent {
                     member: "node 1".into(),
                     at: 3.0,
                     index: 40000,
-                    state_bytes: Some(7),
                     ..SnapshotEvent::default()
                 },
             ]
         );
-        // Everything, counted from before the first line.
+        // Everything, counted from before the first line; the one that
+        // started before the start of the workload is left out whole.
         assert_eq!(snapshot_events("n", LOG, start - 10.0).len(), 4);
+        assert_eq!(
+            snapshot_events("n", LOG, start - 10.0)[0].rewrite_ms,
+            Some(0.2)
+        );
         assert_eq!(snapshot_events("n", "", start), []);
     }
 

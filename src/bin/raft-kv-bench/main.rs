@@ -422,8 +422,8 @@ impl Plan {
             keyspace: self.keyspace,
             stale: self.stale,
             tls: self.tls() && system == System::RaftKv,
-            snapshot_threshold: (self.local && system == System::RaftKv)
-                .then_some(self.tuning.snapshot_threshold),
+            snapshot_log_bytes: (self.local && system == System::RaftKv)
+                .then_some(self.tuning.snapshot_log_bytes),
         }
     }
 
@@ -439,11 +439,11 @@ impl Plan {
         }];
         if self.local && self.systems.contains(&System::RaftKv) {
             lines.push(format!(
-                "raft-kv: --election-timeout-ms {} --heartbeat-ms {} --tick-ms {} --snapshot-threshold {}",
+                "raft-kv: --election-timeout-ms {} --heartbeat-ms {} --tick-ms {} --snapshot-log-bytes {}",
                 self.tuning.election_timeout_ms,
                 self.tuning.heartbeat_ms,
                 self.tuning.tick_ms,
-                self.tuning.snapshot_threshold
+                self.tuning.snapshot_log_bytes
             ));
         }
         if self.tls() {
@@ -933,8 +933,8 @@ mod tests {
         assert_eq!(p.workloads, Workload::ALL);
         assert!(p.describe().contains("a fresh local 5-member cluster"));
         assert_eq!(p.setup(System::RaftKv).nodes, 5);
-        assert_eq!(p.setup(System::RaftKv).snapshot_threshold, Some(10_000));
-        assert_eq!(p.setup(System::Etcd).snapshot_threshold, None);
+        assert_eq!(p.setup(System::RaftKv).snapshot_log_bytes, Some(4 << 20));
+        assert_eq!(p.setup(System::Etcd).snapshot_log_bytes, None);
         // Without --local the cluster has the members --cluster names.
         let p = plan(&[
             "--cluster",
@@ -964,7 +964,12 @@ mod tests {
         assert_eq!(p.workloads, [Workload::Grow]);
         assert_eq!(p.count(Workload::Grow), 1_000_000);
         assert_eq!(p.clients(Workload::Grow), 64);
-        let p = plan(&["--local", "--workload", "grow,all,sessions,large-values,many-writers"]).unwrap();
+        let p = plan(&[
+            "--local",
+            "--workload",
+            "grow,all,sessions,large-values,many-writers",
+        ])
+        .unwrap();
         assert_eq!(p.workloads, Workload::ORDER);
         // Sessions is not part of all either; --count writes, 200000 by default.
         let p = plan(&["--local", "--workload", "all"]).unwrap();

@@ -438,11 +438,18 @@ def plot_growth(points, path, meta):
                     "snapshot file", dash="2,3", markers=False)
         panels += [(ops, "bottom-left"), (latency, "top-left"), (memory, "top-left")]
     notes = [meta_note(meta),
-             f"snapshot threshold {runs[0].get('snapshot_threshold')} entries;"
+             snapshot_setting(runs[0]) + ";"
              " vertical lines: one member's snapshots"]
     write_svg(path, column_w * len(runs), 30 + 3 * panel_h + 44,
               "raft-kv: writing new keys as the state grows", panels, notes)
     return True
+
+
+def snapshot_setting(run):
+    """The snapshot trigger a run had: bytes of log since 2026-12, entries before."""
+    if run.get("snapshot_log_bytes") is not None:
+        return f"snapshot after {run['snapshot_log_bytes'] / MIB:g} MiB of log or the last snapshot's size"
+    return f"snapshot threshold {run.get('snapshot_threshold')} entries"
 
 
 # ---------------------------------------------------------------- markdown

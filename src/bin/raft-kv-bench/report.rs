@@ -22,7 +22,7 @@ pub struct Setup {
     pub stale: bool,
     /// Whether the system's nodes and clients used mutual TLS.
     pub tls: bool,
-    pub snapshot_threshold: Option<usize>,
+    pub snapshot_log_bytes: Option<usize>,
 }
 
 /// Every run of one workload against one system.
@@ -274,10 +274,19 @@ fn snapshot_summary(events: &[SnapshotEvent], names: &[String]) -> String {
             }
         })
         .collect();
+    let encodes: Vec<f64> = events.iter().filter_map(|e| e.encode_ms).collect();
     let writes: Vec<f64> = events.iter().filter_map(|e| e.write_ms).collect();
     let rewrites: Vec<f64> = events.iter().filter_map(|e| e.rewrite_ms).collect();
     let largest = events.iter().filter_map(|e| e.file_bytes).max();
     let mut out = format!("snapshots: {} ({})", events.len(), per_member.join(", "));
+    if !encodes.is_empty() {
+        let _ = write!(
+            out,
+            "; encoding (writer thread) median {} ms, max {} ms",
+            number(median(&encodes), 1),
+            number(encodes.iter().copied().reduce(f64::max), 1),
+        );
+    }
     if !writes.is_empty() {
         let _ = write!(
             out,
@@ -467,8 +476,8 @@ pub fn json(summary: &Summary, setup: &Setup) -> String {
         ("stale", setup.stale.to_string()),
         ("tls", setup.tls.to_string()),
         (
-            "snapshot_threshold",
-            json_int(setup.snapshot_threshold.map(|t| t as u64)),
+            "snapshot_log_bytes",
+            json_int(setup.snapshot_log_bytes.map(|t| t as u64)),
         ),
         ("runs", s.runs.len().to_string()),
         ("clients", s.clients().to_string()),
@@ -573,12 +582,13 @@ fn json_timeline(timeline: &[Interval]) -> String {
 
 fn json_snapshot(e: &SnapshotEvent) -> String {
     format!(
-        "{{\"member\":{},\"t\":{},\"index\":{},\"installed\":{},\"state_bytes\":{},\"file_bytes\":{},\"write_ms\":{},\"rewrite_ms\":{}}}",
+        "{{\"member\":{},\"t\":{},\"index\":{},\"installed\":{},\"state_bytes\":{},\"encode_ms\":{},\"file_bytes\":{},\"write_ms\":{},\"rewrite_ms\":{}}}",
         string(&e.member),
         json_number(Some(e.at)),
         e.index,
         e.installed,
         json_int(e.state_bytes),
+        json_number(e.encode_ms),
         json_int(e.file_bytes),
         json_number(e.write_ms),
         json_number(e.rewrite_ms),
@@ -762,13 +772,13 @@ mod tests {
             keyspace: 1000,
             stale: false,
             tls: false,
-            snapshot_threshold: None,
+            snapshot_log_bytes: None,
         };
         assert_eq!(
             json(&s, &setup),
             "{\"target\":\"etcd\",\"workload\":\"read-throughput\",\"nodes\":3,\"local\":false,\
              \"key_size\":16,\"value_size\":128,\"keyspace\":1000,\"stale\":false,\"tls\":false,\
-             \"snapshot_threshold\":null,\"runs\":1,\"clients\":64,\
+             \"snapshot_log_bytes\":null,\"runs\":1,\"clients\":64,\
              \"ops\":100,\"errors\":0,\"new_terms\":null,\"seconds\":2.000,\"ops_per_sec\":50.000,\
              \"p50_ms\":0.500,\"p90_ms\":1.000,\"p99_ms\":2.000,\"max_ms\":5.000,\
              \"client_cpu_pct\":null,\"server_cpu_pct\":150.000,\"ops_per_sec_runs\":[50.000],\
@@ -920,7 +930,7 @@ mod tests {
         assert!(
             j.contains(
                 "\"snapshots\":[{\"member\":\"node 1\",\"t\":0.500,\"index\":1000,\"installed\":false,\
-                 \"state_bytes\":5000,\"file_bytes\":5040,\"write_ms\":4.000,\"rewrite_ms\":0.500},"
+                 \"state_bytes\":5000,\"encode_ms\":null,\"file_bytes\":5040,\"write_ms\":4.000,\"rewrite_ms\":0.500},"
             ),
             "{j}"
         );
