@@ -39,7 +39,10 @@ pub trait Outbox: Send {
 }
 
 /// The least bytes of log that trigger a snapshot (`RaftConfig::snapshot_log_bytes`).
-pub const DEFAULT_SNAPSHOT_LOG_BYTES: usize = 4 << 20;
+/// Below it a small state with large values would be snapshotted every few
+/// entries, writing it again and again (on a slow disk, while the log
+/// waits for the same disk); 64 MiB of log held in memory is the price.
+pub const DEFAULT_SNAPSHOT_LOG_BYTES: usize = 64 << 20;
 
 /// Settings of the core. Times are in ticks: the runtime's timer thread sends
 /// one tick every `--tick-ms`, and tests call `tick()` themselves.

@@ -933,7 +933,7 @@ mod tests {
         assert_eq!(p.workloads, Workload::ALL);
         assert!(p.describe().contains("a fresh local 5-member cluster"));
         assert_eq!(p.setup(System::RaftKv).nodes, 5);
-        assert_eq!(p.setup(System::RaftKv).snapshot_log_bytes, Some(4 << 20));
+        assert_eq!(p.setup(System::RaftKv).snapshot_log_bytes, Some(64 << 20));
         assert_eq!(p.setup(System::Etcd).snapshot_log_bytes, None);
         // Without --local the cluster has the members --cluster names.
         let p = plan(&[
