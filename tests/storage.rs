@@ -87,15 +87,50 @@ fn record_starts(bytes: &[u8]) -> (Vec<usize>, usize) {
     (starts, at)
 }
 
+/// The name of the log segment whose first entry is `first`.
+fn segment_name(first: LogIndex) -> String {
+    format!("log-{first:020}")
+}
+
+/// The log's segments in `dir`, oldest first (docs/storage.md).
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            name.strip_prefix("log-").is_some_and(|digits| {
+                digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())
+            })
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The segment appends go to; in most tests the only one.
+fn last_segment(dir: &Path) -> PathBuf {
+    segments(dir).pop().expect("a log segment")
+}
+
 fn log_end(dir: &Path) -> u64 {
-    record_starts(&fs::read(dir.join("log")).unwrap()).1 as u64
+    record_starts(&fs::read(last_segment(dir)).unwrap()).1 as u64
 }
 
 /// A fresh dir holding current_term `term` and the entries, each appended
-/// and synced on its own; returns where each record ends in `log`.
+/// and synced on its own; returns where each record ends in its segment.
 fn dir_with(term: Term, log: &[Entry]) -> (TempDir, Vec<u64>) {
+    dir_with_segments(term, log, None)
+}
+
+/// `dir_with`, a segment being full at `segment_bytes`: with 1, each entry
+/// is in a segment of its own.
+fn dir_with_segments(term: Term, log: &[Entry], segment_bytes: Option<u64>) -> (TempDir, Vec<u64>) {
     let dir = TempDir::new().unwrap();
     let mut storage = open(dir.path());
+    if let Some(bytes) = segment_bytes {
+        storage = storage.with_segment_bytes(bytes);
+    }
     storage.save_hard_state(self::term(term)).unwrap();
     let mut ends = Vec::new();
     for entry in log {
@@ -106,15 +141,39 @@ fn dir_with(term: Term, log: &[Entry]) -> (TempDir, Vec<u64>) {
     (dir, ends)
 }
 
-/// A copy of `from` (every file but LOCK) with `log` replaced by `log_bytes`.
+/// A copy of `from`'s hard state and snapshot, with one log segment:
+/// `log_bytes`, named as its header says (or as `from`'s last segment is,
+/// when the bytes are too short to say).
 fn copy_with_log(from: &Path, log_bytes: &[u8]) -> TempDir {
+    let name = match log_bytes.get(8..16) {
+        Some(follows) => {
+            let follows = u64::from_le_bytes(follows.try_into().unwrap());
+            segment_name(follows.wrapping_add(1))
+        }
+        None => last_segment(from)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string(),
+    };
+    copy_with_file(from, &name, log_bytes)
+}
+
+/// The same with `log_bytes` as the single-file `log` of the versions
+/// before segments (docs/storage.md, "Upgrading").
+fn copy_with_legacy_log(from: &Path, log_bytes: &[u8]) -> TempDir {
+    copy_with_file(from, "log", log_bytes)
+}
+
+fn copy_with_file(from: &Path, name: &str, bytes: &[u8]) -> TempDir {
     let to = TempDir::new().unwrap();
     for name in ["hardstate", "snapshot"] {
         if from.join(name).exists() {
             fs::copy(from.join(name), to.path().join(name)).unwrap();
         }
     }
-    fs::write(to.path().join("log"), log_bytes).unwrap();
+    fs::write(to.path().join(name), bytes).unwrap();
     to
 }
 
@@ -263,7 +322,6 @@ fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
     let mut log = entries(1..=4, 1);
     log.extend(entries(5..=10, 2));
     let (dir, _) = dir_with(3, &log);
-    let before = log_end(dir.path());
     let snapshot = Snapshot {
         last_included_index: 6,
         last_included_term: 2,
@@ -271,8 +329,8 @@ fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
     };
     let mut storage = open(dir.path());
     storage.save_snapshot(&snapshot, true).unwrap();
-    // The kept entries moved within the file: truncating among them and
-    // appending must use their new offsets.
+    // The entries the snapshot covers stay in the segment (it holds kept
+    // ones too); truncating among the kept ones and appending still work.
     storage.truncate_from(9).unwrap();
     storage.append(&entries(9..=11, 3)).unwrap();
     storage.sync().unwrap();
@@ -284,7 +342,6 @@ fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
         recovered.entries,
         [&log[6..8], &entries(9..=11, 3)].concat()
     );
-    assert!(log_end(dir.path()) < before);
 
     // A snapshot past the end of the log (InstallSnapshot, Figure 13 step 7)
     // leaves it empty; the next entry follows the snapshot.
@@ -331,7 +388,7 @@ fn snapshots_that_would_break_the_dir_are_refused() {
 fn a_torn_write_at_every_offset_of_the_last_record_is_cut_off() {
     let log = entries(1..=4, 1);
     let (dir, ends) = dir_with(1, &log);
-    let mut bytes = fs::read(dir.path().join("log")).unwrap();
+    let mut bytes = fs::read(last_segment(dir.path())).unwrap();
     assert!(
         bytes[ends[3] as usize..].iter().all(|&b| b == 0),
         "only zeros follow the records"
@@ -366,7 +423,7 @@ fn a_torn_batch_keeps_its_complete_records() {
     storage.append(&entries(3..=5, 1)).unwrap();
     storage.sync().unwrap();
     drop(storage);
-    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let bytes = fs::read(last_segment(dir.path())).unwrap();
     let third = record(3, 1).len() as u64;
     let fourth = record(4, 1).len() as u64;
     let cut = (first_batch_end + third + fourth / 2) as usize;
@@ -406,7 +463,7 @@ fn a_hole_in_a_batch_never_synced_is_cut_off_at_every_offset() {
     let mut storage = open(dir.path());
     storage.append(&log[3..]).unwrap();
     drop(storage); // the crash came before `sync` returned
-    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let bytes = fs::read(last_segment(dir.path())).unwrap();
     let (starts, end) = record_starts(&bytes);
     let bytes = &bytes[..end];
     let last = starts[7];
@@ -445,7 +502,7 @@ fn a_hole_in_a_batch_synced_before_a_later_one_is_refused_at_every_offset() {
     storage.sync().unwrap();
     storage.append(&log[5..]).unwrap();
     drop(storage);
-    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let bytes = fs::read(last_segment(dir.path())).unwrap();
     let (starts, end) = record_starts(&bytes);
     let bytes = &bytes[..end];
     let later_batch = starts[5];
@@ -459,7 +516,7 @@ fn a_hole_in_a_batch_synced_before_a_later_one_is_refused_at_every_offset() {
                 let error = open_error(copy.path());
                 let expected = format!(
                     "{} is corrupt at byte offset {}:",
-                    copy.path().join("log").display(),
+                    last_segment(copy.path()).display(),
                     starts[damaged]
                 );
                 assert!(error.starts_with(&expected), "{case}: {error}");
@@ -468,7 +525,7 @@ fn a_hole_in_a_batch_synced_before_a_later_one_is_refused_at_every_offset() {
                 );
                 assert!(error.contains(&proof), "{case}: {error}");
                 assert_eq!(
-                    fs::read(copy.path().join("log")).unwrap(),
+                    fs::read(last_segment(copy.path())).unwrap(),
                     torn,
                     "{case}: a refused log is left as it was"
                 );
@@ -482,7 +539,8 @@ fn a_hole_in_a_batch_synced_before_a_later_one_is_refused_at_every_offset() {
 #[test]
 fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
     let (dir, _) = dir_with(1, &entries(1..=5, 1));
-    let mut storage = open(dir.path());
+    // A full segment: the batch starts the next one.
+    let mut storage = open(dir.path()).with_segment_bytes(1);
     let snapshot = Snapshot {
         last_included_index: 5,
         last_included_term: 1,
@@ -491,9 +549,13 @@ fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
     storage.save_snapshot(&snapshot, true).unwrap();
     storage.append(&entries(6..=9, 1)).unwrap();
     drop(storage);
-    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let bytes = fs::read(last_segment(dir.path())).unwrap();
     let (starts, end) = record_starts(&bytes);
-    assert_eq!(starts[0], LOG_HEADER_LEN, "the batch is the log's first");
+    assert_eq!(
+        starts[0], LOG_HEADER_LEN,
+        "the batch is the segment's first"
+    );
+    assert_eq!(segments(dir.path()), [dir.path().join(segment_name(6))]);
     let copy = copy_with_log(
         dir.path(),
         &with_hole(&bytes[..end], starts[0]..starts[1], Hole::Zeros),
@@ -508,7 +570,7 @@ fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
     let mut storage = open(dir.path());
     storage.append(&entries(10..=10, 1)).unwrap();
     drop(storage);
-    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let bytes = fs::read(last_segment(dir.path())).unwrap();
     let (starts, end) = record_starts(&bytes);
     let copy = copy_with_log(
         dir.path(),
@@ -524,7 +586,7 @@ fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
 #[test]
 fn a_hole_in_the_first_batch_after_a_conflicting_snapshot_is_cut_off() {
     let (dir, _) = dir_with(2, &entries(1..=10, 1));
-    let old_log = fs::read(dir.path().join("log")).unwrap();
+    let old_log = fs::read(last_segment(dir.path())).unwrap();
     let mut storage = open(dir.path());
     let snapshot = Snapshot {
         last_included_index: 6,
@@ -535,7 +597,7 @@ fn a_hole_in_the_first_batch_after_a_conflicting_snapshot_is_cut_off() {
     storage.append(&entries(7..=9, 2)).unwrap();
     drop(storage);
     let torn_first_batch = |dir: &Path| {
-        let bytes = fs::read(dir.join("log")).unwrap();
+        let bytes = fs::read(last_segment(dir)).unwrap();
         let (starts, end) = record_starts(&bytes);
         let copy = copy_with_log(
             dir,
@@ -548,7 +610,8 @@ fn a_hole_in_the_first_batch_after_a_conflicting_snapshot_is_cut_off() {
     torn_first_batch(dir.path());
 
     // The same when a crash interrupted the install and `open` finished it.
-    fs::write(dir.path().join("log"), &old_log).unwrap();
+    fs::remove_file(dir.path().join(segment_name(7))).unwrap();
+    fs::write(dir.path().join(segment_name(1)), &old_log).unwrap();
     let mut storage = open(dir.path());
     assert!(storage.recover().unwrap().entries.is_empty());
     storage.append(&entries(7..=9, 2)).unwrap();
@@ -567,7 +630,7 @@ fn a_hole_in_a_batch_written_after_a_truncation_is_cut_off() {
     storage.sync().unwrap();
     storage.append(&entries(3..=6, 2)).unwrap();
     drop(storage);
-    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let bytes = fs::read(last_segment(dir.path())).unwrap();
     let (starts, end) = record_starts(&bytes);
     let copy = copy_with_log(
         dir.path(),
@@ -601,28 +664,29 @@ fn version_1_log(records: &[(LogIndex, Term)]) -> (Vec<u8>, Vec<usize>) {
 }
 
 #[test]
-fn a_version_1_log_is_rewritten_as_version_4_at_open() {
+fn a_version_1_log_is_rewritten_as_a_segment_at_open() {
     let (dir, _) = dir_with(1, &[]);
     let (version_1, offsets) = version_1_log(&[(1, 1), (2, 1), (3, 1)]);
-    let copy = copy_with_log(dir.path(), &version_1);
+    let copy = copy_with_legacy_log(dir.path(), &version_1);
     let mut storage = open(copy.path());
     assert_eq!(storage.recover().unwrap().entries, entries(1..=3, 1));
     storage.append(&[set(4, 1)]).unwrap();
     storage.sync().unwrap();
     drop(storage);
-    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    assert!(!copy.path().join("log").exists(), "the old file is gone");
+    assert_eq!(segments(copy.path()), [copy.path().join(segment_name(1))]);
+    let upgraded = fs::read(last_segment(copy.path())).unwrap();
     assert_eq!(upgraded[4..8], 4u32.to_le_bytes(), "format version 4");
     let (expected, _) = handmade_log(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
     assert_eq!(upgraded[..record_starts(&upgraded).1], expected);
-    assert!(!copy.path().join("log.tmp").exists());
     assert_eq!(reopen(copy.path()).entries, entries(1..=4, 1));
 
     // Version 1's rules still decide what its damage means: a torn last
     // record is cut off in the upgrade...
     let torn = &version_1[..version_1.len() - 5];
-    let copy = copy_with_log(dir.path(), torn);
+    let copy = copy_with_legacy_log(dir.path(), torn);
     assert_eq!(reopen(copy.path()).entries, entries(1..=2, 1));
-    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    let upgraded = fs::read(last_segment(copy.path())).unwrap();
     assert_eq!(
         upgraded[..record_starts(&upgraded).1],
         handmade_log(&[(1, 1), (2, 1)]).0
@@ -631,7 +695,7 @@ fn a_version_1_log_is_rewritten_as_version_4_at_open() {
     // ...and damage before a valid record is refused, leaving the log as it was.
     let mut damaged = version_1.clone();
     damaged[offsets[1] + 12] ^= 4;
-    let copy = copy_with_log(dir.path(), &damaged);
+    let copy = copy_with_legacy_log(dir.path(), &damaged);
     let error = open_error(copy.path());
     let expected = format!(
         "{} is corrupt at byte offset {}:",
@@ -640,6 +704,7 @@ fn a_version_1_log_is_rewritten_as_version_4_at_open() {
     );
     assert!(error.starts_with(&expected), "{error}");
     assert_eq!(fs::read(copy.path().join("log")).unwrap(), damaged);
+    assert!(segments(copy.path()).is_empty());
 }
 
 /// A log as a build of format version 3 wrote it: the records of version 4
@@ -651,53 +716,86 @@ fn version_3_log(records: &[(LogIndex, Term)]) -> Vec<u8> {
 }
 
 #[test]
-fn a_version_3_log_is_rewritten_as_version_4_at_open() {
+fn a_version_3_log_is_rewritten_as_a_segment_at_open() {
     let (dir, _) = dir_with(1, &[]);
-    let copy = copy_with_log(dir.path(), &version_3_log(&[(1, 1), (2, 1), (3, 1)]));
+    let copy = copy_with_legacy_log(dir.path(), &version_3_log(&[(1, 1), (2, 1), (3, 1)]));
     assert_eq!(reopen(copy.path()).entries, entries(1..=3, 1));
-    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    let upgraded = fs::read(last_segment(copy.path())).unwrap();
     assert_eq!(upgraded, handmade_log(&[(1, 1), (2, 1), (3, 1)]).0);
 
-    // Beside a snapshot, the new header names it: from then on, losing it
-    // is noticed.
+    // Beside a snapshot, the segment's header names the entry before its
+    // first: from then on, losing the snapshot is noticed.
     let (dir, _) = dir_with(2, &entries(1..=4, 2));
     open(dir.path())
         .save_snapshot(&snapshot_through(2, 2), true)
         .unwrap();
-    let copy = copy_with_log(dir.path(), &version_3_log(&[(3, 2), (4, 2)]));
+    let copy = copy_with_legacy_log(dir.path(), &version_3_log(&[(3, 2), (4, 2)]));
     let mut storage = open(copy.path());
     assert_eq!(storage.recover().unwrap().entries, entries(3..=4, 2));
     storage.append(&[set(5, 2)]).unwrap();
     storage.sync().unwrap();
     drop(storage);
-    let upgraded = fs::read(copy.path().join("log")).unwrap();
+    assert_eq!(segments(copy.path()), [copy.path().join(segment_name(3))]);
+    let upgraded = fs::read(last_segment(copy.path())).unwrap();
     assert_eq!(
         upgraded[..record_starts(&upgraded).1],
         handmade_log_after(2, &[(3, 2), (4, 2), (5, 2)]).0
     );
-    assert!(!copy.path().join("log.tmp").exists());
     fs::remove_file(copy.path().join("snapshot")).unwrap();
     let error = open_error(copy.path());
     assert!(
-        error.contains("missing, yet the log follows a snapshot through entry 2"),
+        error.contains("missing, yet the log follows entry 2"),
         "{error}"
     );
 
     // A version-3 log says nothing of the snapshot, so before the upgrade
     // its loss goes unnoticed, as it did in version 3; the entries after it
     // still cannot start the log.
-    let copy = copy_with_log(dir.path(), &version_3_log(&[]));
+    let copy = copy_with_legacy_log(dir.path(), &version_3_log(&[]));
     fs::remove_file(copy.path().join("snapshot")).unwrap();
     assert!(reopen(copy.path()).entries.is_empty());
-    let copy = copy_with_log(dir.path(), &version_3_log(&[(3, 2)]));
+    let copy = copy_with_legacy_log(dir.path(), &version_3_log(&[(3, 2)]));
     fs::remove_file(copy.path().join("snapshot")).unwrap();
     assert!(open_error(copy.path()).contains("entries 1..2 are missing"));
+}
+
+/// The single file of version 4 is a segment's layout already: it becomes
+/// the first segment, named after its first entry. A crash during the
+/// upgrade leaves `log` whole, and the next open starts again.
+#[test]
+fn a_version_4_single_file_log_is_rewritten_as_a_segment_at_open() {
+    let (dir, _) = dir_with(2, &entries(1..=4, 2));
+    open(dir.path())
+        .save_snapshot(&snapshot_through(2, 2), true)
+        .unwrap();
+    let (single, _) = handmade_log_after(2, &[(3, 2), (4, 2)]);
+    let copy = copy_with_legacy_log(dir.path(), &single);
+    // A segment beside `log` is what a crash during an earlier upgrade
+    // left (here a damaged one, to show that it is not read).
+    fs::write(copy.path().join(segment_name(3)), b"RKVL").unwrap();
+    assert_eq!(reopen(copy.path()).entries, entries(3..=4, 2));
+    assert!(!copy.path().join("log").exists());
+    assert_eq!(segments(copy.path()), [copy.path().join(segment_name(3))]);
+    assert_eq!(fs::read(last_segment(copy.path())).unwrap(), single);
+
+    // Its header named the snapshot; losing the snapshot is noticed still.
+    let copy = copy_with_legacy_log(dir.path(), &single);
+    fs::remove_file(copy.path().join("snapshot")).unwrap();
+    let error = open_error(copy.path());
+    assert!(
+        error.contains("missing, yet the log follows entry 2"),
+        "{error}"
+    );
+    assert!(
+        copy.path().join("log").exists(),
+        "a refused dir is left as it was"
+    );
 }
 
 #[test]
 fn a_flipped_bit_anywhere_in_an_earlier_record_is_refused() {
     let (dir, ends) = dir_with(1, &entries(1..=4, 1));
-    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let bytes = fs::read(last_segment(dir.path())).unwrap();
     let (start, end) = (ends[0] as usize, ends[1] as usize);
     for at in start..end {
         let mut damaged = bytes.clone();
@@ -706,11 +804,11 @@ fn a_flipped_bit_anywhere_in_an_earlier_record_is_refused() {
         let error = open_error(copy.path());
         let expected = format!(
             "{} is corrupt at byte offset {start}:",
-            copy.path().join("log").display()
+            last_segment(copy.path()).display()
         );
         assert!(error.starts_with(&expected), "byte {at}: {error}");
         assert_eq!(
-            fs::read(copy.path().join("log")).unwrap(),
+            fs::read(last_segment(copy.path())).unwrap(),
             damaged,
             "a refused log is left as it was"
         );
@@ -720,7 +818,7 @@ fn a_flipped_bit_anywhere_in_an_earlier_record_is_refused() {
 #[test]
 fn a_damaged_log_header_is_refused() {
     let (dir, _) = dir_with(1, &entries(1..=2, 1));
-    let bytes = fs::read(dir.path().join("log")).unwrap();
+    let bytes = fs::read(last_segment(dir.path())).unwrap();
     for at in 0..LOG_HEADER_LEN {
         for bit in 0..8 {
             let mut damaged = bytes.clone();
@@ -728,7 +826,7 @@ fn a_damaged_log_header_is_refused() {
             let copy = copy_with_log(dir.path(), &damaged);
             let error = open_error(copy.path());
             assert!(
-                error.contains("/log is corrupt at byte offset"),
+                error.contains("/log-") && error.contains(" is corrupt at byte offset"),
                 "byte {at} bit {bit}: {error}"
             );
         }
@@ -810,12 +908,19 @@ fn a_half_written_temporary_file_is_ignored_and_removed() {
     fs::write(dir.path().join("snapshot.tmp"), b"RKVS garbage").unwrap();
     fs::write(dir.path().join("log.tmp"), b"RKVL\x01\0\0\0 garbage").unwrap();
     fs::write(dir.path().join("cluster.tmp"), b"cluster-id").unwrap();
+    fs::write(dir.path().join(format!("{}.tmp", segment_name(9))), b"RKVL").unwrap();
 
     let recovered = reopen(dir.path());
     assert_eq!(recovered.hard_state, voted);
     assert_eq!(recovered.snapshot, None);
     assert_eq!(recovered.entries, entries(1..=3, 5));
-    for name in ["hardstate.tmp", "snapshot.tmp", "log.tmp", "cluster.tmp"] {
+    for name in [
+        "hardstate.tmp",
+        "snapshot.tmp",
+        "log.tmp",
+        "cluster.tmp",
+        "log-00000000000000000009.tmp",
+    ] {
         assert!(!dir.path().join(name).exists(), "{name} is removed");
     }
 }
@@ -864,7 +969,7 @@ fn checksummed_records_that_break_the_log_rules_are_refused() {
             2,
             "lower than the previous entry's term 3",
         ),
-        (&[(3, 1), (4, 1)], 0, "entries 1..2 are missing"),
+        (&[(3, 1), (4, 1)], 0, "the first record is entry 3, not entry 1"),
     ];
     for (records, bad, reason) in cases {
         let (bytes, offsets) = handmade_log(records);
@@ -957,11 +1062,11 @@ fn a_lost_hard_state_or_log_is_refused_rather_than_forgotten() {
     assert_eq!(reopen(dir.path()).entries, entries(1..=2, 3));
 
     // Nor is a lost log taken for a first boot.
-    let log = dir.path().join("log");
+    let log = last_segment(dir.path());
     fs::rename(&log, dir.path().join("log.saved")).unwrap();
     let error = open_error(dir.path());
     assert!(
-        error.starts_with(&format!("{}: missing", log.display())),
+        error.starts_with(&format!("{}: holds no log segment", dir.path().display())),
         "{error}"
     );
     fs::rename(dir.path().join("log.saved"), &log).unwrap();
@@ -976,18 +1081,21 @@ fn snapshot_through(index: LogIndex, term: Term) -> Snapshot {
     }
 }
 
-/// Issue 15: a compaction with nothing after the snapshot leaves a log of
-/// only a header, and without its snapshot such a dir would open empty,
-/// having forgotten everything the node applied. The log's header names the
-/// snapshot it follows, so a snapshot lost or replaced by an older one is
-/// refused like a lost log or hard state.
+/// Issue 15: a compaction deletes the segments a snapshot covers, and
+/// without its snapshot such a dir would open with the entries after them
+/// only, having forgotten everything the node applied. The oldest segment's
+/// header names the entry it follows, so a snapshot lost or replaced by an
+/// older one is refused like a lost log or hard state. (A snapshot lost
+/// while the log still holds every entry from index 1 loses nothing: the
+/// node applies them again.)
 #[test]
 fn a_lost_or_older_snapshot_is_refused_rather_than_forgotten() {
-    let (dir, _) = dir_with(2, &entries(1..=6, 2));
+    // Each entry in a segment of its own.
+    let (dir, _) = dir_with_segments(2, &entries(1..=6, 2), Some(1));
     let path = dir.path().join("snapshot");
     let missing = |follows: LogIndex| {
         format!(
-            "{}: missing, yet the log follows a snapshot through entry {follows}: the snapshot was lost, and with it the state through entry {follows}; refusing to start (see docs/storage.md)",
+            "{}: missing, yet the log follows entry {follows}: the snapshot was lost, and with it the state through entry {follows}; refusing to start (see docs/storage.md)",
             path.display()
         )
     };
@@ -996,34 +1104,34 @@ fn a_lost_or_older_snapshot_is_refused_rather_than_forgotten() {
     open(dir.path())
         .save_snapshot(&snapshot_through(4, 2), true)
         .unwrap();
+    assert_eq!(segments(dir.path())[0], dir.path().join(segment_name(5)));
     let older = fs::read(&path).unwrap();
     fs::remove_file(&path).unwrap();
     assert_eq!(open_error(dir.path()), missing(4));
     fs::write(&path, &older).unwrap();
     assert_eq!(reopen(dir.path()).entries, entries(5..=6, 2));
 
-    // Nor does an empty log: only its header is left.
+    // Nor does a log that holds only entries the snapshot covers.
     open(dir.path())
         .save_snapshot(&snapshot_through(6, 2), true)
         .unwrap();
-    let log = fs::read(dir.path().join("log")).unwrap();
-    assert_eq!(log_end(dir.path()), LOG_HEADER_LEN as u64);
-    assert_eq!(log[..LOG_HEADER_LEN], log_header(6));
+    assert_eq!(segments(dir.path()), [dir.path().join(segment_name(6))]);
+    let log = fs::read(last_segment(dir.path())).unwrap();
     let current = fs::read(&path).unwrap();
     fs::remove_file(&path).unwrap();
-    assert_eq!(open_error(dir.path()), missing(6));
+    assert_eq!(open_error(dir.path()), missing(5));
 
     // An older snapshot in its place is no better.
     fs::write(&path, &older).unwrap();
     assert_eq!(
         open_error(dir.path()),
         format!(
-            "{}: ends at entry 4, yet the log follows a snapshot through entry 6: the snapshot was replaced by an older one; refusing to start (see docs/storage.md)",
+            "{}: ends at entry 4, yet the log follows entry 5: the snapshot was replaced by an older one; refusing to start (see docs/storage.md)",
             path.display()
         )
     );
     assert_eq!(
-        fs::read(dir.path().join("log")).unwrap(),
+        fs::read(last_segment(dir.path())).unwrap(),
         log,
         "a refused dir is left as it was"
     );
@@ -1040,8 +1148,7 @@ fn a_lost_or_older_snapshot_is_refused_rather_than_forgotten() {
 }
 
 /// A snapshot saved when the log holds nothing it covers (say the first one
-/// a new node installs) has no entries to drop, but the header must still
-/// name it.
+/// a new node installs) leaves a segment whose header names it.
 #[test]
 fn a_snapshot_beside_an_empty_log_is_named_in_the_log_header() {
     for keep_suffix in [true, false] {
@@ -1053,12 +1160,13 @@ fn a_snapshot_beside_an_empty_log_is_named_in_the_log_header() {
         storage.append(&[set(6, 3)]).unwrap();
         storage.sync().unwrap();
         drop(storage);
-        let log = fs::read(dir.path().join("log")).unwrap();
+        assert_eq!(segments(dir.path()), [dir.path().join(segment_name(6))]);
+        let log = fs::read(last_segment(dir.path())).unwrap();
         assert_eq!(log[..LOG_HEADER_LEN], log_header(5), "{keep_suffix}");
         fs::remove_file(dir.path().join("snapshot")).unwrap();
         let error = open_error(dir.path());
         assert!(
-            error.contains("missing, yet the log follows a snapshot through entry 5"),
+            error.contains("missing, yet the log follows entry 5"),
             "{keep_suffix}: {error}"
         );
     }
@@ -1073,8 +1181,8 @@ fn indexes_that_leave_no_room_for_the_next_entry_are_refused() {
     let copy = copy_with_log(dir.path(), &log);
     let error = open_error(copy.path());
     assert!(
-        error.contains("/log is corrupt at byte offset 8:")
-            && error.contains("follows a snapshot through entry 18446744073709551615"),
+        error.contains(" is corrupt at byte offset 8:")
+            && error.contains("the log follows entry 18446744073709551615"),
         "{error}"
     );
 
@@ -1103,8 +1211,11 @@ fn indexes_that_leave_no_room_for_the_next_entry_are_refused() {
     .unwrap();
     let error = open_error(copy.path());
     assert!(
-        error.contains(&format!("/log is corrupt at byte offset {}:", offsets[0]))
-            && error.contains("entry index 18446744073709551615"),
+        error.contains(&format!(
+            "/{} is corrupt at byte offset {}:",
+            segment_name(u64::MAX),
+            offsets[0]
+        )) && error.contains("entry index 18446744073709551615"),
         "{error}"
     );
 
@@ -1129,76 +1240,108 @@ fn indexes_that_leave_no_room_for_the_next_entry_are_refused() {
     assert!(reopen(copy.path()).entries.is_empty());
 }
 
+/// The segments in `dir`, by name, with their bytes.
+fn segment_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    segments(dir)
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            (name, fs::read(&path).unwrap())
+        })
+        .collect()
+}
+
+/// Put back `files` (from `segment_files`), as a crash may: the deletions
+/// of a compaction are not waited for.
+fn put_back(dir: &Path, files: &[(String, Vec<u8>)]) {
+    for (name, bytes) in files {
+        fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// A compaction deletes whole segments and does not wait for the deletions
+/// to be durable: a crash may bring back any of them, and `open` deletes
+/// them again.
 #[test]
 fn a_compaction_interrupted_by_a_crash_is_finished_at_open() {
     let log = entries(1..=10, 1);
-    let (dir, _) = dir_with(1, &log);
-    let uncompacted = fs::read(dir.path().join("log")).unwrap();
-    let snapshot = Snapshot {
-        last_included_index: 6,
-        last_included_term: 1,
-        data: b"through 6".to_vec(),
-    };
-    open(dir.path()).save_snapshot(&snapshot, true).unwrap();
-    let compacted = fs::read(dir.path().join("log")).unwrap();
-    // The crash came after the snapshot's rename, before the log's.
-    fs::write(dir.path().join("log"), &uncompacted).unwrap();
+    for brought_back in [
+        vec![0, 1, 2, 3, 4, 5],
+        vec![0],
+        vec![3],
+        vec![1, 4],
+        vec![5],
+    ] {
+        // Each entry in a segment of its own.
+        let (dir, _) = dir_with_segments(1, &log, Some(1));
+        let uncompacted = segment_files(dir.path());
+        let snapshot = snapshot_through(6, 1);
+        open(dir.path()).save_snapshot(&snapshot, true).unwrap();
+        let compacted = segment_files(dir.path());
+        assert_eq!(
+            compacted,
+            uncompacted[6..],
+            "entries 1..=6 went with their segments"
+        );
+        let back: Vec<_> = brought_back
+            .iter()
+            .map(|&i| uncompacted[i].clone())
+            .collect();
+        put_back(dir.path(), &back);
 
-    let mut storage = open(dir.path());
-    let recovered = storage.recover().unwrap();
-    assert_eq!(recovered.snapshot, Some(snapshot));
-    assert_eq!(recovered.entries, log[6..]);
-    assert_eq!(fs::read(dir.path().join("log")).unwrap(), compacted);
-    storage.append(&[set(11, 1)]).unwrap();
-    storage.sync().unwrap();
-    drop(storage);
-    assert_eq!(reopen(dir.path()).entries, entries(7..=11, 1));
+        let mut storage = open(dir.path());
+        let recovered = storage.recover().unwrap();
+        assert_eq!(recovered.snapshot, Some(snapshot), "{brought_back:?}");
+        assert_eq!(recovered.entries, log[6..], "{brought_back:?}");
+        assert_eq!(segment_files(dir.path()), compacted, "{brought_back:?}");
+        storage.append(&[set(11, 1)]).unwrap();
+        storage.sync().unwrap();
+        drop(storage);
+        assert_eq!(reopen(dir.path()).entries, entries(7..=11, 1));
+    }
 
-    // A log that ended before the snapshot's index keeps nothing.
+    // A log that ended before the snapshot's index keeps nothing; the
+    // crash came after the snapshot's rename, before the log was replaced.
     let (short, _) = dir_with(1, &entries(1..=3, 1));
-    let uncompacted = fs::read(short.path().join("log")).unwrap();
+    let uncompacted = segment_files(short.path());
     let mut storage = open(short.path());
     storage
-        .save_snapshot(
-            &Snapshot {
-                last_included_index: 8,
-                last_included_term: 1,
-                data: vec![],
-            },
-            true,
-        )
+        .save_snapshot(&snapshot_through(8, 1), true)
         .unwrap();
     drop(storage);
-    fs::write(short.path().join("log"), &uncompacted).unwrap();
+    fs::remove_file(short.path().join(segment_name(9))).unwrap();
+    put_back(short.path(), &uncompacted);
     let mut storage = open(short.path());
     assert!(storage.recover().unwrap().entries.is_empty());
+    assert_eq!(segments(short.path()), [short.path().join(segment_name(9))]);
     storage.append(&[set(9, 1)]).unwrap();
     storage.sync().unwrap();
     drop(storage);
     assert_eq!(reopen(short.path()).entries, [set(9, 1)]);
-
-    // A log that held nothing the snapshot covers only has its header behind.
-    let (empty, _) = dir_with(1, &[]);
-    let header_only = fs::read(empty.path().join("log")).unwrap();
-    open(empty.path())
-        .save_snapshot(&snapshot_through(4, 1), true)
-        .unwrap();
-    fs::write(empty.path().join("log"), &header_only).unwrap();
-    assert!(reopen(empty.path()).entries.is_empty());
-    let log = fs::read(empty.path().join("log")).unwrap();
-    assert_eq!(log, log_header(4), "open finished the job");
 }
 
 /// Figure 13 steps 6–7 across a crash: a snapshot from the leader whose
-/// last entry conflicts with the local log replaces the whole log. If the
-/// crash comes after the snapshot is durable but before the log is
-/// replaced, the old log still holds the conflicting entry, and open
-/// discards it all rather than keep a suffix of another history.
+/// last entry conflicts with the local log replaces the whole log. A crash
+/// after the snapshot is durable leaves the old segments, or the oldest of
+/// them (they go newest first, each deletion durable before the next),
+/// perhaps beside the new empty one; `open` discards them all rather than
+/// keep a suffix of another history — here one whose segment begins right
+/// after the snapshot's index.
 #[test]
 fn a_snapshot_install_interrupted_by_a_crash_discards_the_conflicting_log() {
-    let log = entries(1..=10, 1);
-    let (dir, _) = dir_with(2, &log);
-    let old_log = fs::read(dir.path().join("log")).unwrap();
+    let log = entries(1..=9, 1);
+    // Segments of three entries: 1..=3, 4..=6, 7..=9.
+    let (dir, ends) = dir_with_segments(2, &log[..3], Some(1 << 20));
+    let segment_bytes = ends[2] - 1;
+    let mut storage = open(dir.path()).with_segment_bytes(segment_bytes);
+    for entry in &log[3..] {
+        storage.append(std::slice::from_ref(entry)).unwrap();
+        storage.sync().unwrap();
+    }
+    drop(storage);
+    let old = segment_files(dir.path());
+    assert_eq!(old.len(), 3);
+    assert_eq!(old[2].0, segment_name(7), "a segment follows entry 6");
     let snapshot = Snapshot {
         last_included_index: 6,
         last_included_term: 2,
@@ -1206,23 +1349,159 @@ fn a_snapshot_install_interrupted_by_a_crash_discards_the_conflicting_log() {
     };
     let mut storage = open(dir.path());
     storage.save_snapshot(&snapshot, false).unwrap();
-    assert!(storage.recover().is_ok());
     drop(storage);
     // Without a crash: nothing of the old log is left.
     assert!(reopen(dir.path()).entries.is_empty());
-    // The crash came after the snapshot's rename, before the log's.
-    fs::write(dir.path().join("log"), &old_log).unwrap();
-    let mut storage = open(dir.path());
-    let recovered = storage.recover().unwrap();
-    assert_eq!(recovered.snapshot, Some(snapshot));
-    assert!(
-        recovered.entries.is_empty(),
-        "entries 7..=10 follow 6@1, not the snapshot's 6@2"
-    );
-    storage.append(&[set(7, 2)]).unwrap();
+    let new = segment_files(dir.path());
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].0, segment_name(7));
+    assert_eq!(new[0].1[..LOG_HEADER_LEN], log_header(6));
+
+    for (kept, with_new) in [(3, false), (2, false), (1, false), (1, true)] {
+        let case = format!("the {kept} oldest segments, the new one: {with_new}");
+        for (name, _) in segment_files(dir.path()) {
+            fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        put_back(dir.path(), &old[..kept]);
+        if with_new {
+            put_back(dir.path(), &new);
+        }
+        let mut storage = open(dir.path());
+        let recovered = storage.recover().unwrap();
+        assert_eq!(recovered.snapshot.as_ref(), Some(&snapshot), "{case}");
+        assert!(
+            recovered.entries.is_empty(),
+            "{case}: entries 7..=9 follow 6@1, not the snapshot's 6@2"
+        );
+        assert_eq!(segment_files(dir.path()), new, "{case}");
+        storage.append(&[set(7, 2)]).unwrap();
+        storage.sync().unwrap();
+        drop(storage);
+        assert_eq!(reopen(dir.path()).entries, [set(7, 2)], "{case}");
+    }
+}
+
+/// Segments: the log rolls into a new one when the last is full, a
+/// snapshot deletes the ones it covers whole, a truncation deletes the ones
+/// after it, and each reopen reads them back as one log.
+#[test]
+fn the_log_rolls_into_segments_and_snapshots_delete_the_covered_ones() {
+    let log = entries(1..=12, 1);
+    let (dir, ends) = dir_with_segments(1, &log[..2], None);
+    // Full after two entries.
+    let full = ends[1];
+    let mut storage = open(dir.path()).with_segment_bytes(full);
+    for entry in &log[2..] {
+        storage.append(std::slice::from_ref(entry)).unwrap();
+        storage.sync().unwrap();
+    }
+    drop(storage);
+    let names: Vec<String> = [1, 3, 5, 7, 9, 11].map(segment_name).to_vec();
+    let files = segment_files(dir.path());
+    assert_eq!(files.iter().map(|f| f.0.clone()).collect::<Vec<_>>(), names);
+    for (i, (_, bytes)) in files.iter().enumerate() {
+        let follows = 2 * i as u64;
+        assert_eq!(bytes[..LOG_HEADER_LEN], log_header(follows), "segment {i}");
+        if i + 1 < files.len() {
+            let end = record_starts(bytes).1;
+            assert_eq!(bytes.len(), end, "sealed: cut at its last record");
+        }
+    }
+    assert_eq!(reopen(dir.path()).entries, log);
+
+    // A snapshot through 6 covers the segments of 1..=2 and 3..=4 whole,
+    // and 5..=6 too: the next segment follows it.
+    let mut storage = open(dir.path()).with_segment_bytes(full);
+    storage
+        .save_snapshot(&snapshot_through(6, 1), true)
+        .unwrap();
+    assert_eq!(segments(dir.path())[0], dir.path().join(segment_name(7)));
+    // Entry 8 is the second of its segment: the later ones go.
+    storage.save_hard_state(term(2)).unwrap();
+    storage.truncate_from(8).unwrap();
+    assert_eq!(segments(dir.path()), [dir.path().join(segment_name(7))]);
+    storage.append(&entries(8..=10, 2)).unwrap();
     storage.sync().unwrap();
     drop(storage);
-    assert_eq!(reopen(dir.path()).entries, [set(7, 2)]);
+    let expected = [&log[6..7], &entries(8..=10, 2)[..]].concat();
+    assert_eq!(reopen(dir.path()).entries, expected);
+    // The batch went into the segment that had room when it began.
+    assert_eq!(segments(dir.path()), [dir.path().join(segment_name(7))]);
+
+    // A snapshot in the middle of a segment keeps it: the covered entries
+    // stay on disk until the segment is deleted whole.
+    let mut storage = open(dir.path());
+    storage
+        .save_snapshot(&snapshot_through(9, 2), true)
+        .unwrap();
+    drop(storage);
+    assert_eq!(segments(dir.path()), [dir.path().join(segment_name(7))]);
+    assert_eq!(reopen(dir.path()).entries, entries(10..=10, 2));
+}
+
+/// A segment is synced whole before the next one is created, so damage in
+/// one that a later segment follows is never a torn write; a segment
+/// missing from the middle of the chain lost entries.
+#[test]
+fn damage_in_a_sealed_segment_or_a_lost_one_is_refused() {
+    let log = entries(1..=6, 1);
+    let (dir, _) = dir_with_segments(1, &log, Some(1));
+    let files = segment_files(dir.path());
+    let copy = |files: &[(String, Vec<u8>)]| {
+        let to = TempDir::new().unwrap();
+        fs::copy(dir.path().join("hardstate"), to.path().join("hardstate")).unwrap();
+        put_back(to.path(), files);
+        to
+    };
+
+    // The last record of a sealed segment cut short.
+    let mut damaged = files.clone();
+    let len = damaged[2].1.len();
+    damaged[2].1.truncate(len - 3);
+    let to = copy(&damaged);
+    let error = open_error(to.path());
+    assert!(
+        error.starts_with(&format!(
+            "{} is corrupt at byte offset {LOG_HEADER_LEN}:",
+            to.path().join(segment_name(3)).display()
+        )) && error.contains("a later segment exists"),
+        "{error}"
+    );
+    // The same in the last segment is a torn write, cut off.
+    let mut torn = files.clone();
+    let end = record_starts(&torn[5].1).1;
+    torn[5].1.truncate(end - 3);
+    assert_eq!(reopen(copy(&torn).path()).entries, log[..5]);
+
+    // A lost segment.
+    let mut lost = files.clone();
+    lost.remove(3);
+    let to = copy(&lost);
+    let error = open_error(to.path());
+    assert!(
+        error.starts_with(&format!(
+            "{}: follows entry 4,",
+            to.path().join(segment_name(5)).display()
+        )) && error.contains("ends at entry 3: a segment between them was lost"),
+        "{error}"
+    );
+    // Beside a snapshot that does not cover the lost entry, the same. (One
+    // that covers it makes the loss harmless: compactions delete such
+    // segments.)
+    fs::write(to.path().join("snapshot"), handmade_snapshot(3, 1, b"three")).unwrap();
+    let error = open_error(to.path());
+    assert!(error.contains("a segment between them was lost"), "{error}");
+
+    // A segment whose name and header disagree.
+    let mut renamed = files.clone();
+    renamed[5].0 = segment_name(7);
+    let error = open_error(copy(&renamed).path());
+    assert!(
+        error.contains(
+            "the name says the segment starts at entry 7, but its header says it follows entry 5"
+        ),
+        "{error}"
+    );
 }
 
 #[test]
@@ -1253,7 +1532,7 @@ fn recover_asked_twice_gives_the_same_answer() {
 fn the_log_grows_ahead_of_its_records_and_reopens_at_their_end() {
     let log = entries(1..=3, 1);
     let (dir, ends) = dir_with(1, &log);
-    let len = fs::metadata(dir.path().join("log")).unwrap().len();
+    let len = fs::metadata(last_segment(dir.path())).unwrap().len();
     assert!(len > ends[2], "the file is grown ahead of its records");
     let mut storage = open(dir.path());
     assert_eq!(storage.recover().unwrap().entries, log);
@@ -1261,7 +1540,7 @@ fn the_log_grows_ahead_of_its_records_and_reopens_at_their_end() {
     storage.sync().unwrap();
     drop(storage);
     assert_eq!(
-        fs::metadata(dir.path().join("log")).unwrap().len(),
+        fs::metadata(last_segment(dir.path())).unwrap().len(),
         len,
         "the append went into the space already there"
     );

@@ -11,13 +11,14 @@ use crate::raft::{Command, Entry, HardState, LogIndex, Snapshot, Term};
 
 /// The format version of `hardstate` and `snapshot`.
 pub const FORMAT_VERSION: u32 = 1;
-/// The format version of `log`. Version 2 added durable_before to each
+/// The format version of a log file. Version 2 added durable_before to each
 /// record; version 3 gave the record its own payload layout (kind, index,
 /// term, command bytes) in place of the peer protocol's prost-encoded
 /// `LogEntry` with the key-value store's `Command` inside; version 4 added
-/// to the header the index of the snapshot the log follows, and a checksum.
-/// `FileStorage::open` rewrites an older log in it (docs/storage.md,
-/// "Upgrading").
+/// to the header the index of the entry the file follows, and a checksum.
+/// Log segments (`log-<first index>`) are version-4 files; the single file
+/// `log` that came before them is rewritten as a segment by
+/// `FileStorage::open` (docs/storage.md, "Upgrading").
 pub const LOG_FORMAT_VERSION: u32 = 4;
 
 pub const HARD_STATE_MAGIC: &[u8; 4] = b"RKVH";
@@ -235,14 +236,15 @@ pub fn leaves_room_after(index: LogIndex) -> bool {
 
 pub const NO_ROOM: &str = "leaves no index for the next entry";
 
-/// The header of a log that follows the snapshot through `follows_snapshot`
-/// (0: none, the log starts at entry 1). Its checksum covers the index, so
-/// a flipped bit cannot make it claim less than the snapshot it follows.
-pub fn log_header(follows_snapshot: LogIndex) -> [u8; LOG_HEADER_LEN as usize] {
+/// The header of a log segment whose first entry follows entry `follows`
+/// (0: the log starts at entry 1). Its checksum covers the index, so a
+/// flipped bit cannot make it claim less than it follows (recovery checks
+/// that the snapshot reaches the oldest segment's `follows`).
+pub fn log_header(follows: LogIndex) -> [u8; LOG_HEADER_LEN as usize] {
     let mut header = [0; LOG_HEADER_LEN as usize];
     header[0..4].copy_from_slice(LOG_MAGIC);
     header[4..8].copy_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
-    header[8..16].copy_from_slice(&follows_snapshot.to_le_bytes());
+    header[8..16].copy_from_slice(&follows.to_le_bytes());
     let crc = crc32fast::hash(&header[0..16]);
     header[16..20].copy_from_slice(&crc.to_le_bytes());
     header
@@ -265,14 +267,14 @@ fn decode_log_header(bytes: &[u8]) -> Result<LogIndex, Corruption> {
         16,
         "bytes 0..16",
     )?;
-    let follows_snapshot = u64_at(bytes, 8);
-    if !leaves_room_after(follows_snapshot) {
+    let follows = u64_at(bytes, 8);
+    if !leaves_room_after(follows) {
         return Err(corruption(
             8,
-            format!("the log follows a snapshot through entry {follows_snapshot}, which {NO_ROOM}"),
+            format!("the header says the log follows entry {follows}, which {NO_ROOM}"),
         ));
     }
-    Ok(follows_snapshot)
+    Ok(follows)
 }
 
 /// A version-4 header whose version was damaged into an older one would
@@ -337,9 +339,10 @@ pub fn encode_record(
 pub struct ScannedLog {
     /// the format version in the header (below `LOG_FORMAT_VERSION`: to upgrade)
     pub version: u32,
-    /// the last_included_index of the snapshot the header says the log
-    /// follows: 0 for none, and in versions 1 to 3, which did not record it
-    pub follows_snapshot: LogIndex,
+    /// the index of the entry the header says the file's first record
+    /// follows (in the single-file log of version 4, the snapshot's last
+    /// index); 0 in versions 1 to 3, which did not record it
+    pub follows: LogIndex,
     /// the entries of the complete records, in file order
     pub entries: Vec<Entry>,
     /// where each of those records starts
@@ -574,7 +577,7 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
             ))
         }
     };
-    let (follows_snapshot, header_len) = if version == LOG_FORMAT_VERSION {
+    let (follows, header_len) = if version == LOG_FORMAT_VERSION {
         (decode_log_header(bytes)?, LOG_HEADER_LEN)
     } else {
         check_not_a_damaged_header(bytes, version)?;
@@ -582,7 +585,7 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
     };
     let mut scanned = ScannedLog {
         version,
-        follows_snapshot,
+        follows,
         ..Default::default()
     };
     let mut at = header_len as usize;
@@ -596,13 +599,17 @@ pub fn scan_log(bytes: &[u8], snapshot_index: LogIndex) -> Result<ScannedLog, Co
         let (payload, next) = match record_at(bytes, at, layout) {
             RecordAt::Complete { payload, next, .. } => (payload, next),
             RecordAt::Damaged(reason) => {
-                // The entry after the last good one; in the first record, the
-                // entry after the snapshot (or, if a crash interrupted a
-                // compaction, one the snapshot covers and makes redundant).
+                // The entry after the last good one; in the first record,
+                // the one after the entry the header names, or (versions 1
+                // to 3, whose header names none) after the snapshot.
+                let before_first = match version {
+                    LOG_FORMAT_VERSION => follows,
+                    _ => snapshot_index,
+                };
                 let damaged_index = scanned
                     .entries
                     .last()
-                    .map_or(snapshot_index, |e| e.index)
+                    .map_or(before_first, |e| e.index)
                     .saturating_add(1);
                 scanned.torn = Some(judge_damage(
                     bytes,
@@ -918,7 +925,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_first_record_holds_the_entry_after_the_snapshot() {
+    fn a_damaged_first_record_holds_the_entry_after_the_one_the_header_names() {
         // Entries 6..=8 appended in one go after a snapshot through 5.
         let mut bytes = log_header(5).to_vec();
         let mut offsets = Vec::new();
@@ -930,8 +937,11 @@ mod tests {
         let scanned = scan_log(&bytes, 5).unwrap();
         assert!(scanned.entries.is_empty());
         assert_eq!(scanned.torn.unwrap().offset, LOG_HEADER_LEN);
-        // Without the snapshot, entry 1 would have been durable before them.
-        assert_eq!(scan_log(&bytes, 0).unwrap_err().offset, LOG_HEADER_LEN);
+        // The header, not the snapshot, says which entry the first record
+        // holds: after a header naming entry 0, it would be entry 1, which
+        // the later records say was durable before them.
+        bytes[..LOG_HEADER_LEN as usize].copy_from_slice(&log_header(0));
+        assert_eq!(scan_log(&bytes, 5).unwrap_err().offset, LOG_HEADER_LEN);
     }
 
     #[test]
@@ -940,7 +950,7 @@ mod tests {
         bytes[0..LOG_HEADER_LEN as usize].copy_from_slice(&log_header(7));
         assert_eq!(bytes[8..16], 7u64.to_le_bytes());
         let scanned = scan_log(&bytes, 7).unwrap();
-        assert_eq!((scanned.version, scanned.follows_snapshot), (4, 7));
+        assert_eq!((scanned.version, scanned.follows), (4, 7));
         assert_eq!(scanned.end, LOG_HEADER_LEN);
 
         bytes[8] ^= 1; // 7 -> 6
@@ -952,9 +962,7 @@ mod tests {
         assert_eq!(error.offset, 8, "{error:?}");
         assert!(error.reason.contains("leaves no index"), "{error:?}");
         assert_eq!(
-            scan_log(&log_header(u64::MAX - 1), 0)
-                .unwrap()
-                .follows_snapshot,
+            scan_log(&log_header(u64::MAX - 1), 0).unwrap().follows,
             u64::MAX - 1
         );
     }
@@ -996,7 +1004,7 @@ mod tests {
         let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
         let bytes = version_3_log_bytes(&entries);
         let scanned = scan_log(&bytes, 0).unwrap();
-        assert_eq!((scanned.version, scanned.follows_snapshot), (3, 0));
+        assert_eq!((scanned.version, scanned.follows), (3, 0));
         assert_eq!(scanned.entries, entries);
         assert_eq!(scanned.offsets[0], 8);
         assert_eq!(scanned.end, bytes.len() as u64);

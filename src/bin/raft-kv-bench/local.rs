@@ -391,7 +391,7 @@ impl Probe {
             rss_bytes: self.pid.and_then(|pid| stats::rss_bytes(Some(pid))),
             data_bytes: stats::dir_disk_bytes(&self.data_dir),
             // raft-kv's files (docs/storage.md); etcd has neither.
-            log_bytes: stats::disk_bytes(&self.data_dir.join("log")),
+            log_bytes: stats::log_disk_bytes(&self.data_dir),
             snapshot_bytes: stats::disk_bytes(&self.data_dir.join("snapshot")),
         }
     }

@@ -143,6 +143,19 @@ pub fn disk_bytes(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| allocated(&m))
 }
 
+/// What the log's segments (`log-<first index>`, docs/storage.md) take on
+/// disk together; `None` if there are none.
+pub fn log_disk_bytes(data_dir: &Path) -> Option<u64> {
+    let segments: Vec<u64> = std::fs::read_dir(data_dir)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("log-"))
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|metadata| allocated(&metadata))
+        .collect();
+    (!segments.is_empty()).then(|| segments.iter().sum())
+}
+
 #[cfg(unix)]
 fn allocated(metadata: &std::fs::Metadata) -> u64 {
     // st_blocks counts 512-byte units whatever the file system's block size.
