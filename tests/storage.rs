@@ -969,7 +969,11 @@ fn checksummed_records_that_break_the_log_rules_are_refused() {
             2,
             "lower than the previous entry's term 3",
         ),
-        (&[(3, 1), (4, 1)], 0, "the first record is entry 3, not entry 1"),
+        (
+            &[(3, 1), (4, 1)],
+            0,
+            "the first record is entry 3, not entry 1",
+        ),
     ];
     for (records, bad, reason) in cases {
         let (bytes, offsets) = handmade_log(records);
@@ -1488,9 +1492,41 @@ fn damage_in_a_sealed_segment_or_a_lost_one_is_refused() {
     // Beside a snapshot that does not cover the lost entry, the same. (One
     // that covers it makes the loss harmless: compactions delete such
     // segments.)
-    fs::write(to.path().join("snapshot"), handmade_snapshot(3, 1, b"three")).unwrap();
+    fs::write(
+        to.path().join("snapshot"),
+        handmade_snapshot(3, 1, b"three"),
+    )
+    .unwrap();
     let error = open_error(to.path());
     assert!(error.contains("a segment between them was lost"), "{error}");
+
+    // A lost segment that held the snapshot's last entry, with no segment
+    // beginning right after it, is not taken for a log that ended before
+    // the snapshot (which would be discarded): it is refused.
+    let (two, ends) = dir_with_segments(1, &log[..2], None);
+    let mut storage = open(two.path()).with_segment_bytes(ends[1]);
+    storage.append(&log[2..]).unwrap(); // 3..=6 in one segment after 1..=2
+    storage.sync().unwrap();
+    storage.append(&entries(7..=8, 1)).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    assert_eq!(
+        segments(two.path()),
+        [1, 3, 7].map(|first| two.path().join(segment_name(first)))
+    );
+    fs::remove_file(two.path().join(segment_name(3))).unwrap();
+    fs::write(
+        two.path().join("snapshot"),
+        handmade_snapshot(4, 1, b"four"),
+    )
+    .unwrap();
+    let error = open_error(two.path());
+    assert!(error.contains("a segment between them was lost"), "{error}");
+    assert_eq!(
+        segments(two.path()).len(),
+        2,
+        "a refused dir is left as it was"
+    );
 
     // A segment whose name and header disagree.
     let mut renamed = files.clone();

@@ -308,7 +308,7 @@ impl EventLoop {
     /// A turn that keeps the loop from its timer for longer than a heartbeat
     /// interval delays the leader's heartbeats, and followers that wait an
     /// election timeout for them start an election: say so, with the bytes
-    /// the turn wrote (etcd: "leader failed to send out heartbeat on time").
+    /// the turn took in (etcd: "leader failed to send out heartbeat on time").
     fn check_turn(&mut self, started: Instant, bytes: usize) {
         let took = started.elapsed();
         if took <= 2 * self.slow_turn {
@@ -323,9 +323,10 @@ impl EventLoop {
         }
         self.last_slow_turn_warning = Some(now);
         warn!(
-            "node {} term {}: one turn of the event loop took {} ms ({} KiB of entries \
-             written and synced), longer than twice the heartbeat interval ({} ms): heartbeats \
-             wait, and peers may start elections — is the disk slow?",
+            "node {} term {}: one turn of the event loop took {} ms ({} KiB of requests and \
+             entries taken in; the rest is storage work such as a snapshot install), longer \
+             than twice the heartbeat interval ({} ms): heartbeats wait, and peers may start \
+             elections — is the disk slow?",
             self.node.id(),
             self.node.current_term(),
             took.as_millis(),

@@ -189,7 +189,7 @@ const ENCODED: &str = " encoded: ";
 const INSTALLED: &str = "installed snapshot through index ";
 /// The storage's line when a snapshot file is written: by the writer thread
 /// ("B bytes in X ms"), or, for an installed one, before the core's line
-/// ("B bytes in X ms, log rewritten in Y ms").
+/// ("B bytes in X ms, log compacted in Y ms").
 const WRITTEN: &str = "snapshot file written: ";
 /// The storage's line when the log is compacted after a taken snapshot.
 const COMPACTED: &str = "log compacted through ";
@@ -257,14 +257,14 @@ pub fn snapshot_events(member: &str, log: &str, started_unix: f64) -> Vec<Snapsh
                 events[i].write_ms = Some(ms);
             }
         } else if let Some(rest) = after(line, COMPACTED) {
-            // "I: rewritten in R ms"
+            // "I in R ms (N segments left)"
             let Some(i) = taken.take() else {
                 continue;
             };
             let rewrite = rest
-                .split_once(": rewritten in ")
-                .and_then(|(_, ms)| ms.strip_suffix(" ms"))
-                .and_then(|ms| ms.parse().ok());
+                .split_once(" in ")
+                .and_then(|(_, ms)| ms.split_once(" ms"))
+                .and_then(|(ms, _)| ms.parse().ok());
             if leading_number(rest) == Some(events[i].index) {
                 events[i].rewrite_ms = rewrite;
             }
@@ -292,10 +292,10 @@ fn parse_bytes_in_ms(text: &str) -> Option<(u64, f64)> {
     Some((bytes.parse().ok()?, ms.trim().parse().ok()?))
 }
 
-/// "B bytes in X ms, log rewritten in Y ms" -> (B, X, Y).
+/// "B bytes in X ms, log compacted in Y ms" -> (B, X, Y).
 fn parse_written(text: &str) -> Option<(u64, f64, f64)> {
     let (bytes, rest) = text.split_once(" bytes in ")?;
-    let (write, rest) = rest.split_once(" ms, log rewritten in ")?;
+    let (write, rest) = rest.split_once(" ms, log compacted in ")?;
     let rewrite = rest.strip_suffix(" ms")?;
     Some((
         bytes.parse().ok()?,
@@ -388,15 +388,15 @@ mod tests {
 2026-11-26T23:47:00.005000000Z [INFO] node 1: snapshot through index 100 encoded: 999 bytes in 0.5 ms
 2026-11-26T23:47:01.010000000Z [INFO] snapshot file written: 1040 bytes in 1.5 ms
 2026-11-26T23:47:01.011000000Z [INFO] node 1 term 2: snapshot through index 100 (999 bytes), log compacted
-2026-11-26T23:47:01.012000000Z [INFO] log compacted through 100: rewritten in 0.2 ms
+2026-11-26T23:47:01.012000000Z [INFO] log compacted through 100 in 0.2 ms (1 segments left)
 2026-11-26T23:47:01.500000000Z [INFO] node 1 term 2: follower -> candidate
 2026-11-26T23:47:02.250000000Z [INFO] node 1 term 3: snapshot through index 20100 started (200000 bytes of log)
 2026-11-26T23:47:02.260000000Z [INFO] node 1: snapshot through index 20100 encoded: 123456 bytes in 10.0 ms
 2026-11-26T23:47:02.300000000Z [INFO] snapshot file written: 123500 bytes in 40.0 ms
 2026-11-26T23:47:02.301000000Z [INFO] node 1 term 3: snapshot through index 20100 (123456 bytes), log compacted
-2026-11-26T23:47:02.305000000Z [INFO] log compacted through 20100: rewritten in 3.5 ms
+2026-11-26T23:47:02.305000000Z [INFO] log compacted through 20100 in 3.5 ms (2 segments left)
 a line without a time: snapshot through index 5 started (1 bytes of log)
-2026-11-26T23:47:03.000000000Z [INFO] snapshot file written: 5000 bytes in 2.0 ms, log rewritten in 0.0 ms
+2026-11-26T23:47:03.000000000Z [INFO] snapshot file written: 5000 bytes in 2.0 ms, log compacted in 0.0 ms
 2026-11-26T23:47:03.001000000Z [INFO] node 1 term 3: installed snapshot through index 30000 from leader 2
 2026-11-26T23:47:04.000000000Z [INFO] node 1 term 3: snapshot through index 40000 started (8000 bytes of log)
 ";
@@ -452,7 +452,7 @@ a line without a time: snapshot through index 5 started (1 bytes of log)
     #[test]
     fn storage_lines() {
         assert_eq!(
-            parse_written("123 bytes in 4.5 ms, log rewritten in 0.1 ms"),
+            parse_written("123 bytes in 4.5 ms, log compacted in 0.1 ms"),
             Some((123, 4.5, 0.1))
         );
         assert_eq!(parse_written("123 bytes in 4.5 ms"), None);
