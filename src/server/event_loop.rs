@@ -236,10 +236,21 @@ impl EventLoop {
     }
 
     /// The next thing to do: polled for up to `poll`, then waited for.
+    ///
+    /// A peer message that is waiting goes first: replies move the commit
+    /// index and AppendEntries keep a follower from timing out, while a
+    /// client call can wait a turn (etcd, too, steps raft messages ahead
+    /// of proposals). Picked at random among the rest, a leader taking in
+    /// large writes turn after turn, each with its fsync, left the replies
+    /// waiting — and its next AppendEntries with them — until a follower's
+    /// election timeout ran out (docs/performance.md, "Large values").
     fn next_event(&self, poll: Duration) -> Event {
         let inputs = &self.inputs;
         let started = Instant::now();
         loop {
+            if let Ok(message) = inputs.peer_messages.try_recv() {
+                return Event::Peer(message);
+            }
             select! {
                 recv(inputs.peer_messages) -> m => return m.map_or(Event::Stop, Event::Peer),
                 recv(inputs.client_calls) -> c => return c.map_or(Event::Stop, Event::Client),
@@ -333,5 +344,83 @@ impl EventLoop {
             bytes / 1024,
             self.slow_turn.as_millis()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crossbeam_channel::{bounded, unbounded};
+
+    use super::*;
+    use crate::raft::{MemStorage, RaftConfig, RequestVote};
+
+    /// The senders of a loop's inputs: the peers', the clients', the
+    /// timer's, and (kept open, for a closed one stops the loop) the
+    /// snapshot writer's and the shutdown's.
+    struct Senders {
+        peers: Sender<PeerMessage>,
+        clients: Sender<ClientCall>,
+        ticks: Sender<()>,
+        _open: (Sender<Snapshot>, Sender<()>),
+    }
+
+    fn event_loop() -> (EventLoop, Senders) {
+        let (handoff_tx, _handoff_rx) = mpsc::unbounded_channel();
+        let (to_write_tx, _to_write_rx) = unbounded();
+        let outbox = RuntimeOutbox::new(1, handoff_tx, to_write_tx);
+        let config = RaftConfig::new(1, vec![1, 2, 3]);
+        let storage = Box::new(MemStorage::new());
+        let node = RaftNode::new(config, storage, KvStore::new(), Box::new(outbox));
+        let (peers, peer_messages) = bounded(8);
+        let (clients, client_calls) = bounded(8);
+        let (ticks, tick_rx) = bounded(1);
+        let (saved, snapshots_saved) = bounded(1);
+        let (stop, shutdown) = bounded(1);
+        let inputs = Inputs {
+            ticks: tick_rx,
+            peer_messages,
+            client_calls,
+            snapshots_saved,
+            shutdown,
+        };
+        let heartbeat = Duration::from_millis(50);
+        let event_loop =
+            EventLoop::new(node, inputs, Duration::ZERO, FastPath::default(), heartbeat);
+        let senders = Senders {
+            peers,
+            clients,
+            ticks,
+            _open: (saved, stop),
+        };
+        (event_loop, senders)
+    }
+
+    #[test]
+    fn a_waiting_peer_message_goes_before_client_calls_and_ticks() {
+        let (event_loop, inputs) = event_loop();
+        for _ in 0..50 {
+            let (answer, _) = oneshot::channel();
+            inputs.clients.send(ClientCall::Status(answer)).unwrap();
+            inputs.ticks.send(()).unwrap();
+            let vote = Message::RequestVote(RequestVote {
+                term: 1,
+                candidate_id: 2,
+                last_log_index: 0,
+                last_log_term: 0,
+            });
+            inputs
+                .peers
+                .send(PeerMessage {
+                    from: 2,
+                    message: vote,
+                })
+                .unwrap();
+            let first = event_loop.next_event(Duration::ZERO);
+            assert!(matches!(first, Event::Peer(_)));
+            for _ in 0..2 {
+                let next = event_loop.next_event(Duration::ZERO);
+                assert!(matches!(next, Event::Client(_) | Event::Tick));
+            }
+        }
     }
 }
