@@ -955,4 +955,23 @@ mod tests {
         drop(taken);
         assert!(bind_listener(&address).is_ok());
     }
+
+    #[test]
+    fn the_metrics_need_a_port_of_their_own() {
+        let a = |text: &str| Address::parse(text).unwrap();
+        let (peers, clients) = (a("10.0.0.1:7001"), a("0.0.0.0:7101"));
+        let check = |metrics: &str| check_metrics_addr(Some(&a(metrics)), &peers, Some(&clients));
+        assert_eq!(check("10.0.0.1:9101"), Ok(()));
+        assert_eq!(check("127.0.0.1:7001"), Ok(()), "another host");
+        assert_eq!(check_metrics_addr(None, &peers, None), Ok(()));
+        for taken in ["10.0.0.1:7001", "0.0.0.0:7001", "127.0.0.1:7101"] {
+            assert_eq!(
+                check(taken).unwrap_err().0,
+                format!(
+                    "--metrics-addr {taken}: this node serves gRPC on that port; give the \
+                     metrics a port of their own"
+                )
+            );
+        }
+    }
 }

@@ -200,17 +200,17 @@ fn metrics_are_scraped_from_running_nodes() {
         .map(|port| format!("127.0.0.1:{port}"))
         .collect();
     for id in cluster.ids() {
-        let flags = [
-            "--metrics-addr".to_string(),
-            metrics[id as usize - 1].clone(),
-        ];
-        cluster.spawn_with(id, &flags);
+        let metrics = metrics[id as usize - 1].clone();
+        // A snapshot every few writes, to be counted.
+        let flags = ["--metrics-addr", &metrics, "--snapshot-log-bytes", "2048"];
+        cluster.spawn_with(id, &flags.map(String::from));
     }
     let leader = cluster.wait_for_leader();
     let mut client = cluster.client();
     let writes = 20;
+    let value = "v".repeat(500);
     for i in 0..writes {
-        client.set(&format!("key{i}"), "value").unwrap();
+        client.set(&format!("key{i}"), &value).unwrap();
     }
 
     let text = scrape(&metrics[leader as usize - 1]);
@@ -231,6 +231,13 @@ fn metrics_are_scraped_from_running_nodes() {
     assert_eq!(sample(&text, "raftkv_sessions"), 1.0);
     assert_eq!(sample(&text, "raftkv_keys"), writes as f64);
     assert!(text.ends_with("# EOF\n"), "{text}");
+    // The snapshot writer counts once a snapshot is durable.
+    let text = eventually("a snapshot to be counted", || {
+        let text = scrape(&metrics[leader as usize - 1]);
+        (sample(&text, "raftkv_snapshots_total") >= 1.0).then_some(text)
+    });
+    assert!(sample(&text, "raftkv_snapshot_size_bytes") > 0.0);
+    assert!(sample(&text, "raftkv_snapshot_duration_seconds_count") >= 1.0);
 
     let follower = cluster.follower_of(leader);
     let text = scrape(&metrics[follower as usize - 1]);

@@ -20,6 +20,10 @@
 //! sleeps. The core flushes the requests before its fsync, so followers
 //! start writing while the leader does (dissertation §10.2.1).
 //!
+//! After each turn the loop records what it is for the metrics and the
+//! health service ([`Observer`]): atomic stores, and a message to the
+//! bridge only when its term, role or leader changed.
+//!
 //! Batching and group commit are how much one turn takes: the client
 //! requests waiting, the peer messages waiting, up to one AppendEntries'
 //! worth of bytes (`RaftConfig::max_bytes_per_message`) so that a turn's
