@@ -8,7 +8,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     tonic_prost_build::configure()
         .codec_path("crate::grpc_codec::StrictCodec")
-        .compile_protos(&["proto/raft.proto", "proto/kv.proto"], &["proto"])?;
+        .compile_protos(&["proto/raft.proto"], &["proto"])?;
+    // The client API's descriptors, which server reflection serves
+    // (`grpcurl list`, `describe`); the peer protocol's are left out.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .codec_path("crate::grpc_codec::StrictCodec")
+        .file_descriptor_set_path(out_dir.join("raftkv_descriptor.bin"))
+        .compile_protos(&["proto/kv.proto"], &["proto"])?;
     // Outside the library, the codec is named through it; the bench is only
     // a client.
     tonic_prost_build::configure()

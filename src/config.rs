@@ -447,6 +447,8 @@ pub struct NodeConfig {
     pub listen_clients: Option<Address>,
     /// the address clients are sent to when this node leads
     pub client_address: Address,
+    /// where it serves `/metrics` (`--metrics-addr`), if anywhere
+    pub metrics_addr: Option<Address>,
     /// names a new cluster (`--cluster-token`; src/server/identity.rs)
     pub cluster_token: Option<String>,
     /// mutual TLS, if on (src/tls.rs)
@@ -483,6 +485,12 @@ impl NodeConfig {
             },
             Some(clients) => clients.clone(),
         };
+        let metrics_addr = listen("--metrics-addr", &args.metrics_addr)?;
+        check_metrics_addr(
+            metrics_addr.as_ref(),
+            &listen_peers,
+            listen_clients.as_ref(),
+        )?;
         if let Some(token) = &args.cluster_token {
             check_cluster_token(token)?;
         }
@@ -503,6 +511,7 @@ impl NodeConfig {
             listen_peers,
             listen_clients,
             client_address,
+            metrics_addr,
             cluster_token: args.cluster_token.clone(),
             tls,
         })
@@ -645,6 +654,28 @@ pub fn check_snapshot_log_bytes(bytes: usize) -> Result<usize, ConfigError> {
         return error("--snapshot-log-bytes must be at least 1");
     }
     Ok(bytes)
+}
+
+/// The metrics endpoint speaks HTTP/1.1, not gRPC: it needs a port of its own.
+pub fn check_metrics_addr(
+    metrics: Option<&Address>,
+    peers: &Address,
+    clients: Option<&Address>,
+) -> Result<(), ConfigError> {
+    let Some(metrics) = metrics else {
+        return Ok(());
+    };
+    let taken = |other: &Address| {
+        other.port == metrics.port
+            && (other.host == metrics.host || other.is_unspecified() || metrics.is_unspecified())
+    };
+    if taken(peers) || clients.is_some_and(taken) {
+        return error(format!(
+            "--metrics-addr {metrics}: this node serves gRPC on that port; give the \
+             metrics a port of their own"
+        ));
+    }
+    Ok(())
 }
 
 /// Bind this node's listening socket now, so a busy port is reported before
@@ -923,5 +954,24 @@ mod tests {
         );
         drop(taken);
         assert!(bind_listener(&address).is_ok());
+    }
+
+    #[test]
+    fn the_metrics_need_a_port_of_their_own() {
+        let a = |text: &str| Address::parse(text).unwrap();
+        let (peers, clients) = (a("10.0.0.1:7001"), a("0.0.0.0:7101"));
+        let check = |metrics: &str| check_metrics_addr(Some(&a(metrics)), &peers, Some(&clients));
+        assert_eq!(check("10.0.0.1:9101"), Ok(()));
+        assert_eq!(check("127.0.0.1:7001"), Ok(()), "another host");
+        assert_eq!(check_metrics_addr(None, &peers, None), Ok(()));
+        for taken in ["10.0.0.1:7001", "0.0.0.0:7001", "127.0.0.1:7101"] {
+            assert_eq!(
+                check(taken).unwrap_err().0,
+                format!(
+                    "--metrics-addr {taken}: this node serves gRPC on that port; give the \
+                     metrics a port of their own"
+                )
+            );
+        }
     }
 }

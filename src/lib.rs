@@ -29,6 +29,10 @@ pub mod proto {
     }
     pub mod kv {
         tonic::include_proto!("raftkv");
+
+        /// proto/kv.proto compiled, as server reflection serves it.
+        pub const FILE_DESCRIPTOR_SET: &[u8] =
+            tonic::include_file_descriptor_set!("raftkv_descriptor");
     }
 
     /// gRPC metadata key naming the leader's address when a follower

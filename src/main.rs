@@ -36,6 +36,9 @@ enum Command {
     /// Show every node's role, term, leader, commit and applied index.
     #[command(after_help = STATUS_EXIT_CODES)]
     Status(raft_kv::cli::StatusArgs),
+    /// Check every node's health: one line each; fails without a healthy majority.
+    #[command(after_help = HEALTH_EXIT_CODES)]
+    Health(raft_kv::cli::HealthArgs),
     /// Write a cluster's CA and certificates for mutual TLS: raft-kv certs --out DIR --nodes 1,2,3
     #[command(after_help = CERTS_EXIT_CODES)]
     Certs(raft_kv::tls::certs::CertsArgs),
@@ -51,7 +54,7 @@ enum Command {
 const EXIT_CODES: &str = "\
 Exit codes (each command's --help has its own):
   0  success
-  1  get: no such key
+  1  get: no such key; health: fewer than a majority of the nodes healthy
   2  any error: one line on stderr, starting 'raft-kv: error:'";
 const SET_EXIT_CODES: &str = "\
 Exit codes:
@@ -71,6 +74,14 @@ const STATUS_EXIT_CODES: &str = "\
 Exit codes:
   0  at least one node answered
   2  none did, or any other error: one line on stderr, starting 'raft-kv: error:'";
+const HEALTH_EXIT_CODES: &str = "\
+A node is healthy when it answers the gRPC health check SERVING: it knows a
+leader of its current term (docs/api.md).
+
+Exit codes:
+  0  a majority of the nodes listed is healthy
+  1  fewer are (the last line, on stderr, says how many)
+  2  any other error: one line on stderr, starting 'raft-kv: error:'";
 const CERTS_EXIT_CODES: &str = "\
 Give every node and client --tls-dir DIR afterwards. Every certificate is valid
 for 10 years: long, because this is a learning tool with no way to renew or
@@ -127,6 +138,7 @@ fn main() {
         Command::Get(a) => raft_kv::cli::get(a),
         Command::Delete(a) => raft_kv::cli::delete(a),
         Command::Status(a) => raft_kv::cli::status(a),
+        Command::Health(a) => raft_kv::cli::health(a),
         Command::Certs(a) => raft_kv::tls::certs::run(a),
         Command::Bench(a) => run_sibling("bench", a.args),
         Command::Skeleton(a) => run_sibling("skeleton", a.args),

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use crate::proto::kv::key_value_client::KeyValueClient;
 use crate::proto::kv::{
@@ -107,6 +110,32 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// One node's answer to `raft-kv health`.
+#[derive(Debug, Clone)]
+pub struct NodeHealth {
+    pub address: String,
+    /// its answer, or why there is none (one line)
+    pub answer: Result<Health, String>,
+}
+
+impl NodeHealth {
+    /// Whether the node said SERVING: it knows a leader of its current term.
+    pub fn healthy(&self) -> bool {
+        self.answer.as_ref().is_ok_and(|health| health.serving)
+    }
+}
+
+/// A node's answer to a health check.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// SERVING rather than NOT_SERVING
+    pub serving: bool,
+    /// how long the check took
+    pub took: Duration,
+    /// its status (leader, term) if it answered that too
+    pub status: Option<StatusResponse>,
+}
+
 /// A blocking, reusable client of one cluster. Not shared between threads:
 /// give each thread its own (each has its own `client_id`).
 pub struct Client {
@@ -117,7 +146,7 @@ pub struct Client {
     /// One per entry of `addrs`: where and how to connect (its URL, TLS).
     endpoints: Vec<Endpoint>,
     /// One per entry of `addrs`, created on first use.
-    channels: Vec<Option<KeyValueClient<Channel>>>,
+    channels: Vec<Option<Channel>>,
     /// One per entry of `addrs`: whether it answered a probe for a TLS
     /// mismatch ([`speaks`]), which it then needs no more.
     probed: Vec<bool>,
@@ -286,17 +315,58 @@ impl Client {
     /// Ask every node for its status at once, without retrying; one entry
     /// per address, in order.
     pub fn status_all(&mut self) -> Vec<(String, Result<StatusResponse, String>)> {
-        let kvs: Vec<_> = (0..self.addrs.len()).map(|i| self.channel(i)).collect();
+        self.ask_all(|channel| async move {
+            let mut kv = KeyValueClient::new(channel);
+            Ok(kv.status(StatusRequest {}).await?.into_inner())
+        })
+    }
+
+    /// Ask every node at once whether it is healthy (the gRPC health
+    /// checking protocol's Check, for the whole server) and, for the line
+    /// `raft-kv health` prints, its status; one entry per address, in order.
+    pub fn health_all(&mut self) -> Vec<NodeHealth> {
+        let answers = self.ask_all(|channel| async move {
+            let started = Instant::now();
+            let check = async {
+                let request = HealthCheckRequest {
+                    service: String::new(),
+                };
+                let answer = HealthClient::new(channel.clone()).check(request).await;
+                (answer, started.elapsed())
+            };
+            let mut kv = KeyValueClient::new(channel.clone());
+            let ((check, took), status) = tokio::join!(check, kv.status(StatusRequest {}));
+            Ok(Health {
+                serving: check?.into_inner().status() == ServingStatus::Serving,
+                took,
+                status: status.ok().map(|s| s.into_inner()),
+            })
+        });
+        answers
+            .into_iter()
+            .map(|(address, answer)| NodeHealth { address, answer })
+            .collect()
+    }
+
+    /// Make one call to every node at once, each within the RPC timeout;
+    /// a failure is explained ([`describe`], or what TLS mismatch it is).
+    fn ask_all<T, Call>(
+        &mut self,
+        ask: impl Fn(Channel) -> Call,
+    ) -> Vec<(String, Result<T, String>)>
+    where
+        T: Send + 'static,
+        Call: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    {
+        let channels: Vec<_> = (0..self.addrs.len()).map(|i| self.channel(i)).collect();
         let rpc_timeout = self.rpc_timeout;
         let answers = self.runtime.block_on(async {
             let mut calls = tokio::task::JoinSet::new();
-            for (i, mut kv) in kvs.into_iter().enumerate() {
+            for (i, channel) in channels.into_iter().enumerate() {
+                let call = ask(channel);
                 calls.spawn(async move {
-                    let answer =
-                        tokio::time::timeout(rpc_timeout, kv.status(StatusRequest {})).await;
-                    let answer = match answer {
-                        Ok(Ok(response)) => Ok(response.into_inner()),
-                        Ok(Err(status)) => Err(status),
+                    let answer = match tokio::time::timeout(rpc_timeout, call).await {
+                        Ok(answer) => answer,
                         Err(_) => Err(Status::deadline_exceeded(format!(
                             "no answer within {}",
                             human(rpc_timeout)
@@ -307,20 +377,27 @@ impl Client {
             }
             let mut answers: Vec<_> = (0..calls.len()).map(|_| None).collect();
             while let Some(joined) = calls.join_next().await {
-                let (i, answer) = joined.expect("a status call panicked");
+                let (i, answer) = joined.expect("a call to a node panicked");
                 answers[i] = Some(answer);
             }
             answers
         });
-        // Each failure explained at once, since a probe may wait a little.
-        let (tls, wait) = (self.tls.is_some(), probe_wait(rpc_timeout));
+        self.explained(answers.into_iter().map(|a| a.expect("every node answered")))
+    }
+
+    /// Each failure of `answers` (one per address) as one line, explained
+    /// at once, since a probe for a TLS mismatch may wait a little.
+    fn explained<T: Send>(
+        &self,
+        answers: impl Iterator<Item = Result<T, Status>>,
+    ) -> Vec<(String, Result<T, String>)> {
+        let (tls, wait) = (self.tls.is_some(), probe_wait(self.rpc_timeout));
         std::thread::scope(|scope| {
             let rows: Vec<_> = self
                 .addrs
                 .iter()
                 .zip(answers)
                 .map(|(addr, answer)| {
-                    let answer = answer.expect("every status call answered");
                     scope.spawn(move || {
                         let answer = answer.map_err(|status| {
                             let mismatch = connection_failed(&status)
@@ -334,7 +411,7 @@ impl Client {
                 })
                 .collect();
             rows.into_iter()
-                .map(|row| row.join().expect("a status row panicked"))
+                .map(|row| row.join().expect("explaining a failure panicked"))
                 .collect()
         })
     }
@@ -363,7 +440,7 @@ impl Client {
                     leader_only,
                 });
             }
-            let kv = self.channel(target);
+            let kv = self.kv(target);
             let rpc_timeout = remaining.min(self.rpc_timeout);
             let answer = self
                 .runtime
@@ -445,11 +522,11 @@ impl Client {
         }
     }
 
-    /// The (cheaply cloned) gRPC client for `addrs[i]`, connecting lazily so
-    /// an unreachable node costs nothing until it is called.
-    fn channel(&mut self, i: usize) -> KeyValueClient<Channel> {
-        if let Some(kv) = &self.channels[i] {
-            return kv.clone();
+    /// The (cheaply cloned) gRPC channel to `addrs[i]`, connecting lazily
+    /// so an unreachable node costs nothing until it is called.
+    fn channel(&mut self, i: usize) -> Channel {
+        if let Some(channel) = &self.channels[i] {
+            return channel.clone();
         }
         let endpoint = self.endpoints[i]
             .clone()
@@ -460,11 +537,15 @@ impl Client {
             let _inside = self.runtime.enter();
             endpoint.connect_lazy()
         };
+        self.channels[i] = Some(channel.clone());
+        channel
+    }
+
+    /// The key-value client of `addrs[i]`.
+    fn kv(&mut self, i: usize) -> KeyValueClient<Channel> {
         // A 1 MiB value plus the rest of the request must fit (tonic's default is 4 MiB,
         // kept explicit here because the limit matters to docs/api.md).
-        let kv = KeyValueClient::new(channel).max_decoding_message_size(4 * 1024 * 1024);
-        self.channels[i] = Some(kv.clone());
-        kv
+        KeyValueClient::new(self.channel(i)).max_decoding_message_size(4 * 1024 * 1024)
     }
 
     /// The index of `addr`, adding it when a redirect names a node the

@@ -1,9 +1,10 @@
-//! The command-line client: `raft-kv set | get | delete | status`.
-//! Exit codes (docs/api.md): 0 success, 1 `get` of an absent key, 2 any error.
+//! The command-line client: `raft-kv set | get | delete | status | health`.
+//! Exit codes (docs/api.md): 0 success, 1 `get` of an absent key or
+//! `health` of a cluster without a healthy majority, 2 any error.
 
 pub mod client;
 
-pub use client::{Client, Error, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT};
+pub use client::{Client, Error, Health, NodeHealth, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT};
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -86,6 +87,12 @@ pub struct StatusArgs {
     /// Redraw the table every second until Ctrl-C.
     #[arg(long)]
     pub watch: bool,
+    #[command(flatten)]
+    pub flags: ClusterFlags,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HealthArgs {
     #[command(flatten)]
     pub flags: ClusterFlags,
 }
@@ -195,6 +202,52 @@ pub fn status(a: StatusArgs) -> i32 {
             std::thread::sleep(Duration::from_secs(1));
         }
     })
+}
+
+/// `raft-kv health`: one line per node, as etcdctl's `endpoint health`
+/// prints them; exit 0 when a majority of the nodes listed is healthy
+/// (serving: it knows a leader of its term), 1 otherwise.
+pub fn health(a: HealthArgs) -> i32 {
+    run(&a.flags, |client| {
+        let nodes = client.health_all();
+        for node in &nodes {
+            println!("{}", health_line(node));
+        }
+        let healthy = nodes.iter().filter(|node| node.healthy()).count();
+        let majority = nodes.len() / 2 + 1;
+        if healthy >= majority {
+            return Ok(0);
+        }
+        eprintln!(
+            "raft-kv: unhealthy: {healthy} of {} nodes healthy, fewer than a majority ({majority})",
+            nodes.len()
+        );
+        Ok(1)
+    })
+}
+
+/// `127.0.0.1:7001 is healthy: serving, leader 2, term 3, took 1.2ms`.
+pub fn health_line(node: &NodeHealth) -> String {
+    let health = match &node.answer {
+        Ok(health) => health,
+        Err(why) => return format!("{} is unhealthy: {why}", node.address),
+    };
+    let mut line = if health.serving {
+        format!("{} is healthy: serving", node.address)
+    } else {
+        format!(
+            "{} is unhealthy: not serving (no leader known)",
+            node.address
+        )
+    };
+    if let Some(status) = &health.status {
+        if status.leader_id != 0 {
+            line += &format!(", leader {}", status.leader_id);
+        }
+        line += &format!(", term {}", status.term);
+    }
+    let ms = health.took.as_secs_f64() * 1e3;
+    line + &format!(", took {ms:.1}ms")
 }
 
 /// Build the client from the shared flags and run `command`; any error is
@@ -437,6 +490,7 @@ mod tests {
             Get(GetArgs),
             Delete(DeleteArgs),
             Status(StatusArgs),
+            Health(HealthArgs),
         }
         let parse = |args: &[&str]| Cli::try_parse_from([&["raft-kv"], args].concat()).unwrap();
         let Cli::Set(set) = parse(&["set", "k", "v", "--cert", "c", "--key", "kk", "--ca", "a"])
@@ -461,7 +515,62 @@ mod tests {
             panic!("not status");
         };
         assert!(status.flags.tls.enabled());
+        let Cli::Health(health) = parse(&["health", "--tls-dir", "d", "--cluster", "a:1,b:2"])
+        else {
+            panic!("not health");
+        };
+        assert!(health.flags.tls.enabled());
+        assert_eq!(health.flags.cluster, ["a:1", "b:2"]);
         assert!(Cli::try_parse_from(["raft-kv", "get", "k", "--key", "kk"]).is_err());
+    }
+
+    #[test]
+    fn health_lines_say_what_etcdctl_says() {
+        let status = StatusResponse {
+            id: 1,
+            role: "follower".into(),
+            term: 3,
+            leader_id: 2,
+            ..StatusResponse::default()
+        };
+        let node = |answer| NodeHealth {
+            address: "127.0.0.1:7001".into(),
+            answer,
+        };
+        let serving = Health {
+            serving: true,
+            took: Duration::from_micros(1234),
+            status: Some(status.clone()),
+        };
+        assert_eq!(
+            health_line(&node(Ok(serving.clone()))),
+            "127.0.0.1:7001 is healthy: serving, leader 2, term 3, took 1.2ms"
+        );
+        let alone = Health {
+            serving: false,
+            status: Some(StatusResponse {
+                leader_id: 0,
+                term: 7,
+                ..status
+            }),
+            ..serving.clone()
+        };
+        assert_eq!(
+            health_line(&node(Ok(alone))),
+            "127.0.0.1:7001 is unhealthy: not serving (no leader known), term 7, took 1.2ms"
+        );
+        let no_status = Health {
+            status: None,
+            ..serving
+        };
+        assert_eq!(
+            health_line(&node(Ok(no_status))),
+            "127.0.0.1:7001 is healthy: serving, took 1.2ms"
+        );
+        assert_eq!(
+            health_line(&node(Err("tcp connect error: Connection refused".into()))),
+            "127.0.0.1:7001 is unhealthy: tcp connect error: Connection refused"
+        );
     }
 
     #[test]

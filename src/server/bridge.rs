@@ -11,7 +11,10 @@
 //!   over a connection whose certificate names that member. A peer's
 //!   message is converted (`convert.rs`) and sent to the event loop, one
 //!   way; a client's request is sent with an id under which a oneshot waits
-//!   for its answer ([`services::Waiting`]).
+//!   for its answer ([`services::Waiting`]). Beside the client service are
+//!   the standard health and reflection services (`health.rs`); with
+//!   `--metrics-addr`, an HTTP listener serves `/metrics` (`scrape.rs`).
+//!   Both read what the event loop publishes, never ask it.
 //! - **Outbound.** The event loop hands over what each of its turns produced
 //!   as one [`Handoff`]; a dispatcher task hands the answers to the clients
 //!   waiting for them and puts the messages on per-peer queues. For each
@@ -30,7 +33,9 @@
 
 mod accept;
 mod convert;
+mod health;
 mod refusals;
+mod scrape;
 mod services;
 
 use std::collections::HashMap;
@@ -40,6 +45,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use log::debug;
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::metadata::MetadataValue;
 use tonic::transport::server::{Router, TcpIncoming};
@@ -58,6 +64,7 @@ use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
 use crate::raft::{Message, NodeId, RaftConfig};
 use crate::server::event_loop::{ClientCall, Handoff, PeerMessage};
 use crate::server::identity::ClusterId;
+use crate::server::metrics::{Leadership, Metrics};
 use crate::server::Listeners;
 use crate::tls::Tls;
 use refusals::Refusals;
@@ -118,6 +125,11 @@ pub struct Bridge {
     pub client_calls: Sender<ClientCall>,
     /// what the event loop hands over, a turn at a time
     pub handoffs: mpsc::UnboundedReceiver<Handoff>,
+    /// what the event loop last saw of the leader, for health checks
+    pub leadership: watch::Receiver<Leadership>,
+    pub metrics: Metrics,
+    /// what `/metrics` shows, with `--metrics-addr`
+    pub registry: Registry,
     /// stops the server when fired or dropped
     pub shutdown: oneshot::Receiver<()>,
 }
@@ -153,34 +165,28 @@ impl Bridge {
             peer_messages,
             client_calls,
             handoffs,
+            leadership,
+            metrics,
+            registry,
             shutdown,
         } = self;
         let refusals = Refusals::default();
-        let mut queues = HashMap::new();
         let waiting = Waiting::default();
         let stream_metadata = StreamMetadata {
             cluster_id: cluster_id.to_string(),
             from: id.to_string(),
             client_address: client_address.to_string(),
         };
-        for peer in members.ids().into_iter().filter(|&p| p != id) {
-            let (queue_tx, queue) = mpsc::channel(PEER_QUEUE_LEN);
-            queues.insert(peer, queue_tx);
-            let address = members
-                .address(peer)
-                .expect("every peer with a queue is a member");
-            let peer_tls = tls.as_ref().map(|t| t.peer_config(peer));
-            let client = peer_client(address, peer_tls, max_peer_message_bytes)
-                .map_err(|e| format!("node {id}: bad address {address} for peer {peer}: {e}"))?;
-            let sender = PeerSender {
-                id,
-                peer,
-                client,
-                metadata: stream_metadata.clone(),
-                refusals: refusals.clone(),
-            };
-            tokio::spawn(sender.run(queue));
-        }
+        let senders = PeerSenders {
+            id,
+            members: &members,
+            tls: tls.as_ref(),
+            max_message_bytes: max_peer_message_bytes,
+            metadata: stream_metadata,
+            refusals: &refusals,
+            metrics: &metrics,
+        };
+        let queues = senders.spawn()?;
         tokio::spawn(dispatch(id, handoffs, queues, waiting.clone()));
 
         let client_addresses = ClientAddresses::new(&members, id, &client_address);
@@ -192,6 +198,7 @@ impl Bridge {
             client_addresses: client_addresses.clone(),
             refusals: refusals.clone(),
             to_event_loop: peer_messages,
+            metrics: metrics.clone(),
         })
         .max_decoding_message_size(max_peer_message_bytes)
         .max_encoding_message_size(max_peer_message_bytes);
@@ -199,10 +206,12 @@ impl Bridge {
             addresses: client_addresses,
             to_event_loop: client_calls,
             waiting,
+            metrics,
         })
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let client_service = services::RequestLimit::new(client_service, max_request_bytes);
+        let clients = client_router(id, client_service, leadership).await?;
         let tls_config = tls
             .map(|t| t.server_config())
             .transpose()
@@ -212,39 +221,67 @@ impl Bridge {
             tls: tls_config,
             refusals,
         };
+        listening
+            .serve_all(listeners, peer_service, clients, registry, shutdown)
+            .await
+    }
+}
 
-        let (stopping_tx, stopping) = watch::channel(false);
-        tokio::spawn(async move {
-            let _ = shutdown.await;
-            let _ = stopping_tx.send(true);
-        });
-        let serving = async {
-            match listeners.clients {
-                None => {
-                    let both = server()
-                        .add_service(peer_service)
-                        .add_service(client_service);
-                    listening
-                        .serve(both, listeners.peers, stopping.clone())
-                        .await
-                }
-                Some(clients) => {
-                    let peers = server().add_service(peer_service);
-                    let clients_only = server().add_service(client_service);
-                    tokio::try_join!(
-                        listening.serve(peers, listeners.peers, stopping.clone()),
-                        listening.serve(clients_only, clients, stopping.clone())
-                    )
-                    .map(|_| ())
-                }
-            }
-        };
-        // Shutdown closes connections gracefully, but a client that never
-        // reads its GOAWAY must not keep the node from stopping.
-        tokio::select! {
-            served = serving => served,
-            () = grace_after(stopping.clone()) => Ok(()),
+/// The services of the client listener: the key-value API, and beside it
+/// the standard health and reflection services (`health.rs`).
+async fn client_router(
+    id: NodeId,
+    client_service: services::RequestLimit<KeyValueServer<ClientService>>,
+    leadership: watch::Receiver<Leadership>,
+) -> Result<Router, String> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::report(id, reporter, leadership).await;
+    let (reflection_v1, reflection_v1alpha) =
+        health::reflection().map_err(|e| format!("node {id}: server reflection: {e}"))?;
+    Ok(server()
+        .add_service(client_service)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha))
+}
+
+/// What it takes to start the tasks that send to each peer.
+struct PeerSenders<'a> {
+    id: NodeId,
+    members: &'a Members,
+    tls: Option<&'a Tls>,
+    max_message_bytes: usize,
+    metadata: StreamMetadata,
+    refusals: &'a Refusals,
+    metrics: &'a Metrics,
+}
+
+impl PeerSenders<'_> {
+    /// Start a [`PeerSender`] per peer; returns the queue of each.
+    fn spawn(self) -> Result<HashMap<NodeId, mpsc::Sender<Message>>, String> {
+        let id = self.id;
+        let mut queues = HashMap::new();
+        for peer in self.members.ids().into_iter().filter(|&p| p != id) {
+            let (queue_tx, queue) = mpsc::channel(PEER_QUEUE_LEN);
+            queues.insert(peer, queue_tx);
+            let address = self
+                .members
+                .address(peer)
+                .expect("every peer with a queue is a member");
+            let peer_tls = self.tls.map(|t| t.peer_config(peer));
+            let client = peer_client(address, peer_tls, self.max_message_bytes)
+                .map_err(|e| format!("node {id}: bad address {address} for peer {peer}: {e}"))?;
+            let sender = PeerSender {
+                id,
+                peer,
+                client,
+                metadata: self.metadata.clone(),
+                refusals: self.refusals.clone(),
+                metrics: self.metrics.clone(),
+            };
+            tokio::spawn(sender.run(queue));
         }
+        Ok(queues)
     }
 }
 
@@ -290,6 +327,50 @@ impl Listening {
             }
         };
         served.map_err(|e| format!("node {id}: the gRPC server failed: {e}"))
+    }
+}
+
+impl Listening {
+    /// Serve the peer service and `clients` on one listener or each on its
+    /// own, and the metrics on theirs, until `shutdown` fires or is dropped.
+    async fn serve_all(
+        &self,
+        listeners: Listeners,
+        peer_service: RaftServer<PeerService>,
+        clients: Router,
+        registry: Registry,
+        shutdown: oneshot::Receiver<()>,
+    ) -> Result<(), String> {
+        let (stopping_tx, stopping) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = shutdown.await;
+            let _ = stopping_tx.send(true);
+        });
+        if let Some(listener) = listeners.metrics {
+            tokio::spawn(scrape::serve(self.id, listener, registry, stopping.clone()));
+        }
+        let serving = async {
+            match listeners.clients {
+                None => {
+                    let both = clients.add_service(peer_service);
+                    self.serve(both, listeners.peers, stopping.clone()).await
+                }
+                Some(clients_listener) => {
+                    let peers = server().add_service(peer_service);
+                    tokio::try_join!(
+                        self.serve(peers, listeners.peers, stopping.clone()),
+                        self.serve(clients, clients_listener, stopping.clone())
+                    )
+                    .map(|_| ())
+                }
+            }
+        };
+        // Shutdown closes connections gracefully, but a client that never
+        // reads its GOAWAY must not keep the node from stopping.
+        tokio::select! {
+            served = serving => served,
+            () = grace_after(stopping.clone()) => Ok(()),
+        }
     }
 }
 
@@ -396,6 +477,7 @@ struct PeerSender {
     client: RaftClient<Channel>,
     metadata: StreamMetadata,
     refusals: Refusals,
+    metrics: Metrics,
 }
 
 impl PeerSender {
@@ -410,8 +492,11 @@ impl PeerSender {
             let mut next = Some(first);
             while let Some(message) = next.take() {
                 debug!("node {id} term {}: -> {peer} {}", message.term(), message);
+                let sent = self.metrics.sent(&message);
                 match stream.try_send(convert::envelope(id, message)) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        sent.inc();
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         debug!("node {id}: -> {peer} dropped: its stream is full")
                     }

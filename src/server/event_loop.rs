@@ -20,6 +20,10 @@
 //! sleeps. The core flushes the requests before its fsync, so followers
 //! start writing while the leader does (dissertation §10.2.1).
 //!
+//! After each turn the loop records what it is for the metrics and the
+//! health service ([`Observer`]): atomic stores, and a message to the
+//! bridge only when its term, role or leader changed.
+//!
 //! Batching and group commit are how much one turn takes: the client
 //! requests waiting, the peer messages waiting, up to one AppendEntries'
 //! worth of bytes (`RaftConfig::max_bytes_per_message`) so that a turn's
@@ -42,11 +46,11 @@ use log::{debug, info, warn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FastPath;
-use crate::kv::KvStore;
 use crate::raft::{
     Message, NodeId, NodeStatus, Outbox, RaftNode, Request, RequestId, Response, Snapshot,
     SnapshotToSave,
 };
+use crate::server::metrics::{MeasuredKv, Observer};
 
 /// A message from a peer, for `RaftNode::step`.
 #[derive(Debug)]
@@ -149,8 +153,10 @@ impl Outbox for RuntimeOutbox {
 
 /// The event loop: the node and what it waits on.
 pub struct EventLoop {
-    node: RaftNode<KvStore>,
+    node: RaftNode<MeasuredKv>,
     inputs: Inputs,
+    /// the metrics and the health status, updated after each turn
+    observer: Observer,
     /// how long to poll for more work before sleeping
     poll: Duration,
     /// what `--fast-path-off` left on
@@ -180,8 +186,9 @@ enum Event {
 
 impl EventLoop {
     pub fn new(
-        node: RaftNode<KvStore>,
+        node: RaftNode<MeasuredKv>,
         inputs: Inputs,
+        observer: Observer,
         poll: Duration,
         fast_path: FastPath,
         heartbeat: Duration,
@@ -190,6 +197,7 @@ impl EventLoop {
         EventLoop {
             node,
             inputs,
+            observer,
             poll,
             fast_path,
             turn_bytes,
@@ -227,6 +235,7 @@ impl EventLoop {
                 Event::Stop => break,
             };
             self.node.end_turn();
+            self.observer.after_turn(&self.node);
             self.check_turn(started, bytes);
         }
         info!(

@@ -31,6 +31,7 @@ pub mod bridge;
 mod cluster;
 pub mod event_loop;
 pub mod identity;
+pub mod metrics;
 mod snapshot_writer;
 mod timer;
 
@@ -45,7 +46,7 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{bounded, unbounded, Sender};
 use log::{error, info};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{self, NodeConfig, Tuning, EXIT_BAD_CONFIG};
 use crate::kv::KvStore;
@@ -54,6 +55,7 @@ use crate::storage::FileStorage;
 use bridge::Bridge;
 use event_loop::{EventLoop, Inputs, RuntimeOutbox};
 use identity::ClusterId;
+use metrics::{Leadership, MeasuredKv, MeasuredStorage, Metrics, Observer};
 
 /// Exit code of a node that stopped on an error it cannot recover from
 /// (a failed disk write, a crashed thread).
@@ -90,6 +92,10 @@ pub struct NodeArgs {
     /// that a firewall can keep the peer port private (docs/deploy.md).
     #[arg(long, value_name = "HOST:PORT")]
     pub listen_clients: Option<String>,
+    /// Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics
+    /// (default: no metrics endpoint).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// Names a new cluster, with its member list, at its first start: give
     /// every member the same random token (docs/deploy.md). The data dir
     /// remembers the cluster; a later start needs no token.
@@ -181,6 +187,8 @@ pub struct Listeners {
     pub peers: TcpListener,
     /// clients' own port; `None` serves them on the peers' port
     pub clients: Option<TcpListener>,
+    /// `/metrics`, with `--metrics-addr`
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -191,7 +199,16 @@ impl Listeners {
             .as_ref()
             .map(config::bind_listener)
             .transpose()?;
-        Ok(Listeners { peers, clients })
+        let metrics = config
+            .metrics_addr
+            .as_ref()
+            .map(config::bind_listener)
+            .transpose()?;
+        Ok(Listeners {
+            peers,
+            clients,
+            metrics,
+        })
     }
 }
 
@@ -258,15 +275,25 @@ impl Node {
         let (stop_event_loop, shutdown_rx) = bounded(1);
         let (stop_bridge, bridge_shutdown) = oneshot::channel();
 
+        let (metrics, registry) = Metrics::new();
+        let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
         let (to_write_tx, to_write_rx) = unbounded();
         let (saved_tx, saved_rx) = bounded(1);
-        let snapshot_writer =
-            snapshot_writer::spawn(id, storage.snapshot_writer(), to_write_rx, saved_tx)?;
+        let snapshot_writer = snapshot_writer::spawn(
+            id,
+            storage.snapshot_writer(),
+            to_write_rx,
+            saved_tx,
+            metrics.clone(),
+        )?;
         let outbox = RuntimeOutbox::new(id, handoff_tx, to_write_tx);
         let raft_config = config.raft_config();
         let max_peer_message_bytes = bridge::max_peer_message_bytes(&raft_config);
-        let node = RaftNode::new(raft_config, storage, KvStore::new(), Box::new(outbox));
+        // Measured where their work passes: fsyncs, applies.
+        let storage = Box::new(MeasuredStorage::new(storage, metrics.clone()));
+        let state_machine = MeasuredKv::new(KvStore::new(), metrics.clone());
+        let node = RaftNode::new(raft_config, storage, state_machine, Box::new(outbox));
 
         let bridge = Bridge {
             id,
@@ -280,6 +307,9 @@ impl Node {
             peer_messages: peer_tx,
             client_calls: client_tx,
             handoffs: handoff_rx,
+            leadership,
+            metrics: metrics.clone(),
+            registry,
             shutdown: bridge_shutdown,
         }
         .spawn()?;
@@ -290,11 +320,8 @@ impl Node {
             snapshots_saved: saved_rx,
             shutdown: shutdown_rx,
         };
-        let (poll, fast_path) = (config.poll, config.fast_path);
-        let heartbeat = config.timing.tick * config.timing.heartbeat_ticks as u32;
-        let event_loop = thread::Builder::new()
-            .name("event-loop".into())
-            .spawn(move || EventLoop::new(node, inputs, poll, fast_path, heartbeat).run())?;
+        let observer = Observer::new(metrics, leadership_tx);
+        let event_loop = spawn_event_loop(config, node, inputs, observer)?;
         let timer = timer::spawn(config.timing.tick, tick_tx)?;
         Ok(Node {
             id,
@@ -347,6 +374,20 @@ impl Node {
             .join()
             .map_err(|_| format!("node {id}: the timer thread panicked"))
     }
+}
+
+/// Start the event loop thread with `node`.
+fn spawn_event_loop(
+    config: &NodeConfig,
+    node: RaftNode<MeasuredKv>,
+    inputs: Inputs,
+    observer: Observer,
+) -> std::io::Result<JoinHandle<()>> {
+    let (poll, fast_path) = (config.poll, config.fast_path);
+    let heartbeat = config.timing.tick * config.timing.heartbeat_ticks as u32;
+    thread::Builder::new()
+        .name("event-loop".into())
+        .spawn(move || EventLoop::new(node, inputs, observer, poll, fast_path, heartbeat).run())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::info;
 
 use crate::raft::{NodeId, Snapshot, SnapshotToSave, SnapshotWriter};
+use crate::server::metrics::Metrics;
 
 /// Start the writer thread. It stops once the event loop has dropped the
 /// sending end of `to_write` (after finishing the snapshot it is writing).
@@ -19,6 +20,7 @@ pub fn spawn(
     mut writer: Box<dyn SnapshotWriter>,
     to_write: Receiver<SnapshotToSave>,
     saved: Sender<Snapshot>,
+    metrics: Metrics,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("snapshot-writer".into())
@@ -37,6 +39,7 @@ pub fn spawn(
                 if let Err(error) = writer.write_snapshot(&snapshot) {
                     panic!("stable storage failed while writing a snapshot: {error}; stopping this node");
                 }
+                metrics.snapshot_written(snapshot.data.len(), begun.elapsed().as_secs_f64());
                 if saved.send(snapshot).is_err() {
                     return; // the event loop has stopped
                 }

@@ -19,6 +19,8 @@
 //!   `a_dead_peer_does_not_stop_the_majority` (RPCs to a port nobody
 //!   serves time out without blocking the event loop),
 //!   `a_late_follower_catches_up_through_a_snapshot`;
+//! - the health service beside the client service, over TLS, following
+//!   the leader: `health_is_served_over_tls_and_follows_the_leader`;
 //! - shutdown: `shutdown_stops_every_thread_and_frees_the_port`.
 
 use std::net::TcpListener;
@@ -143,12 +145,14 @@ impl TestCluster {
             listen_peers: self.address(id).clone(),
             listen_clients: None,
             client_address: self.address(id).clone(),
+            metrics_addr: None,
             cluster_token: None,
             tls,
         };
         let listeners = Listeners {
             peers: self.listeners[i].take().expect("each node starts once"),
             clients: None,
+            metrics: None,
         };
         let disk = Box::new(self.disks[i].clone());
         let node = Node::start(&config, disk, listeners, self.cluster_id).unwrap();
@@ -614,4 +618,36 @@ fn shutdown_stops_every_thread_and_frees_the_port() {
     node.shutdown().unwrap();
     let address = cluster.address(1).to_string();
     TcpListener::bind(&address).unwrap();
+}
+
+/// The health service sits beside the client service, TLS included, and
+/// says SERVING only while the node knows a leader of its term.
+#[test]
+fn health_is_served_over_tls_and_follows_the_leader() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let mut cluster = TestCluster::with_tls(3);
+    let check = |cluster: &TestCluster, service: &str| {
+        let channel = cluster.channel_as(1, Some(Holder::Client)).ok()?;
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        let answer = cluster
+            .runtime
+            .block_on(HealthClient::new(channel).check(request));
+        Some(answer.ok()?.into_inner().status())
+    };
+    cluster.start(1);
+    eventually("node 1 to answer", || check(&cluster, ""));
+    // Several election timeouts: alone of three, it elects no one.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(check(&cluster, ""), Some(ServingStatus::NotServing));
+    cluster.start(2);
+    cluster.leader();
+    for service in ["", "raftkv.KeyValue"] {
+        eventually("node 1 to serve", || {
+            (check(&cluster, service)? == ServingStatus::Serving).then_some(())
+        });
+    }
 }

@@ -28,6 +28,7 @@ use crate::proto::{SEQUENCE_REUSED, SESSION_EXPIRED, STALE_SEQUENCE};
 use crate::raft::{self, NodeId, NodeStatus, RequestId};
 use crate::server::event_loop::{ClientCall, PeerMessage};
 use crate::server::identity::ClusterId;
+use crate::server::metrics::{Metrics, ProposalFailure};
 use crate::tls;
 
 fn event_loop_gone() -> Status {
@@ -48,6 +49,7 @@ pub struct PeerService {
     pub client_addresses: ClientAddresses,
     pub refusals: Refusals,
     pub to_event_loop: Sender<PeerMessage>,
+    pub metrics: Metrics,
 }
 
 impl PeerService {
@@ -161,6 +163,7 @@ impl peer_pb::raft_server::Raft for PeerService {
                     "a message on node {stream_from}'s stream says it is from node {from}"
                 )));
             }
+            self.metrics.received(&message);
             match self.to_event_loop.try_send(PeerMessage { from, message }) {
                 Ok(()) => {}
                 // A message the loop cannot take now is lost, as on a network.
@@ -259,6 +262,7 @@ pub struct ClientService {
     pub addresses: ClientAddresses,
     pub to_event_loop: Sender<ClientCall>,
     pub waiting: Waiting,
+    pub metrics: Metrics,
 }
 
 impl ClientService {
@@ -273,13 +277,20 @@ impl ClientService {
     /// Check a request, send it to the core and wait for its answer.
     async fn call(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
         let request = kv::to_raft(request, unix_ms()).map_err(|error| self.status_of(error))?;
+        let write = matches!(request, raft::Request::Write(_));
         let (answer_to, answer) = oneshot::channel();
         let id = self.waiting.register(answer_to);
         if let Err(status) = self.submit(ClientCall::Request(id, request)) {
             self.waiting.forget(id);
+            if write && status.code() == Code::ResourceExhausted {
+                self.metrics.proposal_failed(ProposalFailure::Overloaded);
+            }
             return Err(status);
         }
         let response = answer.await.map_err(|_| event_loop_gone())?;
+        if write {
+            self.metrics.proposal(&response);
+        }
         kv::from_raft(response).map_err(|error| self.status_of(error))
     }
 
