@@ -1,18 +1,9 @@
 //! Cluster membership and node settings, checked before anything starts.
 //!
-//! The members of a cluster come from one of two places:
-//!
-//! - `--peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`: every
-//!   member, this node included, as `ID=HOST:PORT` separated by commas;
-//! - `--config FILE`: the same list, one member per line as `ID HOST:PORT`.
-//!   Text after `#` is a comment; blank lines are ignored. For example:
-//!
-//! ```text
-//! # raft-kv cluster of three on one machine
-//! 1 127.0.0.1:7001
-//! 2 127.0.0.1:7002
-//! 3 127.0.0.1:7003   # the third node
-//! ```
+//! The members of a cluster are every member, this node included, as
+//! `--peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`, or in a
+//! `--config` file, which may hold any flag of `raft-kv node`
+//! ([`file`]).
 //!
 //! Ids are positive integers (0 means "none" on the wire). Every member must
 //! have a distinct id and a distinct address. A member's address is where
@@ -31,12 +22,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::raft::{NodeId, RaftConfig};
 use crate::server::NodeArgs;
 use crate::tls::{Holder, Tls};
+
+pub mod file;
 
 /// Exit code for bad flags, a bad member list, a busy port or unusable data directory.
 pub const EXIT_BAD_CONFIG: i32 = 2;
@@ -146,37 +139,6 @@ impl Members {
             entries.push(member);
         }
         Members::from_entries(entries)
-    }
-
-    /// Parse the text of a `--config` file (see the module documentation);
-    /// `path` is only used in error messages.
-    pub fn parse_config(path: &Path, text: &str) -> Result<Members, ConfigError> {
-        let mut entries = Vec::new();
-        for (number, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
-            let where_ = format!("{} line {}", path.display(), number + 1);
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let [id, address] = fields[..] else {
-                return error(format!("{where_}: '{line}' is not 'ID HOST:PORT'"));
-            };
-            let member =
-                parse_member(id, address).map_err(|why| ConfigError(format!("{where_}: {why}")))?;
-            entries.push(member);
-        }
-        if entries.is_empty() {
-            return error(format!("{} lists no members", path.display()));
-        }
-        Members::from_entries(entries)
-    }
-
-    /// Read and parse a `--config` file.
-    pub fn read_config(path: &Path) -> Result<Members, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        Members::parse_config(path, &text)
     }
 
     fn from_entries(entries: Vec<(NodeId, Address)>) -> Result<Members, ConfigError> {
@@ -306,7 +268,8 @@ fn parse_election_timeout(text: &str) -> Result<(u64, u64), ConfigError> {
 }
 
 /// How much a node logs (`--log-level`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,
     Warn,
@@ -415,16 +378,6 @@ impl Tuning {
     }
 }
 
-/// Read the members from exactly one of `--peers` and `--config` (clap
-/// enforces "exactly one"; this repeats it for callers that bypass clap).
-pub fn load_members(peers: Option<&str>, config: Option<&Path>) -> Result<Members, ConfigError> {
-    match (peers, config) {
-        (Some(list), None) => Members::parse_peers(list),
-        (None, Some(path)) => Members::read_config(path),
-        _ => error("give the members with exactly one of --peers and --config"),
-    }
-}
-
 /// Everything a node needs to start, checked.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -456,14 +409,39 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Read the `--config` file, if any, into the flags the command line
+    /// did not give (`given`, from [`file::flags_given`]), and check them
+    /// all: an error about a value from the file names its line.
+    pub fn load(mut args: NodeArgs, given: &file::Given) -> Result<NodeConfig, ConfigError> {
+        let Some(path) = args.config.clone() else {
+            return NodeConfig::from_args(&args);
+        };
+        let (config, text) = file::ConfigFile::read(&path)?;
+        let origins = config.apply(&path, &text, &mut args, given)?;
+        NodeConfig::from_args(&args).map_err(|e| origins.locate(e))
+    }
+
     /// Check every flag of `raft-kv node`.
     pub fn from_args(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
-        let members = load_members(args.peers.as_deref(), args.config.as_deref())?;
-        NodeConfig::check_membership(args.id, &members)?;
+        let Some(id) = args.id else {
+            return error("give this node's id: --id N, or id = N in the --config file");
+        };
+        let Some(data_dir) = args.data_dir.clone() else {
+            return error(
+                "give a data dir: --data-dir DIR, or data-dir = \"DIR\" in the --config file",
+            );
+        };
+        let Some(peers) = &args.peers else {
+            return error(
+                "give the members: --peers ID=HOST:PORT,..., or [members] in the --config file",
+            );
+        };
+        let members = Members::parse_peers(peers)?;
+        NodeConfig::check_membership(id, &members)?;
         let timing = args.tuning.check()?;
         let fast_path = parse_fast_path_off(&args.tuning.fast_path_off)?;
         let own = members
-            .address(args.id)
+            .address(id)
             .expect("checked in check_membership")
             .clone();
         let listen = |flag: &str, given: &Option<String>| -> Result<Option<Address>, ConfigError> {
@@ -496,12 +474,12 @@ impl NodeConfig {
         }
         let tls = args
             .tls
-            .load(Holder::Node(args.id))
+            .load(Holder::Node(id))
             .map_err(|e| ConfigError(format!("TLS: {e}")))?;
         Ok(NodeConfig {
-            id: args.id,
+            id,
             members,
-            data_dir: args.data_dir.clone(),
+            data_dir,
             timing,
             snapshot_log_bytes: args.tuning.snapshot_log_bytes,
             log_level: args.tuning.log_level,
@@ -700,12 +678,6 @@ mod tests {
         Members::parse_peers(list).unwrap_err().0
     }
 
-    fn config_error(text: &str) -> String {
-        Members::parse_config(Path::new("cluster.conf"), text)
-            .unwrap_err()
-            .0
-    }
-
     fn timing_error(election: &str, heartbeat: u64, tick: u64) -> String {
         Timing::new(election, heartbeat, tick).unwrap_err().0
     }
@@ -720,17 +692,6 @@ mod tests {
         assert_eq!(
             members.to_peers_flag(),
             "1=localhost:7001,2=127.0.0.1:7002,3=[::1]:7003"
-        );
-    }
-
-    #[test]
-    fn parses_a_config_file_with_comments_and_blank_lines() {
-        let text =
-            "# three nodes\n\n1 127.0.0.1:7001\n  2\t127.0.0.1:7002  # second\n3 127.0.0.1:7003\n";
-        let members = Members::parse_config(Path::new("c"), text).unwrap();
-        assert_eq!(
-            members,
-            Members::parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003").unwrap()
         );
     }
 
@@ -817,41 +778,6 @@ mod tests {
             "--id 4 is not in the member list (1, 2)"
         );
         assert!(NodeConfig::check_membership(2, &members).is_ok());
-    }
-
-    #[test]
-    fn rejects_bad_config_file_lines_and_names_them() {
-        assert_eq!(
-            config_error("1 127.0.0.1:7001\n\n2=127.0.0.1:7002\n"),
-            "cluster.conf line 3: '2=127.0.0.1:7002' is not 'ID HOST:PORT'"
-        );
-        assert_eq!(
-            config_error("# c\n1 127.0.0.1:7001 extra\n"),
-            "cluster.conf line 2: '1 127.0.0.1:7001 extra' is not 'ID HOST:PORT'"
-        );
-        assert_eq!(
-            config_error("1 127.0.0.1:x\n"),
-            "cluster.conf line 1: address '127.0.0.1:x' has no valid port (1-65535 expected)"
-        );
-        assert_eq!(
-            config_error("# nothing\n\n"),
-            "cluster.conf lists no members"
-        );
-        assert_eq!(
-            config_error("1 127.0.0.1:7001\n1 127.0.0.1:7002\n"),
-            "node id 1 is listed twice"
-        );
-    }
-
-    #[test]
-    fn reports_an_unreadable_config_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("missing.conf");
-        let message = Members::read_config(&path).unwrap_err().0;
-        assert!(
-            message.starts_with(&format!("cannot read {}: ", path.display())),
-            "{message}"
-        );
     }
 
     #[test]

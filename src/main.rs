@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// A Raft-replicated key-value store, written to be read beside the Raft paper.
 #[derive(Parser)]
@@ -127,12 +127,22 @@ fn main() {
             std::process::exit(run_sibling(command, vec!["--help".into()]));
         }
     }
-    let args = match Args::try_parse() {
-        Ok(args) => args,
+    // The matches, not only the flags: `raft-kv node --config` needs to know
+    // which flags the command line gave, to let them win over the file.
+    let parsed = Args::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Args::from_arg_matches(&matches)?, matches)));
+    let (args, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) => std::process::exit(usage_error(error)),
     };
     let code = match args.command {
-        Command::Node(a) => raft_kv::server::run_node(a),
+        Command::Node(a) => {
+            let node = matches
+                .subcommand_matches("node")
+                .expect("the node command");
+            raft_kv::server::run_node(a, &raft_kv::config::file::flags_given(node))
+        }
         Command::Cluster(a) => raft_kv::server::run_cluster(a),
         Command::Set(a) => raft_kv::cli::set(a),
         Command::Get(a) => raft_kv::cli::get(a),

@@ -92,6 +92,20 @@ fn cli_prints_values_and_exits_0_1_or_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "blue\n");
+    let nowhere = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let out = std::process::Command::new(common::BIN)
+        .args(["get", "colour", "--timeout", "30s", "--cluster"])
+        .arg(cluster.addrs.join(","))
+        .env("RAFT_KV_CLUSTER", &nowhere)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the flag wins: {}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "blue\n");
 
     let out = cluster.cli(&["get", "colour", "--stale"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -154,6 +168,78 @@ fn cli_prints_values_and_exits_0_1_or_2() {
 
 /// Exactly `len` bytes of UTF-8 with newlines, two-byte characters and a
 /// trailing newline, different for each `seed`.
+/// `-w json` (docs/api.md): one JSON document on stdout, the same exit codes.
+#[test]
+fn cli_writes_json_for_scripts() {
+    use serde_json::Value;
+    let mut cluster = Cluster::start(&[]);
+    let json = |out: &std::process::Output| -> Value {
+        serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let out = cluster.cli(&["set", "colour", "blue green"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = cluster.cli(&["get", "colour", "-w", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"key": "colour", "found": true, "value": "blue green"})
+    );
+    let out = cluster.cli(&["get", "missing", "--write-out", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"key": "missing", "found": false, "value": null})
+    );
+    let out = cluster.cli(&["get", "colour", "-w", "json", "--raw"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).starts_with("raft-kv: error: --raw"), "{out:?}");
+
+    let leader = cluster.wait_for_leader();
+    let follower = cluster.follower_of(leader);
+    cluster.kill(follower);
+    let out = cluster.cli(&["status", "-w", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let nodes = json(&out);
+    let nodes = nodes.as_array().expect("an array");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for (node, (id, addr)) in nodes.iter().zip(cluster.ids().zip(&cluster.addrs)) {
+        assert_eq!(node["address"], addr.as_str(), "{nodes:?}");
+        if id == follower {
+            assert!(
+                node["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{node}"
+            );
+            continue;
+        }
+        assert_eq!(node["id"], id, "{node}");
+        for field in ["term", "commit", "applied", "last_log"] {
+            assert!(node[field].is_u64(), "{field}: {node}");
+        }
+        assert!(["leader", "follower", "candidate"].contains(&node["role"].as_str().unwrap()));
+    }
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["role"] == "leader" && n["leader"] == n["id"]),
+        "{nodes:?}"
+    );
+
+    let nowhere = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let out = common::cli(&[
+        "status",
+        "-w",
+        "json",
+        "--cluster",
+        &nowhere,
+        "--timeout",
+        "300ms",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json(&out)[0]["address"], nowhere.as_str());
+    assert_eq!(stderr(&out), "raft-kv: error: no node answered\n");
+}
+
 fn big_value(len: usize, seed: u32) -> String {
     let mut value = String::new();
     let mut line = 0;

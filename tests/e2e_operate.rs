@@ -87,6 +87,14 @@ fn health_is_serving_only_with_a_leader_and_the_cli_wants_a_majority() {
         );
         assert!(line.starts_with(&healthy), "{line}");
     }
+    let output = cluster.cli(&["health", "-w", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    for (row, id) in rows.as_array().unwrap().iter().zip(cluster.ids()) {
+        assert_eq!(row["address"], cluster.addr(id).to_string(), "{row}");
+        assert_eq!(row["healthy"], true, "{row}");
+        assert_eq!(row["leader"], leader, "{row}");
+    }
     assert_eq!(health(&addr1, "no.such.Service"), None);
 
     // Two of three gone: the last one stops serving within an election
@@ -101,6 +109,15 @@ fn health_is_serving_only_with_a_leader_and_the_cli_wants_a_majority() {
     });
     let output = cluster.cli(&["health"]);
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let output = cluster.cli(&["health", "-w", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let healthy = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["healthy"] == true);
+    assert_eq!(healthy.count(), 0, "{rows}");
 }
 
 #[test]

@@ -11,6 +11,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Serialize;
+
 use crate::kv::{self, MAX_VALUE_BYTES};
 use crate::proto::kv::StatusResponse;
 use crate::tls::{Holder, TlsArgs};
@@ -21,6 +23,31 @@ const DEFAULT_CLUSTER: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
 /// The clap id of the KEY argument: a name of its own, so that no flag
 /// flattened beside it (TLS's `--key`) can be taken for the same argument.
 const KEY_ID: &str = "key_argument";
+
+/// How a command prints its answer: `-w, --write-out FORMAT`, named as
+/// etcdctl names it. Every command that prints an answer takes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WriteOut {
+    /// Lines for people to read.
+    #[default]
+    Table,
+    /// One JSON document on stdout, for scripts (docs/api.md has its shape).
+    Json,
+}
+
+/// The `-w` flag, flattened into each command that prints an answer.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct WriteOutFlag {
+    /// How to print the answer: table (for people) or json (one JSON
+    /// document on stdout, for scripts). Errors go to stderr either way.
+    #[arg(short = 'w', long = "write-out", value_enum, value_name = "FORMAT", default_value_t = WriteOut::Table)]
+    pub write_out: WriteOut,
+}
+
+/// `value` as one line of JSON.
+pub fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("the CLI's output structs always serialize")
+}
 
 /// Flags every client subcommand shares.
 #[derive(clap::Args, Debug, Clone)]
@@ -70,6 +97,8 @@ pub struct GetArgs {
     #[arg(long)]
     pub raw: bool,
     #[command(flatten)]
+    pub output: WriteOutFlag,
+    #[command(flatten)]
     pub flags: ClusterFlags,
 }
 
@@ -88,11 +117,15 @@ pub struct StatusArgs {
     #[arg(long)]
     pub watch: bool,
     #[command(flatten)]
+    pub output: WriteOutFlag,
+    #[command(flatten)]
     pub flags: ClusterFlags,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct HealthArgs {
+    #[command(flatten)]
+    pub output: WriteOutFlag,
     #[command(flatten)]
     pub flags: ClusterFlags,
 }
@@ -152,23 +185,50 @@ fn read_limited(mut reader: impl Read, source: &str) -> Result<String, String> {
 }
 
 /// `raft-kv get KEY`: prints the value (exit 0), or nothing with a note on
-/// stderr when the key is absent (exit 1).
+/// stderr when the key is absent (exit 1). `-w json` prints [`GetOutput`]
+/// instead, with the same exit codes.
 pub fn get(a: GetArgs) -> i32 {
-    run(&a.flags, |client| match client.get(&a.key, a.stale)? {
-        Some(value) => {
-            if a.raw {
+    let json = a.output.write_out == WriteOut::Json;
+    if json && a.raw {
+        return usage("--raw prints the bare value; it does not go with -w json");
+    }
+    run(&a.flags, |client| {
+        let value = client.get(&a.key, a.stale)?;
+        let found = value.is_some();
+        match value {
+            _ if json => println!("{}", get_json(&a.key, value.as_deref())),
+            Some(value) if a.raw => {
                 print!("{value}");
                 let _ = io::stdout().flush();
-            } else {
-                println!("{value}");
             }
-            Ok(0)
+            Some(value) => println!("{value}"),
+            None => eprintln!("raft-kv: key not found"),
         }
-        None => {
-            eprintln!("raft-kv: key not found");
-            Ok(1)
-        }
+        Ok(if found { 0 } else { 1 })
     })
+}
+
+/// What `get -w json` prints: `{"key":"k","found":true,"value":"v"}`, or
+/// `"found":false` and a null value for an absent key.
+#[derive(Serialize)]
+pub struct GetOutput<'a> {
+    pub key: &'a str,
+    pub found: bool,
+    pub value: Option<&'a str>,
+}
+
+pub fn get_json(key: &str, value: Option<&str>) -> String {
+    to_json(&GetOutput {
+        key,
+        found: value.is_some(),
+        value,
+    })
+}
+
+/// A refused combination of flags: one line on stderr, exit code 2.
+fn usage(message: &str) -> i32 {
+    eprintln!("raft-kv: error: {message}");
+    2
 }
 
 /// `raft-kv delete KEY`: prints `deleted` or `not found`; both exit 0,
@@ -182,11 +242,20 @@ pub fn delete(a: DeleteArgs) -> i32 {
 }
 
 /// `raft-kv status [--watch]`: one row per node; exit 0 if any node answered.
+/// `-w json` prints one JSON array of [`NodeStatus`] instead.
 pub fn status(a: StatusArgs) -> i32 {
+    let json = a.output.write_out == WriteOut::Json;
+    if json && a.watch {
+        return usage("--watch redraws the table; it does not go with -w json");
+    }
     run(&a.flags, |client| {
         if !a.watch {
             let rows = client.status_all();
-            print!("{}", status_table(&rows));
+            if json {
+                println!("{}", status_json(&rows));
+            } else {
+                print!("{}", status_table(&rows));
+            }
             let answered = rows.iter().any(|(_, answer)| answer.is_ok());
             if !answered {
                 eprintln!("raft-kv: error: no node answered");
@@ -210,8 +279,13 @@ pub fn status(a: StatusArgs) -> i32 {
 pub fn health(a: HealthArgs) -> i32 {
     run(&a.flags, |client| {
         let nodes = client.health_all();
-        for node in &nodes {
-            println!("{}", health_line(node));
+        if a.output.write_out == WriteOut::Json {
+            let rows: Vec<HealthJson> = nodes.iter().map(HealthJson::new).collect();
+            println!("{}", to_json(&rows));
+        } else {
+            for node in &nodes {
+                println!("{}", health_line(node));
+            }
         }
         let healthy = nodes.iter().filter(|node| node.healthy()).count();
         let majority = nodes.len() / 2 + 1;
@@ -224,6 +298,35 @@ pub fn health(a: HealthArgs) -> i32 {
         );
         Ok(1)
     })
+}
+
+/// One node in `health -w json`: `health_line` as fields; `null` for what
+/// the node did not say.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct HealthJson<'a> {
+    address: &'a str,
+    healthy: bool,
+    leader: Option<u64>,
+    term: Option<u64>,
+    took_ms: Option<f64>,
+    error: Option<&'a str>,
+}
+
+impl<'a> HealthJson<'a> {
+    pub fn new(node: &'a NodeHealth) -> HealthJson<'a> {
+        let answer = node.answer.as_ref();
+        let status = answer.ok().and_then(|health| health.status.as_ref());
+        HealthJson {
+            address: &node.address,
+            healthy: node.healthy(),
+            leader: status.map(|s| s.leader_id).filter(|&id| id != 0),
+            term: status.map(|s| s.term),
+            took_ms: answer
+                .ok()
+                .map(|h| (h.took.as_secs_f64() * 1e4).round() / 10.0),
+            error: answer.err().map(String::as_str),
+        }
+    }
 }
 
 /// `127.0.0.1:7001 is healthy: serving, leader 2, term 3, took 1.2ms`.
@@ -248,6 +351,56 @@ pub fn health_line(node: &NodeHealth) -> String {
     }
     let ms = health.took.as_secs_f64() * 1e3;
     line + &format!(", took {ms:.1}ms")
+}
+
+/// One node in `status -w json`: the table's columns, or for a node that
+/// did not answer, its address and why.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum NodeStatus<'a> {
+    Answered {
+        id: u64,
+        address: &'a str,
+        role: &'a str,
+        term: u64,
+        /// `null` while the node knows no leader
+        leader: Option<u64>,
+        commit: u64,
+        applied: u64,
+        last_log: u64,
+    },
+    Unreachable {
+        address: &'a str,
+        error: &'a str,
+    },
+}
+
+impl<'a> NodeStatus<'a> {
+    pub fn new(address: &'a str, answer: &'a Result<StatusResponse, String>) -> NodeStatus<'a> {
+        match answer {
+            Ok(s) => NodeStatus::Answered {
+                id: s.id,
+                address,
+                role: &s.role,
+                term: s.term,
+                leader: (s.leader_id != 0).then_some(s.leader_id),
+                commit: s.commit_index,
+                applied: s.last_applied,
+                last_log: s.last_log_index,
+            },
+            Err(error) => NodeStatus::Unreachable { address, error },
+        }
+    }
+}
+
+/// `status -w json`: one array, a [`NodeStatus`] per address, in the
+/// order of --cluster.
+pub fn status_json(rows: &[(String, Result<StatusResponse, String>)]) -> String {
+    let nodes: Vec<NodeStatus> = rows
+        .iter()
+        .map(|(address, answer)| NodeStatus::new(address, answer))
+        .collect();
+    to_json(&nodes)
 }
 
 /// Build the client from the shared flags and run `command`; any error is
@@ -525,6 +678,40 @@ mod tests {
     }
 
     #[test]
+    fn health_json_has_every_node_and_the_unreachable_ones_error() {
+        let status = StatusResponse {
+            term: 3,
+            leader_id: 2,
+            ..StatusResponse::default()
+        };
+        let nodes = [
+            NodeHealth {
+                address: "127.0.0.1:7001".into(),
+                answer: Ok(Health {
+                    serving: true,
+                    took: Duration::from_micros(1234),
+                    status: Some(status),
+                }),
+            },
+            NodeHealth {
+                address: "127.0.0.1:7002".into(),
+                answer: Err("connection refused".into()),
+            },
+        ];
+        let rows: Vec<HealthJson> = nodes.iter().map(HealthJson::new).collect();
+        let parsed: serde_json::Value = serde_json::from_str(&to_json(&rows)).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!([
+                {"address": "127.0.0.1:7001", "healthy": true, "leader": 2, "term": 3,
+                 "took_ms": 1.2, "error": null},
+                {"address": "127.0.0.1:7002", "healthy": false, "leader": null, "term": null,
+                 "took_ms": null, "error": "connection refused"}
+            ])
+        );
+    }
+
+    #[test]
     fn health_lines_say_what_etcdctl_says() {
         let status = StatusResponse {
             id: 1,
@@ -601,5 +788,83 @@ mod tests {
                 "-   127.0.0.1:7002  unreachable: connection refused",
             ]
         );
+    }
+
+    #[test]
+    fn get_json_says_whether_the_key_was_found() {
+        use serde_json::{json, Value};
+        let found: Value = serde_json::from_str(&get_json("k", Some("a \"v\"\n"))).unwrap();
+        assert_eq!(
+            found,
+            json!({"key": "k", "found": true, "value": "a \"v\"\n"})
+        );
+        let absent: Value = serde_json::from_str(&get_json("k", None)).unwrap();
+        assert_eq!(absent, json!({"key": "k", "found": false, "value": null}));
+        assert!(!get_json("k", Some("two\nlines")).contains('\n'));
+    }
+
+    #[test]
+    fn status_json_has_every_node_and_the_unreachable_ones_error() {
+        use serde_json::{json, Value};
+        let node = |id, leader_id| StatusResponse {
+            id,
+            role: if id == leader_id {
+                "leader"
+            } else {
+                "candidate"
+            }
+            .into(),
+            term: 12,
+            leader_id,
+            commit_index: 340,
+            last_applied: 339,
+            last_log_index: 341,
+        };
+        let rows = vec![
+            ("127.0.0.1:7001".to_string(), Ok(node(1, 1))),
+            ("127.0.0.1:7002".to_string(), Ok(node(2, 0))),
+            (
+                "127.0.0.1:7003".to_string(),
+                Err("connection refused".into()),
+            ),
+        ];
+        let text = status_json(&rows);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let nodes: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            nodes,
+            json!([
+                {"id": 1, "address": "127.0.0.1:7001", "role": "leader", "term": 12,
+                 "leader": 1, "commit": 340, "applied": 339, "last_log": 341},
+                {"id": 2, "address": "127.0.0.1:7002", "role": "candidate", "term": 12,
+                 "leader": null, "commit": 340, "applied": 339, "last_log": 341},
+                {"address": "127.0.0.1:7003", "error": "connection refused"}
+            ])
+        );
+        assert_eq!(status_json(&[]), "[]");
+    }
+
+    #[test]
+    fn write_out_is_table_unless_json_is_asked_for() {
+        use clap::Parser;
+        #[derive(Parser)]
+        enum Cli {
+            Get(GetArgs),
+            Status(StatusArgs),
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from([&["raft-kv"], args].concat());
+        let Ok(Cli::Get(get)) = parse(&["get", "k"]) else {
+            panic!("not get");
+        };
+        assert_eq!(get.output.write_out, WriteOut::Table);
+        let Ok(Cli::Get(get)) = parse(&["get", "-w", "json", "k"]) else {
+            panic!("not get");
+        };
+        assert_eq!(get.output.write_out, WriteOut::Json);
+        let Ok(Cli::Status(status)) = parse(&["status", "--write-out=json"]) else {
+            panic!("not status");
+        };
+        assert_eq!(status.output.write_out, WriteOut::Json);
+        assert!(parse(&["status", "-w", "yaml"]).is_err());
     }
 }

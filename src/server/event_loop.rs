@@ -361,7 +361,9 @@ mod tests {
     use crossbeam_channel::{bounded, unbounded};
 
     use super::*;
+    use crate::kv::KvStore;
     use crate::raft::{MemStorage, RaftConfig, RequestVote};
+    use crate::server::metrics::{MeasuredKv, Metrics, Observer};
 
     /// The senders of a loop's inputs: the peers', the clients', the
     /// timer's, and (kept open, for a closed one stops the loop) the
@@ -379,7 +381,9 @@ mod tests {
         let outbox = RuntimeOutbox::new(1, handoff_tx, to_write_tx);
         let config = RaftConfig::new(1, vec![1, 2, 3]);
         let storage = Box::new(MemStorage::new());
-        let node = RaftNode::new(config, storage, KvStore::new(), Box::new(outbox));
+        let (metrics, _registry) = Metrics::new();
+        let kv = MeasuredKv::new(KvStore::new(), metrics.clone());
+        let node = RaftNode::new(config, storage, kv, Box::new(outbox));
         let (peers, peer_messages) = bounded(8);
         let (clients, client_calls) = bounded(8);
         let (ticks, tick_rx) = bounded(1);
@@ -393,8 +397,16 @@ mod tests {
             shutdown,
         };
         let heartbeat = Duration::from_millis(50);
-        let event_loop =
-            EventLoop::new(node, inputs, Duration::ZERO, FastPath::default(), heartbeat);
+        let (leadership, _) = tokio::sync::watch::channel(Default::default());
+        let observer = Observer::new(metrics, leadership);
+        let event_loop = EventLoop::new(
+            node,
+            inputs,
+            observer,
+            Duration::ZERO,
+            FastPath::default(),
+            heartbeat,
+        );
         let senders = Senders {
             peers,
             clients,

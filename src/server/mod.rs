@@ -67,23 +67,24 @@ const PEER_MESSAGES_LEN: usize = 4096;
 const CLIENT_CALLS_LEN: usize = 16 * 1024;
 
 /// `raft-kv node`: run one Raft node, serving peers and clients on its address.
+/// --id, --data-dir and the members are needed, as flags or in --config.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("members").required(true).args(["peers", "config"])))]
 pub struct NodeArgs {
-    /// This node's id: a positive integer listed in --peers or --config.
+    /// This node's id: a positive integer listed among the members.
     #[arg(long, value_name = "N")]
-    pub id: NodeId,
+    pub id: Option<NodeId>,
     /// Every member of the cluster, this node included, as
     /// ID=HOST:PORT,ID=HOST:PORT,… e.g. 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
     #[arg(long, value_name = "LIST")]
     pub peers: Option<String>,
-    /// A file listing every member instead of --peers: one "ID HOST:PORT" per
-    /// line; text after # and blank lines are ignored.
+    /// A TOML file with any of these flags as keys (id = 1, data-dir = "…",
+    /// the members as a [members] table of ID = "HOST:PORT"); a flag given
+    /// here wins over the file (docs/api.md).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where this node keeps its term, vote, log and snapshot (created if missing).
     #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// Where to serve the peer service (default: this node's address in the
     /// member list), e.g. 0.0.0.0:7001 for every interface.
     #[arg(long, value_name = "HOST:PORT")]
@@ -108,8 +109,9 @@ pub struct NodeArgs {
 }
 
 /// Run one node until it is killed; returns the process exit code.
-pub fn run_node(args: NodeArgs) -> i32 {
-    let config = match NodeConfig::from_args(&args) {
+/// `given`: the flags the command line gave, which win over `--config`.
+pub fn run_node(args: NodeArgs, given: &config::file::Given) -> i32 {
+    let config = match NodeConfig::load(args, given) {
         Ok(config) => config,
         Err(e) => return bad_config(e),
     };

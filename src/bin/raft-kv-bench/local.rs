@@ -14,7 +14,7 @@
 //! gets `--tls-dir` to it, and the bench's clients its client certificate.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ use raft_kv::config::Tuning;
 use raft_kv::raft::NodeId;
 use raft_kv::server::die_with_parent;
 use raft_kv::tls::{certs, Holder, Tls, TlsArgs};
+use tempfile::TempDir;
 
 /// Members of a local cluster by default: the smallest that survives a
 /// crash (§5).
@@ -51,7 +52,8 @@ pub enum Spec {
 }
 
 pub struct LocalCluster {
-    dir: ScratchDir,
+    /// Removed when dropped, unless `keep_files` says otherwise.
+    dir: TempDir,
     members: Vec<Member>,
     /// The clients' TLS, when the members use it.
     client_tls: Option<Tls>,
@@ -70,20 +72,20 @@ struct Member {
 impl LocalCluster {
     /// Start `n` members; they elect a leader on their own.
     pub fn start(spec: &Spec, n: usize) -> Result<LocalCluster, String> {
-        let dir = ScratchDir::new().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+        let dir = scratch_dir().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
         let mut client_tls = None;
         let members = match spec {
             Spec::RaftKv { exe, tuning, tls } => {
                 let tls_dir = if *tls {
-                    let (tls_dir, tls) = make_certificates(&dir.0, n)?;
+                    let (tls_dir, tls) = make_certificates(dir.path(), n)?;
                     client_tls = Some(tls);
                     Some(tls_dir)
                 } else {
                     None
                 };
-                raft_kv_members(exe, tuning, &dir.0, n, tls_dir.as_deref())?
+                raft_kv_members(exe, tuning, dir.path(), n, tls_dir.as_deref())?
             }
-            Spec::Etcd { exe, extra_flags } => etcd_members(exe, extra_flags, &dir.0, n)?,
+            Spec::Etcd { exe, extra_flags } => etcd_members(exe, extra_flags, dir.path(), n)?,
         };
         let mut cluster = LocalCluster {
             dir,
@@ -192,8 +194,8 @@ impl LocalCluster {
 
     /// Leave the scratch directory (data and logs) in place when dropped.
     pub fn keep_files(&mut self) -> &Path {
-        self.dir.1 = true;
-        &self.dir.0
+        self.dir.disable_cleanup(true);
+        self.dir.path()
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), String> {
@@ -371,6 +373,11 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
     Ok(ports)
 }
 
+/// The run's data and logs, under the system's temporary directory.
+fn scratch_dir() -> io::Result<TempDir> {
+    TempDir::with_prefix("raft-kv-bench-")
+}
+
 fn nanos_now() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -420,30 +427,6 @@ fn tail(path: &Path) -> String {
     read().unwrap_or_else(|e| format!("(cannot read it: {e})"))
 }
 
-/// A directory of our own under the system's temporary directory, removed
-/// when dropped unless `.1` says to keep it.
-struct ScratchDir(PathBuf, bool);
-
-impl ScratchDir {
-    fn new() -> io::Result<ScratchDir> {
-        let path = std::env::temp_dir().join(format!(
-            "raft-kv-bench-{}-{}",
-            std::process::id(),
-            nanos_now()
-        ));
-        fs::create_dir(&path)?;
-        Ok(ScratchDir(path, false))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        if !self.1 {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,32 +442,17 @@ mod tests {
     }
 
     #[test]
-    fn scratch_dir_is_removed_unless_kept() {
-        let dir = ScratchDir::new().unwrap();
-        let path = dir.0.clone();
-        fs::write(path.join("file"), b"x").unwrap();
-        drop(dir);
-        assert!(!path.exists());
-        let mut kept = ScratchDir::new().unwrap();
-        kept.1 = true;
-        let path = kept.0.clone();
-        drop(kept);
-        assert!(path.exists());
-        fs::remove_dir_all(path).unwrap();
-    }
-
-    #[test]
     fn tls_nodes_get_the_certificates_of_the_run() {
-        let dir = ScratchDir::new().unwrap();
-        let (tls_dir, _client) = make_certificates(&dir.0, 3).unwrap();
-        assert_eq!(tls_dir, dir.0.join("tls"));
+        let dir = scratch_dir().unwrap();
+        let (tls_dir, _client) = make_certificates(dir.path(), 3).unwrap();
+        assert_eq!(tls_dir, dir.path().join("tls"));
         #[derive(clap::Parser)]
         struct Flags {
             #[command(flatten)]
             tuning: Tuning,
         }
         let tuning = <Flags as clap::Parser>::parse_from(["bench"]).tuning;
-        let members = raft_kv_members(Path::new("raft-kv"), &tuning, &dir.0, 3, Some(&tls_dir));
+        let members = raft_kv_members(Path::new("raft-kv"), &tuning, dir.path(), 3, Some(&tls_dir));
         for (i, member) in members.unwrap().iter().enumerate() {
             let at = member.args.iter().position(|a| a == "--tls-dir").unwrap();
             assert_eq!(member.args[at + 1], tls_dir.as_os_str());
@@ -495,7 +463,7 @@ mod tests {
             };
             assert!(files.load(Holder::Node(i as NodeId + 1)).is_ok());
         }
-        let plain = raft_kv_members(Path::new("raft-kv"), &tuning, &dir.0, 1, None).unwrap();
+        let plain = raft_kv_members(Path::new("raft-kv"), &tuning, dir.path(), 1, None).unwrap();
         assert!(!plain[0].args.iter().any(|a| a == "--tls-dir"));
     }
 

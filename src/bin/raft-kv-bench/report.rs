@@ -3,9 +3,11 @@
 
 use std::fmt::Write;
 
+use serde::Serialize;
+
 use super::client::System;
 use super::grow::{Growth, Interval, SnapshotEvent};
-use super::stats::{median, Percentiles};
+use super::stats::{median, Footprint, Percentiles};
 use super::workload::{Measured, Workload};
 
 /// The settings every JSON object repeats, so that one file can collect the
@@ -84,11 +86,7 @@ impl Summary {
     }
 
     /// Member `j`'s `pick`, median over the runs.
-    fn member_median(
-        &self,
-        j: usize,
-        pick: impl Fn(&super::stats::Footprint) -> Option<u64>,
-    ) -> Option<f64> {
+    fn member_median(&self, j: usize, pick: impl Fn(&Footprint) -> Option<u64>) -> Option<f64> {
         self.median(|m| m.members.get(j).and_then(&pick).map(|b| b as f64))
     }
 
@@ -456,147 +454,244 @@ pub fn comparison(raft_kv: &[&Summary], etcd: &[&Summary], clients: usize, stale
     out
 }
 
+/// One JSON object (one line) per summary: src/bin/raft-kv-bench/plot.py,
+/// scaling.sh and fastpath.sh read these keys.
+#[derive(Serialize)]
+struct Object<'a> {
+    target: &'a str,
+    workload: &'a str,
+    nodes: usize,
+    local: bool,
+    key_size: usize,
+    value_size: usize,
+    keyspace: usize,
+    stale: bool,
+    tls: bool,
+    snapshot_log_bytes: Option<usize>,
+    runs: usize,
+    clients: usize,
+    ops: Option<u64>,
+    errors: u64,
+    new_terms: Option<u64>,
+    seconds: Option<f64>,
+    #[serde(flatten)]
+    failover: Option<FailoverFields>,
+    #[serde(flatten)]
+    load: Option<LoadFields>,
+    server_rss_max_bytes: Option<u64>,
+    data_max_bytes: Option<u64>,
+    members: Vec<MemberFields<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshots_taken: Option<usize>,
+    #[serde(flatten)]
+    growth: Option<GrowthFields<'a>>,
+    first_error: Option<&'a str>,
+}
+
+/// The failover workload's pauses, in milliseconds.
+#[derive(Serialize)]
+struct FailoverFields {
+    kills: usize,
+    gap_median_ms: Option<f64>,
+    gap_max_ms: Option<f64>,
+    gaps_ms: Vec<Option<f64>>,
+}
+
+/// Every other workload's throughput, latency and CPU.
+#[derive(Serialize)]
+struct LoadFields {
+    ops_per_sec: Option<f64>,
+    p50_ms: Option<f64>,
+    p90_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    max_ms: Option<f64>,
+    client_cpu_pct: Option<f64>,
+    server_cpu_pct: Option<f64>,
+    ops_per_sec_runs: Vec<Option<f64>>,
+}
+
+#[derive(Serialize)]
+struct MemberFields<'a> {
+    name: &'a str,
+    rss_bytes: Option<u64>,
+    data_bytes: Option<u64>,
+    log_bytes: Option<u64>,
+    snapshot_bytes: Option<u64>,
+}
+
+/// A grow run's timeline and snapshots.
+#[derive(Serialize)]
+struct GrowthFields<'a> {
+    timeline: Vec<TimelineFields>,
+    snapshots: Vec<SnapshotFields<'a>>,
+    bench_rss_max_bytes: Option<u64>,
+}
+
+/// One second of a grow run: the members' values are arrays in the
+/// members' order (`members` of the object names them).
+#[derive(Serialize)]
+struct TimelineFields {
+    t: Option<f64>,
+    seconds: Option<f64>,
+    keys: u64,
+    ops: u64,
+    ops_per_sec: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    max_ms: Option<f64>,
+    rss_bytes: Vec<Option<u64>>,
+    data_bytes: Vec<Option<u64>>,
+    log_bytes: Vec<Option<u64>>,
+    snapshot_bytes: Vec<Option<u64>>,
+}
+
+#[derive(Serialize)]
+struct SnapshotFields<'a> {
+    member: &'a str,
+    t: Option<f64>,
+    index: u64,
+    installed: bool,
+    state_bytes: Option<u64>,
+    encode_ms: Option<f64>,
+    file_bytes: Option<u64>,
+    write_ms: Option<f64>,
+    rewrite_ms: Option<f64>,
+}
+
 /// One JSON object (one line) per summary.
 pub fn json(summary: &Summary, setup: &Setup) -> String {
     let s = summary;
-    let mut fields = vec![
-        ("target", string(s.system.name())),
-        ("workload", string(s.workload.name())),
-        ("nodes", setup.nodes.to_string()),
-        ("local", setup.local.to_string()),
-        ("key_size", setup.key_size.to_string()),
-        (
-            "value_size",
-            s.workload
-                .fixed_shape()
-                .map_or(setup.value_size, |(_, size)| size)
-                .to_string(),
-        ),
-        ("keyspace", setup.keyspace.to_string()),
-        ("stale", setup.stale.to_string()),
-        ("tls", setup.tls.to_string()),
-        (
-            "snapshot_log_bytes",
-            json_int(setup.snapshot_log_bytes.map(|t| t as u64)),
-        ),
-        ("runs", s.runs.len().to_string()),
-        ("clients", s.clients().to_string()),
-        ("ops", number(s.median(|m| Some(m.ops as f64)), 0)),
-        ("errors", s.errors().to_string()),
-        ("new_terms", json_int(s.new_terms())),
-        ("seconds", json_number(s.median(|m| Some(m.seconds)))),
-    ];
-    if s.workload == Workload::Failover {
-        let gaps = s.gaps();
-        fields.push(("kills", gaps.len().to_string()));
-        fields.push(("gap_median_ms", json_number(median(&gaps))));
-        fields.push(("gap_max_ms", json_number(s.gap_max())));
-        fields.push(("gaps_ms", json_array(gaps.into_iter().map(Some))));
-    } else {
-        fields.push(("ops_per_sec", json_number(s.ops_per_sec())));
-        fields.push(("p50_ms", json_number(s.percentile(|p| p.p50))));
-        fields.push(("p90_ms", json_number(s.percentile(|p| p.p90))));
-        fields.push(("p99_ms", json_number(s.percentile(|p| p.p99))));
-        fields.push(("max_ms", json_number(s.percentile(|p| p.max))));
-        fields.push(("client_cpu_pct", json_number(s.median(|m| m.client_cpu))));
-        fields.push(("server_cpu_pct", json_number(s.median(|m| m.server_cpu))));
-        let per_run = s.runs.iter().map(|m| Some(m.ops_per_sec()));
-        fields.push(("ops_per_sec_runs", json_array(per_run)));
-    }
-    fields.push((
-        "server_rss_max_bytes",
-        json_int(s.max_rss().map(|b| b as u64)),
-    ));
-    fields.push(("data_max_bytes", json_int(s.max_data().map(|b| b as u64))));
+    let is_failover = s.workload == Workload::Failover;
     let names = s.runs.first().map_or(&[][..], |m| &m.member_names[..]);
-    let members: Vec<String> = names
+    let object = Object {
+        target: s.system.name(),
+        workload: s.workload.name(),
+        nodes: setup.nodes,
+        local: setup.local,
+        key_size: setup.key_size,
+        value_size: s
+            .workload
+            .fixed_shape()
+            .map_or(setup.value_size, |(_, size)| size),
+        keyspace: setup.keyspace,
+        stale: setup.stale,
+        tls: setup.tls,
+        snapshot_log_bytes: setup.snapshot_log_bytes,
+        runs: s.runs.len(),
+        clients: s.clients(),
+        ops: whole(s.median(|m| Some(m.ops as f64))),
+        errors: s.errors(),
+        new_terms: s.new_terms(),
+        seconds: round3(s.median(|m| Some(m.seconds))),
+        failover: is_failover.then(|| failover_fields(s)),
+        load: (!is_failover).then(|| load_fields(s)),
+        server_rss_max_bytes: whole(s.max_rss()),
+        data_max_bytes: whole(s.max_data()),
+        members: member_fields(s, names),
+        snapshots_taken: s
+            .last()
+            .filter(|_| !names.is_empty() && s.system == System::RaftKv)
+            .map(|last| last.snapshots.iter().filter(|e| !e.installed).count()),
+        growth: s.last().and_then(growth_fields),
+        first_error: s.first_error(),
+    };
+    serde_json::to_string(&object).expect("plain structs serialize")
+}
+
+fn failover_fields(s: &Summary) -> FailoverFields {
+    let gaps = s.gaps();
+    FailoverFields {
+        kills: gaps.len(),
+        gap_median_ms: round3(median(&gaps)),
+        gap_max_ms: round3(s.gap_max()),
+        gaps_ms: gaps.into_iter().map(|g| round3(Some(g))).collect(),
+    }
+}
+
+fn load_fields(s: &Summary) -> LoadFields {
+    LoadFields {
+        ops_per_sec: round3(s.ops_per_sec()),
+        p50_ms: round3(s.percentile(|p| p.p50)),
+        p90_ms: round3(s.percentile(|p| p.p90)),
+        p99_ms: round3(s.percentile(|p| p.p99)),
+        max_ms: round3(s.percentile(|p| p.max)),
+        client_cpu_pct: round3(s.median(|m| m.client_cpu)),
+        server_cpu_pct: round3(s.median(|m| m.server_cpu)),
+        ops_per_sec_runs: s
+            .runs
+            .iter()
+            .map(|m| round3(Some(m.ops_per_sec())))
+            .collect(),
+    }
+}
+
+fn member_fields<'a>(s: &Summary, names: &'a [String]) -> Vec<MemberFields<'a>> {
+    let pick = |j: usize, pick: fn(&Footprint) -> Option<u64>| whole(s.member_median(j, pick));
+    names
         .iter()
         .enumerate()
-        .map(|(j, name)| {
-            let int = |pick: fn(&super::stats::Footprint) -> Option<u64>| {
-                json_int(s.member_median(j, pick).map(|b| b as u64))
-            };
-            format!(
-                "{{\"name\":{},\"rss_bytes\":{},\"data_bytes\":{},\"log_bytes\":{},\"snapshot_bytes\":{}}}",
-                string(name),
-                int(|f| f.rss_bytes),
-                int(|f| Some(f.data_bytes)),
-                int(|f| f.log_bytes),
-                int(|f| f.snapshot_bytes),
-            )
+        .map(|(j, name)| MemberFields {
+            name,
+            rss_bytes: pick(j, |f| f.rss_bytes),
+            data_bytes: pick(j, |f| Some(f.data_bytes)),
+            log_bytes: pick(j, |f| f.log_bytes),
+            snapshot_bytes: pick(j, |f| f.snapshot_bytes),
         })
-        .collect();
-    fields.push(("members", format!("[{}]", members.join(","))));
-    if let Some(last) = s
-        .last()
-        .filter(|_| !names.is_empty() && s.system == System::RaftKv)
-    {
-        let taken = last.snapshots.iter().filter(|e| !e.installed).count();
-        fields.push(("snapshots_taken", taken.to_string()));
+        .collect()
+}
+
+fn growth_fields(last: &Measured) -> Option<GrowthFields<'_>> {
+    let growth = last.growth.as_ref()?;
+    Some(GrowthFields {
+        timeline: growth.timeline.iter().map(timeline_fields).collect(),
+        snapshots: last.snapshots.iter().map(snapshot_fields).collect(),
+        bench_rss_max_bytes: growth.bench_rss_max_bytes,
+    })
+}
+
+fn timeline_fields(i: &Interval) -> TimelineFields {
+    let each = |pick: fn(&Footprint) -> Option<u64>| i.members.iter().map(pick).collect();
+    TimelineFields {
+        t: round3(Some(i.end)),
+        seconds: round3(Some(i.seconds)),
+        keys: i.keys,
+        ops: i.ops,
+        ops_per_sec: round3(Some(i.ops_per_sec())),
+        p50_ms: round3(i.latency.map(|p| p.p50)),
+        p99_ms: round3(i.latency.map(|p| p.p99)),
+        max_ms: round3(i.latency.map(|p| p.max)),
+        rss_bytes: each(|f| f.rss_bytes),
+        data_bytes: each(|f| Some(f.data_bytes)),
+        log_bytes: each(|f| f.log_bytes),
+        snapshot_bytes: each(|f| f.snapshot_bytes),
     }
-    if let Some(last) = s.last() {
-        if let Some(growth) = &last.growth {
-            fields.push(("timeline", json_timeline(&growth.timeline)));
-            let events: Vec<String> = last.snapshots.iter().map(json_snapshot).collect();
-            fields.push(("snapshots", format!("[{}]", events.join(","))));
-            fields.push(("bench_rss_max_bytes", json_int(growth.bench_rss_max_bytes)));
-        }
+}
+
+fn snapshot_fields(e: &SnapshotEvent) -> SnapshotFields<'_> {
+    SnapshotFields {
+        member: &e.member,
+        t: round3(Some(e.at)),
+        index: e.index,
+        installed: e.installed,
+        state_bytes: e.state_bytes,
+        encode_ms: round3(e.encode_ms),
+        file_bytes: e.file_bytes,
+        write_ms: round3(e.write_ms),
+        rewrite_ms: round3(e.rewrite_ms),
     }
-    fields.push(("first_error", s.first_error().map_or("null".into(), string)));
-    let body: Vec<String> = fields
-        .into_iter()
-        .map(|(key, value)| format!("{}:{value}", string(key)))
-        .collect();
-    format!("{{{}}}", body.join(","))
 }
 
-/// Every second of a grow run: the members' values are arrays in the
-/// members' order (`members` of the object names them).
-fn json_timeline(timeline: &[Interval]) -> String {
-    let items: Vec<String> = timeline
-        .iter()
-        .map(|i| {
-            let ints = |pick: fn(&super::stats::Footprint) -> Option<u64>| {
-                let values: Vec<String> = i.members.iter().map(|f| json_int(pick(f))).collect();
-                format!("[{}]", values.join(","))
-            };
-            format!(
-                "{{\"t\":{},\"seconds\":{},\"keys\":{},\"ops\":{},\"ops_per_sec\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{},\"rss_bytes\":{},\"data_bytes\":{},\"log_bytes\":{},\"snapshot_bytes\":{}}}",
-                json_number(Some(i.end)),
-                json_number(Some(i.seconds)),
-                i.keys,
-                i.ops,
-                json_number(Some(i.ops_per_sec())),
-                json_number(i.latency.map(|p| p.p50)),
-                json_number(i.latency.map(|p| p.p99)),
-                json_number(i.latency.map(|p| p.max)),
-                ints(|f| f.rss_bytes),
-                ints(|f| Some(f.data_bytes)),
-                ints(|f| f.log_bytes),
-                ints(|f| f.snapshot_bytes),
-            )
-        })
-        .collect();
-    format!("[{}]", items.join(","))
+/// Rounded to a thousandth, which is below the noise of every number here
+/// and keeps the lines short; `None` (null) when not finite.
+fn round3(value: Option<f64>) -> Option<f64> {
+    value
+        .filter(|v| v.is_finite())
+        .map(|v| (v * 1000.0).round() / 1000.0)
 }
 
-fn json_snapshot(e: &SnapshotEvent) -> String {
-    format!(
-        "{{\"member\":{},\"t\":{},\"index\":{},\"installed\":{},\"state_bytes\":{},\"encode_ms\":{},\"file_bytes\":{},\"write_ms\":{},\"rewrite_ms\":{}}}",
-        string(&e.member),
-        json_number(Some(e.at)),
-        e.index,
-        e.installed,
-        json_int(e.state_bytes),
-        json_number(e.encode_ms),
-        json_int(e.file_bytes),
-        json_number(e.write_ms),
-        json_number(e.rewrite_ms),
-    )
-}
-
-fn json_int(value: Option<u64>) -> String {
-    value.map_or("null".into(), |v| v.to_string())
+/// A median of byte or operation counts, as a whole number.
+fn whole(value: Option<f64>) -> Option<u64> {
+    value.filter(|v| v.is_finite()).map(|v| v.round() as u64)
 }
 
 /// Bytes as MiB, or KiB below 1 MiB: one decimal below 10 of either.
@@ -620,43 +715,10 @@ fn percent(value: Option<f64>) -> String {
     value.map_or("-".into(), |v| format!("{v:.0}%"))
 }
 
-fn json_number(value: Option<f64>) -> String {
-    match value {
-        Some(v) if v.is_finite() => format!("{v:.3}"),
-        _ => "null".into(),
-    }
-}
-
-fn json_array(values: impl Iterator<Item = Option<f64>>) -> String {
-    let items: Vec<String> = values.map(json_number).collect();
-    format!("[{}]", items.join(","))
-}
-
-/// A JSON string literal (RFC 8259 escapes).
-fn string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::stats::Footprint;
     use super::*;
+    use serde_json::{json, Value};
 
     fn measured(ops: u64, seconds: f64, p50: f64) -> Measured {
         Measured {
@@ -774,32 +836,46 @@ mod tests {
             tls: false,
             snapshot_log_bytes: None,
         };
+        let text = json(&s, &setup);
+        assert!(!text.contains('\n'), "{text}");
+        let object: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
-            json(&s, &setup),
-            "{\"target\":\"etcd\",\"workload\":\"read-throughput\",\"nodes\":3,\"local\":false,\
-             \"key_size\":16,\"value_size\":128,\"keyspace\":1000,\"stale\":false,\"tls\":false,\
-             \"snapshot_log_bytes\":null,\"runs\":1,\"clients\":64,\
-             \"ops\":100,\"errors\":0,\"new_terms\":null,\"seconds\":2.000,\"ops_per_sec\":50.000,\
-             \"p50_ms\":0.500,\"p90_ms\":1.000,\"p99_ms\":2.000,\"max_ms\":5.000,\
-             \"client_cpu_pct\":null,\"server_cpu_pct\":150.000,\"ops_per_sec_runs\":[50.000],\
-             \"server_rss_max_bytes\":null,\"data_max_bytes\":null,\"members\":[],\
-             \"first_error\":null}"
+            object,
+            json!({
+                "target": "etcd", "workload": "read-throughput", "nodes": 3, "local": false,
+                "key_size": 16, "value_size": 128, "keyspace": 1000, "stale": false, "tls": false,
+                "snapshot_log_bytes": null, "runs": 1, "clients": 64,
+                "ops": 100, "errors": 0, "new_terms": null, "seconds": 2.0, "ops_per_sec": 50.0,
+                "p50_ms": 0.5, "p90_ms": 1.0, "p99_ms": 2.0, "max_ms": 5.0,
+                "client_cpu_pct": null, "server_cpu_pct": 150.0, "ops_per_sec_runs": [50.0],
+                "server_rss_max_bytes": null, "data_max_bytes": null, "members": [],
+                "first_error": null
+            })
         );
+        // The keys in the order they always came, the settings first.
+        assert!(
+            text.starts_with("{\"target\":\"etcd\",\"workload\":\"read-throughput\",\"nodes\":3,"),
+            "{text}"
+        );
+        assert!(text.ends_with(",\"first_error\":null}"), "{text}");
         let failover = Measured {
-            gaps_ms: vec![1.0, 3.0],
+            gaps_ms: vec![1.0, 3.0004],
             first_error: Some("a \"quoted\"\nline\u{1}".into()),
             ..Measured::default()
         };
-        let f = json(
+        let f: Value = serde_json::from_str(&json(
             &summary(System::RaftKv, Workload::Failover, vec![failover]),
             &setup,
-        );
-        assert!(f.contains("\"kills\":2,\"gap_median_ms\":2.000,\"gap_max_ms\":3.000,\"gaps_ms\":[1.000,3.000]"), "{f}");
-        assert!(
-            f.ends_with("\"first_error\":\"a \\\"quoted\\\"\\nline\\u0001\"}"),
-            "{f}"
-        );
+        ))
+        .unwrap();
+        assert_eq!(f["kills"], 2);
+        assert_eq!(f["gap_median_ms"], 2.0);
+        assert_eq!(f["gap_max_ms"], 3.0);
+        assert_eq!(f["gaps_ms"], json!([1.0, 3.0]));
+        assert_eq!(f["first_error"], "a \"quoted\"\nline\u{1}");
+        assert!(f.get("ops_per_sec").is_none(), "{f}");
     }
+
     fn footprint(rss_mib: u64, data_kib: u64) -> Footprint {
         Footprint {
             rss_bytes: Some(rss_mib << 20),
@@ -826,19 +902,19 @@ mod tests {
             nodes: 2,
             ..Setup::default()
         };
-        let j = json(&s, &setup);
-        assert!(
-            j.contains(&format!(
-                "\"server_rss_max_bytes\":{},\"data_max_bytes\":2097152,\"members\":[\
-                 {{\"name\":\"node 1\",\"rss_bytes\":{},\"data_bytes\":2097152,\"log_bytes\":1048576,\"snapshot_bytes\":1048576}},\
-                 {{\"name\":\"node 2\",\"rss_bytes\":{},\"data_bytes\":20480,\"log_bytes\":10240,\"snapshot_bytes\":10240}}],\
-                 \"snapshots_taken\":0,",
-                200 << 20,
-                200 << 20,
-                100 << 20
-            )),
-            "{j}"
+        let j: Value = serde_json::from_str(&json(&s, &setup)).unwrap();
+        assert_eq!(j["server_rss_max_bytes"], 200 << 20);
+        assert_eq!(j["data_max_bytes"], 2097152);
+        assert_eq!(
+            j["members"],
+            json!([
+                {"name": "node 1", "rss_bytes": 200 << 20, "data_bytes": 2097152,
+                 "log_bytes": 1048576, "snapshot_bytes": 1048576},
+                {"name": "node 2", "rss_bytes": 100 << 20, "data_bytes": 20480,
+                 "log_bytes": 10240, "snapshot_bytes": 10240}
+            ])
         );
+        assert_eq!(j["snapshots_taken"], 0);
         assert_eq!(mib(Some(1.25 * MIB)), "1.2 MiB");
         assert_eq!(mib(Some(123.6 * MIB)), "124 MiB");
         assert_eq!(mib(Some(2560.0)), "2.5 KiB");
@@ -918,23 +994,20 @@ mod tests {
     #[test]
     fn growth_json_has_the_timeline_and_the_snapshots() {
         let s = summary(System::RaftKv, Workload::Grow, vec![grown()]);
-        let j = json(&s, &Setup::default());
-        assert!(
-            j.contains(
-                "\"timeline\":[{\"t\":1.000,\"seconds\":1.000,\"keys\":900,\"ops\":900,\"ops_per_sec\":900.000,\
-                 \"p50_ms\":1.000,\"p99_ms\":3.000,\"max_ms\":40.000,\"rss_bytes\":[52428800],\
-                 \"data_bytes\":[1048576],\"log_bytes\":[524288],\"snapshot_bytes\":[524288]},"
-            ),
-            "{j}"
+        let j: Value = serde_json::from_str(&json(&s, &Setup::default())).unwrap();
+        assert_eq!(
+            j["timeline"][0],
+            json!({"t": 1.0, "seconds": 1.0, "keys": 900, "ops": 900, "ops_per_sec": 900.0,
+                   "p50_ms": 1.0, "p99_ms": 3.0, "max_ms": 40.0, "rss_bytes": [52428800],
+                   "data_bytes": [1048576], "log_bytes": [524288], "snapshot_bytes": [524288]})
         );
-        assert!(
-            j.contains(
-                "\"snapshots\":[{\"member\":\"node 1\",\"t\":0.500,\"index\":1000,\"installed\":false,\
-                 \"state_bytes\":5000,\"encode_ms\":null,\"file_bytes\":5040,\"write_ms\":4.000,\"rewrite_ms\":0.500},"
-            ),
-            "{j}"
+        assert_eq!(
+            j["snapshots"][0],
+            json!({"member": "node 1", "t": 0.5, "index": 1000, "installed": false,
+                   "state_bytes": 5000, "encode_ms": null, "file_bytes": 5040,
+                   "write_ms": 4.0, "rewrite_ms": 0.5})
         );
-        assert!(j.contains("\"snapshots_taken\":2,"), "{j}");
-        assert!(j.contains("\"bench_rss_max_bytes\":31457280,"), "{j}");
+        assert_eq!(j["snapshots_taken"], 2);
+        assert_eq!(j["bench_rss_max_bytes"], 31457280);
     }
 }

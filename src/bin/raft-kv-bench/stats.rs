@@ -61,6 +61,8 @@ pub fn median(values: &[f64]) -> Option<f64> {
 
 /// CPU time (user + system, every thread) used so far by process `pid`, or
 /// by this process when `pid` is `None`; `None` where /proc is not there.
+// Two fields of one /proc file: the procfs crate would be a larger
+// dependency than this parser, and libc does not read /proc.
 pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/stat"),
@@ -176,78 +178,16 @@ pub fn file_bytes(path: &Path) -> Option<u64> {
 /// start their lines (`2024-05-01T12:00:00.123456789Z`, or with an offset
 /// such as `+02:00` instead of `Z`); `None` if `text` does not start with one.
 pub fn parse_rfc3339(text: &str) -> Option<f64> {
-    let b = text.as_bytes();
-    let digits = |from: usize, len: usize| -> Option<i64> {
-        let part = text.get(from..from + len)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
-    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    let mut at = 19;
-    let mut fraction = 0.0;
-    if b.get(at) == Some(&b'.') {
-        let start = at + 1;
-        at = start;
-        while b.get(at).is_some_and(u8::is_ascii_digit) {
-            at += 1;
-        }
-        if at == start {
-            return None;
-        }
-        fraction = format!("0.{}", &text[start..at]).parse().ok()?;
-    }
-    let offset = match b.get(at)? {
-        b'Z' | b'z' => 0,
-        sign @ (b'+' | b'-') => {
-            if b.get(at + 3) != Some(&b':') {
-                return None;
-            }
-            let minutes = digits(at + 1, 2)? * 60 + digits(at + 4, 2)?;
-            if *sign == b'+' {
-                minutes * 60
-            } else {
-                -minutes * 60
-            }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    Some(seconds as f64 + fraction)
-}
-
-/// Days from 1970-01-01 to the given date of the proleptic Gregorian
-/// calendar (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    use time::format_description::well_known::Rfc3339;
+    let stamp = text.split_whitespace().next()?;
+    let at = time::OffsetDateTime::parse(stamp, &Rfc3339).ok()?;
+    Some(at.unix_timestamp() as f64 + f64::from(at.nanosecond()) / 1e9)
 }
 
 #[cfg(target_os = "linux")]
 fn clock_ticks_per_second() -> Option<f64> {
-    const SC_CLK_TCK: i32 = 2;
-    extern "C" {
-        fn sysconf(name: i32) -> i64;
-    }
     // SAFETY: sysconf only reads a constant of the C library.
-    let ticks = unsafe { sysconf(SC_CLK_TCK) };
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (ticks > 0).then_some(ticks as f64)
 }
 
