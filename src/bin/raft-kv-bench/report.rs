@@ -288,7 +288,7 @@ fn snapshot_summary(events: &[SnapshotEvent], names: &[String]) -> String {
     if !writes.is_empty() {
         let _ = write!(
             out,
-            "; file write median {} ms, max {} ms; log rewrite median {} ms, max {} ms; largest file {}",
+            "; file write median {} ms, max {} ms; log compaction median {} ms, max {} ms; largest file {}",
             number(median(&writes), 1),
             number(writes.iter().copied().reduce(f64::max), 1),
             number(median(&rewrites), 1),
@@ -984,7 +984,7 @@ mod tests {
                 "1.0   900    900    1.00    3.00   40.00          1      50 MiB   1.0 MiB  512 KiB",
                 "2.0  1900   1000    1.00    3.00   40.00          1      80 MiB   1.0 MiB  512 KiB",
                 "2.5  2000    200    1.00    3.00   40.00          0      70 MiB   1.0 MiB  512 KiB",
-                "snapshots: 2 (node 1: 2); file write median 5.0 ms, max 6.0 ms; log rewrite median 0.5 ms, max 0.5 ms; largest file 4.9 KiB",
+                "snapshots: 2 (node 1: 2); file write median 5.0 ms, max 6.0 ms; log compaction median 0.5 ms, max 0.5 ms; largest file 4.9 KiB",
                 "at the end: server RSS 70 MiB (max seen 80 MiB), data dir 1.0 MiB (max seen 1.0 MiB), log 512 KiB (max seen 512 KiB)",
                 "bench RSS: max 30 MiB",
             ]
