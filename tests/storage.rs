@@ -1415,12 +1415,13 @@ fn the_log_rolls_into_segments_and_snapshots_delete_the_covered_ones() {
 
     // A snapshot through 6 covers the segments of 1..=2 and 3..=4 whole,
     // and 5..=6 too: the next segment follows it.
-    let mut storage = open(dir.path()).with_segment_bytes(full);
-    storage
+    // (A background thread deletes them; dropping the storage waits for it.)
+    open(dir.path())
         .save_snapshot(&snapshot_through(6, 1), true)
         .unwrap();
     assert_eq!(segments(dir.path())[0], dir.path().join(segment_name(7)));
-    // Entry 8 is the second of its segment: the later ones go.
+    // Entry 8 is the second of its segment: the later ones go, at once.
+    let mut storage = open(dir.path()).with_segment_bytes(full);
     storage.save_hard_state(term(2)).unwrap();
     storage.truncate_from(8).unwrap();
     assert_eq!(segments(dir.path()), [dir.path().join(segment_name(7))]);
