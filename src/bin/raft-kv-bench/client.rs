@@ -280,6 +280,34 @@ impl BenchClient {
         self.run(Operation::Put { key, value }).await.map(|_| ())
     }
 
+    /// Write a value over the cluster's request limit, once: Ok when the
+    /// member refuses it as too large (raft-kv: INVALID_ARGUMENT before it
+    /// is read; etcd: RESOURCE_EXHAUSTED), an error when it is stored or
+    /// fails any other way.
+    pub async fn put_too_large(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let operation = Operation::Put { key, value };
+        let answer = tokio::time::timeout(self.pool.rpc_timeout, self.attempt(&operation)).await;
+        let at = &self.pool.addrs[self.target];
+        match answer {
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::ResourceExhausted
+                        | tonic::Code::OutOfRange
+                ) =>
+            {
+                Ok(())
+            }
+            Ok(Err(status)) => Err(format!("{at}: {}", describe(&status))),
+            Ok(Ok(_)) => Err(format!(
+                "{at}: a write of {} bytes was accepted",
+                value.len()
+            )),
+            Err(_) => Err(format!("{at}: no answer within the RPC timeout")),
+        }
+    }
+
     /// Start a new session (§6.3): the next write is its sequence 1.
     pub fn new_session(&mut self) {
         self.client_id = new_client_id();

@@ -111,11 +111,12 @@ pub struct BenchArgs {
     pub tls_files: TlsArgs,
     /// What to run, comma-separated: all, or any of rtt, write-latency,
     /// write-throughput, read-throughput, failover, grow, sessions,
-    /// large-values, many-writers (run in that order). `all` is the first
-    /// five. large-values (8 clients, 40 values of 1 MiB) and many-writers
-    /// (256 clients, 20 000 values of 16 KiB) fix their own clients and
-    /// values; the "new terms" column says how many elections a workload
-    /// caused.
+    /// large-values, many-writers, oversize (run in that order). `all` is
+    /// the first five. large-values (8 clients, 40 values of 1 MiB),
+    /// many-writers (256 clients, 20 000 values of 16 KiB) and oversize (6
+    /// clients, 60 values of 63 MiB, which count when refused) fix their
+    /// own clients and values; the "new terms" column says how many
+    /// elections a workload caused.
     #[arg(
         long,
         value_enum,
@@ -209,6 +210,7 @@ pub enum WorkloadArg {
     Sessions,
     LargeValues,
     ManyWriters,
+    Oversize,
 }
 
 /// The checked flags: what to run, against what.
@@ -274,6 +276,7 @@ impl Plan {
                 WorkloadArg::Sessions => w == Workload::Sessions,
                 WorkloadArg::LargeValues => w == Workload::LargeValues,
                 WorkloadArg::ManyWriters => w == Workload::ManyWriters,
+                WorkloadArg::Oversize => w == Workload::Oversize,
             })
         };
         let nodes = match args.nodes {
@@ -383,7 +386,7 @@ impl Plan {
             | Workload::Grow
             | Workload::Sessions => self.clients,
             Workload::Rtt | Workload::WriteLatency | Workload::Failover => 1,
-            Workload::LargeValues | Workload::ManyWriters => {
+            Workload::LargeValues | Workload::ManyWriters | Workload::Oversize => {
                 workload.fixed_shape().map_or(1, |(clients, _)| clients)
             }
         }
@@ -792,6 +795,7 @@ async fn run_workload(
         let op = match workload {
             Workload::Rtt => Op::Status,
             Workload::ReadThroughput => Op::Get,
+            Workload::Oversize => Op::PutTooLarge,
             _ => Op::Put,
         };
         let count = plan.count(workload);
@@ -967,7 +971,7 @@ mod tests {
         let p = plan(&[
             "--local",
             "--workload",
-            "grow,all,sessions,large-values,many-writers",
+            "grow,all,sessions,large-values,many-writers,oversize",
         ])
         .unwrap();
         assert_eq!(p.workloads, Workload::ORDER);
@@ -984,6 +988,11 @@ mod tests {
         assert_eq!(p.count(Workload::LargeValues), 40);
         assert_eq!(p.clients(Workload::ManyWriters), 256);
         assert_eq!(p.count(Workload::ManyWriters), 20_000);
+        let p = plan(&["--local", "--workload", "oversize"]).unwrap();
+        assert_eq!(
+            (p.clients(Workload::Oversize), p.count(Workload::Oversize)),
+            (6, 60)
+        );
     }
 
     #[test]
