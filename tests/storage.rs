@@ -761,7 +761,8 @@ fn a_version_3_log_is_rewritten_as_a_segment_at_open() {
 
 /// The single file of version 4 is a segment's layout already: it becomes
 /// the first segment, named after its first entry. A crash during the
-/// upgrade leaves `log` whole, and the next open starts again.
+/// upgrade leaves `log` whole, and the next open starts again; a segment
+/// beside it that is not its upgrade is refused, never deleted.
 #[test]
 fn a_version_4_single_file_log_is_rewritten_as_a_segment_at_open() {
     let (dir, _) = dir_with(2, &entries(1..=4, 2));
@@ -770,13 +771,29 @@ fn a_version_4_single_file_log_is_rewritten_as_a_segment_at_open() {
         .unwrap();
     let (single, _) = handmade_log_after(2, &[(3, 2), (4, 2)]);
     let copy = copy_with_legacy_log(dir.path(), &single);
-    // A segment beside `log` is what a crash during an earlier upgrade
-    // left (here a damaged one, to show that it is not read).
-    fs::write(copy.path().join(segment_name(3)), b"RKVL").unwrap();
     assert_eq!(reopen(copy.path()).entries, entries(3..=4, 2));
     assert!(!copy.path().join("log").exists());
     assert_eq!(segments(copy.path()), [copy.path().join(segment_name(3))]);
     assert_eq!(fs::read(last_segment(copy.path())).unwrap(), single);
+
+    // Interrupted after the segment's rename, before `log` went: finished.
+    fs::write(copy.path().join("log"), &single).unwrap();
+    assert_eq!(reopen(copy.path()).entries, entries(3..=4, 2));
+    assert!(!copy.path().join("log").exists());
+
+    // A segment that is not the upgrade: refused, both left as they were.
+    let copy = copy_with_legacy_log(dir.path(), &single);
+    fs::write(copy.path().join(segment_name(3)), b"RKVL").unwrap();
+    let error = open_error(copy.path());
+    assert!(
+        error.contains("holds both a single-file log") && error.contains("move aside"),
+        "{error}"
+    );
+    assert_eq!(
+        fs::read(copy.path().join(segment_name(3))).unwrap(),
+        b"RKVL"
+    );
+    assert_eq!(fs::read(copy.path().join("log")).unwrap(), single);
 
     // Its header named the snapshot; losing the snapshot is noticed still.
     let copy = copy_with_legacy_log(dir.path(), &single);

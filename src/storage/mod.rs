@@ -516,6 +516,9 @@ fn upgrade_legacy_log(dir: &Path, snapshot: Option<&Snapshot>) -> Result<(), Sto
     if let (Some(first), Some(&offset)) = (scanned.entries.first(), scanned.offsets.first()) {
         check_log_follows_snapshot(&path, (first.index, offset), snapshot)?;
     }
+    let (name, segment) = legacy_as_segment(&scanned.entries, snapshot_index)
+        .map_err(StorageError::io("upgrading the log"))?;
+    check_no_other_segments(dir, &name, &segment)?;
     if let Some(torn) = &scanned.torn {
         warn_torn(&path, torn, scanned.entries.last());
     }
@@ -529,30 +532,43 @@ fn upgrade_legacy_log(dir: &Path, snapshot: Option<&Snapshot>) -> Result<(), Sto
         path.display(),
         scanned.version
     );
-    write_legacy_as_segment(dir, &scanned.entries, snapshot_index)
+    replace_atomically(dir, &name, |f| f.write_all(&segment))
         .and_then(|()| fs::remove_file(&path).map_err(on("removing", &path)))
         .and_then(|()| sync_dir(dir))
         .map_err(StorageError::io("upgrading the log"))
 }
 
-/// The entries of a single-file log as one segment, fsynced whole (so each
-/// record can say that every entry before it is durable). Segments a crash
-/// during an earlier upgrade left go first.
-fn write_legacy_as_segment(
-    dir: &Path,
-    entries: &[Entry],
-    snapshot_index: LogIndex,
-) -> io::Result<()> {
-    for (_, stale) in segments::list(dir)? {
-        fs::remove_file(&stale).map_err(on("removing", &stale))?;
-    }
+/// The entries of a single-file log as one segment: its name and bytes.
+/// The file is fsynced whole before it is named, so each record can say
+/// that every entry before it is durable.
+fn legacy_as_segment(entries: &[Entry], snapshot_index: LogIndex) -> io::Result<(String, Vec<u8>)> {
     // Indexes start at 1 (format::decode_entry refuses 0).
     let follows = entries.first().map_or(snapshot_index, |e| e.index - 1);
     let mut bytes = format::log_header(follows).to_vec();
     for entry in entries {
         format::encode_record(entry, entry.index - 1, &mut bytes).map_err(invalid_input)?;
     }
-    replace_atomically(dir, &segments::name(follows + 1), |f| f.write_all(&bytes))
+    Ok((segments::name(follows + 1), bytes))
+}
+
+/// The one segment an upgrade interrupted after its rename leaves beside
+/// `log` is the upgrade itself, byte for byte. Anything else there is not
+/// ours to delete: which of the two is the log, only the operator knows.
+fn check_no_other_segments(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    let found = segments::list(dir).map_err(StorageError::io("listing the log segments"))?;
+    let ours = |path: &Path| path.ends_with(name) && fs::read(path).is_ok_and(|b| b == bytes);
+    match found.as_slice() {
+        [] => Ok(()),
+        [(_, path)] if ours(path) => Ok(()),
+        _ => Err(StorageError::Inconsistent {
+            file: dir.to_path_buf(),
+            reason: format!(
+                "holds both a single-file log (`log`, from a build before log segments) and log segments that are not its upgrade ({} of them, from {}): move aside whichever is not this node's log",
+                found.len(),
+                found[0].1.display()
+            ),
+        }),
+    }
 }
 
 fn warn_torn(path: &Path, torn: &Corruption, last_good: Option<&Entry>) {
