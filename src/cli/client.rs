@@ -732,24 +732,22 @@ mod tests {
     }
 
     /// A node on a loopback port, with TLS if `tls` is given, that answers
-    /// Status as node 1, and Set as the leader or, with `leader`, as a
-    /// follower redirecting to that address; runs until `runtime` stops.
-    fn fake_node(runtime: &Runtime, tls: Option<&Tls>, leader: Option<String>) -> String {
+    /// How a fake node answers a Set.
+    type OnSet = Box<dyn Fn(SetRequest) -> Result<(), Status> + Send + Sync>;
+
+    /// A client API on a loopback port (with `tls`, if given) whose Set
+    /// answers `on_set` and whose Status says node 1; runs until `runtime`
+    /// stops. Returns its address.
+    fn fake_node(runtime: &Runtime, tls: Option<&Tls>, on_set: OnSet) -> String {
         use crate::proto::kv::key_value_server::{KeyValue, KeyValueServer};
         use crate::proto::kv::{DeleteResponse, GetResponse, SetResponse};
         use tonic::{Request, Response};
 
-        struct Node(Option<String>);
+        struct Node(OnSet);
         #[tonic::async_trait]
         impl KeyValue for Node {
-            async fn set(&self, _: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
-                let Some(leader) = &self.0 else {
-                    return Ok(Response::new(SetResponse {}));
-                };
-                let mut status = Status::unavailable("not leader");
-                let value = leader.parse().unwrap();
-                status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
-                Err(status)
+            async fn set(&self, r: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+                (self.0)(r.into_inner()).map(|()| Response::new(SetResponse {}))
             }
             async fn get(&self, _: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
                 Err(Status::unimplemented("fake"))
@@ -781,9 +779,23 @@ mod tests {
         let _inside = runtime.enter();
         let incoming = tokio::net::TcpListener::from_std(listener).unwrap();
         let incoming = tonic::transport::server::TcpIncoming::from(incoming);
-        let router = server.add_service(KeyValueServer::new(Node(leader)));
+        let router = server.add_service(KeyValueServer::new(Node(on_set)));
         runtime.spawn(router.serve_with_incoming(incoming));
         addr
+    }
+
+    /// Set as the leader or, with `leader`, as a follower redirecting to
+    /// that address.
+    fn leader_or_follower_of(leader: Option<String>) -> OnSet {
+        Box::new(move |_| {
+            let Some(leader) = &leader else {
+                return Ok(());
+            };
+            let mut status = Status::unavailable("not leader");
+            let value = leader.parse().unwrap();
+            status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
+            Err(status)
+        })
     }
 
     /// Every (client_id, sequence) a fake node was sent.
@@ -795,61 +807,23 @@ mod tests {
     /// later sequence fails as if the leader was lost after proposing it.
     /// Returns its address and every (client_id, sequence) it was sent.
     fn forgetful_leader(runtime: &Runtime, lose_first: bool) -> (String, Seen) {
-        use crate::proto::kv::key_value_server::{KeyValue, KeyValueServer};
-        use crate::proto::kv::{DeleteResponse, GetResponse, SetResponse};
-        use tonic::{Request, Response};
-
-        struct Node {
-            seen: Seen,
-            lose_first: Mutex<bool>,
-        }
-        #[tonic::async_trait]
-        impl KeyValue for Node {
-            async fn set(&self, r: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
-                let r = r.into_inner();
-                self.seen.lock().unwrap().push((r.client_id, r.sequence));
-                if r.sequence == 1 {
-                    return Ok(Response::new(SetResponse {}));
-                }
-                if std::mem::take(&mut *self.lose_first.lock().unwrap()) {
-                    return Err(Status::unavailable("not leader: leadership was lost"));
-                }
-                let mut status = Status::failed_precondition("session expired");
-                let kind = tonic::metadata::MetadataValue::from_static(SESSION_EXPIRED);
-                status.metadata_mut().insert(SESSION_ERROR_METADATA, kind);
-                Err(status)
+        let seen = Seen::default();
+        let sent = Arc::clone(&seen);
+        let lose_first = Mutex::new(lose_first);
+        let on_set: OnSet = Box::new(move |r| {
+            sent.lock().unwrap().push((r.client_id, r.sequence));
+            if r.sequence == 1 {
+                return Ok(());
             }
-            async fn get(&self, _: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-                Err(Status::unimplemented("fake"))
+            if std::mem::take(&mut *lose_first.lock().unwrap()) {
+                return Err(Status::unavailable("not leader: leadership was lost"));
             }
-            async fn delete(
-                &self,
-                _: Request<DeleteRequest>,
-            ) -> Result<Response<DeleteResponse>, Status> {
-                Err(Status::unimplemented("fake"))
-            }
-            async fn status(
-                &self,
-                _: Request<StatusRequest>,
-            ) -> Result<Response<StatusResponse>, Status> {
-                Err(Status::unimplemented("fake"))
-            }
-        }
-
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let node = Node {
-            seen: Arc::clone(&seen),
-            lose_first: Mutex::new(lose_first),
-        };
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        listener.set_nonblocking(true).unwrap();
-        let _inside = runtime.enter();
-        let incoming = tokio::net::TcpListener::from_std(listener).unwrap();
-        let incoming = tonic::transport::server::TcpIncoming::from(incoming);
-        let router = tonic::transport::Server::builder().add_service(KeyValueServer::new(node));
-        runtime.spawn(router.serve_with_incoming(incoming));
-        (addr, seen)
+            let mut status = Status::failed_precondition("session expired");
+            let kind = tonic::metadata::MetadataValue::from_static(SESSION_EXPIRED);
+            status.metadata_mut().insert(SESSION_ERROR_METADATA, kind);
+            Err(status)
+        });
+        (fake_node(runtime, None, on_set), seen)
     }
 
     /// §6.3: a write refused because the session expired, before any
@@ -905,13 +879,17 @@ mod tests {
     fn a_tls_client_reaches_tls_nodes_and_follows_redirects_over_tls() {
         let runtime = Runtime::new().unwrap();
         let (_dir, client_tls, node_tls) = certificates("1");
-        let leader = fake_node(&runtime, Some(&node_tls), None);
+        let leader = fake_node(&runtime, Some(&node_tls), leader_or_follower_of(None));
         // The certificate names 127.0.0.1 and localhost.
         assert_eq!(status_of(&leader, Some(&client_tls)).unwrap().id, 1);
         let by_name = leader.replace("127.0.0.1", "localhost");
         assert_eq!(status_of(&by_name, Some(&client_tls)).unwrap().id, 1);
 
-        let follower = fake_node(&runtime, Some(&node_tls), Some(leader.clone()));
+        let follower = fake_node(
+            &runtime,
+            Some(&node_tls),
+            leader_or_follower_of(Some(leader.clone())),
+        );
         let mut client = Client::new(&[&follower])
             .unwrap()
             .with_tls(Some(&client_tls))
@@ -924,12 +902,12 @@ mod tests {
     fn a_node_that_does_not_name_the_dialled_host_is_refused() {
         let runtime = Runtime::new().unwrap();
         let (_dir, client_tls, node_tls) = certificates("1=10.0.0.1:7001");
-        let node = fake_node(&runtime, Some(&node_tls), None);
+        let node = fake_node(&runtime, Some(&node_tls), leader_or_follower_of(None));
         let why = status_of(&node, Some(&client_tls)).unwrap_err();
         assert!(why.contains("not valid for name \"127.0.0.1\""), "{why}");
         // Nor does a node that shows the client's certificate.
         let (_dir, client_tls, _) = certificates("1");
-        let impostor = fake_node(&runtime, Some(&client_tls), None);
+        let impostor = fake_node(&runtime, Some(&client_tls), leader_or_follower_of(None));
         let why = status_of(&impostor, Some(&client_tls)).unwrap_err();
         assert!(why.contains("extended key usage"), "{why}");
     }
@@ -938,8 +916,8 @@ mod tests {
     fn tls_on_one_side_only_is_named_at_once() {
         let runtime = Runtime::new().unwrap();
         let (_dir, client_tls, node_tls) = certificates("1");
-        let tls_node = fake_node(&runtime, Some(&node_tls), None);
-        let plain_node = fake_node(&runtime, None, None);
+        let tls_node = fake_node(&runtime, Some(&node_tls), leader_or_follower_of(None));
+        let plain_node = fake_node(&runtime, None, leader_or_follower_of(None));
 
         let started = Instant::now();
         let mut plain = Client::new(&[&tls_node]).unwrap();
