@@ -39,6 +39,9 @@ enum Command {
     /// Check every node's health: one line each; fails without a healthy majority.
     #[command(after_help = HEALTH_EXIT_CODES)]
     Health(raft_kv::cli::HealthArgs),
+    /// Back up a cluster and restore it: raft-kv snapshot save|restore|status
+    #[command(after_help = SNAPSHOT_EXIT_CODES)]
+    Snapshot(SnapshotArgs),
     /// Write a cluster's CA and certificates for mutual TLS: raft-kv certs --out DIR --nodes 1,2,3
     #[command(after_help = CERTS_EXIT_CODES)]
     Certs(raft_kv::tls::certs::CertsArgs),
@@ -82,6 +85,15 @@ Exit codes:
   0  a majority of the nodes listed is healthy
   1  fewer are (the last line, on stderr, says how many)
   2  any other error: one line on stderr, starting 'raft-kv: error:'";
+const SNAPSHOT_EXIT_CODES: &str = "\
+save FILE streams a consistent snapshot from the leader (every write acknowledged
+before it started is in it); restore FILE --data-dir DIR --id N --peers LIST
+seeds node N of a new cluster from it (once per node); status FILE checks one.
+
+Exit codes:
+  0  done (prints what the snapshot holds)
+  2  any error (no leader, a damaged file, a data dir that is not empty): one
+     line on stderr, starting 'raft-kv: error:'. Nothing is left half written";
 const CERTS_EXIT_CODES: &str = "\
 Give every node and client --tls-dir DIR afterwards. Every certificate is valid
 for 10 years: long, because this is a learning tool with no way to renew or
@@ -107,6 +119,22 @@ Exit codes:
   0  stopped by Ctrl-C, quit, or kill PID of the cluster
   1  every node exited on its own
   2  bad flags: one line on stderr, starting 'raft-kv: error:'";
+
+#[derive(clap::Args)]
+struct SnapshotArgs {
+    #[command(subcommand)]
+    command: SnapshotCommand,
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Copy a consistent snapshot of the cluster into FILE, from the leader.
+    Save(raft_kv::cli::snapshot::SaveArgs),
+    /// Check a snapshot FILE and say what it holds.
+    Status(raft_kv::cli::snapshot::FileStatusArgs),
+    /// Seed a new node's data dir from a snapshot FILE (run once per node).
+    Restore(raft_kv::server::restore::RestoreArgs),
+}
 
 /// The arguments of a command that another binary runs, passed to it as
 /// they are (`--help` included).
@@ -149,6 +177,11 @@ fn main() {
         Command::Delete(a) => raft_kv::cli::delete(a),
         Command::Status(a) => raft_kv::cli::status(a),
         Command::Health(a) => raft_kv::cli::health(a),
+        Command::Snapshot(a) => match a.command {
+            SnapshotCommand::Save(a) => raft_kv::cli::snapshot::save(a),
+            SnapshotCommand::Status(a) => raft_kv::cli::snapshot::status(a),
+            SnapshotCommand::Restore(a) => raft_kv::server::restore::run(a),
+        },
         Command::Certs(a) => raft_kv::tls::certs::run(a),
         Command::Bench(a) => run_sibling("bench", a.args),
         Command::Skeleton(a) => run_sibling("skeleton", a.args),
@@ -201,15 +234,15 @@ fn run_sibling(command: &str, args: Vec<OsString>) -> i32 {
 /// as for every other error (docs/api.md). Help and the version print as
 /// clap prints them; so does the help shown for a bare `raft-kv`.
 fn usage_error(error: clap::Error) -> i32 {
-    // The subcommand whose flags were wrong, to point at its --help.
-    let subcommand = std::env::args().nth(1).filter(|word| {
-        Args::command()
-            .get_subcommands()
-            .any(|command| command.get_name() == word)
-    });
-    let command = match subcommand {
-        Some(name) => format!("raft-kv {name}"),
-        None => "raft-kv".to_string(),
-    };
+    // The (sub)subcommand whose flags were wrong, to point at its --help.
+    let mut command = "raft-kv".to_string();
+    let mut level = Args::command();
+    for word in std::env::args().skip(1) {
+        let Some(next) = level.find_subcommand(&word).cloned() else {
+            break;
+        };
+        command = format!("{command} {word}");
+        level = next;
+    }
     raft_kv::cli::usage_error(error, &command)
 }

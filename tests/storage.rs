@@ -1660,3 +1660,51 @@ fn a_background_snapshot_never_replaces_a_newer_one_figure_13() {
     assert_eq!(recovered.entries, []);
     assert!(!dir.path().join("snapshot.background.tmp").exists());
 }
+
+/// `raft-kv snapshot restore`: a seeded dir opens as a server that has the
+/// snapshot, an empty log after it, and the snapshot's term; the file of a
+/// backup is the storage's own snapshot file, and damage in it is refused.
+#[test]
+fn a_seeded_data_dir_recovers_the_snapshot_its_term_and_an_empty_log() {
+    let base = TempDir::new().unwrap();
+    let snapshot = Snapshot {
+        last_included_index: 41,
+        last_included_term: 3,
+        data: b"the state machine".to_vec(),
+    };
+    let file = base.path().join("backup.snap");
+    fs::write(&file, raft_kv::storage::snapshot_file_bytes(&snapshot)).unwrap();
+    assert_eq!(
+        raft_kv::storage::read_snapshot_file(&file).unwrap(),
+        snapshot
+    );
+
+    let dir = base.path().join("node1");
+    // What an interrupted restore left beside it is cleared first.
+    fs::create_dir(base.path().join(".node1.restoring")).unwrap();
+    raft_kv::storage::seed_data_dir(&dir, &snapshot, b"cluster file").unwrap();
+    assert!(!base.path().join(".node1.restoring").exists());
+    let storage = open(&dir);
+    assert_eq!(
+        storage.cluster_file().unwrap().as_deref(),
+        Some(&b"cluster file"[..])
+    );
+    drop(storage);
+    let recovered = reopen(&dir);
+    assert_eq!(recovered.hard_state, term(3));
+    assert_eq!(recovered.snapshot, Some(snapshot.clone()));
+    assert!(recovered.entries.is_empty());
+
+    let again = raft_kv::storage::seed_data_dir(&dir, &snapshot, b"other").unwrap_err();
+    assert!(again.to_string().contains("is not empty"), "{again}");
+    assert_eq!(
+        open(&dir).cluster_file().unwrap().as_deref(),
+        Some(&b"cluster file"[..])
+    );
+
+    let mut damaged = fs::read(&file).unwrap();
+    damaged[10] ^= 1;
+    fs::write(&file, damaged).unwrap();
+    let error = raft_kv::storage::read_snapshot_file(&file).unwrap_err();
+    assert!(error.to_string().contains("crc32 mismatch"), "{error}");
+}

@@ -20,6 +20,7 @@
 //! show a certificate of the same CA that names HOST.
 
 use std::fmt;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
@@ -31,7 +32,8 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::proto::kv::key_value_client::KeyValueClient;
 use crate::proto::kv::{
-    Consistency, DeleteRequest, GetRequest, SetRequest, StatusRequest, StatusResponse,
+    Consistency, DeleteRequest, GetRequest, SetRequest, SnapshotChunk, SnapshotRequest,
+    StatusRequest, StatusResponse,
 };
 use crate::proto::{LEADER_ADDR_METADATA, SESSION_ERROR_METADATA};
 use crate::proto::{SEQUENCE_REUSED, SESSION_EXPIRED};
@@ -76,6 +78,8 @@ pub enum Error {
     /// TLS cannot be set up for an address, or one side of a connection
     /// uses TLS and the other does not.
     Tls(String),
+    /// A snapshot's stream broke off, or its bytes could not be written.
+    Snapshot(String),
 }
 
 impl fmt::Display for Error {
@@ -103,7 +107,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Server { addr, status } => write!(f, "{addr}: {status}"),
-            Error::Tls(message) => write!(f, "{message}"),
+            Error::Tls(message) | Error::Snapshot(message) => write!(f, "{message}"),
         }
     }
 }
@@ -346,6 +350,49 @@ impl Client {
             .into_iter()
             .map(|(address, answer)| NodeHealth { address, answer })
             .collect()
+    }
+
+    /// Copy a consistent snapshot of the leader's state machine into `out`
+    /// (the `Snapshot` RPC): the bytes of one snapshot file. Reaching the
+    /// leader and its first message retry as any leader-only call does;
+    /// after that, each message must come within the RPC timeout. Returns
+    /// the first message, which says what the file holds.
+    pub fn snapshot(&mut self, out: &mut dyn Write) -> Result<SnapshotChunk, Error> {
+        let (mut first, mut stream) = self.call(true, async |mut kv| {
+            let mut stream = kv.snapshot(SnapshotRequest {}).await?.into_inner();
+            match stream.message().await? {
+                Some(first) => Ok((first, stream)),
+                None => Err(Status::unavailable("the snapshot stream ended at once")),
+            }
+        })?;
+        let addr = self.leader().unwrap_or("the leader").to_string();
+        let broke =
+            |why: String| Error::Snapshot(format!("{addr}: the snapshot stream broke off: {why}"));
+        let cannot_write =
+            |e: std::io::Error| Error::Snapshot(format!("cannot write the snapshot: {e}"));
+        let mut received = first.data.len() as u64;
+        out.write_all(&std::mem::take(&mut first.data))
+            .map_err(cannot_write)?;
+        while received < first.file_bytes {
+            let next = self
+                .runtime
+                .block_on(async { tokio::time::timeout(self.rpc_timeout, stream.message()).await });
+            let chunk = match next {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => break,
+                Ok(Err(status)) => return Err(broke(describe(&status))),
+                Err(_) => return Err(broke(format!("nothing within {}", human(self.rpc_timeout)))),
+            };
+            received += chunk.data.len() as u64;
+            out.write_all(&chunk.data).map_err(cannot_write)?;
+        }
+        if received != first.file_bytes {
+            return Err(broke(format!(
+                "{received} bytes came of the {} announced",
+                first.file_bytes
+            )));
+        }
+        Ok(first)
     }
 
     /// Make one call to every node at once, each within the RPC timeout;
@@ -767,6 +814,24 @@ mod tests {
                     ..StatusResponse::default()
                 }))
             }
+            type SnapshotStream = tonic::codegen::tokio_stream::Iter<
+                std::vec::IntoIter<Result<SnapshotChunk, Status>>,
+            >;
+            /// A stream that ends before the bytes it announced.
+            async fn snapshot(
+                &self,
+                _: Request<SnapshotRequest>,
+            ) -> Result<Response<Self::SnapshotStream>, Status> {
+                let first = SnapshotChunk {
+                    last_included_index: 7,
+                    last_included_term: 2,
+                    file_bytes: 10,
+                    data: b"RKVS".to_vec(),
+                };
+                Ok(Response::new(tonic::codegen::tokio_stream::iter(vec![Ok(
+                    first,
+                )])))
+            }
         }
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -955,6 +1020,19 @@ mod tests {
         );
         assert_eq!(speaks(&tls_node, Duration::from_secs(1)), Some(Speaks::Tls));
         assert_eq!(speaks("127.0.0.1:1", Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn a_snapshot_stream_that_ends_early_is_an_error() {
+        let runtime = Runtime::new().unwrap();
+        let addr = fake_node(&runtime, None, leader_or_follower_of(None));
+        let mut client = Client::new(&[addr]).unwrap();
+        let mut file = Vec::new();
+        let error = client.snapshot(&mut file).unwrap_err();
+        assert!(
+            matches!(&error, Error::Snapshot(m) if m.contains("4 bytes came of the 10 announced")),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The command-line client: `raft-kv set | get | delete | status | health`.
+//! The command-line client: `raft-kv set | get | delete | status | health`,
+//! and `raft-kv snapshot` (src/cli/snapshot.rs).
 //! Exit codes (docs/api.md): 0 success, 1 `get` of an absent key or
 //! `health` of a cluster without a healthy majority, 2 any error.
 
 pub mod client;
+pub mod snapshot;
 
 pub use client::{Client, Error, Health, NodeHealth, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT};
 

@@ -32,6 +32,7 @@
 //! thread.
 
 mod accept;
+mod backup;
 mod convert;
 mod health;
 mod refusals;
@@ -207,6 +208,7 @@ impl Bridge {
             to_event_loop: client_calls,
             waiting,
             metrics,
+            backups: backup::Backups::default(),
         })
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -32,6 +32,7 @@ mod cluster;
 pub mod event_loop;
 pub mod identity;
 pub mod metrics;
+pub mod restore;
 mod snapshot_writer;
 mod timer;
 

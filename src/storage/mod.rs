@@ -11,6 +11,7 @@
 //!
 //! `LOCK` keeps two servers from sharing one dir.
 
+mod backup;
 mod error;
 mod format;
 mod segments;
@@ -25,6 +26,7 @@ use std::time::Instant;
 
 use log::{info, warn};
 
+pub use backup::{decode_snapshot_file, read_snapshot_file, seed_data_dir, snapshot_file_bytes};
 pub use error::StorageError;
 use format::Corruption;
 use segments::ScannedSegment;

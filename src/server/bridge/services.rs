@@ -16,6 +16,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::backup::{Backups, SnapshotStream};
 use super::convert;
 use super::refusals::Refusals;
 use crate::config::{Address, Members};
@@ -31,7 +32,7 @@ use crate::server::identity::ClusterId;
 use crate::server::metrics::{Metrics, ProposalFailure};
 use crate::tls;
 
-fn event_loop_gone() -> Status {
+pub(super) fn event_loop_gone() -> Status {
     Status::unavailable("this node is shutting down")
 }
 
@@ -263,10 +264,11 @@ pub struct ClientService {
     pub to_event_loop: Sender<ClientCall>,
     pub waiting: Waiting,
     pub metrics: Metrics,
+    pub backups: Backups,
 }
 
 impl ClientService {
-    fn submit(&self, call: ClientCall) -> Result<(), Status> {
+    pub(super) fn submit(&self, call: ClientCall) -> Result<(), Status> {
         match self.to_event_loop.try_send(call) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(event_loop_busy()),
@@ -275,7 +277,7 @@ impl ClientService {
     }
 
     /// Check a request, send it to the core and wait for its answer.
-    async fn call(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
+    pub(super) async fn call(&self, request: ClientRequest) -> Result<ClientResponse, Status> {
         let request = kv::to_raft(request, unix_ms()).map_err(|error| self.status_of(error))?;
         let write = matches!(request, raft::Request::Write(_));
         let (answer_to, answer) = oneshot::channel();
@@ -296,7 +298,7 @@ impl ClientService {
 
     /// The gRPC status for an error of the core; a refusal by a follower
     /// says where the leader is, in the message and in `leader-addr`.
-    fn status_of(&self, error: ClientError) -> Status {
+    pub(super) fn status_of(&self, error: ClientError) -> Status {
         match error {
             ClientError::NotLeader { leader: Some(id) } => {
                 let Some(address) = self.addresses.of(id) else {
@@ -472,6 +474,15 @@ impl kv_pb::key_value_server::KeyValue for ClientService {
             last_applied: status.last_applied,
             last_log_index: status.last_log_index,
         }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<kv_pb::SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        Ok(Response::new(self.backup().await?))
     }
 }
 
