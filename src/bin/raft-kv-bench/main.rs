@@ -16,6 +16,9 @@
 //! - `local.rs`: `--local`, a fresh cluster of --nodes members the bench
 //!   starts (the `raft-kv` binary beside this one, or etcd), measures
 //!   (memory, data dir, logs) and kills.
+//! - `floor.rs`: the machine's floor (a loopback round trip, an fsync, empty
+//!   gRPC calls/s), measured in every run; each workload is also reported as
+//!   a multiple of it.
 //! - `report.rs`: the tables and the JSON.
 //! - `etcd.proto`: the few etcd messages the bench sends (compiled by
 //!   build.rs, included only here); `etcd.sh` installs etcd and runs the
@@ -25,6 +28,7 @@
 //!   counts, client counts and value sizes, plotted as SVG.
 
 mod client;
+mod floor;
 mod grow;
 mod local;
 mod report;
@@ -47,6 +51,7 @@ use raft_kv::server::interrupt;
 use raft_kv::tls::{Holder, TlsArgs};
 
 use client::{Pool, System};
+use floor::Floor;
 use local::{LocalCluster, Spec, DEFAULT_MEMBERS, MAX_MEMBERS};
 use report::{Setup, Summary};
 use workload::{CpuMeter, Data, Measured, Op, Progress, Workload};
@@ -606,7 +611,13 @@ pub fn run_bench(args: BenchArgs) -> i32 {
         }
     };
     let mut summaries: Vec<Summary> = Vec::new();
+    let mut floors = Vec::new();
     for run in 0..plan.runs {
+        // Before any cluster runs, on the file system the local clusters use.
+        match measure_floor(&runtime, &plan) {
+            Ok(floor) => floors.push(floor),
+            Err(error) => eprintln!("raft-kv bench: the machine's floor is not measured: {error}"),
+        }
         let mut order = plan.systems.clone();
         // Alternating the order spreads slow drift of the machine over both.
         if run % 2 == 1 {
@@ -639,15 +650,39 @@ pub fn run_bench(args: BenchArgs) -> i32 {
             }
         }
     }
-    print!("{}", render(&plan, &summaries, load_before.as_deref()));
+    let floor = Floor::median_of(&floors);
+    print!(
+        "{}",
+        render(&plan, &summaries, floor.as_ref(), load_before.as_deref())
+    );
     0
 }
 
-fn render(plan: &Plan, summaries: &[Summary], load_before: Option<&str>) -> String {
+/// The machine's floor (src/bin/raft-kv-bench/floor.rs). The round trips go
+/// to a one-member raft-kv node, which answers the gRPC health check from
+/// its bridge, without its event loop: an empty call to another process,
+/// as a client's is. The fsyncs go to the file system of the scratch dirs.
+fn measure_floor(runtime: &tokio::runtime::Runtime, plan: &Plan) -> Result<Floor, String> {
+    let spec = Spec::RaftKv {
+        exe: raft_kv_beside_me()?,
+        tuning: plan.tuning.clone(),
+        tls: false,
+    };
+    let server = LocalCluster::start(&spec, 1)?;
+    let addr = server.client_addrs().remove(0);
+    floor::measure(runtime, &std::env::temp_dir(), &addr, plan.clients)
+}
+
+fn render(
+    plan: &Plan,
+    summaries: &[Summary],
+    floor: Option<&Floor>,
+    load_before: Option<&str>,
+) -> String {
     if plan.json {
         return summaries
             .iter()
-            .map(|s| report::json(s, &plan.setup(s.system)) + "\n")
+            .map(|s| report::json(s, &plan.setup(s.system), floor) + "\n")
             .collect();
     }
     let of = |system: System| -> Vec<&Summary> {
@@ -662,6 +697,9 @@ fn render(plan: &Plan, summaries: &[Summary], load_before: Option<&str>) -> Stri
             "load average before the run (1, 5, 15 min): {load}\n"
         ));
     }
+    if let Some(floor) = floor {
+        out.push_str(&format!("{}\n", floor.describe()));
+    }
     if let Some(skipped) = &plan.skipped {
         out.push_str(&format!("{skipped}\n"));
     }
@@ -669,7 +707,7 @@ fn render(plan: &Plan, summaries: &[Summary], load_before: Option<&str>) -> Stri
         out.push_str(&format!(
             "\n{}\n{}",
             system.name(),
-            report::table(&of(system))
+            report::table(&of(system), floor, plan.stale)
         ));
     }
     if plan.systems.len() == 2 {
@@ -679,6 +717,7 @@ fn render(plan: &Plan, summaries: &[Summary], load_before: Option<&str>) -> Stri
             &of(System::Etcd),
             plan.clients,
             plan.stale,
+            floor,
         ));
     }
     out

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::client::System;
+use super::floor::Floor;
 use super::grow::{Growth, Interval, SnapshotEvent};
 use super::stats::{median, Footprint, Percentiles};
 use super::workload::{Measured, Workload};
@@ -97,7 +98,38 @@ impl Summary {
 }
 
 /// One system's results as an aligned table, failover on lines of its own.
-pub fn table(summaries: &[&Summary]) -> String {
+/// The least a request of `workload` can take on this machine, ms: a
+/// Status is one round trip; a write two and an fsync; a linearizable read
+/// two (the client's and the leader's heartbeat round, no fsync); a stale
+/// one. None where latency is not the point (failover, grow, …).
+fn latency_floor_ms(workload: Workload, floor: &Floor, stale: bool) -> Option<f64> {
+    match workload {
+        Workload::Rtt => Some(floor.rtt_ms),
+        Workload::WriteLatency | Workload::WriteThroughput => Some(floor.write_ms()),
+        Workload::ReadThroughput if stale => Some(floor.rtt_ms),
+        Workload::ReadThroughput => Some(2.0 * floor.rtt_ms),
+        _ => None,
+    }
+}
+
+/// p50 as a multiple of its floor (1.0 would be the machine's best).
+fn p50_x_floor(s: &Summary, floor: Option<&Floor>, stale: bool) -> Option<f64> {
+    let least = latency_floor_ms(s.workload, floor?, stale)?;
+    Some(s.percentile(|p| p.p50)? / least)
+}
+
+/// ops/s as a share of the empty gRPC calls/s that as many callers reach:
+/// only for the workloads that run the floor's number of clients.
+fn ops_of_grpc(s: &Summary, floor: Option<&Floor>) -> Option<f64> {
+    let floor = floor?;
+    let loaded = matches!(
+        s.workload,
+        Workload::WriteThroughput | Workload::ReadThroughput
+    );
+    (loaded && s.clients() == floor.clients).then_some(s.ops_per_sec()? / floor.calls_per_sec)
+}
+
+pub fn table(summaries: &[&Summary], floor: Option<&Floor>, stale: bool) -> String {
     let header = [
         "workload",
         "clients",
@@ -109,6 +141,8 @@ pub fn table(summaries: &[&Summary]) -> String {
         "p90 ms",
         "p99 ms",
         "max ms",
+        "p50 × floor",
+        "of gRPC calls/s",
         "bench CPU",
         "server CPU",
         "server RSS",
@@ -143,6 +177,8 @@ pub fn table(summaries: &[&Summary]) -> String {
                 number(s.percentile(|p| p.p90), 2),
                 number(s.percentile(|p| p.p99), 2),
                 number(s.percentile(|p| p.max), 2),
+                number(p50_x_floor(s, floor, stale), 2),
+                percent(ops_of_grpc(s, floor).map(|share| share * 100.0)),
                 percent(s.median(|m| m.client_cpu)),
                 percent(s.median(|m| m.server_cpu)),
                 mib(s.max_rss()),
@@ -333,7 +369,8 @@ fn align(rows: &[Vec<String>]) -> String {
         .map(|c| {
             rows.iter()
                 .filter_map(|r| r.get(c))
-                .map(String::len)
+                // in characters, as format! pads ("×" is two bytes)
+                .map(|cell| cell.chars().count())
                 .max()
                 .unwrap_or(0)
         })
@@ -360,7 +397,13 @@ fn align(rows: &[Vec<String>]) -> String {
 
 /// The side-by-side table (Markdown, so it can go into docs/performance.md
 /// as printed): one row per headline number, the ratio raft-kv / etcd last.
-pub fn comparison(raft_kv: &[&Summary], etcd: &[&Summary], clients: usize, stale: bool) -> String {
+pub fn comparison(
+    raft_kv: &[&Summary],
+    etcd: &[&Summary],
+    clients: usize,
+    stale: bool,
+    floor: Option<&Floor>,
+) -> String {
     fn find<'a>(set: &[&'a Summary], w: Workload) -> Option<&'a Summary> {
         set.iter().find(|s| s.workload == w).copied()
     }
@@ -434,6 +477,33 @@ pub fn comparison(raft_kv: &[&Summary], etcd: &[&Summary], clients: usize, stale
         ),
     ];
     let mut out = String::from("| | raft-kv | etcd | raft-kv / etcd |\n|---|---:|---:|---:|\n");
+    // The same machine's floor for both: how far each is from it.
+    let against_floor = [
+        (
+            Workload::WriteLatency,
+            "write-latency: p50 × the write floor",
+        ),
+        (
+            Workload::WriteThroughput,
+            "write-throughput: p50 × the write floor",
+        ),
+        (
+            Workload::ReadThroughput,
+            "read-throughput: p50 × the read floor",
+        ),
+    ];
+    for (workload, label) in against_floor {
+        let (Some(ours), Some(theirs)) = (find(raft_kv, workload), find(etcd, workload)) else {
+            continue;
+        };
+        let (a, b) = (
+            p50_x_floor(ours, floor, stale),
+            p50_x_floor(theirs, floor, stale),
+        );
+        if let (Some(a), Some(b)) = (a, b) {
+            let _ = writeln!(out, "| {label} | {a:.2} | {b:.2} | {:.2} |", a / b);
+        }
+    }
     for (workload, label, metric) in rows {
         let (Some(ours), Some(theirs)) = (find(raft_kv, workload), find(etcd, workload)) else {
             continue;
@@ -478,6 +548,8 @@ struct Object<'a> {
     failover: Option<FailoverFields>,
     #[serde(flatten)]
     load: Option<LoadFields>,
+    #[serde(flatten)]
+    floor: Option<FloorFields>,
     server_rss_max_bytes: Option<u64>,
     data_max_bytes: Option<u64>,
     members: Vec<MemberFields<'a>>,
@@ -508,6 +580,18 @@ struct LoadFields {
     client_cpu_pct: Option<f64>,
     server_cpu_pct: Option<f64>,
     ops_per_sec_runs: Vec<Option<f64>>,
+}
+
+/// The machine's floor of the run (src/bin/raft-kv-bench/floor.rs), and
+/// where this workload stands against it.
+#[derive(Serialize)]
+struct FloorFields {
+    floor_rtt_ms: Option<f64>,
+    floor_fsync_ms: Option<f64>,
+    floor_write_ms: Option<f64>,
+    floor_grpc_calls_per_sec: Option<f64>,
+    p50_x_floor: Option<f64>,
+    ops_of_grpc_calls: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -559,7 +643,7 @@ struct SnapshotFields<'a> {
 }
 
 /// One JSON object (one line) per summary.
-pub fn json(summary: &Summary, setup: &Setup) -> String {
+pub fn json(summary: &Summary, setup: &Setup, floor: Option<&Floor>) -> String {
     let s = summary;
     let is_failover = s.workload == Workload::Failover;
     let names = s.runs.first().map_or(&[][..], |m| &m.member_names[..]);
@@ -585,6 +669,14 @@ pub fn json(summary: &Summary, setup: &Setup) -> String {
         seconds: round3(s.median(|m| Some(m.seconds))),
         failover: is_failover.then(|| failover_fields(s)),
         load: (!is_failover).then(|| load_fields(s)),
+        floor: floor.map(|f| FloorFields {
+            floor_rtt_ms: round3(Some(f.rtt_ms)),
+            floor_fsync_ms: round3(Some(f.fsync_ms)),
+            floor_write_ms: round3(Some(f.write_ms())),
+            floor_grpc_calls_per_sec: round3(Some(f.calls_per_sec)),
+            p50_x_floor: round3(p50_x_floor(s, Some(f), setup.stale)),
+            ops_of_grpc_calls: round3(ops_of_grpc(s, Some(f))),
+        }),
         server_rss_max_bytes: whole(s.max_rss()),
         data_max_bytes: whole(s.max_data()),
         members: member_fields(s, names),
@@ -775,15 +867,16 @@ mod tests {
         killed.errors = 2;
         killed.first_error = Some("127.0.0.1:1: refused".into());
         let failover = summary(System::RaftKv, Workload::Failover, vec![killed]);
-        let text = table(&[&write, &failover]);
+        let text = table(&[&write, &failover], Some(&FLOOR), false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "workload          clients    ops  errors  new terms  ops/s  p50 ms  p90 ms  p99 ms  max ms  bench CPU  server CPU  server RSS  data dir"
+            "workload          clients    ops  errors  new terms  ops/s  p50 ms  p90 ms  p99 ms  max ms  p50 × floor  of gRPC calls/s  bench CPU  server CPU  server RSS  data dir"
         );
+        // The write floor is 2 × 0.2 + 0.3 ms; 5000 of 10 000 calls/s.
         assert_eq!(
             lines[1],
-            "write-throughput       64  20000       0          -   5000    1.50    3.00    6.00   15.00          -        150%           -         -"
+            "write-throughput       64  20000       0          -   5000    1.50    3.00    6.00   15.00         2.14              50%          -        150%           -         -"
         );
         assert_eq!(
             lines[2],
@@ -805,13 +898,14 @@ mod tests {
             vec![measured(2000, 1.0, 0.6)],
         );
         let only_ours = summary(System::RaftKv, Workload::Rtt, vec![measured(10, 1.0, 0.1)]);
-        let text = comparison(&[&ours, &only_ours], &[&theirs], 64, false);
+        let text = comparison(&[&ours, &only_ours], &[&theirs], 64, false, Some(&FLOOR));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines,
             [
                 "| | raft-kv | etcd | raft-kv / etcd |",
                 "|---|---:|---:|---:|",
+                "| write-latency: p50 × the write floor | 1.71 | 0.86 | 2.00 |",
                 "| write-latency: 1 client, p50 (ms) | 1.20 | 0.60 | 2.00 |",
                 "| write-latency: 1 client, p99 (ms) | 4.80 | 2.40 | 2.00 |",
                 "| write-latency: 1 client (writes/s) | 1000 | 2000 | 0.50 |",
@@ -836,7 +930,7 @@ mod tests {
             tls: false,
             snapshot_log_bytes: None,
         };
-        let text = json(&s, &setup);
+        let text = json(&s, &setup, None);
         assert!(!text.contains('\n'), "{text}");
         let object: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
@@ -866,6 +960,7 @@ mod tests {
         let f: Value = serde_json::from_str(&json(
             &summary(System::RaftKv, Workload::Failover, vec![failover]),
             &setup,
+            None,
         ))
         .unwrap();
         assert_eq!(f["kills"], 2);
@@ -874,7 +969,20 @@ mod tests {
         assert_eq!(f["gaps_ms"], json!([1.0, 3.0]));
         assert_eq!(f["first_error"], "a \"quoted\"\nline\u{1}");
         assert!(f.get("ops_per_sec").is_none(), "{f}");
+        let with_floor: Value = serde_json::from_str(&json(&s, &setup, Some(&FLOOR))).unwrap();
+        assert_eq!(with_floor["floor_write_ms"], 0.7);
+        assert_eq!(with_floor["floor_grpc_calls_per_sec"], 10000.0);
+        // A linearizable read's floor is two round trips: 0.5 / 0.4 ms.
+        assert_eq!(with_floor["p50_x_floor"], 1.25);
+        assert_eq!(with_floor["ops_of_grpc_calls"], 0.005);
     }
+
+    const FLOOR: Floor = Floor {
+        rtt_ms: 0.2,
+        fsync_ms: 0.3,
+        calls_per_sec: 10_000.0,
+        clients: 64,
+    };
 
     fn footprint(rss_mib: u64, data_kib: u64) -> Footprint {
         Footprint {
@@ -896,13 +1004,17 @@ mod tests {
         }
         let s = summary(System::RaftKv, Workload::WriteThroughput, runs);
         assert_eq!(s.max_rss(), Some(200.0 * MIB));
-        let line = table(&[&s]).lines().nth(1).unwrap().to_string();
+        let line = table(&[&s], None, false)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_string();
         assert!(line.ends_with("150%     200 MiB   2.0 MiB"), "{line}");
         let setup = Setup {
             nodes: 2,
             ..Setup::default()
         };
-        let j: Value = serde_json::from_str(&json(&s, &setup)).unwrap();
+        let j: Value = serde_json::from_str(&json(&s, &setup, None)).unwrap();
         assert_eq!(j["server_rss_max_bytes"], 200 << 20);
         assert_eq!(j["data_max_bytes"], 2097152);
         assert_eq!(
@@ -970,7 +1082,7 @@ mod tests {
     #[test]
     fn growth_timeline_table() {
         let s = summary(System::RaftKv, Workload::Grow, vec![grown()]);
-        let text = table(&[&s]);
+        let text = table(&[&s], None, false);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].starts_with("grow     "), "{text}");
         assert_eq!(
@@ -994,7 +1106,7 @@ mod tests {
     #[test]
     fn growth_json_has_the_timeline_and_the_snapshots() {
         let s = summary(System::RaftKv, Workload::Grow, vec![grown()]);
-        let j: Value = serde_json::from_str(&json(&s, &Setup::default())).unwrap();
+        let j: Value = serde_json::from_str(&json(&s, &Setup::default(), None)).unwrap();
         assert_eq!(
             j["timeline"][0],
             json!({"t": 1.0, "seconds": 1.0, "keys": 900, "ops": 900, "ops_per_sec": 900.0,
