@@ -47,6 +47,10 @@ fn value(v: &str) -> ClientResult {
     Ok(ClientResponse::Value(Some(v.into())))
 }
 
+fn absent() -> ClientResult {
+    Ok(ClientResponse::Value(None))
+}
+
 // ---- A workload of concurrent clients, checked as it runs. ----
 
 /// A client writing one key, one request at a time, retrying with the same
@@ -571,7 +575,9 @@ fn partitioned_old_leader_never_serves_linearizable_reads_6_4() {
 
 /// STALE reads (linearizable: false) are served by any node from its own
 /// state machine — fast, and possibly out of date, as documented; a
-/// linearizable read sent to a follower is redirected to the leader.
+/// linearizable read sent to a follower asks the leader for a read index
+/// (dissertation §6.4) and is answered by the follower, never out of date:
+/// cut off from the leader, the follower sends it back to the client.
 #[test]
 fn stale_reads_served_by_followers_6_4() {
     for seed in seeds(10) {
@@ -590,12 +596,8 @@ fn stale_reads_served_by_followers_6_4() {
             "answered at once, locally"
         );
         let id = c.request(follower, get("k"));
-        assert_eq!(
-            c.response(id),
-            Some(&Err(ClientError::NotLeader {
-                leader: Some(leader)
-            }))
-        );
+        assert_eq!(c.response(id), None, "it waits for the leader's read index");
+        assert_eq!(c.wait_response(id, 50), Some(value("1")));
 
         c.isolate(follower);
         assert_eq!(
@@ -608,12 +610,54 @@ fn stale_reads_served_by_followers_6_4() {
             Some(&value("1")),
             "a stale read is the follower's own state"
         );
+        let id = c.request(follower, get("k"));
+        match c.wait_response(id, 400) {
+            Some(Err(ClientError::NotLeader { .. })) => {}
+            other => {
+                panic!("seed {seed}: a cut-off follower answered a linearizable read: {other:?}")
+            }
+        }
         c.reconnect(follower);
+        // Its election while cut off left it in a newer term: it answers
+        // stale reads again once a leader of that term has told it what is
+        // committed.
         c.run_until(300, |c| {
-            c.node(follower).state_machine().get("k") == Some("2")
+            let node = c.node(follower);
+            node.state_machine().get("k") == Some("2")
+                && node.leader_id().is_some()
+                && node.log().term_at(node.commit_index()) == Some(node.current_term())
+                && node.last_applied() == node.commit_index()
         });
         let id = c.request(follower, stale_get("k"));
-        assert_eq!(c.response(id), Some(&value("2")));
+        assert_eq!(c.response(id), Some(&value("2")), "seed {seed}");
+    }
+}
+
+/// Linearizable reads at a follower (dissertation §6.4): a batch costs one
+/// ReadIndex to the leader, whatever its size, and every read in it sees
+/// every write acknowledged before it was sent.
+#[test]
+fn a_follower_serves_linearizable_reads_with_the_leaders_read_index_6_4() {
+    for seed in seeds(10) {
+        let mut c = Cluster::new(SimConfig::new(3, seed));
+        let leader = c.elect(200);
+        let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+        for round in 0..5 {
+            let v = round.to_string();
+            assert_eq!(
+                c.submit(set("k", &v, 0, 0), 200),
+                Some(Ok(ClientResponse::Set))
+            );
+            // At once, before the follower can have heard the commit.
+            let asked = c.sent_by(follower, "ReadIndex");
+            let ids = c.requests(follower, vec![get("k"), get("k"), get("other")]);
+            for (id, want) in ids.iter().zip([value(&v), value(&v), absent()]) {
+                assert_eq!(c.wait_response(*id, 100), Some(want), "seed {seed}");
+            }
+            let sent = c.sent_by(follower, "ReadIndex") - asked;
+            assert_eq!(sent, 1, "seed {seed}: one ReadIndex per batch");
+        }
+        c.check();
     }
 }
 

@@ -129,15 +129,17 @@ impl Clients {
                 Some(request) if client.session != 0 => request,
                 _ => self.next_request(i),
             };
-            let to = match request {
-                ClientRequest::Get {
-                    linearizable: false,
-                    ..
-                } => {
-                    let up: Vec<_> = c.ids().into_iter().filter(|&n| c.is_up(n)).collect();
-                    up.choose(&mut self.rng).copied()
-                }
-                _ => self.pick_leader(c),
+            // Stale reads go anywhere; linearizable ones often to a
+            // follower too, which asks the leader for a read index (§6.4).
+            let anywhere = match request {
+                ClientRequest::Get { linearizable, .. } => !linearizable || self.rng.gen_bool(0.5),
+                _ => false,
+            };
+            let to = if anywhere {
+                let up: Vec<_> = c.ids().into_iter().filter(|&n| c.is_up(n)).collect();
+                up.choose(&mut self.rng).copied()
+            } else {
+                self.pick_leader(c)
             };
             // With nobody to ask, ask again next tick.
             let (id, sent_at) = match to {

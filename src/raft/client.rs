@@ -4,8 +4,8 @@
 //! queries and answers are the state machine's bytes.
 
 use super::log::{Command, Entry};
-use super::message::{LogIndex, NodeId};
-use super::state::{PendingRead, RaftNode, Role};
+use super::message::{LogIndex, Message, NodeId, ReadIndex, ReadIndexReply};
+use super::state::{PendingRead, RaftNode, ReadBatch, Reader, Role};
 use super::state_machine::StateMachine;
 
 /// Identifies one client request while it waits for its answer.
@@ -63,6 +63,7 @@ impl<S: StateMachine> RaftNode<S> {
     pub fn client_requests(&mut self, requests: Vec<(RequestId, Request)>) {
         let mut writes = Vec::new();
         let mut new_reads = false;
+        let mut follower_reads = Vec::new();
         for (request, client_request) in requests {
             match client_request {
                 Request::Read {
@@ -72,9 +73,16 @@ impl<S: StateMachine> RaftNode<S> {
                 Request::Read {
                     query,
                     linearizable: true,
-                } => new_reads |= self.queue_read(request, query),
+                } if self.is_leader() => new_reads |= self.queue_read(request, query),
+                Request::Read {
+                    query,
+                    linearizable: true,
+                } => follower_reads.push((request, query)),
                 Request::Write(command) => writes.push((request, command)),
             }
+        }
+        if !follower_reads.is_empty() {
+            self.ask_read_index(follower_reads);
         }
         if !writes.is_empty() {
             self.propose(writes);
@@ -116,12 +124,144 @@ impl<S: StateMachine> RaftNode<S> {
         // only once an entry of this term (the §8 no-op) has committed, so
         // waiting for the no-op covers it.
         leader.pending_reads.push_back(PendingRead {
-            request,
-            query,
+            reader: Reader::Client { request, query },
             round: leader.read_round + 1,
             read_index: commit_index.max(leader.noop_index),
         });
         true
+    }
+
+    /// A follower's linearizable reads (dissertation §6.4): it asks the
+    /// leader for a read index, one message for the whole batch, and
+    /// answers the reads itself once it has applied that far — so clients
+    /// spread over the members share the read work. Without a leader to
+    /// ask they are refused, and the client looks elsewhere.
+    fn ask_read_index(&mut self, reads: Vec<(RequestId, Vec<u8>)>) {
+        let leader = match self.leader_id {
+            Some(leader) if matches!(self.role, Role::Follower) => leader,
+            _ => {
+                let leader = self.leader_id;
+                for (request, _) in reads {
+                    self.outbox
+                        .respond(request, Err(RequestError::NotLeader { leader }));
+                }
+                return;
+            }
+        };
+        let batch = self.next_read_batch;
+        self.next_read_batch += 1;
+        self.read_batches.push_back(ReadBatch {
+            batch,
+            leader,
+            reads,
+            read_index: None,
+            waited: 0,
+        });
+        let term = self.current_term();
+        self.send(leader, Message::ReadIndex(ReadIndex { term, batch }));
+    }
+
+    /// The leader's side of a follower's ReadIndex: the batch joins the next
+    /// heartbeat round like the leader's own reads (§6.4 steps 1–3), and
+    /// its read index goes back once a majority confirms the round. Only
+    /// the leader of the follower's term may answer; anyone else says so.
+    pub(super) fn handle_read_index(&mut self, from: NodeId, request: ReadIndex) {
+        let commit_index = self.commit_index;
+        let current = self.is_current(request.term);
+        let Role::Leader(leader) = &mut self.role else {
+            return self.refuse_read_index(from, request.batch);
+        };
+        if !current {
+            return self.refuse_read_index(from, request.batch);
+        }
+        leader.pending_reads.push_back(PendingRead {
+            reader: Reader::Follower {
+                follower: from,
+                batch: request.batch,
+            },
+            round: leader.read_round + 1,
+            read_index: commit_index.max(leader.noop_index),
+        });
+        self.start_read_round();
+    }
+
+    pub(super) fn refuse_read_index(&mut self, follower: NodeId, batch: u64) {
+        let reply = ReadIndexReply {
+            term: self.current_term(),
+            batch,
+            read_index: None,
+        };
+        self.send(follower, Message::ReadIndexReply(reply));
+    }
+
+    /// A follower learns the read index of one of its batches (or that the
+    /// leader could not give one: its reads go back to their clients, who
+    /// find the leader).
+    pub(super) fn handle_read_index_reply(&mut self, from: NodeId, reply: ReadIndexReply) {
+        let Some(position) = self
+            .read_batches
+            .iter()
+            .position(|b| b.batch == reply.batch && b.leader == from && b.read_index.is_none())
+        else {
+            return;
+        };
+        match reply.read_index {
+            Some(read_index) => self.read_batches[position].read_index = Some(read_index),
+            None => {
+                let batch = self.read_batches.remove(position).expect("found above");
+                self.fail_read_batch(batch);
+            }
+        }
+    }
+
+    /// Answer every batch whose read index this follower has applied (§6.4
+    /// step 4, on the follower).
+    pub(super) fn serve_read_batches(&mut self) {
+        let applied = self.last_applied;
+        while let Some(position) = self
+            .read_batches
+            .iter()
+            .position(|b| b.read_index.is_some_and(|index| index <= applied))
+        {
+            let batch = self.read_batches.remove(position).expect("found above");
+            for (request, query) in batch.reads {
+                let answer = self.state_machine.query(&query);
+                self.outbox.respond(request, Ok(answer));
+            }
+        }
+    }
+
+    /// A tick on a follower: a batch the leader has not answered within an
+    /// election timeout (a message lost, a leader gone) is sent back to
+    /// its clients, who ask the leader itself.
+    pub(super) fn age_read_batches(&mut self) {
+        let patience = self.config.election_timeout_ticks.1;
+        for batch in &mut self.read_batches {
+            batch.waited += 1;
+        }
+        while self
+            .read_batches
+            .front()
+            .is_some_and(|b| b.waited >= patience)
+        {
+            let batch = self.read_batches.pop_front().expect("front exists");
+            self.fail_read_batch(batch);
+        }
+    }
+
+    /// Fail every batch: the term or the leader they were asked of changed.
+    pub(super) fn fail_read_batches(&mut self) {
+        for batch in std::mem::take(&mut self.read_batches) {
+            self.fail_read_batch(batch);
+        }
+    }
+
+    fn fail_read_batch(&mut self, batch: ReadBatch) {
+        let leader = self.leader_id;
+        for (request, _) in batch.reads {
+            self.outbox
+                .respond(request, Err(RequestError::NotLeader { leader }));
+        }
     }
 
     /// Leaders: "If command received from client: append entry to local
@@ -209,13 +349,33 @@ impl<S: StateMachine> RaftNode<S> {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
+        let mut read_indexes = Vec::new();
         while let Some(read) = leader.pending_reads.front() {
-            if read.round > confirmed_round || read.read_index > self.last_applied {
+            // A follower's batch needs only the round: it applies on its own.
+            let applied = matches!(read.reader, Reader::Follower { .. })
+                || read.read_index <= self.last_applied;
+            if read.round > confirmed_round || !applied {
                 break;
             }
             let read = leader.pending_reads.pop_front().expect("front exists");
-            let answer = self.state_machine.query(&read.query);
-            self.outbox.respond(read.request, Ok(answer));
+            match read.reader {
+                Reader::Client { request, query } => {
+                    let answer = self.state_machine.query(&query);
+                    self.outbox.respond(request, Ok(answer));
+                }
+                Reader::Follower { follower, batch } => {
+                    read_indexes.push((follower, batch, read.read_index))
+                }
+            }
+        }
+        let term = self.current_term();
+        for (follower, batch, read_index) in read_indexes {
+            let reply = ReadIndexReply {
+                term,
+                batch,
+                read_index: Some(read_index),
+            };
+            self.send(follower, Message::ReadIndexReply(reply));
         }
         self.start_read_round();
         // SKELETON

@@ -24,6 +24,8 @@ pub enum Message {
     AppendEntriesReply(AppendEntriesReply),
     InstallSnapshot(InstallSnapshot),
     InstallSnapshotReply(InstallSnapshotReply),
+    ReadIndex(ReadIndex),
+    ReadIndexReply(ReadIndexReply),
 }
 
 /// One line for the debug log, without the payload: a 1 MiB value printed as
@@ -73,6 +75,12 @@ impl std::fmt::Display for Message {
                 "InstallSnapshotReply term {} through {} next offset {} done {}",
                 m.term, m.last_included_index, m.next_offset, m.done
             ),
+            Message::ReadIndex(m) => write!(f, "ReadIndex term {} batch {}", m.term, m.batch),
+            Message::ReadIndexReply(m) => write!(
+                f,
+                "ReadIndexReply term {} batch {} read index {:?}",
+                m.term, m.batch, m.read_index
+            ),
         }
     }
 }
@@ -88,6 +96,8 @@ impl Message {
             Message::AppendEntriesReply(m) => m.term,
             Message::InstallSnapshot(m) => m.term,
             Message::InstallSnapshotReply(m) => m.term,
+            Message::ReadIndex(m) => m.term,
+            Message::ReadIndexReply(m) => m.term,
         }
     }
 
@@ -100,6 +110,8 @@ impl Message {
             Message::AppendEntriesReply(_) => "AppendEntriesReply",
             Message::InstallSnapshot(_) => "InstallSnapshot",
             Message::InstallSnapshotReply(_) => "InstallSnapshotReply",
+            Message::ReadIndex(_) => "ReadIndex",
+            Message::ReadIndexReply(_) => "ReadIndexReply",
         }
     }
 
@@ -112,11 +124,14 @@ impl Message {
         }
     }
 
-    /// True for the three requests, false for the replies.
+    /// True for the requests, false for the replies.
     pub fn is_request(&self) -> bool {
         matches!(
             self,
-            Message::RequestVote(_) | Message::AppendEntries(_) | Message::InstallSnapshot(_)
+            Message::RequestVote(_)
+                | Message::AppendEntries(_)
+                | Message::InstallSnapshot(_)
+                | Message::ReadIndex(_)
         )
     }
 }
@@ -232,4 +247,29 @@ pub struct InstallSnapshotReply {
     pub next_offset: u64,
     /// true once the follower has installed the whole snapshot
     pub done: bool,
+}
+
+/// Not in the paper's figures: a follower asks the leader for a read index
+/// for the linearizable reads its clients sent it (dissertation §6.4: "the
+/// follower could issue a request to the leader just to learn the current
+/// commit index"). One message per batch of reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadIndex {
+    /// follower's currentTerm: only the leader of that term may answer
+    pub term: Term,
+    /// the follower's number for this batch of reads, echoed in the reply
+    pub batch: u64,
+}
+
+/// The leader's answer to [`ReadIndex`], once a heartbeat round has
+/// confirmed it still leads (§6.4 steps 1–3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadIndexReply {
+    /// currentTerm of the leader
+    pub term: Term,
+    /// echo of the request's batch
+    pub batch: u64,
+    /// the follower answers the batch once it has applied this far; None if
+    /// this server cannot give one (it does not lead the request's term)
+    pub read_index: Option<LogIndex>,
 }

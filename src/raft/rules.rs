@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use super::client::RequestError;
 use super::log::{Command, Entry};
 use super::message::{Message, NodeId, Term};
-use super::state::{Flow, Leader, RaftNode, Role};
+use super::state::{Flow, Leader, RaftNode, Reader, Role};
 use super::state_machine::StateMachine;
 
 impl<S: StateMachine> RaftNode<S> {
@@ -50,6 +50,8 @@ impl<S: StateMachine> RaftNode<S> {
                 self.send(from, Message::InstallSnapshotReply(reply));
             }
             Message::InstallSnapshotReply(reply) => self.handle_install_snapshot_reply(from, reply),
+            Message::ReadIndex(request) => self.handle_read_index(from, request),
+            Message::ReadIndexReply(reply) => self.handle_read_index_reply(from, reply),
         }
         // All Servers: "If commitIndex > lastApplied: increment lastApplied,
         // apply log[lastApplied] to state machine (§5.3)".
@@ -65,6 +67,7 @@ impl<S: StateMachine> RaftNode<S> {
             // candidate: convert to candidate". Candidates: "If election
             // timeout elapses: start new election".
             Role::Follower | Role::Candidate { .. } => {
+                self.age_read_batches();
                 self.election_elapsed += 1;
                 if self.election_elapsed >= self.election_timeout {
                     self.start_election();
@@ -115,6 +118,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// candidate or leader learns of a legitimate leader).
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         let old_role = self.role.name();
+        // A follower's reads wait on the leader of its term: a new term
+        // or another leader will not answer them.
+        let leader_changed = leader.is_some_and(|l| self.leader_id != Some(l));
+        if term > self.current_term() || leader_changed {
+            self.fail_read_batches();
+        }
         if term > self.current_term() {
             self.set_term(term, None);
         }
@@ -151,6 +160,7 @@ impl<S: StateMachine> RaftNode<S> {
             );
             return false;
         };
+        self.fail_read_batches();
         self.set_term(term, Some(me));
         self.role = Role::Candidate {
             votes: BTreeSet::from([me]),
@@ -168,8 +178,12 @@ impl<S: StateMachine> RaftNode<S> {
                 .respond(request, Err(RequestError::LeadershipLost));
         }
         for read in leader.pending_reads {
-            self.outbox
-                .respond(read.request, Err(RequestError::LeadershipLost));
+            match read.reader {
+                Reader::Client { request, .. } => self
+                    .outbox
+                    .respond(request, Err(RequestError::LeadershipLost)),
+                Reader::Follower { follower, batch } => self.refuse_read_index(follower, batch),
+            }
         }
     }
 
@@ -248,6 +262,7 @@ impl<S: StateMachine> RaftNode<S> {
         // // for a leader's client waiting in pending_writes.
         // END SOLUTION
         self.serve_reads();
+        self.serve_read_batches();
         self.maybe_snapshot();
     }
 

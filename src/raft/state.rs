@@ -225,13 +225,41 @@ pub struct IncomingSnapshot {
 /// A linearizable read waiting on the leader.
 #[derive(Clone, Debug)]
 pub struct PendingRead {
-    pub request: RequestId,
-    /// the state machine's query, answered when the read is served
-    pub query: Vec<u8>,
+    pub reader: Reader,
     /// the heartbeat round that must reach a majority before the read is served
     pub round: u64,
     /// the read is served once last_applied reaches this
     pub read_index: LogIndex,
+}
+
+/// Who waits for a read on the leader.
+#[derive(Clone, Debug)]
+pub enum Reader {
+    /// A client of the leader: answered from its state machine.
+    Client {
+        request: RequestId,
+        /// the state machine's query
+        query: Vec<u8>,
+    },
+    /// A follower's batch of reads (dissertation §6.4): told the read index,
+    /// it answers them itself once it has applied that far.
+    Follower { follower: NodeId, batch: u64 },
+}
+
+/// A batch of linearizable reads a follower holds while it asks the leader
+/// for their read index (dissertation §6.4).
+#[derive(Clone, Debug)]
+pub struct ReadBatch {
+    pub batch: u64,
+    /// the leader asked, which alone may answer
+    pub leader: NodeId,
+    /// (request, query) of each read
+    pub reads: Vec<(RequestId, Vec<u8>)>,
+    /// the leader's answer, once it came: served when last_applied reaches it
+    pub read_index: Option<LogIndex>,
+    /// ticks since the batch was sent: one the leader has not answered within
+    /// an election timeout is failed, so its clients go to the leader
+    pub waited: u64,
 }
 
 /// A Raft server. The fields follow Figure 2 "State"; `S` is the replicated
@@ -270,6 +298,10 @@ pub struct RaftNode<S: StateMachine> {
     /// replies held until this turn's fsync (`turn.rs`), each with the
     /// log's truncation count when it was made
     pub(super) awaiting_sync: Vec<(NodeId, Message, usize)>,
+    /// a follower's linearizable reads waiting for their read index, oldest first
+    pub(super) read_batches: VecDeque<ReadBatch>,
+    /// the number of the next batch
+    pub(super) next_read_batch: u64,
 }
 
 /// A snapshot of a node's state for Status and tests.
@@ -319,6 +351,8 @@ impl<S: StateMachine> RaftNode<S> {
             snapshot_in_progress: None,
             outbox,
             awaiting_sync: Vec::new(),
+            read_batches: VecDeque::new(),
+            next_read_batch: 1,
         };
         node.reset_election_timer();
         node

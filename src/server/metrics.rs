@@ -26,13 +26,15 @@ use crate::raft::{
 };
 
 /// The kinds of peer message, in the order of [`kind`].
-const MESSAGE_KINDS: [&str; 6] = [
+const MESSAGE_KINDS: [&str; 8] = [
     "RequestVote",
     "RequestVoteReply",
     "AppendEntries",
     "AppendEntriesReply",
     "InstallSnapshot",
     "InstallSnapshotReply",
+    "ReadIndex",
+    "ReadIndexReply",
 ];
 
 fn kind(message: &Message) -> usize {
@@ -43,6 +45,8 @@ fn kind(message: &Message) -> usize {
         Message::AppendEntriesReply(_) => 3,
         Message::InstallSnapshot(_) => 4,
         Message::InstallSnapshotReply(_) => 5,
+        Message::ReadIndex(_) => 6,
+        Message::ReadIndexReply(_) => 7,
     }
 }
 
@@ -77,8 +81,8 @@ pub struct Metrics {
     proposals_failed: [Counter; 3],
     fsync_duration: Histogram,
     apply_duration: Histogram,
-    sent: [Counter; 6],
-    received: [Counter; 6],
+    sent: [Counter; MESSAGE_KINDS.len()],
+    received: [Counter; MESSAGE_KINDS.len()],
     snapshots: Counter,
     snapshot_bytes: Gauge,
     snapshot_duration: Histogram,

@@ -973,6 +973,17 @@ impl Cluster {
         self.responses.insert(request, result);
     }
 
+    /// How many messages of `kind` (`"ReadIndex"`, …) node `from` has sent.
+    pub fn sent_by(&self, from: NodeId, kind: &str) -> usize {
+        self.events
+            .iter()
+            .filter(|e| {
+                matches!(&e.kind, EventKind::Send { from: f, what, .. }
+                    if *f == from && what.split(' ').next() == Some(kind))
+            })
+            .count()
+    }
+
     /// Submit several client requests to node `to` in one batch.
     pub fn requests(&mut self, to: NodeId, requests: Vec<ClientRequest>) -> Vec<RequestId> {
         let batch: Vec<_> = requests

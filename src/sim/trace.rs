@@ -62,6 +62,14 @@ pub fn describe(message: &Message) -> String {
             m.next_offset,
             if m.done { " done" } else { "" }
         ),
+        Message::ReadIndex(m) => format!("ReadIndex term={} batch={}", m.term, m.batch),
+        Message::ReadIndexReply(m) => match m.read_index {
+            Some(index) => format!(
+                "ReadIndexReply term={} batch={} index={index}",
+                m.term, m.batch
+            ),
+            None => format!("ReadIndexReply term={} batch={} refused", m.term, m.batch),
+        },
     }
 }
 

@@ -10,7 +10,7 @@
 use crate::proto::peer as pb;
 use crate::raft::{
     AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, InstallSnapshotReply,
-    Message, NodeId, RequestVote, RequestVoteReply,
+    Message, NodeId, ReadIndex, ReadIndexReply, RequestVote, RequestVoteReply,
 };
 
 /// A message for the wire, from `from`.
@@ -25,6 +25,16 @@ pub fn envelope(from: NodeId, message: Message) -> pb::Envelope {
         Message::InstallSnapshotReply(m) => {
             M::InstallSnapshotReply(install_snapshot_reply_to_proto(m))
         }
+        Message::ReadIndex(m) => M::ReadIndex(pb::ReadIndexRequest {
+            term: m.term,
+            batch: m.batch,
+        }),
+        Message::ReadIndexReply(m) => M::ReadIndexReply(pb::ReadIndexReply {
+            term: m.term,
+            batch: m.batch,
+            ok: m.read_index.is_some(),
+            read_index: m.read_index.unwrap_or(0),
+        }),
     };
     pb::Envelope {
         from,
@@ -46,6 +56,15 @@ pub fn open_envelope(envelope: pb::Envelope) -> Result<(NodeId, Message), String
         Some(M::InstallSnapshotReply(m)) => {
             Message::InstallSnapshotReply(install_snapshot_reply_from_proto(m))
         }
+        Some(M::ReadIndex(m)) => Message::ReadIndex(ReadIndex {
+            term: m.term,
+            batch: m.batch,
+        }),
+        Some(M::ReadIndexReply(m)) => Message::ReadIndexReply(ReadIndexReply {
+            term: m.term,
+            batch: m.batch,
+            read_index: m.ok.then_some(m.read_index),
+        }),
         None => return Err("the envelope holds no message".to_string()),
     };
     Ok((envelope.from, message))
