@@ -40,9 +40,9 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 
 use crate::cli::Client;
-use crate::server::live;
 use crate::config::{ConfigError, Members, Tuning, EXIT_BAD_CONFIG};
 use crate::raft::NodeId;
+use crate::server::live;
 use crate::tls::{certs, Holder, Tls, TlsArgs};
 
 /// How long the nodes get to exit after an interrupt before they are killed.
@@ -169,7 +169,10 @@ pub fn run_cluster(mut args: ClusterArgs) -> i32 {
             .iter()
             .map(|(id, address)| (id, address.to_string()))
             .collect();
-        (live::Shared::new(addresses, args.slow, client_tls.clone(), command), listener)
+        (
+            live::Shared::new(addresses, args.slow, client_tls.clone(), command),
+            listener,
+        )
     });
     let mut cluster = Cluster {
         exe,

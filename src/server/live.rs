@@ -332,7 +332,11 @@ async fn partition(shared: &Shared, cut: Option<NodeId>) -> String {
     line
 }
 
-async fn set_partition(shared: &Shared, address: &str, drop_peers: Vec<NodeId>) -> Result<(), String> {
+async fn set_partition(
+    shared: &Shared,
+    address: &str,
+    drop_peers: Vec<NodeId>,
+) -> Result<(), String> {
     let channel = crate::cli::client::endpoint(address, shared.tls_config().as_ref())
         .map_err(|e| e.to_string())?
         .connect_timeout(RPC_TIMEOUT)
@@ -349,7 +353,10 @@ async fn set_partition(shared: &Shared, address: &str, drop_peers: Vec<NodeId>) 
 
 /// `POST /api/write` with `{"key": …, "value": …}`: a write through the
 /// leader, as `raft-kv set` does it.
-async fn write(State(shared): State<Arc<Shared>>, body: String) -> (axum::http::StatusCode, String) {
+async fn write(
+    State(shared): State<Arc<Shared>>,
+    body: String,
+) -> (axum::http::StatusCode, String) {
     use axum::http::StatusCode;
     let parsed: Result<(String, String), String> = serde_json::from_str::<Value>(&body)
         .map_err(|e| e.to_string())
@@ -378,7 +385,10 @@ async fn write(State(shared): State<Arc<Shared>>, body: String) -> (axum::http::
             crate::server::cluster::announce(&format!("the page wrote {key} = {value}"));
             (StatusCode::OK, format!("wrote {key} = {value}"))
         }
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot write: {why}")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot write: {why}"),
+        ),
     }
 }
 
@@ -396,9 +406,10 @@ async fn probe(shared: Arc<Shared>) {
             .filter(|(_, p)| p.state == "running")
             .map(|(id, _)| *id)
             .collect();
-        let reads = tokio::task::spawn_blocking(move || read_everywhere(&members, &running, tls, &key))
-            .await
-            .unwrap_or_default();
+        let reads =
+            tokio::task::spawn_blocking(move || read_everywhere(&members, &running, tls, &key))
+                .await
+                .unwrap_or_default();
         if let Some((_, _, known)) = lock(&shared.probe).as_mut() {
             *known = reads;
         }

@@ -20,11 +20,11 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 
 use crate::kv::KvStore;
-use crate::server::watch::Publisher;
 use crate::raft::{
     self, Entry, FrozenState, HardState, LogIndex, Message, NodeId, RaftNode, Recovered,
     RequestError, Snapshot, SnapshotWriter, StateMachine, Storage, Term,
 };
+use crate::server::watch::Publisher;
 
 /// The kinds of peer message, in the order of [`kind`].
 pub(crate) const MESSAGE_KINDS: [&str; 6] = [

@@ -29,9 +29,9 @@
 
 pub mod bridge;
 mod cluster;
-mod live;
 pub mod event_loop;
 pub mod identity;
+mod live;
 pub mod metrics;
 mod snapshot_writer;
 mod timer;

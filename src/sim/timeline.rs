@@ -154,7 +154,15 @@ struct Shown {
 pub fn html(title: &str, nodes: &[NodeId], events: &[Event], views: &[(usize, View)]) -> String {
     let mut shown: BTreeMap<NodeId, Shown> = nodes
         .iter()
-        .map(|&id| (id, Shown { up: true, view: None }))
+        .map(|&id| {
+            (
+                id,
+                Shown {
+                    up: true,
+                    view: None,
+                },
+            )
+        })
         .collect();
     let skip = events.len().saturating_sub(MAX_FRAMES);
     let mut views = views.iter().peekable();
@@ -179,7 +187,10 @@ pub fn html(title: &str, nodes: &[NodeId], events: &[Event], views: &[(usize, Vi
         // The first frame shown says everything; each later one what changed.
         let set: Vec<Value> = match i == skip {
             true => shown.iter().map(|(&id, s)| node_json(id, s)).collect(),
-            false => changed.iter().map(|id| node_json(*id, &shown[id])).collect(),
+            false => changed
+                .iter()
+                .map(|id| node_json(*id, &shown[id]))
+                .collect(),
         };
         frames.push(json!({
             "t": event.t, "label": event.to_string(), "set": set, "messages": messages(event),
@@ -262,7 +273,10 @@ mod tests {
 
     #[test]
     fn entries_are_counted_from_the_description() {
-        assert_eq!(entries("AppendEntries term=3 prev=4@2 [5@3..7@3] commit=4"), 3);
+        assert_eq!(
+            entries("AppendEntries term=3 prev=4@2 [5@3..7@3] commit=4"),
+            3
+        );
         assert_eq!(entries("AppendEntries term=3 prev=4@2 [5@3] commit=4"), 1);
         assert_eq!(entries("AppendEntries term=3 prev=4@2 [] commit=4"), 0);
         assert_eq!(entries("RequestVote term=3 last=4@2"), 0);
