@@ -64,8 +64,11 @@ pub struct Shared {
     /// (sequence number, message summary), oldest first
     messages: Mutex<(u64, VecDeque<(u64, Value)>)>,
     /// the last write from the page: key, value, and what each node reads
-    probe: Mutex<Option<(String, String, BTreeMap<NodeId, String>)>>,
+    probe: Mutex<Option<Probe>>,
 }
+
+/// The page's last write: key, value, and what each node reads of the key.
+type Probe = (String, String, BTreeMap<NodeId, String>);
 
 static NOTES: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
 
