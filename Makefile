@@ -5,7 +5,7 @@ CARGO ?= cargo
 PEERS := 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 
 .PHONY: build release test lint fmt clean cluster skeleton skeleton-check \
-	test-election test-replication test-persistence test-snapshots test-kv test-e2e bench bench-etcd bench-compare bench-fastpath \
+	test-election test-replication test-persistence test-snapshots test-kv test-e2e test-ui bench bench-etcd bench-compare bench-fastpath \
 	bench-scaling
 
 build:
@@ -39,7 +39,13 @@ test-kv:
 ## root, and passes with a note ("skipping: …") without.
 test-e2e:
 	$(CARGO) test --release --test e2e_election --test e2e_kv --test e2e_durability --test e2e_config \
-		--test e2e_hostile --test e2e_netns --test e2e_operate --test e2e_backup
+		--test e2e_hostile --test e2e_netns --test e2e_operate --test e2e_backup --test e2e_watch
+
+## The page of `make cluster` in headless Chromium (Debian's `chromium`; CHROMIUM=path
+## names another): it kills the leader, writes, pauses and partitions from the page.
+## Screenshots in target/ui-screenshots/. Without Chromium it says so and passes.
+test-ui:
+	$(CARGO) test --release --test ui -- --ignored
 
 ## The student copy: make skeleton DIR=../raft-kv-student [MILESTONE=election]
 MILESTONE ?= election
@@ -106,10 +112,13 @@ clean:
 	rm -rf data
 
 ## Three nodes on 127.0.0.1:7001-7003, data under ./data/node{1,2,3}; Ctrl-C stops them all.
+## The page at http://127.0.0.1:7000 shows them live, with buttons that break them.
+## make cluster SLOW=1: slow motion (elections after 1.5-3 s, heartbeats every 0.5 s).
 ## make cluster TLS=1: the same cluster with mutual TLS (certificates in data/tls;
 ## clients then need --tls-dir data/tls; docs/api.md "TLS").
 cluster: release
-	./target/release/raft-kv cluster --peers "$(PEERS)" --data-dir data $(if $(filter 1,$(TLS)),--tls)
+	./target/release/raft-kv cluster --peers "$(PEERS)" --data-dir data $(if $(filter 1,$(TLS)),--tls) \
+		$(if $(filter 1,$(SLOW)),--slow)
 
 ## Benchmarks (docs/performance.md). Extra flags: make bench BENCH_FLAGS="--runs 3".
 ## TLS=1 (bench, bench-compare): raft-kv's nodes and the bench's clients use

@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
     tonic_prost_build::configure()
         .codec_path("crate::grpc_codec::StrictCodec")
-        .compile_protos(&["proto/raft.proto"], &["proto"])?;
+        .compile_protos(&["proto/raft.proto", "proto/watch.proto"], &["proto"])?;
     // The client API's descriptors, which server reflection serves
     // (`grpcurl list`, `describe`); the peer protocol's are left out.
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -404,6 +404,8 @@ pub struct NodeConfig {
     pub metrics_addr: Option<Address>,
     /// names a new cluster (`--cluster-token`; src/server/identity.rs)
     pub cluster_token: Option<String>,
+    /// obeys the FaultInjection RPC (`--allow-fault-injection`)
+    pub allow_fault_injection: bool,
     /// mutual TLS, if on (src/tls.rs)
     pub tls: Option<Tls>,
 }
@@ -491,6 +493,7 @@ impl NodeConfig {
             client_address,
             metrics_addr,
             cluster_token: args.cluster_token.clone(),
+            allow_fault_injection: args.allow_fault_injection,
             tls,
         })
     }

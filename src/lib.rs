@@ -20,12 +20,17 @@ pub mod server;
 pub mod sim;
 pub mod storage;
 pub mod tls;
+pub mod viewer;
 
 /// The prost/tonic types generated from `proto/`. Only the gRPC bridge and
 /// the encoders use them; the core has its own typed messages.
 pub mod proto {
     pub mod peer {
         tonic::include_proto!("raftpeer");
+    }
+    /// The watch stream and fault injection of `raft-kv cluster`'s page.
+    pub mod watch {
+        tonic::include_proto!("raftwatch");
     }
     pub mod kv {
         tonic::include_proto!("raftkv");

@@ -256,6 +256,9 @@ fn start_cluster_with(stdin: Stdio, flags: &[&str]) -> RunningCluster {
             .args(["--peers", &peers_flag(&ports)])
             .arg("--data-dir")
             .arg(dir.path())
+            // The page's default port is `make cluster`'s; e2e_watch and
+            // ui test the page on free ports.
+            .arg("--no-web")
             .args(flags)
             .stdin(stdin)
             .stdout(Stdio::piped())

@@ -736,7 +736,8 @@ fn human(duration: Duration) -> String {
 /// Where and how to reach `addr` (checked by [`check_address`]): plain
 /// HTTP/2, or with `tls` HTTPS whose server must show a certificate naming
 /// the host of `addr`.
-fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Error> {
+/// The endpoint of the node at `addr`, over TLS with `tls`.
+pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Error> {
     let url = format!("{}://{addr}", tls::scheme(tls.is_some()));
     let endpoint = Endpoint::from_shared(url).map_err(|_| Error::BadAddress(addr.to_owned()))?;
     match tls {

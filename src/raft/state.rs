@@ -402,6 +402,12 @@ impl<S: StateMachine> RaftNode<S> {
         &self.config
     }
 
+    /// Ticks since the election timer was last reset, and the timeout it
+    /// runs to: what a viewer shows draining (src/server/watch.rs).
+    pub fn election_timer(&self) -> (u64, u64) {
+        (self.election_elapsed, self.election_timeout)
+    }
+
     /// The last index of our own snapshot being written, if one is.
     pub fn snapshot_in_progress(&self) -> Option<LogIndex> {
         self.snapshot_in_progress

@@ -38,6 +38,7 @@ mod health;
 mod refusals;
 mod scrape;
 mod services;
+mod watching;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +67,7 @@ use crate::raft::{Message, NodeId, RaftConfig};
 use crate::server::event_loop::{ClientCall, Handoff, PeerMessage};
 use crate::server::identity::ClusterId;
 use crate::server::metrics::{Leadership, Metrics};
+use crate::server::watch::Watching;
 use crate::server::Listeners;
 use crate::tls::Tls;
 use refusals::Refusals;
@@ -131,6 +133,8 @@ pub struct Bridge {
     pub metrics: Metrics,
     /// what `/metrics` shows, with `--metrics-addr`
     pub registry: Registry,
+    /// the watch stream's view, the traffic counts and the partition
+    pub watching: Watching,
     /// stops the server when fired or dropped
     pub shutdown: oneshot::Receiver<()>,
 }
@@ -169,6 +173,7 @@ impl Bridge {
             leadership,
             metrics,
             registry,
+            watching,
             shutdown,
         } = self;
         let refusals = Refusals::default();
@@ -186,6 +191,7 @@ impl Bridge {
             metadata: stream_metadata,
             refusals: &refusals,
             metrics: &metrics,
+            watching: &watching,
         };
         let queues = senders.spawn()?;
         tokio::spawn(dispatch(id, handoffs, queues, waiting.clone()));
@@ -200,6 +206,7 @@ impl Bridge {
             refusals: refusals.clone(),
             to_event_loop: peer_messages,
             metrics: metrics.clone(),
+            watching: watching.clone(),
         })
         .max_decoding_message_size(max_peer_message_bytes)
         .max_encoding_message_size(max_peer_message_bytes);
@@ -213,7 +220,10 @@ impl Bridge {
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let client_service = services::RequestLimit::new(client_service, max_request_bytes);
-        let clients = client_router(id, client_service, leadership).await?;
+        let clients = client_router(id, client_service, leadership)
+            .await?
+            .add_service(watching::watch_server(id, watching.clone()))
+            .add_service(watching::fault_server(id, watching));
         let tls_config = tls
             .map(|t| t.server_config())
             .transpose()
@@ -256,6 +266,7 @@ struct PeerSenders<'a> {
     metadata: StreamMetadata,
     refusals: &'a Refusals,
     metrics: &'a Metrics,
+    watching: &'a Watching,
 }
 
 impl PeerSenders<'_> {
@@ -280,6 +291,7 @@ impl PeerSenders<'_> {
                 metadata: self.metadata.clone(),
                 refusals: self.refusals.clone(),
                 metrics: self.metrics.clone(),
+                watching: self.watching.clone(),
             };
             tokio::spawn(sender.run(queue));
         }
@@ -480,6 +492,7 @@ struct PeerSender {
     metadata: StreamMetadata,
     refusals: Refusals,
     metrics: Metrics,
+    watching: Watching,
 }
 
 impl PeerSender {
@@ -495,7 +508,15 @@ impl PeerSender {
             while let Some(message) = next.take() {
                 debug!("node {id} term {}: -> {peer} {}", message.term(), message);
                 let sent = self.metrics.sent(&message);
-                match stream.try_send(convert::envelope(id, message)) {
+                let dropped = self.watching.faults.drops(peer);
+                self.watching.traffic.sent(peer, &message, dropped);
+                let sending = match dropped {
+                    // A partition (`SetPartition`): lost as on a cut network.
+                    true => Ok(()),
+                    false => stream.try_send(convert::envelope(id, message)),
+                };
+                match sending {
+                    Ok(()) if dropped => {}
                     Ok(()) => {
                         sent.inc();
                     }

@@ -37,9 +37,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
+use std::sync::Arc;
+
 use crate::cli::Client;
 use crate::config::{ConfigError, Members, Tuning, EXIT_BAD_CONFIG};
 use crate::raft::NodeId;
+use crate::server::live;
 use crate::tls::{certs, Holder, Tls, TlsArgs};
 
 /// How long the nodes get to exit after an interrupt before they are killed.
@@ -86,12 +89,32 @@ pub struct ClusterArgs {
     pub tls: bool,
     #[command(flatten)]
     pub tls_files: TlsArgs,
+    /// Where to serve the page that shows the nodes live, with buttons that
+    /// kill, pause and partition them (open http://HOST:PORT in a browser).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7000")]
+    pub web_addr: String,
+    /// Serve no page.
+    #[arg(long)]
+    pub no_web: bool,
+    /// Slow motion, for a person to follow each step on the page: elections
+    /// time out after 1.5-3 s and the leader sends heartbeats every 0.5 s
+    /// (in place of --election-timeout-ms, --heartbeat-ms and --tick-ms).
+    #[arg(long)]
+    pub slow: bool,
     #[command(flatten)]
     pub tuning: Tuning,
 }
 
+/// `--slow`'s timing: (election timeout range, heartbeat, tick) in ms.
+const SLOW: (&str, u64, u64) = ("1500-3000", 500, 50);
+
 /// Run the cluster until interrupted; returns the process exit code.
-pub fn run_cluster(args: ClusterArgs) -> i32 {
+pub fn run_cluster(mut args: ClusterArgs) -> i32 {
+    if args.slow {
+        args.tuning.election_timeout_ms = SLOW.0.to_string();
+        args.tuning.heartbeat_ms = SLOW.1;
+        args.tuning.tick_ms = SLOW.2;
+    }
     let members = match check(&args) {
         Ok(members) => members,
         Err(e) => {
@@ -122,9 +145,35 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             return EXIT_BAD_CONFIG;
         }
     };
-    let mut node_flags = vec!["--cluster-token".into(), token];
+    let web = match web_listener(&args) {
+        Ok(web) => web,
+        Err(e) => {
+            eprintln!("raft-kv: error: --web-addr: {e} (--no-web serves no page)");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    // The page's partition button needs it.
+    let mut node_flags = vec![
+        "--cluster-token".into(),
+        token,
+        "--allow-fault-injection".into(),
+    ];
     node_flags.extend(tls.to_flags());
     let client_tls = tls.load(Holder::Client).expect("checked in cluster_tls");
+    let live = web.map(|listener| {
+        let typed = events_tx.clone();
+        let command = Box::new(move |line: String| {
+            let _ = typed.send(Event::Command(line));
+        });
+        let addresses = members
+            .iter()
+            .map(|(id, address)| (id, address.to_string()))
+            .collect();
+        (
+            live::Shared::new(addresses, args.slow, client_tls.clone(), command),
+            listener,
+        )
+    });
     let mut cluster = Cluster {
         exe,
         members,
@@ -134,6 +183,7 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
         client_tls,
         events: events_tx,
         nodes: BTreeMap::new(),
+        live: live.as_ref().map(|(shared, _)| shared.clone()),
     };
     for id in cluster.members.ids() {
         if let Err(e) = cluster.start(id) {
@@ -141,6 +191,17 @@ pub fn run_cluster(args: ClusterArgs) -> i32 {
             return 1;
         }
     }
+    if let Some((shared, listener)) = live {
+        let address = listener.local_addr().map(|a| a.to_string());
+        match (live::spawn(shared, listener), address) {
+            (Ok(()), Ok(address)) => announce(&format!(
+                "watch the cluster and break it at http://{address}{}",
+                if args.slow { " (slow motion)" } else { "" }
+            )),
+            (Err(e), _) | (_, Err(e)) => announce(&format!("no page: {e}")),
+        }
+    }
+    cluster.publish();
     if io::stdin().is_terminal() {
         announce(&format!("type a command and Enter: {COMMANDS}"));
     }
@@ -199,6 +260,16 @@ fn cluster_tls(args: &ClusterArgs, members: &Members) -> Result<TlsArgs, String>
     Ok(tls)
 }
 
+/// The page's socket, bound before any node starts so that a busy port
+/// stops the cluster before it begins.
+fn web_listener(args: &ClusterArgs) -> Result<Option<std::net::TcpListener>, ConfigError> {
+    if args.no_web {
+        return Ok(None);
+    }
+    let address = crate::config::Address::parse(&args.web_addr).map_err(ConfigError)?;
+    crate::config::bind_listener(&address).map(Some)
+}
+
 /// Check the flags here, so a mistake is reported once rather than by every node.
 fn check(args: &ClusterArgs) -> Result<Members, ConfigError> {
     let members = Members::parse_peers(&args.peers)?;
@@ -234,6 +305,8 @@ struct Cluster {
     /// Kept to hand to the output thread of every node started.
     events: Sender<Event>,
     nodes: BTreeMap<NodeId, Node>,
+    /// what the page shows, when it is served
+    live: Option<Arc<live::Shared>>,
 }
 
 /// One member's process, across its restarts.
@@ -323,6 +396,7 @@ impl Cluster {
                 Ok(Event::InputClosed) => input_open = false,
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
             }
+            self.publish();
             if interrupted_at.is_none() && interrupt::happened() {
                 interrupted_at = Some(Instant::now());
                 // A stopped process acts on the terminal's SIGINT only once
@@ -356,6 +430,33 @@ impl Cluster {
                 return 0;
             }
         }
+    }
+
+    /// Tell the page what each process is doing.
+    fn publish(&self) {
+        let Some(live) = &self.live else {
+            return;
+        };
+        let processes = self
+            .nodes
+            .iter()
+            .map(|(&id, node)| {
+                let process = match &node.state {
+                    State::Running { child, paused, .. } => live::Process {
+                        state: if *paused { "paused" } else { "running" },
+                        pid: Some(child.id()),
+                        how: String::new(),
+                    },
+                    State::Exited { how, .. } => live::Process {
+                        state: "exited",
+                        pid: None,
+                        how: how.clone(),
+                    },
+                };
+                (id, process)
+            })
+            .collect();
+        live.set_processes(processes);
     }
 
     fn running(&self) -> usize {
@@ -694,8 +795,10 @@ fn say(id: NodeId, line: &str) {
     let _ = writeln!(io::stdout(), "[node{id}] {line}");
 }
 
-/// A line of the cluster's own, such as the answer to a command.
-fn announce(line: &str) {
+/// A line of the cluster's own, such as the answer to a command; the page
+/// shows it too.
+pub(super) fn announce(line: &str) {
+    live::note(line);
     let _ = writeln!(io::stdout(), "[cluster] {line}");
 }
 

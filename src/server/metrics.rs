@@ -24,9 +24,10 @@ use crate::raft::{
     self, Entry, FrozenState, HardState, LogIndex, Message, NodeId, RaftNode, Recovered,
     RequestError, Snapshot, SnapshotWriter, StateMachine, Storage, Term,
 };
+use crate::server::watch::Publisher;
 
 /// The kinds of peer message, in the order of [`kind`].
-const MESSAGE_KINDS: [&str; 8] = [
+pub(crate) const MESSAGE_KINDS: [&str; 8] = [
     "RequestVote",
     "RequestVoteReply",
     "AppendEntries",
@@ -37,7 +38,7 @@ const MESSAGE_KINDS: [&str; 8] = [
     "ReadIndexReply",
 ];
 
-fn kind(message: &Message) -> usize {
+pub(crate) fn kind(message: &Message) -> usize {
     match message {
         Message::RequestVote(_) => 0,
         Message::RequestVoteReply(_) => 1,
@@ -312,6 +313,8 @@ pub struct Observer {
     last: Leadership,
     /// the last leader counted in `leader_changes`, with its term
     last_leader: Option<(Term, NodeId)>,
+    /// the watch stream's view of the node (src/server/watch.rs)
+    publisher: Option<Publisher>,
 }
 
 impl Observer {
@@ -321,7 +324,14 @@ impl Observer {
             leadership,
             last: Leadership::default(),
             last_leader: None,
+            publisher: None,
         }
+    }
+
+    /// Publish a view of the node after each turn for the watch stream too.
+    pub fn watched(mut self, publisher: Publisher) -> Observer {
+        self.publisher = Some(publisher);
+        self
     }
 
     /// Record the node's state after a turn: atomic stores, and a message
@@ -331,6 +341,9 @@ impl Observer {
         m.commit_index.set(node.commit_index() as i64);
         m.applied_index.set(node.last_applied() as i64);
         m.last_log_index.set(node.log().last_index() as i64);
+        if let Some(publisher) = &mut self.publisher {
+            publisher.after_turn(node);
+        }
         let now = Leadership {
             term: node.current_term(),
             role: node.role().name(),

@@ -31,10 +31,12 @@ pub mod bridge;
 mod cluster;
 pub mod event_loop;
 pub mod identity;
+mod live;
 pub mod metrics;
 pub mod restore;
 mod snapshot_writer;
 mod timer;
+pub mod watch;
 
 pub use cluster::{die_with_parent, interrupt};
 pub use cluster::{run_cluster, ClusterArgs};
@@ -47,7 +49,7 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{bounded, unbounded, Sender};
 use log::{error, info};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, NodeConfig, Tuning, EXIT_BAD_CONFIG};
 use crate::kv::KvStore;
@@ -103,6 +105,11 @@ pub struct NodeArgs {
     /// remembers the cluster; a later start needs no token.
     #[arg(long, value_name = "TOKEN")]
     pub cluster_token: Option<String>,
+    /// Obey the FaultInjection admin RPC (proto/watch.proto), which drops
+    /// peer messages on request: for `raft-kv cluster`'s partition button
+    /// and tests, never for a cluster that holds data anyone needs.
+    #[arg(long)]
+    pub allow_fault_injection: bool,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
     #[command(flatten)]
@@ -279,7 +286,7 @@ impl Node {
         let (stop_bridge, bridge_shutdown) = oneshot::channel();
 
         let (metrics, registry) = Metrics::new();
-        let (leadership_tx, leadership) = watch::channel(Leadership::default());
+        let (leadership_tx, leadership) = tokio::sync::watch::channel(Leadership::default());
         let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
         let (to_write_tx, to_write_rx) = unbounded();
         let (saved_tx, saved_rx) = bounded(1);
@@ -291,6 +298,15 @@ impl Node {
             metrics.clone(),
         )?;
         let outbox = RuntimeOutbox::new(id, handoff_tx, to_write_tx);
+        let (publisher, view) = watch::Publisher::new();
+        let watching = watch::Watching {
+            view,
+            traffic: Arc::new(watch::Traffic::new(
+                config.members.ids().into_iter().filter(|&p| p != id),
+            )),
+            faults: Arc::new(watch::Faults::new(config.allow_fault_injection)),
+            tick_ms: config.timing.tick.as_millis() as u64,
+        };
         let raft_config = config.raft_config();
         let max_peer_message_bytes = bridge::max_peer_message_bytes(&raft_config);
         // Measured where their work passes: fsyncs, applies.
@@ -313,6 +329,7 @@ impl Node {
             leadership,
             metrics: metrics.clone(),
             registry,
+            watching,
             shutdown: bridge_shutdown,
         }
         .spawn()?;
@@ -323,7 +340,7 @@ impl Node {
             snapshots_saved: saved_rx,
             shutdown: shutdown_rx,
         };
-        let observer = Observer::new(metrics, leadership_tx);
+        let observer = Observer::new(metrics, leadership_tx).watched(publisher);
         let event_loop = spawn_event_loop(config, node, inputs, observer)?;
         let timer = timer::spawn(config.timing.tick, tick_tx)?;
         Ok(Node {

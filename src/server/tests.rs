@@ -147,6 +147,7 @@ impl TestCluster {
             client_address: self.address(id).clone(),
             metrics_addr: None,
             cluster_token: None,
+            allow_fault_injection: true,
             tls,
         };
         let listeners = Listeners {

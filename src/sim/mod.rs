@@ -39,6 +39,19 @@ pub use storage::{Disks, FileDisks, MemDisks};
 pub use timeline::{Event, EventKind};
 pub use trace::describe;
 
+use crate::server::watch::View;
+
+/// What [`Cluster::keep_view`] compares to tell a node's state changed.
+type ViewKey = (
+    Term,
+    Option<NodeId>,
+    Option<NodeId>,
+    LogIndex,
+    LogIndex,
+    LogIndex,
+    &'static str,
+);
+
 /// The simulated wall clocks start at 2023-11-14 22:13:20 UTC.
 pub const SIM_EPOCH_MS: u64 = 1_700_000_000_000;
 /// Wall-clock time per tick: the runtime's default tick (`--tick-ms`).
@@ -277,6 +290,12 @@ pub struct Cluster {
     events: Vec<Event>,
     /// the same, one line each
     trace: Vec<String>,
+    /// each node's state when it changed, with how many events came before
+    /// (for the replay in the timeline)
+    views: Vec<(usize, View)>,
+    /// what `views` last holds of each node: (term, vote, leader, commit,
+    /// applied, last index, role)
+    viewed: BTreeMap<NodeId, ViewKey>,
     /// (role, term, commit_index) of each node when last looked at
     observed: BTreeMap<NodeId, (&'static str, Term, LogIndex)>,
     next_message: u64,
@@ -335,6 +354,8 @@ impl Cluster {
             responses: BTreeMap::new(),
             events: Vec::new(),
             trace: Vec::new(),
+            views: Vec::new(),
+            viewed: BTreeMap::new(),
             observed: BTreeMap::new(),
             next_message: 0,
             invariants: Invariants::default(),
@@ -525,6 +546,26 @@ impl Cluster {
                 node: id,
                 index: commit,
             });
+        }
+        self.keep_view(id);
+    }
+
+    /// Keep node `id`'s state for the replay, if it changed.
+    fn keep_view(&mut self, id: NodeId) {
+        let Some(node) = self.nodes[&id].node.as_ref() else {
+            return;
+        };
+        let key = (
+            node.current_term(),
+            node.voted_for(),
+            node.leader_id(),
+            node.commit_index(),
+            node.last_applied(),
+            node.log().last_index(),
+            node.role().name(),
+        );
+        if self.viewed.insert(id, key) != Some(key) {
+            self.views.push((self.events.len(), View::of(node)));
         }
     }
 
@@ -1137,14 +1178,14 @@ impl Cluster {
         let stem = format!("{name}-seed{}", self.config.seed);
         let path = dir.join(format!("{stem}.trace.txt"));
         let _ = std::fs::write(&path, self.trace.join("\n") + "\n");
-        let html = timeline::html(&stem, &self.ids(), &self.events);
+        let html = timeline::html(&stem, &self.ids(), &self.events, &self.views);
         let _ = std::fs::write(dir.join(format!("{stem}.timeline.html")), html);
         path
     }
 
     /// The run so far as a self-contained HTML timeline.
     pub fn timeline_html(&self, title: &str) -> String {
-        timeline::html(title, &self.ids(), &self.events)
+        timeline::html(title, &self.ids(), &self.events, &self.views)
     }
 }
 

@@ -1,11 +1,15 @@
-//! The events of a simulated run, as text (one line each) and as a
-//! self-contained HTML timeline: one lane per node, messages as arrows,
-//! role and term changes, commits, crashes and partitions marked. Open the
+//! The events of a simulated run, as text (one line each) and as a replay
+//! in the cluster viewer (src/viewer.html): each event a frame, with the
+//! nodes' state as it was then and the message it sent or delivered. Open the
 //! file in a browser; it needs no server and no script from elsewhere.
 
-use std::fmt::{self, Write as _};
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{json, Value};
 
 use crate::raft::{LogIndex, NodeId, Term};
+use crate::server::watch::View;
 
 /// One thing that happened in a simulated run.
 #[derive(Clone, Debug)]
@@ -132,313 +136,172 @@ impl fmt::Display for Event {
     }
 }
 
-const LANE: f64 = 230.0;
-const ROW: f64 = 18.0;
-const TOP: f64 = 60.0;
-const LEFT: f64 = 90.0;
+/// The most events a replay holds: the last ones of a longer run (the
+/// trace beside it has them all).
+const MAX_FRAMES: usize = 20_000;
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// What the replay shows of one node: whether it runs, and its state.
+#[derive(Clone)]
+struct Shown {
+    up: bool,
+    view: Option<View>,
 }
 
-fn color(what: &str) -> &'static str {
-    if what.starts_with("RequestVote") {
-        "#b35c00"
-    } else if what.starts_with("InstallSnapshot") {
-        "#7a3db8"
-    } else {
-        "#2a6fb0"
-    }
-}
-
-/// An arrow's label: the message in short, with the fields a reader needs
-/// on paper (prev, entries, commit), not only in the hover text.
-fn label(what: &str) -> String {
-    let mut words = what.split_whitespace();
-    let kind = match words.next().unwrap_or("") {
-        "AppendEntries" => "AE",
-        "AppendEntriesReply" => "AE reply",
-        "RequestVote" => "RV",
-        "RequestVoteReply" => "RV reply",
-        "InstallSnapshot" => "IS",
-        "InstallSnapshotReply" => "IS reply",
-        other => other,
-    };
-    let rest: Vec<&str> = words.filter(|w| !w.starts_with("term=")).collect();
-    format!("{kind} {}", rest.join(" "))
-}
-
-/// One row of the drawing: an event, or a run of ticks folded away because
-/// each repeated the tick drawn before it (an idle cluster's heartbeats).
-enum Row {
-    Event(usize),
-    Fold { first: u64, last: u64, ticks: usize },
-}
-
-/// Which events get a row. A tick whose events, but for the time, are
-/// those of the tick drawn before it, and whose messages all arrive within
-/// it, is folded into one row.
-fn layout(events: &[Event]) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let mut drawn: Option<Vec<String>> = None;
-    let mut fold: Option<(u64, u64, usize)> = None;
-    let mut start = 0;
-    while start < events.len() {
-        let t = events[start].t;
-        let end = events[start..]
-            .iter()
-            .position(|e| e.t != t)
-            .map_or(events.len(), |p| start + p);
-        let tick = &events[start..end];
-        let signature: Vec<String> = tick
-            .iter()
-            .map(|e| {
-                let line = e.to_string();
-                line.split_once(' ')
-                    .map_or(line.clone(), |(_, rest)| rest.to_string())
-            })
-            .collect();
-        let ids = |deliveries: bool| -> Vec<u64> {
-            let mut ids: Vec<u64> = tick
+/// Render `events` of a run over `nodes` as a standalone HTML page: the
+/// viewer `raft-kv cluster` serves (src/viewer.html), replaying the run a
+/// frame per event. `views` are the nodes' states as they changed, each
+/// with the number of events recorded before it.
+pub fn html(title: &str, nodes: &[NodeId], events: &[Event], views: &[(usize, View)]) -> String {
+    let mut shown: BTreeMap<NodeId, Shown> = nodes
+        .iter()
+        .map(|&id| {
+            (
+                id,
+                Shown {
+                    up: true,
+                    view: None,
+                },
+            )
+        })
+        .collect();
+    let skip = events.len().saturating_sub(MAX_FRAMES);
+    let mut views = views.iter().peekable();
+    let mut frames = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let mut changed: Vec<NodeId> = Vec::new();
+        while let Some((_, view)) = views.next_if(|(at, _)| *at <= i + 1) {
+            if let Some(node) = shown.get_mut(&view.id) {
+                node.view = Some(view.clone());
+                changed.push(view.id);
+            }
+        }
+        if let EventKind::Power { node, up, .. } = event.kind {
+            if let Some(shown) = shown.get_mut(&node) {
+                shown.up = up;
+                changed.push(node);
+            }
+        }
+        if i < skip {
+            continue;
+        }
+        // The first frame shown says everything; each later one what changed.
+        let set: Vec<Value> = match i == skip {
+            true => shown.iter().map(|(&id, s)| node_json(id, s)).collect(),
+            false => changed
                 .iter()
-                .filter_map(|e| match &e.kind {
-                    EventKind::Send { id, dropped, .. } if !deliveries && !dropped => Some(*id),
-                    EventKind::Deliver { id, .. } | EventKind::Lost { id, .. } if deliveries => {
-                        Some(*id)
-                    }
-                    _ => None,
-                })
-                .collect();
-            ids.sort_unstable();
-            ids
+                .map(|id| node_json(*id, &shown[id]))
+                .collect(),
         };
-        if drawn.as_ref() == Some(&signature) && ids(false) == ids(true) {
-            let run = fold.get_or_insert((t, t, 0));
-            run.1 = t;
-            run.2 += 1;
-        } else {
-            if let Some((first, last, ticks)) = fold.take() {
-                rows.push(Row::Fold { first, last, ticks });
-            }
-            rows.extend((start..end).map(Row::Event));
-            drawn = Some(signature);
-        }
-        start = end;
+        frames.push(json!({
+            "t": event.t, "label": event.to_string(), "set": set, "messages": messages(event),
+        }));
     }
-    if let Some((first, last, ticks)) = fold {
-        rows.push(Row::Fold { first, last, ticks });
-    }
-    rows
+    let title = match skip {
+        0 => title.to_string(),
+        _ => format!("{title} (the last {MAX_FRAMES} of {} events)", events.len()),
+    };
+    crate::viewer::replay_page(&json!({
+        "title": title, "unit": "ticks", "nodes": nodes, "frames": frames,
+    }))
 }
 
-/// Render `events` of a run over `nodes` as a standalone HTML page.
-pub fn html(title: &str, nodes: &[NodeId], events: &[Event]) -> String {
-    let lane_x =
-        |node: NodeId| LEFT + LANE * (nodes.iter().position(|&n| n == node).unwrap_or(0) as f64);
-    let row_y = |row: usize| TOP + ROW * row as f64;
-    let rows = layout(events);
-    let width = LEFT + LANE * nodes.len() as f64 + 260.0;
-    let height = row_y(rows.len() + 2);
-    // Messages first, then the marks on the lanes, so no arrow hides a mark.
-    let mut messages = String::new();
-    let mut marks = String::new();
-    let mut sends = std::collections::HashMap::new();
-    // The rows between a node's crash and its restart: its lane is drawn dead there.
-    let mut down_since = std::collections::HashMap::new();
-    let mut down = Vec::new();
-    let mut last_t = None;
-    for (row, at) in rows.iter().enumerate() {
-        let y = row_y(row);
-        let event = match *at {
-            Row::Fold { first, last, ticks } => {
-                let _ = write!(
-                    marks,
-                    r##"<text x="66" y="{:.0}" class="fold">⋯ {ticks} more tick{} like the one above, t={first}..{last}, folded</text>"##,
-                    y + 4.0,
-                    if ticks == 1 { "" } else { "s" }
-                );
-                continue;
-            }
-            Row::Event(i) => &events[i],
+fn node_json(id: NodeId, shown: &Shown) -> Value {
+    let state = shown.view.as_ref().filter(|_| shown.up).map(|v| {
+        let followers: Vec<Value> = v
+            .followers
+            .iter()
+            .map(|&(peer, next, matched)| json!({"peer": peer, "next": next, "match": matched}))
+            .collect();
+        json!({
+            "role": v.role, "term": v.term, "voted_for": v.voted_for.unwrap_or(0),
+            "leader": v.leader_id.unwrap_or(0), "commit": v.commit_index,
+            "applied": v.last_applied, "last_index": v.last_log_index,
+            "tail_start": v.tail_start, "tail_terms": v.tail_terms, "followers": followers,
+        })
+    });
+    let process = if shown.up { "running" } else { "exited" };
+    json!({"id": id, "process": process, "how": "crashed", "state": state})
+}
+
+/// The arrow an event draws: a message sent, delivered or lost.
+fn messages(event: &Event) -> Vec<Value> {
+    let (from, to, what, dropped, stage) = match &event.kind {
+        EventKind::Send {
+            from,
+            to,
+            what,
+            dropped,
+            ..
+        } => (from, to, what, *dropped, "sent"),
+        EventKind::Deliver { from, to, what, .. } => (from, to, what, false, "delivered"),
+        EventKind::Lost { from, to, what, .. } => (from, to, what, true, "lost"),
+        _ => return Vec::new(),
+    };
+    let kind = what.split_whitespace().next().unwrap_or("");
+    vec![json!({
+        "from": from, "to": to, "kind": kind, "count": 1, "entries": entries(what),
+        "dropped": u64::from(dropped), "stage": stage,
+    })]
+}
+
+/// How many entries `AppendEntries … [5@3..7@3] …` carries.
+fn entries(what: &str) -> u64 {
+    let Some(list) = what.split_whitespace().find(|w| w.starts_with('[')) else {
+        return 0;
+    };
+    let index = |entry: &str| -> Option<u64> {
+        entry
+            .trim_matches(['[', ']'])
+            .split('@')
+            .next()?
+            .parse()
+            .ok()
+    };
+    match list.split_once("..") {
+        Some((first, last)) => match (index(first), index(last)) {
+            (Some(first), Some(last)) => last.saturating_sub(first) + 1,
+            _ => 0,
+        },
+        None if list == "[]" => 0,
+        None => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_counted_from_the_description() {
+        assert_eq!(
+            entries("AppendEntries term=3 prev=4@2 [5@3..7@3] commit=4"),
+            3
+        );
+        assert_eq!(entries("AppendEntries term=3 prev=4@2 [5@3] commit=4"), 1);
+        assert_eq!(entries("AppendEntries term=3 prev=4@2 [] commit=4"), 0);
+        assert_eq!(entries("RequestVote term=3 last=4@2"), 0);
+    }
+
+    #[test]
+    fn a_replay_has_a_frame_per_event_and_says_who_is_down() {
+        let send = EventKind::Send {
+            id: 1,
+            from: 1,
+            term: 1,
+            to: 2,
+            what: "RequestVote term=1 last=0@0".into(),
+            dropped: false,
+            late_until: None,
         };
-        if last_t != Some(event.t) {
-            let _ = write!(
-                messages,
-                r##"<text x="8" y="{:.0}" class="t">t={}</text><line x1="60" x2="{width:.0}" y1="{:.0}" y2="{:.0}" class="tick"/>"##,
-                y + 4.0,
-                event.t,
-                y - ROW / 2.0,
-                y - ROW / 2.0
-            );
-            last_t = Some(event.t);
-        }
-        let tip = escape(&event.to_string());
-        match &event.kind {
-            EventKind::Send {
-                id, from, dropped, ..
-            } => {
-                sends.insert(*id, (row, *from));
-                if *dropped {
-                    let x = lane_x(*from);
-                    let _ = write!(
-                        marks,
-                        r##"<g><title>{tip}</title><text x="{:.0}" y="{:.0}" class="drop">✕ dropped</text></g>"##,
-                        x + 6.0,
-                        y + 4.0
-                    );
-                }
-            }
-            EventKind::Deliver { id, to, what, .. } | EventKind::Lost { id, to, what, .. } => {
-                let lost = matches!(event.kind, EventKind::Lost { .. });
-                let Some(&(send_row, from)) = sends.get(id) else {
-                    continue;
-                };
-                let (x1, y1, x2, y2) = (lane_x(from), row_y(send_row), lane_x(*to), y);
-                let c = if lost { "#999" } else { color(what) };
-                let mut text = label(what);
-                if matches!(
-                    event.kind,
-                    EventKind::Deliver {
-                        late_from: Some(_),
-                        ..
-                    }
-                ) {
-                    text += " (late)";
-                }
-                // The label starts past the sender's mark and reads along the arrow.
-                let lx = if x2 >= x1 { x1 + 64.0 } else { x1 - 64.0 };
-                let _ = write!(
-                    messages,
-                    r##"<g class="msg"><title>{tip}</title><line x1="{x1:.0}" y1="{y1:.0}" x2="{x2:.0}" y2="{y2:.0}" stroke="{c}" stroke-width="1.4"{} marker-end="url(#arrow)"/><text x="{lx:.0}" y="{:.0}" fill="{c}" class="lbl" text-anchor="{}">{}</text></g>"##,
-                    if lost {
-                        r#" stroke-dasharray="4 3""#
-                    } else {
-                        ""
-                    },
-                    y1 + (y2 - y1) * (lx - x1).abs() / (x2 - x1).abs().max(1.0) - 3.0,
-                    if x2 >= x1 { "start" } else { "end" },
-                    escape(&text)
-                );
-            }
-            EventKind::Role { node, term, role } => {
-                let fill = match *role {
-                    "leader" => "#1a8f3c",
-                    "candidate" => "#d08a00",
-                    _ => "#777",
-                };
-                let _ = write!(
-                    marks,
-                    r##"<g><title>{tip}</title><rect x="{:.0}" y="{:.0}" width="112" height="15" rx="4" fill="{fill}"/><text x="{:.0}" y="{:.0}" class="role">{role} · term {term}</text></g>"##,
-                    lane_x(*node) - 56.0,
-                    y - 10.0,
-                    lane_x(*node) - 50.0,
-                    y + 1.5
-                );
-            }
-            EventKind::Commit { node, index } => {
-                let _ = write!(
-                    marks,
-                    r##"<g><title>{tip}</title><circle cx="{:.0}" cy="{:.0}" r="4" fill="#1a8f3c"/><text x="{:.0}" y="{:.0}" class="c">commit {index}</text></g>"##,
-                    lane_x(*node),
-                    y - 3.0,
-                    lane_x(*node) - 8.0,
-                    y + 1.0
-                );
-            }
-            EventKind::Answer { node, result, .. } => {
-                let _ = write!(
-                    marks,
-                    r##"<g><title>{tip}</title><text x="{:.0}" y="{:.0}" class="ans">answer: {}</text></g>"##,
-                    lane_x(*node) + 7.0,
-                    y + 1.0,
-                    escape(result)
-                );
-            }
-            EventKind::Power { node, up, text } => {
-                if *up {
-                    if let Some(since) = down_since.remove(node) {
-                        down.push((*node, since, row));
-                    }
-                } else {
-                    down_since.entry(*node).or_insert(row);
-                }
-                let _ = write!(
-                    marks,
-                    r##"<g><title>{tip}</title><rect x="{:.0}" y="{:.0}" width="112" height="15" rx="4" class="{}"/><text x="{:.0}" y="{:.0}" class="power">{}</text></g>"##,
-                    lane_x(*node) - 56.0,
-                    y - 10.0,
-                    if *up { "up" } else { "down" },
-                    lane_x(*node) - 50.0,
-                    y + 1.5,
-                    escape(text)
-                );
-            }
-            EventKind::Note(text) => {
-                let _ = write!(
-                    marks,
-                    r##"<g><title>{tip}</title><rect x="60" y="{:.0}" width="{:.0}" height="15" fill="#fde8e8"/><text x="66" y="{:.0}" class="note">{}</text></g>"##,
-                    y - 10.0,
-                    width - 60.0,
-                    y + 1.5,
-                    escape(text)
-                );
-            }
-        }
+        let crash = EventKind::Power {
+            node: 2,
+            up: false,
+            text: "crash n2".into(),
+        };
+        let events = [Event { t: 1, kind: send }, Event { t: 2, kind: crash }];
+        let page = html("run", &[1, 2], &events, &[]);
+        assert!(page.contains(r#""kind":"RequestVote""#));
+        assert!(page.contains(r#""process":"exited""#));
+        assert!(page.contains("t=2 -- crash n2"));
     }
-    down.extend(
-        down_since
-            .into_iter()
-            .map(|(node, since)| (node, since, rows.len())),
-    );
-    let mut lanes = String::new();
-    for &node in nodes {
-        let x = lane_x(node);
-        let _ = write!(
-            lanes,
-            r##"<line x1="{x:.0}" x2="{x:.0}" y1="{:.0}" y2="{height:.0}" class="lane"/><text x="{x:.0}" y="30" class="node">n{node}</text>"##,
-            TOP - 20.0
-        );
-    }
-    for (node, since, until) in down {
-        let x = lane_x(node);
-        let _ = write!(
-            lanes,
-            r##"<line x1="{x:.0}" x2="{x:.0}" y1="{:.0}" y2="{:.0}" class="dead"/>"##,
-            row_y(since),
-            row_y(until) - ROW / 2.0
-        );
-    }
-    format!(
-        r##"<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font: 13px system-ui, sans-serif; margin: 16px; }}
-.lane {{ stroke: #bbb; stroke-width: 3; }}
-.dead {{ stroke: white; stroke-width: 5; stroke-dasharray: 2 6; }}
-.tick {{ stroke: #f2f2f2; }}
-.node {{ font-weight: bold; text-anchor: middle; font-size: 15px; }}
-.t {{ fill: #777; font-size: 11px; }}
-.lbl {{ font-size: 10px; paint-order: stroke; stroke: white; stroke-width: 3px; }}
-.role, .power {{ fill: white; font-size: 11px; }}
-.down {{ fill: #444; }}
-.up {{ fill: #888; }}
-.c {{ font-size: 10px; fill: #1a8f3c; text-anchor: end; }}
-.ans {{ font-size: 10px; fill: #1a8f3c; }}
-.drop {{ font-size: 10px; fill: #c00; }}
-.note {{ font-size: 11px; fill: #900; }}
-.fold {{ font-size: 11px; fill: #555; font-style: italic; }}
-.msg:hover line {{ stroke-width: 3; }}
-</style></head><body>
-<h2>{title}</h2>
-<p>Time flows down; each lane is a node, dotted while the node is down. Arrows are messages: AE AppendEntries (blue), RV RequestVote (orange), IS InstallSnapshot (purple); dashed = lost. prev=index@term of prevLogIndex, [first..last] the entries carried, commit= the leader's commitIndex. Ticks that repeat the one above (an idle cluster's heartbeats) are folded into one line. Hover anything for its whole trace line.</p>
-<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}">
-<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="context-stroke"/></marker></defs>
-{lanes}{messages}{marks}
-</svg></body></html>
-"##,
-        title = escape(title)
-    )
 }

@@ -30,6 +30,7 @@ use crate::raft::{self, NodeId, NodeStatus, RequestId};
 use crate::server::event_loop::{ClientCall, PeerMessage};
 use crate::server::identity::ClusterId;
 use crate::server::metrics::{Metrics, ProposalFailure};
+use crate::server::watch::Watching;
 use crate::tls;
 
 pub(super) fn event_loop_gone() -> Status {
@@ -51,6 +52,7 @@ pub struct PeerService {
     pub refusals: Refusals,
     pub to_event_loop: Sender<PeerMessage>,
     pub metrics: Metrics,
+    pub watching: Watching,
 }
 
 impl PeerService {
@@ -165,6 +167,11 @@ impl peer_pb::raft_server::Raft for PeerService {
                 )));
             }
             self.metrics.received(&message);
+            let dropped = self.watching.faults.drops(from);
+            self.watching.traffic.received(from, &message, dropped);
+            if dropped {
+                continue;
+            }
             match self.to_event_loop.try_send(PeerMessage { from, message }) {
                 Ok(()) => {}
                 // A message the loop cannot take now is lost, as on a network.
