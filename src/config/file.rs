@@ -68,6 +68,7 @@ pub struct ConfigFile {
     poll_us: Option<Spanned<u64>>,
     fast_path_off: Option<Spanned<String>>,
     max_request_bytes: Option<Spanned<usize>>,
+    pre_vote: Option<Spanned<bool>>,
 }
 
 /// Where each value taken from the file was, to put its line into a
@@ -183,6 +184,7 @@ impl ConfigFile {
             &mut t.max_request_bytes,
             self.max_request_bytes,
         );
+        merge.value("pre-vote", &mut t.pre_vote, self.pre_vote);
         Ok(merge.origins)
     }
 
@@ -472,7 +474,7 @@ mod tests {
         );
         assert_eq!(
             err("[x]\n"),
-            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`"
+            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`, `pre-vote`"
         );
         let both = format!("peers = \"{PEERS}\"\n{MINIMAL}");
         assert_eq!(

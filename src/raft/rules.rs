@@ -31,7 +31,8 @@ impl<S: StateMachine> RaftNode<S> {
         }
         // All Servers: "If RPC request or response contains term T >
         // currentTerm: set currentTerm = T, convert to follower (§5.1)".
-        if message.term() > self.current_term() {
+        // Not a PreVote's term: the candidate has not adopted it (§9.6).
+        if message.term() > self.current_term() && !matches!(message, Message::PreVote(_)) {
             self.become_follower(message.term(), None);
         }
         match message {
@@ -44,12 +45,21 @@ impl<S: StateMachine> RaftNode<S> {
                 let reply = self.handle_append_entries(request);
                 self.send(from, Message::AppendEntriesReply(reply));
             }
-            Message::AppendEntriesReply(reply) => self.handle_append_entries_reply(from, reply),
+            Message::AppendEntriesReply(reply) => {
+                self.handle_append_entries_reply(from, reply);
+                self.continue_transfer(from);
+            }
             Message::InstallSnapshot(request) => {
                 let reply = self.handle_install_snapshot(request);
                 self.send(from, Message::InstallSnapshotReply(reply));
             }
             Message::InstallSnapshotReply(reply) => self.handle_install_snapshot_reply(from, reply),
+            Message::PreVote(request) => {
+                let reply = self.handle_pre_vote(request);
+                self.send(from, Message::PreVoteReply(reply));
+            }
+            Message::PreVoteReply(reply) => self.handle_pre_vote_reply(from, reply),
+            Message::TimeoutNow(request) => self.handle_timeout_now(request),
         }
         // All Servers: "If commitIndex > lastApplied: increment lastApplied,
         // apply log[lastApplied] to state machine (§5.3)".
@@ -66,8 +76,9 @@ impl<S: StateMachine> RaftNode<S> {
             // timeout elapses: start new election".
             Role::Follower | Role::Candidate { .. } => {
                 self.election_elapsed += 1;
+                self.leader_contact_elapsed = self.leader_contact_elapsed.saturating_add(1);
                 if self.election_elapsed >= self.election_timeout {
-                    self.start_election();
+                    self.election_timer_fired();
                 }
             }
             Role::Leader(leader) => {
@@ -84,6 +95,7 @@ impl<S: StateMachine> RaftNode<S> {
                 if check_due {
                     self.check_quorum();
                 }
+                self.transfer_tick();
             }
         }
     }
@@ -121,6 +133,11 @@ impl<S: StateMachine> RaftNode<S> {
         if let Role::Leader(leader_state) = std::mem::replace(&mut self.role, Role::Follower) {
             self.fail_pending_requests(leader_state);
         }
+        if leader.is_some() {
+            // heard from the leader of our term (§9.6)
+            self.leader_contact_elapsed = 0;
+            self.pre_votes = None;
+        }
         // A leader that steps down no longer knows who leads: clients it
         // redirects must not be sent back to it.
         if leader.is_some() || self.leader_id == Some(self.config.id) {
@@ -152,6 +169,7 @@ impl<S: StateMachine> RaftNode<S> {
             return false;
         };
         self.set_term(term, Some(me));
+        self.pre_votes = None;
         self.role = Role::Candidate {
             votes: BTreeSet::from([me]),
         };
@@ -162,7 +180,10 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// A leader that steps down answers every waiting client: the request
     /// may or may not commit later, and only the new leader can say.
-    fn fail_pending_requests(&mut self, leader: Leader) {
+    fn fail_pending_requests(&mut self, mut leader: Leader) {
+        if let Some(transfer) = leader.transfer.take() {
+            self.end_transfer(*transfer);
+        }
         for (_, request) in leader.pending_writes {
             self.outbox
                 .respond(request, Err(RequestError::LeadershipLost));

@@ -26,13 +26,16 @@ use crate::raft::{
 };
 
 /// The kinds of peer message, in the order of [`kind`].
-const MESSAGE_KINDS: [&str; 6] = [
+const MESSAGE_KINDS: [&str; 9] = [
     "RequestVote",
     "RequestVoteReply",
     "AppendEntries",
     "AppendEntriesReply",
     "InstallSnapshot",
     "InstallSnapshotReply",
+    "PreVote",
+    "PreVoteReply",
+    "TimeoutNow",
 ];
 
 fn kind(message: &Message) -> usize {
@@ -43,6 +46,9 @@ fn kind(message: &Message) -> usize {
         Message::AppendEntriesReply(_) => 3,
         Message::InstallSnapshot(_) => 4,
         Message::InstallSnapshotReply(_) => 5,
+        Message::PreVote(_) => 6,
+        Message::PreVoteReply(_) => 7,
+        Message::TimeoutNow(_) => 8,
     }
 }
 
@@ -77,8 +83,8 @@ pub struct Metrics {
     proposals_failed: [Counter; 3],
     fsync_duration: Histogram,
     apply_duration: Histogram,
-    sent: [Counter; 6],
-    received: [Counter; 6],
+    sent: [Counter; 9],
+    received: [Counter; 9],
     snapshots: Counter,
     snapshot_bytes: Gauge,
     snapshot_duration: Histogram,
@@ -265,8 +271,11 @@ impl Metrics {
             Err(RequestError::LeadershipLost) => {
                 self.proposal_failed(ProposalFailure::LeadershipLost)
             }
-            // Only reads are refused as behind.
-            Err(RequestError::Behind { .. }) => {}
+            Err(RequestError::TransferInProgress { .. }) => {
+                self.proposal_failed(ProposalFailure::NotLeader)
+            }
+            // Only reads are refused as behind, only transfers fail so.
+            Err(RequestError::Behind { .. } | RequestError::TransferFailed(_)) => {}
         }
     }
 

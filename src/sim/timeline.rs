@@ -145,7 +145,7 @@ fn escape(text: &str) -> String {
 }
 
 fn color(what: &str) -> &'static str {
-    if what.starts_with("RequestVote") {
+    if what.starts_with("RequestVote") || what.starts_with("PreVote") {
         "#b35c00"
     } else if what.starts_with("InstallSnapshot") {
         "#7a3db8"
@@ -165,6 +165,9 @@ fn label(what: &str) -> String {
         "RequestVoteReply" => "RV reply",
         "InstallSnapshot" => "IS",
         "InstallSnapshotReply" => "IS reply",
+        "PreVote" => "PV",
+        "PreVoteReply" => "PV reply",
+        "TimeoutNow" => "TN",
         other => other,
     };
     let rest: Vec<&str> = words.filter(|w| !w.starts_with("term=")).collect();

@@ -10,7 +10,7 @@
 use crate::proto::peer as pb;
 use crate::raft::{
     AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, InstallSnapshotReply,
-    Message, NodeId, RequestVote, RequestVoteReply,
+    Message, NodeId, PreVote, PreVoteReply, RequestVote, RequestVoteReply, TimeoutNow,
 };
 
 /// A message for the wire, from `from`.
@@ -25,6 +25,21 @@ pub fn envelope(from: NodeId, message: Message) -> pb::Envelope {
         Message::InstallSnapshotReply(m) => {
             M::InstallSnapshotReply(install_snapshot_reply_to_proto(m))
         }
+        Message::PreVote(m) => M::PreVote(pb::PreVoteRequest {
+            term: m.term,
+            candidate_id: m.candidate_id,
+            last_log_index: m.last_log_index,
+            last_log_term: m.last_log_term,
+        }),
+        Message::PreVoteReply(m) => M::PreVoteReply(pb::PreVoteReply {
+            term: m.term,
+            request_term: m.request_term,
+            vote_granted: m.vote_granted,
+        }),
+        Message::TimeoutNow(m) => M::TimeoutNow(pb::TimeoutNowRequest {
+            term: m.term,
+            leader_id: m.leader_id,
+        }),
     };
     pb::Envelope {
         from,
@@ -46,6 +61,21 @@ pub fn open_envelope(envelope: pb::Envelope) -> Result<(NodeId, Message), String
         Some(M::InstallSnapshotReply(m)) => {
             Message::InstallSnapshotReply(install_snapshot_reply_from_proto(m))
         }
+        Some(M::PreVote(m)) => Message::PreVote(PreVote {
+            term: m.term,
+            candidate_id: m.candidate_id,
+            last_log_index: m.last_log_index,
+            last_log_term: m.last_log_term,
+        }),
+        Some(M::PreVoteReply(m)) => Message::PreVoteReply(PreVoteReply {
+            term: m.term,
+            request_term: m.request_term,
+            vote_granted: m.vote_granted,
+        }),
+        Some(M::TimeoutNow(m)) => Message::TimeoutNow(TimeoutNow {
+            term: m.term,
+            leader_id: m.leader_id,
+        }),
         None => return Err("the envelope holds no message".to_string()),
     };
     Ok((envelope.from, message))

@@ -319,6 +319,10 @@ impl ClientService {
                 "not leader: leadership was lost before the request completed; \
                  retry with the same client_id and sequence",
             ),
+            ClientError::TransferInProgress { target } => Status::unavailable(format!(
+                "leadership transfer in progress: this leader is handing over to node \
+                 {target} and takes no writes; retry (nothing was applied)"
+            )),
             ClientError::InvalidArgument(reason) => Status::invalid_argument(reason),
             ClientError::StaleSequence => session_refusal(
                 STALE_SEQUENCE,
