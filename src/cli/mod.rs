@@ -3,8 +3,10 @@
 //! `health` of a cluster without a healthy majority, 2 any error.
 
 pub mod client;
+mod transfer;
 
 pub use client::{Client, Error, Health, NodeHealth, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT};
+pub use transfer::{transfer_leader, TransferLeaderArgs};
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -23,7 +23,8 @@ pub enum Request {
         /// node's own state, which may be stale
         linearizable: bool,
     },
-    /// Hand leadership to node `to` (dissertation §3.10; `transfer.rs`).
+    /// Hand leadership to node `to` (dissertation §3.10; `transfer.rs`);
+    /// 0: to the most up-to-date follower.
     TransferLeadership { to: NodeId },
 }
 

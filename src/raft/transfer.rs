@@ -13,10 +13,17 @@ use super::state::{RaftNode, Role, Transfer};
 use super::state_machine::StateMachine;
 
 impl<S: StateMachine> RaftNode<S> {
-    /// Start handing leadership to `to`; `request` is answered when it ends
-    /// (with Ok once this leader steps down after sending TimeoutNow).
+    /// Start handing leadership to `to` (0: to the most up-to-date
+    /// follower, as a leader asked to stop does); `request` is answered
+    /// when it ends (with Ok once this leader steps down after sending
+    /// TimeoutNow).
     pub(super) fn transfer_leadership(&mut self, request: RequestId, to: NodeId) {
         let me = self.config.id;
+        let to = if to == 0 {
+            self.most_up_to_date_follower().unwrap_or(me)
+        } else {
+            to
+        };
         let refusal = match &self.role {
             Role::Leader(_) if to == me => {
                 self.outbox.respond(request, Ok(Vec::new()));
@@ -38,6 +45,19 @@ impl<S: StateMachine> RaftNode<S> {
         self.outbox.respond(request, Err(refusal));
     }
 
+    /// The follower with the highest match_index (the lowest id of those),
+    /// which needs the least catching up.
+    fn most_up_to_date_follower(&self) -> Option<NodeId> {
+        let Role::Leader(leader) = &self.role else {
+            return None;
+        };
+        let best = leader
+            .match_index
+            .iter()
+            .max_by_key(|&(&id, &m)| (m, std::cmp::Reverse(id)));
+        best.map(|(&id, _)| id)
+    }
+
     fn begin_transfer(&mut self, request: RequestId, to: NodeId) {
         info!(
             "node {} term {}: transferring leadership to {to} (§3.10)",
@@ -53,9 +73,11 @@ impl<S: StateMachine> RaftNode<S> {
             }));
         }
         // Bring the target up to date: send what it lacks now, not at the
-        // next heartbeat.
+        // next heartbeat. TimeoutNow waits for the answer, even when the
+        // target holds our log already: a target that cannot answer (down,
+        // paused) must not find a TimeoutNow waiting when it comes back,
+        // after the transfer was abandoned.
         self.send_append_entries(to, true);
-        self.continue_transfer(to);
     }
 
     /// Called on every AppendEntries reply from `from`: once the transfer's
@@ -131,7 +153,8 @@ impl<S: StateMachine> RaftNode<S> {
     /// TimeoutNow receiver (§3.10): from the leader of our term, start an
     /// election at once — without a pre-vote (§9.6), since the leader asked.
     pub(super) fn handle_timeout_now(&mut self, request: TimeoutNow) {
-        if request.term != self.current_term() || self.is_leader() {
+        let from_our_leader = self.leader_id == Some(request.leader_id);
+        if request.term != self.current_term() || self.is_leader() || !from_our_leader {
             return;
         }
         info!(

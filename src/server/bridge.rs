@@ -34,6 +34,7 @@
 mod accept;
 mod convert;
 mod health;
+mod leadership;
 mod refusals;
 mod scrape;
 mod services;
@@ -58,6 +59,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use crate::config::{Address, Members};
 use crate::kv;
 use crate::proto::kv::key_value_server::KeyValueServer;
+use crate::proto::leadership::leadership_server::LeadershipServer;
 use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::raft_server::RaftServer;
 use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
@@ -67,6 +69,7 @@ use crate::server::identity::ClusterId;
 use crate::server::metrics::{Leadership, Metrics};
 use crate::server::Listeners;
 use crate::tls::Tls;
+use leadership::LeadershipService;
 use refusals::Refusals;
 use services::{ClientAddresses, ClientService, PeerService, Waiting};
 
@@ -202,6 +205,15 @@ impl Bridge {
         })
         .max_decoding_message_size(max_peer_message_bytes)
         .max_encoding_message_size(max_peer_message_bytes);
+        let leadership_service = LeadershipServer::new(LeadershipService {
+            id,
+            service: ClientService {
+                addresses: client_addresses.clone(),
+                to_event_loop: client_calls.clone(),
+                waiting: waiting.clone(),
+                metrics: metrics.clone(),
+            },
+        });
         let client_service = KeyValueServer::new(ClientService {
             addresses: client_addresses,
             to_event_loop: client_calls,
@@ -211,7 +223,9 @@ impl Bridge {
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let client_service = services::RequestLimit::new(client_service, max_request_bytes);
-        let clients = client_router(id, client_service, leadership).await?;
+        let clients = client_router(id, client_service, leadership)
+            .await?
+            .add_service(leadership_service);
         let tls_config = tls
             .map(|t| t.server_config())
             .transpose()

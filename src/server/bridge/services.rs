@@ -31,7 +31,7 @@ use crate::server::identity::ClusterId;
 use crate::server::metrics::{Metrics, ProposalFailure};
 use crate::tls;
 
-fn event_loop_gone() -> Status {
+pub(super) fn event_loop_gone() -> Status {
     Status::unavailable("this node is shutting down")
 }
 
@@ -202,7 +202,7 @@ impl ClientAddresses {
         }
     }
 
-    fn of(&self, id: NodeId) -> Option<Address> {
+    pub(super) fn of(&self, id: NodeId) -> Option<Address> {
         self.0
             .lock()
             .expect("no panics while held")
@@ -223,7 +223,7 @@ struct WaitingRequests {
 }
 
 impl Waiting {
-    fn register(&self, answer: oneshot::Sender<raft::Response>) -> RequestId {
+    pub(super) fn register(&self, answer: oneshot::Sender<raft::Response>) -> RequestId {
         let mut waiting = self.0.lock().expect("no panics while held");
         waiting.next_id += 1;
         let id = waiting.next_id;
@@ -231,7 +231,7 @@ impl Waiting {
         id
     }
 
-    fn forget(&self, id: RequestId) {
+    pub(super) fn forget(&self, id: RequestId) {
         self.0
             .lock()
             .expect("no panics while held")
@@ -266,7 +266,7 @@ pub struct ClientService {
 }
 
 impl ClientService {
-    fn submit(&self, call: ClientCall) -> Result<(), Status> {
+    pub(super) fn submit(&self, call: ClientCall) -> Result<(), Status> {
         match self.to_event_loop.try_send(call) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(event_loop_busy()),
@@ -296,7 +296,7 @@ impl ClientService {
 
     /// The gRPC status for an error of the core; a refusal by a follower
     /// says where the leader is, in the message and in `leader-addr`.
-    fn status_of(&self, error: ClientError) -> Status {
+    pub(super) fn status_of(&self, error: ClientError) -> Status {
         match error {
             ClientError::NotLeader { leader: Some(id) } => {
                 let Some(address) = self.addresses.of(id) else {
