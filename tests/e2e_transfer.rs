@@ -6,6 +6,8 @@
 //! - SIGTERM to the leader hands leadership over before the node exits:
 //!   a new leader within a round trip or two, not an election timeout, and
 //!   no acknowledged write lost.
+//! - Pre-vote (dissertation §9.6) is on by default; `--pre-vote=false`
+//!   turns it off.
 //!
 //! Every process started here is killed by `common::Cluster`'s Drop guard.
 #![cfg(unix)]
@@ -123,4 +125,21 @@ fn sigterm_to_the_leader_hands_over_before_it_exits() {
     stop.store(true, Ordering::SeqCst);
     let acknowledged = writes.join().unwrap();
     all_present(&cluster, &acknowledged);
+}
+
+/// The nodes ask for pre-votes before their first election unless
+/// `--pre-vote=false`; either way they elect a leader and serve.
+#[test]
+fn pre_vote_is_on_by_default_and_can_be_turned_off() {
+    for (flags, asks) in [(&[][..], true), (&["--pre-vote=false"][..], false)] {
+        let mut cluster = Cluster::start(flags);
+        let leader = cluster.wait_for_leader();
+        assert!(cluster.client().set("k", "v").is_ok());
+        let logs: String = cluster.ids().map(|id| cluster.log(id)).collect();
+        assert_eq!(
+            logs.contains("asking for pre-votes"),
+            asks,
+            "flags {flags:?}, leader {leader}:\n{logs}"
+        );
+    }
 }

@@ -374,6 +374,7 @@ mod tests {
             poll-us = 0
             fast-path-off = "batching"
             max-request-bytes = 4096
+            pre-vote = false
             members = { 1 = "10.0.0.1:7001", 2 = "10.0.0.2:7002", 3 = "10.0.0.3:7003" }
         "#;
         let c = load(text, &[]).unwrap();
@@ -390,6 +391,11 @@ mod tests {
         assert_eq!(c.poll, std::time::Duration::ZERO);
         assert!(!c.fast_path.batching && c.fast_path.pipelining);
         assert_eq!(c.max_request_bytes, 4096);
+        assert!(!c.pre_vote && !c.raft_config().pre_vote);
+        assert!(
+            load(MINIMAL, &[]).unwrap().raft_config().pre_vote,
+            "on by default"
+        );
         // TLS keys reach the TLS flags: the files they name are read.
         let tls = load(&format!("{MINIMAL}\n"), &["--tls-dir", "/nonexistent-tls"]).unwrap_err();
         let in_file = load(&format!("tls-dir = \"/nonexistent-tls\"\n{MINIMAL}"), &[]).unwrap_err();
