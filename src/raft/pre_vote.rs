@@ -38,6 +38,10 @@ impl<S: StateMachine> RaftNode<S> {
             return self.start_election();
         };
         self.reset_election_timer();
+        // Silent for an election timeout: we no longer know a leader (as a
+        // candidate would not), so clients are not sent to a dead one and
+        // health says so.
+        self.leader_id = None;
         self.pre_votes = Some(BTreeSet::from([me]));
         if self.has_majority_of_pre_votes() {
             return self.start_election();
