@@ -343,6 +343,12 @@ pub struct Tuning {
     /// before it is read. The default holds the largest key and value.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
+    /// Ask the others before an election whether it could be won
+    /// (dissertation §9.6), so that a node returning from a partition does
+    /// not depose a healthy leader. `--pre-vote=false` shows the paper's
+    /// plain elections, disruption included.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pre_vote: bool,
 }
 
 impl Tuning {
@@ -374,6 +380,7 @@ impl Tuning {
             self.fast_path_off.clone(),
             "--max-request-bytes".into(),
             self.max_request_bytes.to_string(),
+            format!("--pre-vote={}", self.pre_vote),
         ]
     }
 }
@@ -393,6 +400,8 @@ pub struct NodeConfig {
     pub fast_path: FastPath,
     /// the largest client request decoded (`--max-request-bytes`)
     pub max_request_bytes: usize,
+    /// pre-vote before elections (`--pre-vote`, dissertation §9.6)
+    pub pre_vote: bool,
     /// where this node serves its peers (`--listen-peers`; by default its
     /// address in the member list)
     pub listen_peers: Address,
@@ -488,6 +497,7 @@ impl NodeConfig {
             poll: Duration::from_micros(args.tuning.poll_us),
             fast_path,
             max_request_bytes: args.tuning.max_request_bytes,
+            pre_vote: args.tuning.pre_vote,
             listen_peers,
             listen_clients,
             client_address,
@@ -526,6 +536,7 @@ impl NodeConfig {
         config.election_timeout_ticks = self.timing.election_timeout_ticks;
         config.heartbeat_ticks = self.timing.heartbeat_ticks;
         config.snapshot_log_bytes = self.snapshot_log_bytes;
+        config.pre_vote = self.pre_vote;
         if !self.fast_path.pipelining {
             // One AppendEntries with entries in flight per follower: send,
             // wait for the reply, send the next.

@@ -35,9 +35,13 @@ pub mod proto {
     pub mod kv {
         tonic::include_proto!("raftkv");
 
-        /// proto/kv.proto compiled, as server reflection serves it.
+        /// proto/kv.proto and proto/leadership.proto compiled, as server
+        /// reflection serves them.
         pub const FILE_DESCRIPTOR_SET: &[u8] =
             tonic::include_file_descriptor_set!("raftkv_descriptor");
+    }
+    pub mod leadership {
+        tonic::include_proto!("raftleadership");
     }
 
     /// gRPC metadata key naming the leader's address when a follower

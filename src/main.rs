@@ -36,6 +36,9 @@ enum Command {
     /// Show every node's role, term, leader, commit and applied index.
     #[command(after_help = STATUS_EXIT_CODES)]
     Status(raft_kv::cli::StatusArgs),
+    /// Make another member the leader: raft-kv transfer-leader --to ID
+    #[command(after_help = TRANSFER_EXIT_CODES)]
+    TransferLeader(raft_kv::cli::TransferLeaderArgs),
     /// Check every node's health: one line each; fails without a healthy majority.
     #[command(after_help = HEALTH_EXIT_CODES)]
     Health(raft_kv::cli::HealthArgs),
@@ -77,6 +80,14 @@ const STATUS_EXIT_CODES: &str = "\
 Exit codes:
   0  at least one node answered
   2  none did, or any other error: one line on stderr, starting 'raft-kv: error:'";
+const TRANSFER_EXIT_CODES: &str = "\
+The leader sends the target what it lacks, takes no writes meanwhile (clients
+retry them), and tells it to start an election (Raft dissertation §3.10).
+
+Exit codes:
+  0  the target leads (prints who led before, the new term, and how long it took)
+  2  any error (not a member, another transfer running, the target did not take
+     over within an election timeout): one line on stderr, starting 'raft-kv: error:'";
 const HEALTH_EXIT_CODES: &str = "\
 A node is healthy when it answers the gRPC health check SERVING: it knows a
 leader of its current term (docs/api.md).
@@ -176,6 +187,7 @@ fn main() {
         Command::Get(a) => raft_kv::cli::get(a),
         Command::Delete(a) => raft_kv::cli::delete(a),
         Command::Status(a) => raft_kv::cli::status(a),
+        Command::TransferLeader(a) => raft_kv::cli::transfer_leader(a),
         Command::Health(a) => raft_kv::cli::health(a),
         Command::Snapshot(a) => match a.command {
             SnapshotCommand::Save(a) => raft_kv::cli::snapshot::save(a),

@@ -471,6 +471,15 @@ impl Client {
         leader_only: bool,
         mut rpc: impl AsyncFnMut(KeyValueClient<Channel>) -> Result<T, Status>,
     ) -> Result<T, Error> {
+        self.call_on(leader_only, async |channel| rpc(kv_client(channel)).await)
+    }
+
+    /// As [`Client::call`], for an RPC of any service on the client port.
+    pub(crate) fn call_on<T>(
+        &mut self,
+        leader_only: bool,
+        mut rpc: impl AsyncFnMut(Channel) -> Result<T, Status>,
+    ) -> Result<T, Error> {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let mut target = self.leader.unwrap_or(0);
@@ -487,11 +496,11 @@ impl Client {
                     leader_only,
                 });
             }
-            let kv = self.kv(target);
+            let channel = self.channel(target);
             let rpc_timeout = remaining.min(self.rpc_timeout);
             let answer = self
                 .runtime
-                .block_on(async { tokio::time::timeout(rpc_timeout, rpc(kv)).await });
+                .block_on(async { tokio::time::timeout(rpc_timeout, rpc(channel)).await });
             let status = match answer {
                 Ok(Ok(value)) => {
                     if leader_only {
@@ -588,13 +597,6 @@ impl Client {
         channel
     }
 
-    /// The key-value client of `addrs[i]`.
-    fn kv(&mut self, i: usize) -> KeyValueClient<Channel> {
-        // A 1 MiB value plus the rest of the request must fit (tonic's default is 4 MiB,
-        // kept explicit here because the limit matters to docs/api.md).
-        KeyValueClient::new(self.channel(i)).max_decoding_message_size(4 * 1024 * 1024)
-    }
-
     /// The index of `addr`, adding it when a redirect names a node the
     /// client was not told about (`None` if TLS cannot be set up for it,
     /// and the redirect is not followed).
@@ -609,6 +611,13 @@ impl Client {
         self.probed.push(false);
         Some(self.addrs.len() - 1)
     }
+}
+
+/// The key-value client on `channel`.
+fn kv_client(channel: Channel) -> KeyValueClient<Channel> {
+    // A 1 MiB value plus the rest of the request must fit (tonic's default is 4 MiB,
+    // kept explicit here because the limit matters to docs/api.md).
+    KeyValueClient::new(channel).max_decoding_message_size(4 * 1024 * 1024)
 }
 
 /// Codes that may go away on another node or a little later: not the leader,

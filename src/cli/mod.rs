@@ -5,8 +5,10 @@
 
 pub mod client;
 pub mod snapshot;
+mod transfer;
 
 pub use client::{Client, Error, Health, NodeHealth, DEFAULT_RPC_TIMEOUT, DEFAULT_TIMEOUT};
+pub use transfer::{transfer_leader, TransferLeaderArgs};
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -68,6 +68,7 @@ pub struct ConfigFile {
     poll_us: Option<Spanned<u64>>,
     fast_path_off: Option<Spanned<String>>,
     max_request_bytes: Option<Spanned<usize>>,
+    pre_vote: Option<Spanned<bool>>,
 }
 
 /// Where each value taken from the file was, to put its line into a
@@ -183,6 +184,7 @@ impl ConfigFile {
             &mut t.max_request_bytes,
             self.max_request_bytes,
         );
+        merge.value("pre-vote", &mut t.pre_vote, self.pre_vote);
         Ok(merge.origins)
     }
 
@@ -372,6 +374,7 @@ mod tests {
             poll-us = 0
             fast-path-off = "batching"
             max-request-bytes = 4096
+            pre-vote = false
             members = { 1 = "10.0.0.1:7001", 2 = "10.0.0.2:7002", 3 = "10.0.0.3:7003" }
         "#;
         let c = load(text, &[]).unwrap();
@@ -388,6 +391,11 @@ mod tests {
         assert_eq!(c.poll, std::time::Duration::ZERO);
         assert!(!c.fast_path.batching && c.fast_path.pipelining);
         assert_eq!(c.max_request_bytes, 4096);
+        assert!(!c.pre_vote && !c.raft_config().pre_vote);
+        assert!(
+            load(MINIMAL, &[]).unwrap().raft_config().pre_vote,
+            "on by default"
+        );
         // TLS keys reach the TLS flags: the files they name are read.
         let tls = load(&format!("{MINIMAL}\n"), &["--tls-dir", "/nonexistent-tls"]).unwrap_err();
         let in_file = load(&format!("tls-dir = \"/nonexistent-tls\"\n{MINIMAL}"), &[]).unwrap_err();
@@ -472,7 +480,7 @@ mod tests {
         );
         assert_eq!(
             err("[x]\n"),
-            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`"
+            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`, `pre-vote`"
         );
         let both = format!("peers = \"{PEERS}\"\n{MINIMAL}");
         assert_eq!(

@@ -60,6 +60,9 @@ pub enum ClientError {
         last_applied: LogIndex,
         commit_index: LogIndex,
     },
+    /// The leader is handing its leadership to `target` (dissertation
+    /// §3.10) and takes no writes meanwhile: retry, as after NotLeader.
+    TransferInProgress { target: NodeId },
 }
 
 pub type ClientResult = Result<ClientResponse, ClientError>;
@@ -78,6 +81,11 @@ impl From<raft::RequestError> for ClientError {
                 last_applied,
                 commit_index,
             },
+            raft::RequestError::TransferInProgress { target } => {
+                ClientError::TransferInProgress { target }
+            }
+            // Only a transfer request is answered so, and kv sends none.
+            raft::RequestError::TransferFailed(reason) => ClientError::InvalidArgument(reason),
         }
     }
 }

@@ -23,6 +23,9 @@ pub enum Request {
         /// node's own state, which may be stale
         linearizable: bool,
     },
+    /// Hand leadership to node `to` (dissertation §3.10; `transfer.rs`);
+    /// 0: to the most up-to-date follower.
+    TransferLeadership { to: NodeId },
 }
 
 impl Request {
@@ -31,6 +34,7 @@ impl Request {
         match self {
             Request::Write(command) => command.len(),
             Request::Read { query, .. } => query.len(),
+            Request::TransferLeadership { .. } => 0,
         }
     }
 }
@@ -51,6 +55,11 @@ pub enum RequestError {
         last_applied: LogIndex,
         commit_index: LogIndex,
     },
+    /// The leader is handing its leadership to `target` (§3.10) and takes
+    /// no writes meanwhile: retry, as after NotLeader.
+    TransferInProgress { target: NodeId },
+    /// A leadership transfer was refused or abandoned; says why.
+    TransferFailed(String),
 }
 
 /// The state machine's answer, or why there is none.
@@ -79,6 +88,7 @@ impl<S: StateMachine> RaftNode<S> {
                     linearizable: true,
                 } => follower_reads.push((request, query)),
                 Request::Write(command) => writes.push((request, command)),
+                Request::TransferLeadership { to } => self.transfer_leadership(request, to),
             }
         }
         if !follower_reads.is_empty() {
@@ -278,6 +288,15 @@ impl<S: StateMachine> RaftNode<S> {
             }
             return;
         };
+        if let Some(transfer) = &leader.transfer {
+            // §3.10: no new writes while the leadership is handed over.
+            let target = transfer.target;
+            for (request, _) in writes {
+                self.outbox
+                    .respond(request, Err(RequestError::TransferInProgress { target }));
+            }
+            return;
+        }
         let mut entries = Vec::with_capacity(writes.len());
         for ((request, command), index) in writes.into_iter().zip(first..) {
             leader.pending_writes.insert(index, request);

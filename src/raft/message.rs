@@ -1,5 +1,6 @@
 //! The messages Raft servers exchange (Figure 2 "RequestVote RPC" and
-//! "AppendEntries RPC", Figure 13 "InstallSnapshot RPC").
+//! "AppendEntries RPC", Figure 13 "InstallSnapshot RPC"), and two of the
+//! dissertation's: PreVote (§9.6) and TimeoutNow (§3.10).
 //!
 //! Every RPC is two one-way messages: the request and its reply are separate
 //! variants of [`Message`], so the single event-loop thread never waits for an
@@ -26,6 +27,9 @@ pub enum Message {
     InstallSnapshotReply(InstallSnapshotReply),
     ReadIndex(ReadIndex),
     ReadIndexReply(ReadIndexReply),
+    PreVote(PreVote),
+    PreVoteReply(PreVoteReply),
+    TimeoutNow(TimeoutNow),
 }
 
 /// One line for the debug log, without the payload: a 1 MiB value printed as
@@ -81,6 +85,17 @@ impl std::fmt::Display for Message {
                 "ReadIndexReply term {} batch {} read index {:?}",
                 m.term, m.batch, m.read_index
             ),
+            Message::PreVote(m) => write!(
+                f,
+                "PreVote term {} last log {}/{}",
+                m.term, m.last_log_index, m.last_log_term
+            ),
+            Message::PreVoteReply(m) => write!(
+                f,
+                "PreVoteReply term {} for term {} granted {}",
+                m.term, m.request_term, m.vote_granted
+            ),
+            Message::TimeoutNow(m) => write!(f, "TimeoutNow term {}", m.term),
         }
     }
 }
@@ -98,6 +113,9 @@ impl Message {
             Message::InstallSnapshotReply(m) => m.term,
             Message::ReadIndex(m) => m.term,
             Message::ReadIndexReply(m) => m.term,
+            Message::PreVote(m) => m.term,
+            Message::PreVoteReply(m) => m.term,
+            Message::TimeoutNow(m) => m.term,
         }
     }
 
@@ -112,6 +130,9 @@ impl Message {
             Message::InstallSnapshotReply(_) => "InstallSnapshotReply",
             Message::ReadIndex(_) => "ReadIndex",
             Message::ReadIndexReply(_) => "ReadIndexReply",
+            Message::PreVote(_) => "PreVote",
+            Message::PreVoteReply(_) => "PreVoteReply",
+            Message::TimeoutNow(_) => "TimeoutNow",
         }
     }
 
@@ -124,7 +145,8 @@ impl Message {
         }
     }
 
-    /// True for the requests, false for the replies.
+    /// True for the requests, false for the replies. (TimeoutNow has no
+    /// reply: the target's RequestVote is its answer.)
     pub fn is_request(&self) -> bool {
         matches!(
             self,
@@ -132,6 +154,8 @@ impl Message {
                 | Message::AppendEntries(_)
                 | Message::InstallSnapshot(_)
                 | Message::ReadIndex(_)
+                | Message::PreVote(_)
+                | Message::TimeoutNow(_)
         )
     }
 }
@@ -272,4 +296,43 @@ pub struct ReadIndexReply {
     /// the follower answers the batch once it has applied this far; None if
     /// this server cannot give one (it does not lead the request's term)
     pub read_index: Option<LogIndex>,
+}
+
+/// PreVote RPC arguments (dissertation §9.6): "a candidate would first ask
+/// other servers whether its log was up-to-date enough to get their vote".
+/// Sent before an election; neither side changes its term or its vote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreVote {
+    /// the term the candidate would stand in: its currentTerm + 1, which it
+    /// has not adopted
+    pub term: Term,
+    /// candidate asking
+    pub candidate_id: NodeId,
+    /// index of candidate's last log entry (§5.4)
+    pub last_log_index: LogIndex,
+    /// term of candidate's last log entry (§5.4)
+    pub last_log_term: Term,
+}
+
+/// PreVote RPC results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreVoteReply {
+    /// currentTerm of the server answering (not the term asked about), so a
+    /// candidate that is behind in terms catches up
+    pub term: Term,
+    /// echo of the request's term: which pre-vote round this answers
+    pub request_term: Term,
+    /// true means the server would grant its vote in an election at request_term
+    pub vote_granted: bool,
+}
+
+/// TimeoutNow (dissertation §3.10): sent by a leader transferring its
+/// leadership, once the target's log matches its own; the target starts
+/// an election at once, without waiting for its timer or a pre-vote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeoutNow {
+    /// leader's term
+    pub term: Term,
+    /// the leader handing over
+    pub leader_id: NodeId,
 }

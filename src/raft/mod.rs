@@ -14,6 +14,8 @@
 //! | Stable storage boundary           | `storage.rs`         |
 //! | The replicated state machine      | `state_machine.rs`   |
 //! | Turns: group commit, §10.2.1      | `turn.rs`            |
+//! | Pre-vote (dissertation §9.6)      | `pre_vote.rs`        |
+//! | Leadership transfer (§3.10)       | `transfer.rs`        |
 //! | What no correct peer sends        | `validate.rs`        |
 //!
 //! `docs/paper-map.md` maps every rule to its function.
@@ -24,11 +26,13 @@ mod install_snapshot;
 pub mod log;
 pub mod message;
 mod persistent;
+mod pre_vote;
 mod request_vote;
 mod rules;
 pub mod state;
 mod state_machine;
 pub mod storage;
+mod transfer;
 mod turn;
 mod validate;
 

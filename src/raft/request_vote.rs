@@ -91,7 +91,7 @@ impl<S: StateMachine> RaftNode<S> {
     /// §5.4.1: "If the logs have last entries with different terms, then the
     /// log with the later term is more up-to-date. If the logs end with the
     /// same term, then whichever log is longer is more up-to-date."
-    fn candidate_log_is_up_to_date(&self, request: &RequestVote) -> bool {
+    pub(super) fn candidate_log_is_up_to_date(&self, request: &RequestVote) -> bool {
         // BEGIN SOLUTION election
         let (my_last_term, my_last_index) = (self.log().last_term(), self.log().last_index());
         request.last_log_term > my_last_term

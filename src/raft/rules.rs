@@ -31,7 +31,8 @@ impl<S: StateMachine> RaftNode<S> {
         }
         // All Servers: "If RPC request or response contains term T >
         // currentTerm: set currentTerm = T, convert to follower (§5.1)".
-        if message.term() > self.current_term() {
+        // Not a PreVote's term: the candidate has not adopted it (§9.6).
+        if message.term() > self.current_term() && !matches!(message, Message::PreVote(_)) {
             self.become_follower(message.term(), None);
         }
         match message {
@@ -44,7 +45,10 @@ impl<S: StateMachine> RaftNode<S> {
                 let reply = self.handle_append_entries(request);
                 self.send(from, Message::AppendEntriesReply(reply));
             }
-            Message::AppendEntriesReply(reply) => self.handle_append_entries_reply(from, reply),
+            Message::AppendEntriesReply(reply) => {
+                self.handle_append_entries_reply(from, reply);
+                self.continue_transfer(from);
+            }
             Message::InstallSnapshot(request) => {
                 let reply = self.handle_install_snapshot(request);
                 self.send(from, Message::InstallSnapshotReply(reply));
@@ -52,6 +56,12 @@ impl<S: StateMachine> RaftNode<S> {
             Message::InstallSnapshotReply(reply) => self.handle_install_snapshot_reply(from, reply),
             Message::ReadIndex(request) => self.handle_read_index(from, request),
             Message::ReadIndexReply(reply) => self.handle_read_index_reply(from, reply),
+            Message::PreVote(request) => {
+                let reply = self.handle_pre_vote(request);
+                self.send(from, Message::PreVoteReply(reply));
+            }
+            Message::PreVoteReply(reply) => self.handle_pre_vote_reply(from, reply),
+            Message::TimeoutNow(request) => self.handle_timeout_now(request),
         }
         // All Servers: "If commitIndex > lastApplied: increment lastApplied,
         // apply log[lastApplied] to state machine (§5.3)".
@@ -69,8 +79,9 @@ impl<S: StateMachine> RaftNode<S> {
             Role::Follower | Role::Candidate { .. } => {
                 self.age_read_batches();
                 self.election_elapsed += 1;
+                self.leader_contact_elapsed = self.leader_contact_elapsed.saturating_add(1);
                 if self.election_elapsed >= self.election_timeout {
-                    self.start_election();
+                    self.election_timer_fired();
                 }
             }
             Role::Leader(leader) => {
@@ -87,6 +98,7 @@ impl<S: StateMachine> RaftNode<S> {
                 if check_due {
                     self.check_quorum();
                 }
+                self.transfer_tick();
             }
         }
     }
@@ -130,6 +142,11 @@ impl<S: StateMachine> RaftNode<S> {
         if let Role::Leader(leader_state) = std::mem::replace(&mut self.role, Role::Follower) {
             self.fail_pending_requests(leader_state);
         }
+        if leader.is_some() {
+            // heard from the leader of our term (§9.6)
+            self.leader_contact_elapsed = 0;
+            self.pre_votes = None;
+        }
         // A leader that steps down no longer knows who leads: clients it
         // redirects must not be sent back to it.
         if leader.is_some() || self.leader_id == Some(self.config.id) {
@@ -162,6 +179,7 @@ impl<S: StateMachine> RaftNode<S> {
         };
         self.fail_read_batches();
         self.set_term(term, Some(me));
+        self.pre_votes = None;
         self.role = Role::Candidate {
             votes: BTreeSet::from([me]),
         };
@@ -172,7 +190,10 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// A leader that steps down answers every waiting client: the request
     /// may or may not commit later, and only the new leader can say.
-    fn fail_pending_requests(&mut self, leader: Leader) {
+    fn fail_pending_requests(&mut self, mut leader: Leader) {
+        if let Some(transfer) = leader.transfer.take() {
+            self.end_transfer(*transfer);
+        }
         for (_, request) in leader.pending_writes {
             self.outbox
                 .respond(request, Err(RequestError::LeadershipLost));

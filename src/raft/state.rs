@@ -76,6 +76,11 @@ pub struct RaftConfig {
     pub max_bytes_in_flight: usize,
     /// seed of the RNG that randomizes election timeouts
     pub seed: u64,
+    /// ask for pre-votes before starting an election (dissertation §9.6),
+    /// so that a server returning from a partition cannot depose a leader.
+    /// Off here, so the core alone runs Figure 2's elections; a node turns
+    /// it on (`--pre-vote`, on by default).
+    pub pre_vote: bool,
 }
 
 impl RaftConfig {
@@ -94,6 +99,7 @@ impl RaftConfig {
             max_in_flight: 8,
             max_bytes_in_flight: 4 << 20,
             seed: id,
+            pre_vote: false,
         }
     }
 }
@@ -149,6 +155,21 @@ pub struct Leader {
     pub heartbeat_elapsed: u64,
     /// ticks since the last check that a majority is still reachable
     pub check_quorum_elapsed: u64,
+    /// A leadership transfer in progress (dissertation §3.10).
+    /// (boxed: most leaders never transfer, and Role stays small)
+    pub transfer: Option<Box<Transfer>>,
+}
+
+/// A leader handing its leadership to `target` (dissertation §3.10).
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    pub target: NodeId,
+    /// the client request that asked for it, answered when it ends
+    pub request: RequestId,
+    /// ticks since it started: it is abandoned after an election timeout
+    pub elapsed: u64,
+    /// TimeoutNow has been sent: the target's log matched ours
+    pub timeout_now_sent: bool,
 }
 
 /// How the leader is sending to one follower.
@@ -285,6 +306,12 @@ pub struct RaftNode<S: StateMachine> {
     pub(super) election_elapsed: u64,
     /// this round's randomized election timeout (§5.2)
     pub(super) election_timeout: u64,
+    /// ticks since a current leader was last heard from (dissertation §9.6:
+    /// no pre-vote is granted within the minimum election timeout of it)
+    pub(super) leader_contact_elapsed: u64,
+    /// the servers that granted a pre-vote for current_term + 1, this one
+    /// included, while a pre-vote round is on (§9.6)
+    pub(super) pre_votes: Option<BTreeSet<NodeId>>,
     pub(super) rng: StdRng,
 
     /// the replicated state machine
@@ -345,6 +372,8 @@ impl<S: StateMachine> RaftNode<S> {
             leader_id: None,
             election_elapsed: 0,
             election_timeout: 0,
+            leader_contact_elapsed: u64::MAX,
+            pre_votes: None,
             rng,
             state_machine,
             incoming_snapshot: None,
@@ -452,6 +481,8 @@ impl<S: StateMachine> RaftNode<S> {
     pub(super) fn set_term(&mut self, term: Term, voted_for: Option<NodeId>) {
         self.persistent.set_term(term, voted_for);
         self.leader_id = None;
+        // a pre-vote round asked about the term after the old one
+        self.pre_votes = None;
     }
 
     /// Send a message to a peer. A request leaves at once; a reply speaks

@@ -32,6 +32,8 @@ impl<S: StateMachine> RaftNode<S> {
             Message::RequestVote(m) => m.candidate_id,
             Message::AppendEntries(m) => m.leader_id,
             Message::InstallSnapshot(m) => m.leader_id,
+            Message::PreVote(m) => m.candidate_id,
+            Message::TimeoutNow(m) => m.leader_id,
             _ => from,
         };
         if sender_named != from {
@@ -75,7 +77,7 @@ impl<S: StateMachine> RaftNode<S> {
                     self.persistent.log().last_index()
                 ))
             }
-            _ => None,
+            _ => pre_vote_refusal(message),
         }
     }
 
@@ -152,5 +154,22 @@ impl<S: StateMachine> RaftNode<S> {
                 m.data.len()
             )),
         }
+    }
+}
+
+/// A pre-vote asks about a term after the candidate's own, so after its
+/// last entry's; a grant comes from a server whose term is older than the
+/// one asked about (§9.6).
+fn pre_vote_refusal(message: &Message) -> Option<String> {
+    match message {
+        Message::PreVote(m) if m.last_log_term >= m.term => Some(format!(
+            "the pre-vote's last log term {} is not older than the term {} it asks about",
+            m.last_log_term, m.term
+        )),
+        Message::PreVoteReply(m) if m.vote_granted && m.term >= m.request_term => Some(format!(
+            "it grants a pre-vote for term {} from term {}",
+            m.request_term, m.term
+        )),
+        _ => None,
     }
 }

@@ -35,6 +35,7 @@ mod accept;
 mod backup;
 mod convert;
 mod health;
+mod leadership;
 mod refusals;
 mod scrape;
 mod services;
@@ -60,6 +61,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use crate::config::{Address, Members};
 use crate::kv;
 use crate::proto::kv::key_value_server::KeyValueServer;
+use crate::proto::leadership::leadership_server::LeadershipServer;
 use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::raft_server::RaftServer;
 use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
@@ -70,6 +72,7 @@ use crate::server::metrics::{Leadership, Metrics};
 use crate::server::watch::Watching;
 use crate::server::Listeners;
 use crate::tls::Tls;
+use leadership::LeadershipService;
 use refusals::Refusals;
 use services::{ClientAddresses, ClientService, PeerService, Waiting};
 
@@ -210,12 +213,23 @@ impl Bridge {
         })
         .max_decoding_message_size(max_peer_message_bytes)
         .max_encoding_message_size(max_peer_message_bytes);
+        let backups = backup::Backups::default();
+        let leadership_service = LeadershipServer::new(LeadershipService {
+            id,
+            service: ClientService {
+                addresses: client_addresses.clone(),
+                to_event_loop: client_calls.clone(),
+                waiting: waiting.clone(),
+                metrics: metrics.clone(),
+                backups: backups.clone(),
+            },
+        });
         let client_service = KeyValueServer::new(ClientService {
             addresses: client_addresses,
             to_event_loop: client_calls,
             waiting,
             metrics,
-            backups: backup::Backups::default(),
+            backups,
         })
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -223,7 +237,8 @@ impl Bridge {
         let clients = client_router(id, client_service, leadership)
             .await?
             .add_service(watching::watch_server(id, watching.clone()))
-            .add_service(watching::fault_server(id, watching));
+            .add_service(watching::fault_server(id, watching))
+            .add_service(leadership_service);
         let tls_config = tls
             .map(|t| t.server_config())
             .transpose()

@@ -27,7 +27,7 @@ use crate::raft::{
 use crate::server::watch::Publisher;
 
 /// The kinds of peer message, in the order of [`kind`].
-pub(crate) const MESSAGE_KINDS: [&str; 8] = [
+pub(crate) const MESSAGE_KINDS: [&str; 11] = [
     "RequestVote",
     "RequestVoteReply",
     "AppendEntries",
@@ -36,6 +36,9 @@ pub(crate) const MESSAGE_KINDS: [&str; 8] = [
     "InstallSnapshotReply",
     "ReadIndex",
     "ReadIndexReply",
+    "PreVote",
+    "PreVoteReply",
+    "TimeoutNow",
 ];
 
 pub(crate) fn kind(message: &Message) -> usize {
@@ -48,6 +51,9 @@ pub(crate) fn kind(message: &Message) -> usize {
         Message::InstallSnapshotReply(_) => 5,
         Message::ReadIndex(_) => 6,
         Message::ReadIndexReply(_) => 7,
+        Message::PreVote(_) => 8,
+        Message::PreVoteReply(_) => 9,
+        Message::TimeoutNow(_) => 10,
     }
 }
 
@@ -270,8 +276,11 @@ impl Metrics {
             Err(RequestError::LeadershipLost) => {
                 self.proposal_failed(ProposalFailure::LeadershipLost)
             }
-            // Only reads are refused as behind.
-            Err(RequestError::Behind { .. }) => {}
+            Err(RequestError::TransferInProgress { .. }) => {
+                self.proposal_failed(ProposalFailure::NotLeader)
+            }
+            // Only reads are refused as behind, only transfers fail so.
+            Err(RequestError::Behind { .. } | RequestError::TransferFailed(_)) => {}
         }
     }
 

@@ -24,12 +24,15 @@
 //!   written with `try_send`; the one out of it is unbounded, and the bridge
 //!   drops messages a peer's full queue cannot take.
 //!
-//! A node stops only when killed (Ctrl-C included): Raft is built for
-//! crash-stop, and everything it has acknowledged is on disk already.
+//! A node stops only when killed: Raft is built for crash-stop, and
+//! everything it has acknowledged is on disk already. SIGTERM first hands
+//! a leader's leadership to a follower, within a bounded wait
+//! (`graceful.rs`); SIGKILL and Ctrl-C stop it at once.
 
 pub mod bridge;
 mod cluster;
 pub mod event_loop;
+mod graceful;
 pub mod identity;
 mod live;
 pub mod metrics;
@@ -56,7 +59,7 @@ use crate::kv::KvStore;
 use crate::raft::{NodeId, RaftNode, Storage};
 use crate::storage::FileStorage;
 use bridge::Bridge;
-use event_loop::{EventLoop, Inputs, RuntimeOutbox};
+use event_loop::{ClientCall, EventLoop, Inputs, RuntimeOutbox};
 use identity::ClusterId;
 use metrics::{Leadership, MeasuredKv, MeasuredStorage, Metrics, Observer};
 
@@ -154,6 +157,13 @@ pub fn run_node(args: NodeArgs, given: &config::file::Given) -> i32 {
             return EXIT_FATAL;
         }
     };
+    // At most two election timeouts: a transfer is abandoned after one.
+    let wait = 2 * config.timing.tick * config.timing.election_timeout_ticks.1 as u32;
+    if let Err(e) = graceful::stop_gracefully_on_sigterm(config.id, node.client_calls.clone(), wait)
+    {
+        error!("node {}: cannot start: {e}", config.id);
+        return EXIT_FATAL;
+    }
     let serving = match &config.listen_clients {
         None => format!("peers and clients on {}", config.listen_peers),
         Some(clients) => format!("peers on {}, clients on {clients}", config.listen_peers),
@@ -265,6 +275,8 @@ pub struct Node {
     timer: JoinHandle<()>,
     snapshot_writer: JoinHandle<()>,
     stop_event_loop: Sender<()>,
+    /// the event loop's client channel, for a leader stopping on SIGTERM
+    client_calls: Sender<ClientCall>,
     /// taken by `shutdown`; dropping it would stop the bridge too
     stop_bridge: Option<oneshot::Sender<()>>,
 }
@@ -324,7 +336,7 @@ impl Node {
             tls: config.tls.clone(),
             listeners,
             peer_messages: peer_tx,
-            client_calls: client_tx,
+            client_calls: client_tx.clone(),
             handoffs: handoff_rx,
             leadership,
             metrics: metrics.clone(),
@@ -350,6 +362,7 @@ impl Node {
             timer,
             snapshot_writer,
             stop_event_loop,
+            client_calls: client_tx,
             stop_bridge: Some(stop_bridge),
         })
     }

@@ -142,6 +142,7 @@ impl TestCluster {
             poll: Duration::from_micros(500),
             fast_path: FastPath::default(),
             max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
+            pre_vote: true,
             listen_peers: self.address(id).clone(),
             listen_clients: None,
             client_address: self.address(id).clone(),

@@ -94,6 +94,10 @@ pub struct SimConfig {
     /// the bound on each state machine's session table (dissertation §6.3);
     /// `kv::MAX_SESSIONS` unless a test needs a small one
     pub max_sessions: usize,
+    /// ask for pre-votes before elections (dissertation §9.6). Off unless a
+    /// test turns it on: the course's tests and scripts follow Figure 2's
+    /// elections, and a running node has it on (`--pre-vote`).
+    pub pre_vote: bool,
 }
 
 impl SimConfig {
@@ -118,7 +122,14 @@ impl SimConfig {
             max_bytes_per_message: defaults.max_bytes_per_message,
             max_bytes_in_flight: defaults.max_bytes_in_flight,
             max_sessions: kv::MAX_SESSIONS,
+            pre_vote: false,
         }
+    }
+
+    /// Pre-vote (dissertation §9.6) on or off.
+    pub fn pre_vote(mut self, on: bool) -> Self {
+        self.pre_vote = on;
+        self
     }
 
     /// Every part of the fast path that the runtime can switch off, off:
@@ -286,6 +297,8 @@ pub struct Cluster {
     next_request: RequestId,
     /// answers to client requests, by request id
     responses: BTreeMap<RequestId, ClientResult>,
+    /// leadership transfers asked for, and the core's answers
+    transfers: BTreeMap<RequestId, Option<Response>>,
     /// everything that happened, for the timeline
     events: Vec<Event>,
     /// the same, one line each
@@ -352,6 +365,7 @@ impl Cluster {
             next_order: 0,
             next_request: 1,
             responses: BTreeMap::new(),
+            transfers: BTreeMap::new(),
             events: Vec::new(),
             trace: Vec::new(),
             views: Vec::new(),
@@ -399,6 +413,7 @@ impl Cluster {
         config.max_in_flight = self.config.max_in_flight;
         config.max_bytes_per_message = self.config.max_bytes_per_message;
         config.max_bytes_in_flight = self.config.max_bytes_in_flight;
+        config.pre_vote = self.config.pre_vote;
         // Each node, and each restart of it, draws different timeouts.
         config.seed = self.config.seed ^ (id << 32) ^ (sim.restarts << 48);
         sim.outbox = SimOutbox::default();
@@ -773,6 +788,15 @@ impl Cluster {
             });
         }
         for (request, response) in collected.responses {
+            if self.transfers.contains_key(&request) {
+                self.note(format!("n{id} answers transfer {request}: {response:?}"));
+                let previous = self.transfers.insert(request, Some(response));
+                assert!(
+                    previous.flatten().is_none(),
+                    "transfer {request} answered twice"
+                );
+                continue;
+            }
             let result = kv::from_raft(response);
             self.record(EventKind::Answer {
                 node: id,
@@ -1025,6 +1049,26 @@ impl Cluster {
             .count()
     }
 
+    /// Ask node `leader` to hand its leadership to `to` (dissertation
+    /// §3.10); the answer is read with [`Cluster::transfer_answer`].
+    pub fn transfer_leadership(&mut self, leader: NodeId, to: NodeId) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.note(format!(
+            "transfer request {id} to n{leader}: leadership to n{to}"
+        ));
+        self.transfers.insert(id, None);
+        self.with_node(leader, |node| {
+            node.client_requests(vec![(id, crate::raft::Request::TransferLeadership { to })])
+        });
+        id
+    }
+
+    /// The core's answer to transfer request `id`, once it came.
+    pub fn transfer_answer(&self, id: RequestId) -> Option<&Response> {
+        self.transfers.get(&id).and_then(Option::as_ref)
+    }
+
     /// Submit several client requests to node `to` in one batch.
     pub fn requests(&mut self, to: NodeId, requests: Vec<ClientRequest>) -> Vec<RequestId> {
         let batch: Vec<_> = requests
@@ -1057,9 +1101,12 @@ impl Cluster {
             };
             let id = self.request(leader, request.clone());
             match self.wait_response(id, 40) {
-                None | Some(Err(ClientError::NotLeader { .. } | ClientError::LeadershipLost)) => {
-                    self.tick()
-                }
+                None
+                | Some(Err(
+                    ClientError::NotLeader { .. }
+                    | ClientError::LeadershipLost
+                    | ClientError::TransferInProgress { .. },
+                )) => self.tick(),
                 Some(result) => return Some(result),
             }
         }

@@ -781,6 +781,9 @@ fn answer(result: &ClientResult) -> String {
             commit_index,
             ..
         }) => format!("behind: applied {last_applied} of {commit_index} committed"),
+        Err(ClientError::TransferInProgress { target }) => {
+            format!("leadership transfer to n{target} in progress")
+        }
     }
 }
 

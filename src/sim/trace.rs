@@ -14,6 +14,17 @@ pub fn describe(message: &Message) -> String {
             m.term,
             if m.vote_granted { "granted" } else { "refused" }
         ),
+        Message::PreVote(m) => format!(
+            "PreVote term={} last={}@{}",
+            m.term, m.last_log_index, m.last_log_term
+        ),
+        Message::PreVoteReply(m) => format!(
+            "PreVoteReply term={} for={} {}",
+            m.term,
+            m.request_term,
+            if m.vote_granted { "granted" } else { "refused" }
+        ),
+        Message::TimeoutNow(m) => format!("TimeoutNow term={}", m.term),
         Message::AppendEntries(m) => {
             let mut s = format!(
                 "AppendEntries term={} prev={}@{} {} commit={}",

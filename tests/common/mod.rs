@@ -231,6 +231,16 @@ impl Cluster {
         }
     }
 
+    /// `kill -TERM` node `id` and wait for it to exit: a planned stop.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let mut child = self.nodes[id as usize - 1].take().expect("node running");
+        // SAFETY: a plain kill(2) of our own child.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        child.wait().expect("wait for the node")
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes[id as usize - 1].is_some()
     }

@@ -123,6 +123,18 @@ impl LocalCluster {
         }
     }
 
+    /// `kill -TERM` member `i` and reap it: a planned stop, in which a
+    /// leader hands its leadership over first.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            // SAFETY: a plain kill(2) of our own child.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
     /// Start member `i` again on its data.
     pub fn restart(&mut self, i: usize) -> Result<(), String> {
         self.kill(i);

@@ -115,9 +115,10 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub tls_files: TlsArgs,
     /// What to run, comma-separated: all, or any of rtt, write-latency,
-    /// write-throughput, read-throughput, failover, grow, sessions,
-    /// large-values, many-writers, oversize (run in that order). `all` is
-    /// the first five. large-values (8 clients, 40 values of 1 MiB),
+    /// write-throughput, read-throughput, failover, handover, grow,
+    /// sessions, large-values, many-writers, oversize (run in that order).
+    /// `all` is the first five; handover is failover with SIGTERM, which
+    /// hands the leadership over first. large-values (8 clients, 40 values of 1 MiB),
     /// many-writers (256 clients, 20 000 values of 16 KiB) and oversize (6
     /// clients, 60 values of 63 MiB, which count when refused) fix their
     /// own clients and values; the "new terms" column says how many
@@ -211,6 +212,7 @@ pub enum WorkloadArg {
     WriteThroughput,
     ReadThroughput,
     Failover,
+    Handover,
     Grow,
     Sessions,
     LargeValues,
@@ -277,6 +279,7 @@ impl Plan {
                 WorkloadArg::WriteThroughput => w == Workload::WriteThroughput,
                 WorkloadArg::ReadThroughput => w == Workload::ReadThroughput,
                 WorkloadArg::Failover => w == Workload::Failover,
+                WorkloadArg::Handover => w == Workload::Handover,
                 WorkloadArg::Grow => w == Workload::Grow,
                 WorkloadArg::Sessions => w == Workload::Sessions,
                 WorkloadArg::LargeValues => w == Workload::LargeValues,
@@ -312,6 +315,9 @@ impl Plan {
             }
             workloads.retain(|&w| w != Workload::Failover);
             skipped = Some(format!("failover skipped: {why}"));
+        }
+        if let Some(why) = failover_impossible.filter(|_| named(Workload::Handover)) {
+            return Err(why.replace("failover", "handover"));
         }
         let cluster = match (&args.cluster[..], args.target) {
             ([], TargetArg::Etcd) => split(ETCD_CLUSTER),
@@ -390,7 +396,7 @@ impl Plan {
             | Workload::ReadThroughput
             | Workload::Grow
             | Workload::Sessions => self.clients,
-            Workload::Rtt | Workload::WriteLatency | Workload::Failover => 1,
+            Workload::Rtt | Workload::WriteLatency | Workload::Failover | Workload::Handover => 1,
             Workload::LargeValues | Workload::ManyWriters | Workload::Oversize => {
                 workload.fixed_shape().map_or(1, |(clients, _)| clients)
             }
@@ -800,20 +806,23 @@ async fn run_workload(
     }
     let pids = cluster.as_ref().map_or_else(Vec::new, |c| c.pids());
     let log_lengths = cluster.as_ref().map(|c| c.log_lengths());
-    let term_before = if workload == Workload::Failover {
+    let kills_leaders = matches!(workload, Workload::Failover | Workload::Handover);
+    let term_before = if kills_leaders {
         None
     } else {
         pool.highest_term().await
     };
     let cpu = CpuMeter::start(pids);
-    let (mut measured, pids_after) = if workload == Workload::Failover {
+    let (mut measured, pids_after) = if kills_leaders {
         let Some(cluster) = cluster.as_deref_mut() else {
             return Err("failover needs --local".into());
         };
         let pool = pool.with_rpc_timeout(plan.failover_rpc_timeout)?;
         let progress = Progress::new(label, None);
         let _shown = progress.show();
-        let measured = workload::failover(cluster, &pool, plan.kills, data, &progress).await?;
+        let planned = workload == Workload::Handover;
+        let kills = (plan.kills, planned);
+        let measured = workload::failover(cluster, &pool, kills, data, &progress).await?;
         // The killed members were restarted: their CPU is not comparable.
         (measured, Vec::new())
     } else if matches!(workload, Workload::Grow | Workload::Sessions) {
@@ -1010,7 +1019,7 @@ mod tests {
         let p = plan(&[
             "--local",
             "--workload",
-            "grow,all,sessions,large-values,many-writers,oversize",
+            "grow,all,handover,sessions,large-values,many-writers,oversize",
         ])
         .unwrap();
         assert_eq!(p.workloads, Workload::ORDER);

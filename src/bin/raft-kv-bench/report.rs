@@ -151,12 +151,17 @@ pub fn table(summaries: &[&Summary], floor: Option<&Floor>, stale: bool) -> Stri
     let mut rows = vec![header.map(String::from).to_vec()];
     let mut notes = String::new();
     for s in summaries {
-        if s.workload == Workload::Failover {
+        if matches!(s.workload, Workload::Failover | Workload::Handover) {
             let gaps = s.gaps();
             let each: Vec<String> = gaps.iter().map(|g| format!("{g:.0}")).collect();
+            let how = match s.workload {
+                Workload::Handover => "SIGTERM stop",
+                _ => "kill",
+            };
             let _ = writeln!(
                 notes,
-                "failover: {} kill{} of the leader, 1 writer ({} writes, {} errors): longest pause in writes per kill, median {} ms, max {} ms [{}]",
+                "{}: {} {how}{} of the leader, 1 writer ({} writes, {} errors): longest pause in writes per kill, median {} ms, max {} ms [{}]",
+                s.workload.name(),
                 gaps.len(),
                 if gaps.len() == 1 { "" } else { "s" },
                 number(s.median(|m| Some(m.ops as f64)), 0),
@@ -475,6 +480,11 @@ pub fn comparison(
             "failover: longest write pause, max (ms)".into(),
             Summary::gap_max,
         ),
+        (
+            Workload::Handover,
+            "handover (SIGTERM): longest write pause per stop, median (ms)".into(),
+            |s| median(&s.gaps()),
+        ),
     ];
     let mut out = String::from("| | raft-kv | etcd | raft-kv / etcd |\n|---|---:|---:|---:|\n");
     // The same machine's floor for both: how far each is from it.
@@ -645,7 +655,7 @@ struct SnapshotFields<'a> {
 /// One JSON object (one line) per summary.
 pub fn json(summary: &Summary, setup: &Setup, floor: Option<&Floor>) -> String {
     let s = summary;
-    let is_failover = s.workload == Workload::Failover;
+    let is_failover = matches!(s.workload, Workload::Failover | Workload::Handover);
     let names = s.runs.first().map_or(&[][..], |m| &m.member_names[..]);
     let object = Object {
         target: s.system.name(),

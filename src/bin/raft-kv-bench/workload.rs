@@ -43,6 +43,10 @@ pub enum Workload {
     ReadThroughput,
     /// 1 writer while the leader is killed --kills times.
     Failover,
+    /// failover's planned twin: the leader is stopped with SIGTERM --kills
+    /// times, so it hands its leadership over first (dissertation §3.10;
+    /// etcd does the same). Not part of `all`.
+    Handover,
     /// --clients writers write each of --keyspace keys once, so the state
     /// grows to --keyspace keys, sampled once a second. Not part of `all`.
     Grow,
@@ -74,12 +78,13 @@ impl Workload {
     ];
 
     /// Every workload, in the order they run: `all`'s, then the others.
-    pub const ORDER: [Workload; 10] = [
+    pub const ORDER: [Workload; 11] = [
         Workload::Rtt,
         Workload::WriteLatency,
         Workload::WriteThroughput,
         Workload::ReadThroughput,
         Workload::Failover,
+        Workload::Handover,
         Workload::Grow,
         Workload::Sessions,
         Workload::LargeValues,
@@ -94,6 +99,7 @@ impl Workload {
             Workload::WriteThroughput => "write-throughput",
             Workload::ReadThroughput => "read-throughput",
             Workload::Failover => "failover",
+            Workload::Handover => "handover",
             Workload::Grow => "grow",
             Workload::Sessions => "sessions",
             Workload::LargeValues => "large-values",
@@ -126,7 +132,7 @@ impl Workload {
             // Twice raft-kv's bound on sessions (kv::MAX_SESSIONS).
             Workload::Sessions => 200_000,
             // Grow writes --keyspace keys; failover runs until its kills are done.
-            Workload::Failover | Workload::Grow => 0,
+            Workload::Failover | Workload::Handover | Workload::Grow => 0,
         }
     }
 }
@@ -619,10 +625,11 @@ fn longest_gap(successes: &[Instant], since: Instant) -> Duration {
 
 /// One client writes without pause while the leader is killed `kills` times;
 /// after each kill the member is restarted and allowed to catch up.
+/// The failover and handover workloads; `planned`: SIGTERM, not SIGKILL.
 pub async fn failover(
     cluster: &mut LocalCluster,
     pool: &Pool,
-    kills: usize,
+    (kills, planned): (usize, bool),
     data: &Arc<Data>,
     progress: &Arc<Progress>,
 ) -> Result<Measured, String> {
@@ -655,7 +662,7 @@ pub async fn failover(
     };
     let started = Instant::now();
     let started_unix = unix_now();
-    let result = kill_leaders(cluster, pool, kills, &successes, progress).await;
+    let result = kill_leaders(cluster, pool, (kills, planned), &successes, progress).await;
     stop.store(true, Ordering::Relaxed);
     let (errors, first_error) = writer
         .await
@@ -677,7 +684,7 @@ pub async fn failover(
 async fn kill_leaders(
     cluster: &mut LocalCluster,
     pool: &Pool,
-    kills: usize,
+    (kills, planned): (usize, bool),
     successes: &Successes,
     progress: &Progress,
 ) -> Result<Vec<Duration>, String> {
@@ -687,10 +694,19 @@ async fn kill_leaders(
     for kill in 1..=kills {
         let leader = wait_for_leader(pool, || cluster.check_alive()).await?;
         progress.set_label(format!(
-            "{system} failover: kill {kill}/{kills} ({} was leader)",
+            "{system} {}: {kill}/{kills} ({} was leader)",
+            if planned {
+                "handover: SIGTERM"
+            } else {
+                "failover: kill"
+            },
             cluster.member_name(leader)
         ));
-        cluster.kill(leader);
+        if planned {
+            cluster.terminate(leader);
+        } else {
+            cluster.kill(leader);
+        }
         // Taken once the process is gone: a write answered before this
         // instant may have been answered by the old leader.
         let killed_at = Instant::now();

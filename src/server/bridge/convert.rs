@@ -10,7 +10,8 @@
 use crate::proto::peer as pb;
 use crate::raft::{
     AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, InstallSnapshotReply,
-    Message, NodeId, ReadIndex, ReadIndexReply, RequestVote, RequestVoteReply,
+    Message, NodeId, PreVote, PreVoteReply, ReadIndex, ReadIndexReply, RequestVote,
+    RequestVoteReply, TimeoutNow,
 };
 
 /// A message for the wire, from `from`.
@@ -34,6 +35,21 @@ pub fn envelope(from: NodeId, message: Message) -> pb::Envelope {
             batch: m.batch,
             ok: m.read_index.is_some(),
             read_index: m.read_index.unwrap_or(0),
+        }),
+        Message::PreVote(m) => M::PreVote(pb::PreVoteRequest {
+            term: m.term,
+            candidate_id: m.candidate_id,
+            last_log_index: m.last_log_index,
+            last_log_term: m.last_log_term,
+        }),
+        Message::PreVoteReply(m) => M::PreVoteReply(pb::PreVoteReply {
+            term: m.term,
+            request_term: m.request_term,
+            vote_granted: m.vote_granted,
+        }),
+        Message::TimeoutNow(m) => M::TimeoutNow(pb::TimeoutNowRequest {
+            term: m.term,
+            leader_id: m.leader_id,
         }),
     };
     pb::Envelope {
@@ -64,6 +80,21 @@ pub fn open_envelope(envelope: pb::Envelope) -> Result<(NodeId, Message), String
             term: m.term,
             batch: m.batch,
             read_index: m.ok.then_some(m.read_index),
+        }),
+        Some(M::PreVote(m)) => Message::PreVote(PreVote {
+            term: m.term,
+            candidate_id: m.candidate_id,
+            last_log_index: m.last_log_index,
+            last_log_term: m.last_log_term,
+        }),
+        Some(M::PreVoteReply(m)) => Message::PreVoteReply(PreVoteReply {
+            term: m.term,
+            request_term: m.request_term,
+            vote_granted: m.vote_granted,
+        }),
+        Some(M::TimeoutNow(m)) => Message::TimeoutNow(TimeoutNow {
+            term: m.term,
+            leader_id: m.leader_id,
         }),
         None => return Err("the envelope holds no message".to_string()),
     };

@@ -210,7 +210,7 @@ impl ClientAddresses {
         }
     }
 
-    fn of(&self, id: NodeId) -> Option<Address> {
+    pub(super) fn of(&self, id: NodeId) -> Option<Address> {
         self.0
             .lock()
             .expect("no panics while held")
@@ -231,7 +231,7 @@ struct WaitingRequests {
 }
 
 impl Waiting {
-    fn register(&self, answer: oneshot::Sender<raft::Response>) -> RequestId {
+    pub(super) fn register(&self, answer: oneshot::Sender<raft::Response>) -> RequestId {
         let mut waiting = self.0.lock().expect("no panics while held");
         waiting.next_id += 1;
         let id = waiting.next_id;
@@ -239,7 +239,7 @@ impl Waiting {
         id
     }
 
-    fn forget(&self, id: RequestId) {
+    pub(super) fn forget(&self, id: RequestId) {
         self.0
             .lock()
             .expect("no panics while held")
@@ -328,6 +328,10 @@ impl ClientService {
                 "not leader: leadership was lost before the request completed; \
                  retry with the same client_id and sequence",
             ),
+            ClientError::TransferInProgress { target } => Status::unavailable(format!(
+                "leadership transfer in progress: this leader is handing over to node \
+                 {target} and takes no writes; retry (nothing was applied)"
+            )),
             ClientError::InvalidArgument(reason) => Status::invalid_argument(reason),
             ClientError::StaleSequence => session_refusal(
                 STALE_SEQUENCE,
