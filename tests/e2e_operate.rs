@@ -174,7 +174,7 @@ fn reflection_lists_and_describes_the_client_api_on_the_client_port() {
     let service = &file.service[0];
     assert_eq!(service.name(), "KeyValue");
     let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, ["Set", "Get", "Delete", "Status"]);
+    assert_eq!(methods, ["Set", "Get", "Delete", "Status", "Snapshot"]);
 
     // The peer port is for members: no reflection there.
     let mut on_peer_port = ServerReflectionClient::new(channel(&rt, cluster.addr(1)));
