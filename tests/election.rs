@@ -280,6 +280,7 @@ fn election_timer_restarts_only_for_current_leader_or_granted_vote_5_2() {
                 candidate_id,
                 last_log_index: if up_to_date { log.last_index() } else { 0 },
                 last_log_term: if up_to_date { log.last_term() } else { 0 },
+                leadership_transfer: false,
             })
         };
 
@@ -385,6 +386,7 @@ fn vote(
         candidate_id: candidate,
         last_log_index: last_log.0,
         last_log_term: last_log.1,
+        leadership_transfer: false,
     };
     node.step(candidate, Message::RequestVote(request));
     node.end_turn();

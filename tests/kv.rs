@@ -833,6 +833,7 @@ fn new_leader_reads_wait_for_its_noop_6_4() {
             candidate_id: a,
             last_log_index: n.log().last_index(),
             last_log_term: n.log().last_term(),
+            leadership_transfer: false,
         };
         let reply = c.exchange(b, a, Message::RequestVote(request)).pop();
         c.exchange(a, b, reply.unwrap());

@@ -232,6 +232,7 @@ fn unsynced_writes_are_lost_on_crash_figure_2() {
         last_included_index: 2,
         last_included_term: 1,
         data: vec![],
+        configuration: None,
     };
     disk.save_snapshot(&snapshot, true).unwrap();
     disk.sync().unwrap();
@@ -502,6 +503,7 @@ fn vote_survives_crash_figure_2() {
             candidate_id,
             last_log_index: 0,
             last_log_term: 0,
+            leadership_transfer: false,
         })
     };
     let granted = |reply: Vec<Message>| match reply.as_slice() {
@@ -688,6 +690,7 @@ mod with_crashes {
             candidate_id: candidate,
             last_log_index: n.log().last_index(),
             last_log_term: n.log().last_term(),
+            leadership_transfer: false,
         };
         let reply = c
             .exchange(voter, candidate, Message::RequestVote(request))

@@ -66,6 +66,7 @@ fn a_term_at_the_end_of_the_range_is_refused_5_1() {
                 candidate_id: follower,
                 last_log_index: u64::MAX,
                 last_log_term: 1,
+                leadership_transfer: false,
             });
             assert!(!deliver(&mut c, follower, leader, vote));
             assert_eq!(c.node(leader).current_term(), term);
@@ -88,6 +89,7 @@ fn a_large_but_possible_term_is_adopted_5_1() {
         candidate_id: follower,
         last_log_index: 0,
         last_log_term: 0,
+        leadership_transfer: false,
     });
     assert!(deliver(&mut c, follower, leader, vote));
     assert_eq!(c.node(leader).current_term(), term);
@@ -211,6 +213,7 @@ fn entries_and_snapshots_that_break_the_log_rules_are_refused_5_3() {
         offset: 0,
         data: vec![],
         done: true,
+        configuration: None,
     });
     assert!(!deliver(&mut c, leader, follower, snapshot));
     assert_eq!(c.node(follower).log().snapshot_index(), 0);
@@ -248,6 +251,7 @@ fn messages_from_outsiders_or_under_another_name_are_refused() {
         candidate_id: other,
         last_log_index: 100,
         last_log_term: term,
+        leadership_transfer: false,
     });
     assert!(!deliver(&mut c, follower, leader, vote.clone()));
     assert!(!deliver(&mut c, 99, leader, vote));
@@ -275,6 +279,7 @@ fn snapshot_chunks_that_never_finish_are_bounded_and_dropped_figure_13() {
             offset,
             data: vec![7; len],
             done: false,
+            configuration: None,
         })
     };
     const MIB: usize = 1 << 20;
@@ -546,6 +551,7 @@ fn random_message(rng: &mut impl rand::Rng, from: NodeId, term: u64, last: u64) 
             candidate_id: from,
             last_log_index: i,
             last_log_term: t,
+            leadership_transfer: false,
         }),
         1 => Message::AppendEntries(AppendEntries {
             term: t,
@@ -564,6 +570,7 @@ fn random_message(rng: &mut impl rand::Rng, from: NodeId, term: u64, last: u64) 
             offset: x,
             data: vec![0xff; (x % 64) as usize],
             done: x % 2 == 0,
+            configuration: None,
         }),
         3 => Message::AppendEntriesReply(AppendEntriesReply {
             term: t,
@@ -611,6 +618,7 @@ fn malformed_message(
             candidate_id: from,
             last_log_index: last,
             last_log_term: term,
+            leadership_transfer: false,
         }),
         1 => {
             let bad = match rng.gen_range(0..4) {
@@ -637,6 +645,7 @@ fn malformed_message(
             offset: 0,
             data: vec![1, 2, 3],
             done: true,
+            configuration: None,
         }),
         3 => Message::InstallSnapshot(InstallSnapshot {
             term,
@@ -646,6 +655,7 @@ fn malformed_message(
             offset: u64::MAX - rng.gen_range(0..10),
             data: vec![1, 2, 3],
             done: rng.gen(),
+            configuration: None,
         }),
         4 => Message::AppendEntriesReply(AppendEntriesReply {
             term,

@@ -181,7 +181,7 @@ fn copy_with_file(from: &Path, name: &str, bytes: &[u8]) -> TempDir {
 fn command_bytes(index: LogIndex, term: Term) -> Vec<u8> {
     match set(index, term).command {
         Command::Client(bytes) => bytes,
-        Command::Noop => unreachable!("set() makes commands"),
+        Command::Noop | Command::Config(_) => unreachable!("set() makes commands"),
     }
 }
 
@@ -326,6 +326,7 @@ fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
         last_included_index: 6,
         last_included_term: 2,
         data: b"the state machine through entry 6".to_vec(),
+        configuration: None,
     };
     let mut storage = open(dir.path());
     storage.save_snapshot(&snapshot, true).unwrap();
@@ -349,6 +350,7 @@ fn a_snapshot_compacts_the_log_and_both_survive_reopen() {
         last_included_index: 20,
         last_included_term: 3,
         data: b"through 20".to_vec(),
+        configuration: None,
     };
     let mut storage = open(dir.path());
     storage.save_snapshot(&newer, true).unwrap();
@@ -372,6 +374,7 @@ fn snapshots_that_would_break_the_dir_are_refused() {
         last_included_index,
         last_included_term,
         data: vec![1, 2, 3],
+        configuration: None,
     };
     storage.save_snapshot(&at(4, 2), true).unwrap();
     for bad in [at(3, 2), at(0, 0), at(5, 3)] {
@@ -545,6 +548,7 @@ fn a_hole_in_the_first_batch_after_a_snapshot_is_judged_against_the_snapshot() {
         last_included_index: 5,
         last_included_term: 1,
         data: b"through 5".to_vec(),
+        configuration: None,
     };
     storage.save_snapshot(&snapshot, true).unwrap();
     storage.append(&entries(6..=9, 1)).unwrap();
@@ -592,6 +596,7 @@ fn a_hole_in_the_first_batch_after_a_conflicting_snapshot_is_cut_off() {
         last_included_index: 6,
         last_included_term: 2,
         data: b"from the leader".to_vec(),
+        configuration: None,
     };
     storage.save_snapshot(&snapshot, false).unwrap();
     storage.append(&entries(7..=9, 2)).unwrap();
@@ -893,6 +898,7 @@ fn a_flipped_bit_in_the_snapshot_is_refused() {
                 last_included_index: 2,
                 last_included_term: 3,
                 data: b"snapshot data".to_vec(),
+                configuration: None,
             },
             true,
         )
@@ -1099,6 +1105,7 @@ fn snapshot_through(index: LogIndex, term: Term) -> Snapshot {
         last_included_index: index,
         last_included_term: term,
         data: format!("the state machine through entry {index}").into_bytes(),
+        configuration: None,
     }
 }
 
@@ -1367,6 +1374,7 @@ fn a_snapshot_install_interrupted_by_a_crash_discards_the_conflicting_log() {
         last_included_index: 6,
         last_included_term: 2,
         data: b"from the leader".to_vec(),
+        configuration: None,
     };
     let mut storage = open(dir.path());
     storage.save_snapshot(&snapshot, false).unwrap();
@@ -1568,6 +1576,7 @@ fn recover_asked_twice_gives_the_same_answer() {
                 last_included_index: 2,
                 last_included_term: 2,
                 data: b"two".to_vec(),
+                configuration: None,
             },
             true,
         )
@@ -1606,6 +1615,7 @@ fn snapshot_at(index: LogIndex, term: Term) -> Snapshot {
         last_included_index: index,
         last_included_term: term,
         data: format!("the state through {index}").into_bytes(),
+        configuration: None,
     }
 }
 
@@ -1671,6 +1681,7 @@ fn a_seeded_data_dir_recovers_the_snapshot_its_term_and_an_empty_log() {
         last_included_index: 41,
         last_included_term: 3,
         data: b"the state machine".to_vec(),
+        configuration: None,
     };
     let file = base.path().join("backup.snap");
     fs::write(&file, raft_kv::storage::snapshot_file_bytes(&snapshot)).unwrap();

@@ -63,6 +63,8 @@ pub enum ClientError {
     /// The leader is handing its leadership to `target` (dissertation
     /// §3.10) and takes no writes meanwhile: retry, as after NotLeader.
     TransferInProgress { target: NodeId },
+    /// A configuration removed this node from the cluster (§6): ask another.
+    Removed { node: NodeId },
 }
 
 pub type ClientResult = Result<ClientResponse, ClientError>;
@@ -84,8 +86,12 @@ impl From<raft::RequestError> for ClientError {
             raft::RequestError::TransferInProgress { target } => {
                 ClientError::TransferInProgress { target }
             }
-            // Only a transfer request is answered so, and kv sends none.
-            raft::RequestError::TransferFailed(reason) => ClientError::InvalidArgument(reason),
+            raft::RequestError::Removed { node } => ClientError::Removed { node },
+            // Only transfer and membership requests are answered so, and kv
+            // sends none.
+            raft::RequestError::TransferFailed(reason)
+            | raft::RequestError::ChangeInProgress(reason)
+            | raft::RequestError::MembershipRefused(reason) => ClientError::InvalidArgument(reason),
         }
     }
 }

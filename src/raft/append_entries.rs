@@ -26,8 +26,37 @@ impl<S: StateMachine> RaftNode<S> {
                 leader.heartbeat_elapsed = 0;
             }
         }
-        for peer in self.peers() {
+        let peers = self.peers();
+        self.track_peers(&peers);
+        for peer in peers {
             self.send_append_entries(peer, heartbeat);
+        }
+    }
+
+    /// Keep the leader's state per follower in step with the servers it
+    /// sends to, which a configuration entry changes (§6): a new server
+    /// starts like every follower of a new leader, probed from the end of
+    /// the log.
+    pub(super) fn track_peers(&mut self, peers: &[NodeId]) {
+        let last_index = self.persistent.log().last_index();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let same = leader.next_index.len() == peers.len()
+            && peers.iter().all(|p| leader.next_index.contains_key(p));
+        if same {
+            return;
+        }
+        leader.next_index.retain(|p, _| peers.contains(p));
+        leader.match_index.retain(|p, _| peers.contains(p));
+        leader.flow.retain(|p, _| peers.contains(p));
+        for &peer in peers {
+            leader.next_index.entry(peer).or_insert(last_index + 1);
+            leader.match_index.entry(peer).or_insert(0);
+            leader.flow.entry(peer).or_insert_with(|| Flow {
+                probing: true,
+                ..Flow::default()
+            });
         }
     }
 
@@ -312,11 +341,15 @@ impl<S: StateMachine> RaftNode<S> {
         let Role::Leader(leader) = &self.role else {
             return;
         };
-        // The leader counts itself only for entries on its own disk.
-        let mut matched: Vec<_> = leader.match_index.values().copied().collect();
-        matched.push(self.persistent.log().durable_index());
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let n = matched[self.majority() - 1];
+        // The leader counts itself only for entries on its own disk, and
+        // only if it votes (§6: a leader being removed "does not count
+        // itself in majorities"); joint, a majority of both configurations.
+        let (me, durable) = (self.config.id, self.persistent.log().durable_index());
+        let match_of = |id| match id == me {
+            true => durable,
+            false => leader.match_index.get(&id).copied().unwrap_or(0),
+        };
+        let n = self.configuration().quorum_value(match_of);
         if n > self.commit_index && self.persistent.log().term_at(n) == Some(self.current_term()) {
             self.commit_index = n;
         }

@@ -4,6 +4,7 @@
 //! queries and answers are the state machine's bytes.
 
 use super::log::{Command, Entry};
+use super::membership_change::MembershipChange;
 use super::message::{LogIndex, Message, NodeId, ReadIndex, ReadIndexReply};
 use super::state::{PendingRead, RaftNode, ReadBatch, Reader, Role};
 use super::state_machine::StateMachine;
@@ -26,6 +27,8 @@ pub enum Request {
     /// Hand leadership to node `to` (dissertation §3.10; `transfer.rs`);
     /// 0: to the most up-to-date follower.
     TransferLeadership { to: NodeId },
+    /// Change the cluster's members (§6; `membership_change.rs`).
+    ChangeMembership(MembershipChange),
 }
 
 impl Request {
@@ -34,7 +37,7 @@ impl Request {
         match self {
             Request::Write(command) => command.len(),
             Request::Read { query, .. } => query.len(),
-            Request::TransferLeadership { .. } => 0,
+            Request::TransferLeadership { .. } | Request::ChangeMembership(_) => 0,
         }
     }
 }
@@ -60,6 +63,12 @@ pub enum RequestError {
     TransferInProgress { target: NodeId },
     /// A leadership transfer was refused or abandoned; says why.
     TransferFailed(String),
+    /// Another membership change is not finished (§6: one at a time).
+    ChangeInProgress(String),
+    /// A membership change that cannot be made, or was abandoned; says why.
+    MembershipRefused(String),
+    /// A configuration removed this node from the cluster (§6).
+    Removed { node: NodeId },
 }
 
 /// The state machine's answer, or why there is none.
@@ -74,6 +83,11 @@ impl<S: StateMachine> RaftNode<S> {
         let mut new_reads = false;
         let mut follower_reads = Vec::new();
         for (request, client_request) in requests {
+            if self.is_removed() {
+                let node = self.config.id;
+                self.outbox.respond(request, Err(RequestError::Removed { node }));
+                continue;
+            }
             match client_request {
                 Request::Read {
                     query,
@@ -89,6 +103,7 @@ impl<S: StateMachine> RaftNode<S> {
                 } => follower_reads.push((request, query)),
                 Request::Write(command) => writes.push((request, command)),
                 Request::TransferLeadership { to } => self.transfer_leadership(request, to),
+                Request::ChangeMembership(change) => self.change_membership(request, change),
             }
         }
         if !follower_reads.is_empty() {
@@ -348,14 +363,12 @@ impl<S: StateMachine> RaftNode<S> {
         let Role::Leader(leader) = &self.role else {
             return 0;
         };
-        let mut rounds: Vec<u64> = self
-            .peers()
-            .iter()
-            .map(|p| leader.acked_read_round.get(p).copied().unwrap_or(0))
-            .collect();
-        rounds.push(leader.read_round);
-        rounds.sort_unstable_by(|a, b| b.cmp(a));
-        rounds[self.majority() - 1]
+        let me = self.config.id;
+        let round_of = |id| match id == me {
+            true => leader.read_round,
+            false => leader.acked_read_round.get(&id).copied().unwrap_or(0),
+        };
+        self.configuration().quorum_value(round_of)
     }
 
     /// Serve the linearizable reads whose round a majority has acknowledged

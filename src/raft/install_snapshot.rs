@@ -7,6 +7,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::message::Message;
+use super::membership::Configuration;
 use super::message::{LogIndex, Term};
 use super::state::{IncomingSnapshot, Role, SnapshotTransfer};
 use super::storage::SnapshotToSave;
@@ -61,6 +62,7 @@ impl<S: StateMachine> RaftNode<S> {
         self.outbox.save_snapshot(SnapshotToSave {
             last_included_index: index,
             last_included_term: term,
+            configuration: self.configuration_at(index),
             state: self.state_machine.freeze(),
         });
         // SKELETON
@@ -141,6 +143,7 @@ impl<S: StateMachine> RaftNode<S> {
             offset: start as u64,
             data: snapshot.data[start..end].to_vec(),
             done: end == snapshot.data.len(),
+            configuration: Some(self.configuration_at(snapshot.last_included_index)),
         };
         self.send(peer, Message::InstallSnapshot(request));
         // SKELETON
@@ -180,7 +183,8 @@ impl<S: StateMachine> RaftNode<S> {
             return reply;
         };
         // Steps 5–8.
-        if self.install(index, request.last_included_term, data, request.leader_id) {
+        let id = (index, request.last_included_term);
+        if self.install(id, data, request.configuration, request.leader_id) {
             reply.done = true;
         } else {
             reply.next_offset = 0; // ask for it again, from the start
@@ -240,7 +244,13 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Figure 13 receiver steps 5–8 for a complete snapshot through `index`
     /// of `term`; false if it does not decode (nothing changed).
-    fn install(&mut self, index: LogIndex, term: Term, data: Vec<u8>, leader: NodeId) -> bool {
+    fn install(
+        &mut self,
+        (index, term): (LogIndex, Term),
+        data: Vec<u8>,
+        configuration: Option<Configuration>,
+        leader: NodeId,
+    ) -> bool {
         let (me, current_term) = (self.config.id, self.current_term());
         // 8. "Reset state machine using snapshot contents" — first, so that a
         // snapshot that does not decode changes nothing.
@@ -257,6 +267,9 @@ impl<S: StateMachine> RaftNode<S> {
             last_included_index: index,
             last_included_term: term,
             data,
+            // §6: the configuration as of the snapshot, in force from now on
+            // unless an entry the log keeps after it says otherwise
+            configuration,
         };
         self.persistent
             .log_mut()

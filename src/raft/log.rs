@@ -8,6 +8,7 @@
 //! method that makes it, so no caller can forget to persist (Figure 2:
 //! "updated on stable storage before responding to RPCs").
 
+use super::membership::Configuration;
 use super::message::{LogIndex, Term};
 use super::storage::{HardState, Snapshot, Storage};
 
@@ -22,6 +23,9 @@ pub enum Command {
     /// A command for the state machine, encoded by it
     /// ([`StateMachine`](super::state_machine::StateMachine)).
     Client(Vec<u8>),
+    /// A cluster configuration (§6): in force on every server from the
+    /// moment it is in that server's log. Not given to the state machine.
+    Config(Configuration),
 }
 
 impl Command {
@@ -30,6 +34,7 @@ impl Command {
         match self {
             Command::Noop => 8,
             Command::Client(bytes) => bytes.len() + 8,
+            Command::Config(configuration) => configuration.encode().len() + 8,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct Log {
     /// where the log was truncated since the last `sync`, in order (see
     /// [`Durable::still_holds`])
     truncated_since_sync: Vec<LogIndex>,
+    /// the configuration entries among `entries`, in index order (§6)
+    configurations: Vec<(LogIndex, Configuration)>,
 }
 
 /// Proof that every entry appended so far is on stable storage: only
@@ -125,6 +132,7 @@ impl Log {
                 .unwrap_or_else(|e| fatal("discarding a log that conflicts with the snapshot", e));
         }
         let durable_index = snapshot_index + entries.len() as u64;
+        let configurations = configurations_in(&entries);
         let log = Log {
             storage,
             snapshot_index,
@@ -134,6 +142,7 @@ impl Log {
             entries,
             durable_index,
             truncated_since_sync: Vec::new(),
+            configurations,
         };
         (log, recovered.hard_state)
     }
@@ -235,6 +244,41 @@ impl Log {
             .map(|e| e.index)
     }
 
+    /// The latest configuration in the log (§6: in force, committed or
+    /// not) and its index: a configuration entry's, or the snapshot's. None
+    /// for a log that never held one.
+    pub fn configuration(&self) -> Option<(LogIndex, &Configuration)> {
+        match self.configurations.last() {
+            Some((index, configuration)) => Some((*index, configuration)),
+            None => self.snapshot_configuration(),
+        }
+    }
+
+    /// The configuration in force just after entry `index` (the one a
+    /// snapshot through `index` carries, §7). None if the log never held one.
+    pub fn configuration_at(&self, index: LogIndex) -> Option<&Configuration> {
+        let in_entries = self.configurations.iter().rev().find(|(at, _)| *at <= index);
+        match in_entries {
+            Some((_, configuration)) => Some(configuration),
+            None => self.snapshot_configuration().map(|(_, c)| c),
+        }
+    }
+
+    /// The configuration before the latest one, if the log still has it.
+    pub fn previous_configuration(&self) -> Option<&Configuration> {
+        match self.configurations.len() {
+            0 => None,
+            1 => self.snapshot_configuration().map(|(_, c)| c),
+            n => Some(&self.configurations[n - 2].1),
+        }
+    }
+
+    fn snapshot_configuration(&self) -> Option<(LogIndex, &Configuration)> {
+        let snapshot = self.snapshot.as_ref()?;
+        let configuration = snapshot.configuration.as_ref()?;
+        Some((snapshot.last_included_index, configuration))
+    }
+
     /// Append entries (Figure 2 "log[]"). They are written, not yet durable:
     /// [`Log::sync`] makes everything appended in one event-loop turn durable
     /// with one fsync (group commit), and only its [`Durable`] proof releases
@@ -251,6 +295,7 @@ impl Log {
             .append(&entries)
             .unwrap_or_else(|e| fatal("appending log entries", e));
         self.bytes += entries.iter().map(|e| e.command.size()).sum::<usize>();
+        self.configurations.extend(configurations_in(&entries));
         self.entries.extend(entries);
     }
 
@@ -304,6 +349,9 @@ impl Log {
         self.bytes -= removed.map(|e| e.command.size()).sum::<usize>();
         self.durable_index = self.durable_index.min(self.last_index());
         self.truncated_since_sync.push(index);
+        // §6: a server whose configuration entry is deleted goes back to the
+        // one before it.
+        self.configurations.retain(|&(at, _)| at < index);
     }
 
     /// Store a snapshot and discard the entries it covers (§7). With
@@ -325,6 +373,7 @@ impl Log {
             self.truncated_since_sync.push(self.snapshot_index + 1);
             self.entries.clear();
             self.bytes = 0;
+            self.configurations.clear();
         }
         self.set_snapshot(snapshot);
     }
@@ -351,6 +400,8 @@ impl Log {
     fn drop_through(&mut self, index: LogIndex) {
         let dropped = self.entries.drain(..(index - self.snapshot_index) as usize);
         self.bytes -= dropped.map(|e| e.command.size()).sum::<usize>();
+        // The snapshot carries the configuration as of its last index (§7).
+        self.configurations.retain(|&(at, _)| at > index);
     }
 
     fn set_snapshot(&mut self, snapshot: Snapshot) {
@@ -361,4 +412,13 @@ impl Log {
             .durable_index
             .clamp(self.snapshot_index, self.last_index());
     }
+}
+
+/// The configuration entries among `entries`, with their indexes.
+fn configurations_in(entries: &[Entry]) -> Vec<(LogIndex, Configuration)> {
+    let configurations = entries.iter().filter_map(|e| match &e.command {
+        Command::Config(configuration) => Some((e.index, configuration.clone())),
+        _ => None,
+    });
+    configurations.collect()
 }

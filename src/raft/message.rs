@@ -8,6 +8,7 @@
 //! types of proto/raft.proto and back; nothing else sees prost.
 
 use super::log::Entry;
+use super::membership::Configuration;
 
 /// A server's id, as in `--peers 1=…,2=…`. Never 0 (0 means "none" on the wire).
 pub type NodeId = u64;
@@ -171,6 +172,10 @@ pub struct RequestVote {
     pub last_log_index: LogIndex,
     /// term of candidate's last log entry (§5.4)
     pub last_log_term: Term,
+    /// Not in Figure 2: the candidate stands because the leader handed
+    /// over (TimeoutNow, dissertation §3.10), so the §6 rule that ignores
+    /// RequestVote while a leader is heard from does not apply.
+    pub leadership_transfer: bool,
 }
 
 /// RequestVote RPC results.
@@ -252,6 +257,10 @@ pub struct InstallSnapshot {
     pub data: Vec<u8>,
     /// true if this is the last chunk
     pub done: bool,
+    /// Not in Figure 13: the configuration as of last_included_index
+    /// (dissertation Figure 5.3 "lastConfig"), so that a server that
+    /// installs the snapshot knows the cluster (§6). Sent with every chunk.
+    pub configuration: Option<Configuration>,
 }
 
 /// InstallSnapshot RPC results. Figure 13 has only `term`; the other fields

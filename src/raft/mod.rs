@@ -16,6 +16,8 @@
 //! | Turns: group commit, §10.2.1      | `turn.rs`            |
 //! | Pre-vote (dissertation §9.6)      | `pre_vote.rs`        |
 //! | Leadership transfer (§3.10)       | `transfer.rs`        |
+//! | Configurations (§6, Figure 11)    | `membership.rs`      |
+//! | Membership changes at the leader  | `membership_change.rs`|
 //! | What no correct peer sends        | `validate.rs`        |
 //!
 //! `docs/paper-map.md` maps every rule to its function.
@@ -24,6 +26,8 @@ mod append_entries;
 mod client;
 mod install_snapshot;
 pub mod log;
+pub mod membership;
+mod membership_change;
 pub mod message;
 mod persistent;
 mod pre_vote;
@@ -38,6 +42,8 @@ mod validate;
 
 pub use self::log::{Command, Durable, Entry, Log};
 pub use client::{Request, RequestError, RequestId, Response};
+pub use membership::Configuration;
+pub use membership_change::MembershipChange;
 pub use message::*;
 pub use state::{NodeStatus, Outbox, RaftConfig, RaftNode, Role};
 pub use state_machine::{FrozenState, StateMachine};

@@ -21,6 +21,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// The election timer fired (§5.2): with pre-vote, ask first (§9.6);
     /// without, become a candidate at once.
     pub(super) fn election_timer_fired(&mut self) {
+        // §6: only voters stand for election; learners, servers that are
+        // joining, and removed servers just wait to hear from a leader.
+        if !self.configuration().is_voter(self.config.id) {
+            self.reset_election_timer();
+            return;
+        }
         if self.config.pre_vote {
             self.start_pre_vote();
         } else {
@@ -57,7 +63,7 @@ impl<S: StateMachine> RaftNode<S> {
             last_log_index: self.log().last_index(),
             last_log_term: self.log().last_term(),
         };
-        for peer in self.peers() {
+        for peer in self.voting_peers() {
             self.send(peer, Message::PreVote(request.clone()));
         }
     }
@@ -82,6 +88,7 @@ impl<S: StateMachine> RaftNode<S> {
             candidate_id: request.candidate_id,
             last_log_index: request.last_log_index,
             last_log_term: request.last_log_term,
+            leadership_transfer: false,
         });
         let leader_alive = self.in_leader_contact();
         let vote_granted = term_ok && log_ok && !leader_alive;
@@ -142,6 +149,6 @@ impl<S: StateMachine> RaftNode<S> {
     fn has_majority_of_pre_votes(&self) -> bool {
         self.pre_votes
             .as_ref()
-            .is_some_and(|votes| votes.len() >= self.majority())
+            .is_some_and(|votes| self.is_quorum(votes))
     }
 }

@@ -29,13 +29,14 @@ impl<S: StateMachine> RaftNode<S> {
             candidate_id: self.config.id,
             last_log_index: self.log().last_index(),
             last_log_term: self.log().last_term(),
+            leadership_transfer: self.transfer_election,
         };
-        for peer in self.peers() {
+        for peer in self.voting_peers() {
             self.send(peer, Message::RequestVote(request.clone()));
         }
         // SKELETON
         // // Given: self.become_candidate() (the term, the vote for itself,
-        // // durable), self.peers(), self.send(peer, message),
+        // // durable), self.voting_peers(), self.send(peer, message),
         // // self.log().last_index(), self.log().last_term().
         // let _ = Self::become_candidate;
         // todo!("milestone 1 (election): start_election (§5.2)")
@@ -124,7 +125,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     fn has_majority_of_votes(&self) -> bool {
         match &self.role {
-            Role::Candidate { votes } => votes.len() >= self.majority(),
+            Role::Candidate { votes } => self.is_quorum(votes),
             _ => false,
         }
     }

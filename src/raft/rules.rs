@@ -29,6 +29,25 @@ impl<S: StateMachine> RaftNode<S> {
             );
             return;
         }
+        // §6: "if a server receives a RequestVote request within the minimum
+        // election timeout of hearing from a current leader, it does not
+        // update its term or grant its vote" — so a server removed from the
+        // cluster, which hears no more heartbeats, cannot depose the leader.
+        // A candidate the leader itself sent (TimeoutNow, §3.10) is heard.
+        if let Message::RequestVote(request) = &message {
+            if request.term > self.current_term()
+                && !request.leadership_transfer
+                && self.in_leader_contact()
+            {
+                info!(
+                    "node {} term {}: ignored RequestVote from {from} for term {}: a leader was heard from within the minimum election timeout (§6)",
+                    self.config.id,
+                    self.current_term(),
+                    request.term
+                );
+                return;
+            }
+        }
         // All Servers: "If RPC request or response contains term T >
         // currentTerm: set currentTerm = T, convert to follower (§5.1)".
         // Not a PreVote's term: the candidate has not adopted it (§9.6).
@@ -99,6 +118,7 @@ impl<S: StateMachine> RaftNode<S> {
                     self.check_quorum();
                 }
                 self.transfer_tick();
+                self.membership_tick();
             }
         }
     }
@@ -110,15 +130,16 @@ impl<S: StateMachine> RaftNode<S> {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        let reachable = leader.heard_from.len() + 1;
-        leader.heard_from.clear();
+        let mut heard_from = std::mem::take(&mut leader.heard_from);
         leader.check_quorum_elapsed = 0;
-        if reachable < self.majority() {
+        heard_from.insert(self.config.id);
+        if !self.is_quorum(&heard_from) {
             info!(
-                "node {} term {}: heard from {reachable} of {} servers in an election timeout; stepping down",
+                "node {} term {}: heard from {} of the voters ({}) in an election timeout; stepping down",
                 self.config.id,
                 self.current_term(),
-                self.config.members.len()
+                heard_from.len(),
+                self.configuration()
             );
             self.become_follower(self.current_term(), None);
         }
@@ -194,6 +215,10 @@ impl<S: StateMachine> RaftNode<S> {
         if let Some(transfer) = leader.transfer.take() {
             self.end_transfer(*transfer);
         }
+        if let Some(change) = leader.change.take() {
+            self.outbox
+                .respond(change.request, Err(RequestError::LeadershipLost));
+        }
         for (_, request) in leader.pending_writes {
             self.outbox
                 .respond(request, Err(RequestError::LeadershipLost));
@@ -267,7 +292,7 @@ impl<S: StateMachine> RaftNode<S> {
                 .get(index)
                 .unwrap_or_else(|| panic!("committed entry {index} missing from the log"));
             let answer = match &entry.command {
-                Command::Noop => Vec::new(),
+                Command::Noop | Command::Config(_) => Vec::new(),
                 Command::Client(command) => self.state_machine.apply(index, command),
             };
             self.last_applied = index;
@@ -285,6 +310,11 @@ impl<S: StateMachine> RaftNode<S> {
         self.serve_reads();
         self.serve_read_batches();
         self.maybe_snapshot();
+        // §6: a committed configuration may let the leader take the next
+        // step of a change, or tell it to step down; and a configuration
+        // appended or installed may have removed this server.
+        self.advance_membership();
+        self.notice_removal();
     }
 
     /// The term reply rule shared by every reply handler: a reply from an

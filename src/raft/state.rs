@@ -15,6 +15,8 @@ use rand::{Rng, SeedableRng};
 
 use super::client::{RequestId, Response};
 use super::log::Log;
+use super::membership::Configuration;
+use super::membership_change::ChangeInProgress;
 use super::message::{LogIndex, Message, NodeId, Term};
 use super::persistent::Persistent;
 use super::state_machine::StateMachine;
@@ -50,8 +52,14 @@ pub const DEFAULT_SNAPSHOT_LOG_BYTES: usize = 64 << 20;
 pub struct RaftConfig {
     /// this server's id
     pub id: NodeId,
-    /// every member of the cluster, this server included
+    /// the voters a new cluster starts with, this server included (§6: the
+    /// configuration before the log holds one). Empty for a server that
+    /// joins a running cluster: it waits for a leader to send it the log,
+    /// whose configurations name it.
     pub members: Vec<NodeId>,
+    /// where each of `members` is served (opaque to the core; it travels in
+    /// configurations, §6). Empty in the simulated cluster.
+    pub addresses: BTreeMap<NodeId, String>,
     /// the election timeout is drawn at random from this range (§5.2)
     pub election_timeout_ticks: (u64, u64),
     /// the leader sends heartbeats this often (§5.2)
@@ -89,6 +97,7 @@ impl RaftConfig {
         RaftConfig {
             id,
             members,
+            addresses: BTreeMap::new(),
             election_timeout_ticks: (15, 30),
             heartbeat_ticks: 5,
             snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
@@ -158,6 +167,8 @@ pub struct Leader {
     /// A leadership transfer in progress (dissertation §3.10).
     /// (boxed: most leaders never transfer, and Role stays small)
     pub transfer: Option<Box<Transfer>>,
+    /// A membership change in progress (§6), one at a time.
+    pub change: Option<Box<ChangeInProgress>>,
 }
 
 /// A leader handing its leadership to `target` (dissertation §3.10).
@@ -329,6 +340,17 @@ pub struct RaftNode<S: StateMachine> {
     pub(super) read_batches: VecDeque<ReadBatch>,
     /// the number of the next batch
     pub(super) next_read_batch: u64,
+    /// the configuration in force while the log holds none (§6): the
+    /// members the cluster started with, or none for a joining server
+    pub(super) initial_configuration: Configuration,
+    /// the configuration that removed this server, once it has one (§6):
+    /// it no longer votes, stands or serves, and says so
+    pub(super) removed_at: Option<LogIndex>,
+    /// true while starting the election a TimeoutNow asked for (§3.10)
+    pub(super) transfer_election: bool,
+    /// a configuration in force has named this server: one that no longer
+    /// does has removed it (a joining server is not removed, just not yet added)
+    pub(super) was_member: bool,
 }
 
 /// A snapshot of a node's state for Status and tests.
@@ -341,6 +363,12 @@ pub struct NodeStatus {
     pub commit_index: LogIndex,
     pub last_applied: LogIndex,
     pub last_log_index: LogIndex,
+    /// the configuration in force (§6), and the index of its entry (0: the
+    /// one the cluster started with)
+    pub configuration: Configuration,
+    pub configuration_index: LogIndex,
+    /// whether that entry is committed
+    pub configuration_committed: bool,
 }
 
 impl<S: StateMachine> RaftNode<S> {
@@ -353,7 +381,15 @@ impl<S: StateMachine> RaftNode<S> {
         mut state_machine: S,
         outbox: Box<dyn Outbox>,
     ) -> Self {
-        assert!(config.members.contains(&config.id), "id must be a member");
+        assert!(
+            config.members.is_empty() || config.members.contains(&config.id),
+            "id must be a member"
+        );
+        let initial_configuration = Configuration {
+            voters: config.members.iter().copied().collect(),
+            addresses: config.addresses.clone(),
+            ..Configuration::default()
+        };
         let persistent = Persistent::recover(storage);
         if let Some(snapshot) = persistent.log().snapshot() {
             state_machine
@@ -382,8 +418,13 @@ impl<S: StateMachine> RaftNode<S> {
             awaiting_sync: Vec::new(),
             read_batches: VecDeque::new(),
             next_read_batch: 1,
+            initial_configuration,
+            removed_at: None,
+            transfer_election: false,
+            was_member: false,
         };
         node.reset_election_timer();
+        node.notice_removal();
         node
     }
 
@@ -456,23 +497,78 @@ impl<S: StateMachine> RaftNode<S> {
             commit_index: self.commit_index,
             last_applied: self.last_applied,
             last_log_index: self.log().last_index(),
+            configuration: self.configuration().clone(),
+            configuration_index: self.configuration_index(),
+            configuration_committed: self.configuration_index() <= self.commit_index,
         }
     }
 
-    /// The other members, in id order (so runs are deterministic).
-    pub(super) fn peers(&self) -> Vec<NodeId> {
-        let me = self.config.id;
-        self.config
-            .members
-            .iter()
-            .copied()
-            .filter(|&p| p != me)
-            .collect()
+    /// The configuration in force (§6: "a server always uses the latest
+    /// configuration in its log, regardless of whether the entry is
+    /// committed").
+    pub fn configuration(&self) -> &Configuration {
+        match self.log().configuration() {
+            Some((_, configuration)) => configuration,
+            None => &self.initial_configuration,
+        }
     }
 
-    /// How many servers make a majority of the cluster.
-    pub(super) fn majority(&self) -> usize {
-        self.config.members.len() / 2 + 1
+    /// The index of the configuration in force (0: the initial one).
+    pub fn configuration_index(&self) -> LogIndex {
+        self.log().configuration().map_or(0, |(index, _)| index)
+    }
+
+    /// The configuration in force just after entry `index`: what a snapshot
+    /// through `index` carries (§7).
+    pub fn configuration_at(&self, index: LogIndex) -> Configuration {
+        let at = self.log().configuration_at(index);
+        at.unwrap_or(&self.initial_configuration).clone()
+    }
+
+    /// Whether a configuration has removed this server (§6).
+    pub fn is_removed(&self) -> bool {
+        self.removed_at.is_some()
+    }
+
+    /// On a leader, each follower's match_index (Figure 2): how far each
+    /// member's log is known to match, for `member list`. None elsewhere.
+    pub fn match_indexes(&self) -> Option<&BTreeMap<NodeId, LogIndex>> {
+        match &self.role {
+            Role::Leader(leader) => Some(&leader.match_index),
+            _ => None,
+        }
+    }
+
+    /// The servers the leader sends its log to, in id order (so runs are
+    /// deterministic): every other member of the configuration in force —
+    /// and, until that configuration commits, of the one before it, so
+    /// that a server being removed still learns of its removal (§6).
+    pub(super) fn peers(&self) -> Vec<NodeId> {
+        let me = self.config.id;
+        let mut peers = self.configuration().members();
+        if self.configuration_index() > self.commit_index {
+            if let Some(previous) = self.log().previous_configuration() {
+                peers.extend(previous.members());
+            } else if self.log().configuration().is_some() {
+                peers.extend(self.initial_configuration.members());
+            }
+        }
+        peers.into_iter().filter(|&p| p != me).collect()
+    }
+
+    /// The other voters of the configuration in force, in id order: the
+    /// servers an election asks (§6: of both C_old and C_new when joint).
+    pub(super) fn voting_peers(&self) -> Vec<NodeId> {
+        let me = self.config.id;
+        let voters = self.configuration().all_voters();
+        voters.into_iter().filter(|&p| p != me).collect()
+    }
+
+    /// Whether `granted` (this server's own vote included, if it votes)
+    /// wins an election: a majority of the configuration in force, of both
+    /// C_old and C_new when joint (§6).
+    pub(super) fn is_quorum(&self, granted: &BTreeSet<NodeId>) -> bool {
+        self.configuration().has_quorum(granted)
     }
 
     /// Move to a newer term (Figure 2, "Rules for Servers / All Servers":

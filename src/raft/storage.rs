@@ -10,6 +10,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use super::log::Entry;
+use super::membership::Configuration;
 use super::message::{LogIndex, NodeId, Term};
 use super::state_machine::FrozenState;
 
@@ -32,6 +33,11 @@ pub struct Snapshot {
     pub last_included_term: Term,
     /// the state machine, encoded by `kv::StateMachine::snapshot`
     pub data: Vec<u8>,
+    /// the configuration in force after `last_included_index` (§7: "the
+    /// latest configuration as of the last included index"); None in a
+    /// snapshot made before configurations were stored, whose cluster never
+    /// changed: the members it started with
+    pub configuration: Option<Configuration>,
 }
 
 /// A snapshot the core has started (§7): the state machine frozen just
@@ -41,6 +47,7 @@ pub struct Snapshot {
 pub struct SnapshotToSave {
     pub last_included_index: LogIndex,
     pub last_included_term: Term,
+    pub configuration: Configuration,
     pub state: FrozenState,
 }
 
@@ -51,6 +58,7 @@ impl SnapshotToSave {
             last_included_index: self.last_included_index,
             last_included_term: self.last_included_term,
             data: (self.state)(),
+            configuration: Some(self.configuration),
         }
     }
 }

@@ -29,8 +29,8 @@ impl<S: StateMachine> RaftNode<S> {
                 self.outbox.respond(request, Ok(Vec::new()));
                 return;
             }
-            Role::Leader(_) if !self.peers().contains(&to) => {
-                RequestError::TransferFailed(format!("node {to} is not a member of this cluster"))
+            Role::Leader(_) if !self.voting_peers().contains(&to) => {
+                RequestError::TransferFailed(format!("node {to} is not a voting member of this cluster"))
             }
             Role::Leader(leader) => match &leader.transfer {
                 Some(transfer) => RequestError::TransferInProgress {
@@ -154,7 +154,8 @@ impl<S: StateMachine> RaftNode<S> {
     /// election at once — without a pre-vote (§9.6), since the leader asked.
     pub(super) fn handle_timeout_now(&mut self, request: TimeoutNow) {
         let from_our_leader = self.leader_id == Some(request.leader_id);
-        if request.term != self.current_term() || self.is_leader() || !from_our_leader {
+        let voter = self.configuration().is_voter(self.config.id);
+        if request.term != self.current_term() || self.is_leader() || !from_our_leader || !voter {
             return;
         }
         info!(
@@ -163,6 +164,10 @@ impl<S: StateMachine> RaftNode<S> {
             self.current_term(),
             request.leader_id
         );
+        // The other servers hear from this leader still, and §6 would have
+        // them ignore our RequestVote: it says that the leader sent us.
+        self.transfer_election = true;
         self.start_election();
+        self.transfer_election = false;
     }
 }

@@ -6,7 +6,7 @@
 
 use super::log::Entry;
 use super::message::{AppendEntries, InstallSnapshot, Message, NodeId, Term};
-use super::state::RaftNode;
+use super::state::{RaftNode, Role};
 use super::state_machine::StateMachine;
 
 /// How far beyond our own term a message's term may be. Terms grow by one
@@ -18,8 +18,20 @@ pub const MAX_TERM_JUMP: Term = 1 << 32;
 impl<S: StateMachine> RaftNode<S> {
     /// Why `message` from `from` must be refused, or None if it may be handled.
     pub(super) fn refusal(&self, from: NodeId, message: &Message) -> Option<String> {
-        if from == self.config.id || !self.config.members.contains(&from) {
-            return Some(format!("{from} is not another member of this cluster"));
+        // Any other server may write to us: a leader that is adding this
+        // server is not in its configuration yet (§6). Replies count only
+        // from the servers a leader sends to.
+        if from == self.config.id || from == 0 {
+            return Some(format!("{from} is not another server"));
+        }
+        if let Role::Leader(leader) = &self.role {
+            let reply = matches!(
+                message,
+                Message::AppendEntriesReply(_) | Message::InstallSnapshotReply(_)
+            );
+            if reply && !leader.next_index.contains_key(&from) {
+                return Some(format!("{from} is not a server this leader sends its log to"));
+            }
         }
         let term = message.term();
         if term > self.current_term().saturating_add(MAX_TERM_JUMP) {

@@ -351,6 +351,7 @@ impl EventLoop {
         Ok(SnapshotToSave {
             last_included_index: index,
             last_included_term: term,
+            configuration: self.node.configuration_at(index),
             state: self.node.state_machine().freeze(),
         })
     }
@@ -458,6 +459,7 @@ mod tests {
                 candidate_id: 2,
                 last_log_index: 0,
                 last_log_term: 0,
+                leadership_transfer: false,
             });
             inputs
                 .peers

@@ -276,11 +276,16 @@ impl Metrics {
             Err(RequestError::LeadershipLost) => {
                 self.proposal_failed(ProposalFailure::LeadershipLost)
             }
-            Err(RequestError::TransferInProgress { .. }) => {
+            Err(RequestError::TransferInProgress { .. } | RequestError::Removed { .. }) => {
                 self.proposal_failed(ProposalFailure::NotLeader)
             }
             // Only reads are refused as behind, only transfers fail so.
-            Err(RequestError::Behind { .. } | RequestError::TransferFailed(_)) => {}
+            Err(
+                RequestError::Behind { .. }
+                | RequestError::TransferFailed(_)
+                | RequestError::ChangeInProgress(_)
+                | RequestError::MembershipRefused(_),
+            ) => {}
         }
     }
 

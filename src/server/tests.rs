@@ -412,6 +412,7 @@ fn vote_request(from: NodeId) -> Envelope {
         candidate_id: from,
         last_log_index: 0,
         last_log_term: 0,
+        leadership_transfer: false,
     };
     Envelope {
         from,

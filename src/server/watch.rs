@@ -296,6 +296,7 @@ mod tests {
             candidate_id: 1,
             last_log_index: 0,
             last_log_term: 0,
+            leadership_transfer: false,
         });
         let before = traffic.totals().0;
         traffic.sent(2, &vote, false);

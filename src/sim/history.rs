@@ -31,7 +31,7 @@ type Write = (String, Option<String>, u64, u64);
 fn kv_command(command: &Command) -> Option<kv::Command> {
     match command {
         Command::Client(bytes) => kv::decode_command(bytes).ok(),
-        Command::Noop => None,
+        Command::Noop | Command::Config(_) => None,
     }
 }
 

@@ -1105,7 +1105,8 @@ impl Cluster {
                 | Some(Err(
                     ClientError::NotLeader { .. }
                     | ClientError::LeadershipLost
-                    | ClientError::TransferInProgress { .. },
+                    | ClientError::TransferInProgress { .. }
+                    | ClientError::Removed { .. },
                 )) => self.tick(),
                 Some(result) => return Some(result),
             }

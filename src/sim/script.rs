@@ -784,6 +784,7 @@ fn answer(result: &ClientResult) -> String {
         Err(ClientError::TransferInProgress { target }) => {
             format!("leadership transfer to n{target} in progress")
         }
+        Err(ClientError::Removed { node }) => format!("n{node} was removed"),
     }
 }
 

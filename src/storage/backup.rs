@@ -19,6 +19,7 @@ pub fn snapshot_file_bytes(snapshot: &Snapshot) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(header.len() + snapshot.data.len());
     bytes.extend_from_slice(&header);
     bytes.extend_from_slice(&snapshot.data);
+    bytes.extend_from_slice(&format::encode_snapshot_trailer(snapshot));
     bytes
 }
 

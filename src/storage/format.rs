@@ -7,10 +7,15 @@
 
 use prost::Message as _;
 
-use crate::raft::{Command, Entry, HardState, LogIndex, Snapshot, Term};
+use crate::raft::{Command, Configuration, Entry, HardState, LogIndex, Snapshot, Term};
 
-/// The format version of `hardstate` and `snapshot`.
+/// The format version of `hardstate`, and of the `snapshot` files made
+/// before version 2.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of a `snapshot` file. Version 2 follows the data with
+/// the configuration as of the last included index (§6, §7): its length
+/// (u32) and its bytes (`Configuration::encode`), under the same checksum.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 /// The format version of a log file. Version 2 added durable_before to each
 /// record; version 3 gave the record its own payload layout (kind, index,
 /// term, command bytes) in place of the peer protocol's prost-encoded
@@ -47,6 +52,8 @@ pub const MAX_RECORD_PAYLOAD: usize = 16 << 20;
 /// The first byte of a version-3 payload: what the entry carries.
 const KIND_COMMAND: u8 = 1;
 const KIND_NOOP: u8 = 2;
+/// A configuration (§6), as `Configuration::encode` writes it.
+const KIND_CONFIG: u8 = 3;
 /// kind, index, term
 const PAYLOAD_HEADER_LEN: usize = 1 + 8 + 8;
 
@@ -166,26 +173,43 @@ pub fn decode_hard_state(bytes: &[u8]) -> Result<HardState, Corruption> {
 
 /// The snapshot header. Its checksum covers the header fields as well as the
 /// data, so a flipped bit in last_included_index cannot pass unnoticed.
+/// It is written first, then the data, then [`encode_snapshot_trailer`].
 pub fn encode_snapshot_header(snapshot: &Snapshot) -> [u8; SNAPSHOT_HEADER_LEN] {
     let mut header = [0; SNAPSHOT_HEADER_LEN];
     header[0..4].copy_from_slice(SNAPSHOT_MAGIC);
-    header[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[4..8].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     header[8..16].copy_from_slice(&snapshot.last_included_index.to_le_bytes());
     header[16..24].copy_from_slice(&snapshot.last_included_term.to_le_bytes());
     header[24..32].copy_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
-    let crc = snapshot_crc(&header[0..32], &snapshot.data);
+    let trailer = encode_snapshot_trailer(snapshot);
+    let crc = snapshot_crc(&header[0..32], &snapshot.data, &trailer);
     header[32..36].copy_from_slice(&crc.to_le_bytes());
     header
 }
 
-fn snapshot_crc(header_fields: &[u8], data: &[u8]) -> u32 {
+/// What follows a snapshot's data: the configuration's length and bytes
+/// (length 0: none, a snapshot of a cluster that never changed).
+pub fn encode_snapshot_trailer(snapshot: &Snapshot) -> Vec<u8> {
+    let configuration = snapshot
+        .configuration
+        .as_ref()
+        .map(Configuration::encode)
+        .unwrap_or_default();
+    let mut trailer = (configuration.len() as u32).to_le_bytes().to_vec();
+    trailer.extend_from_slice(&configuration);
+    trailer
+}
+
+fn snapshot_crc(header_fields: &[u8], data: &[u8], trailer: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(header_fields);
     hasher.update(data);
+    hasher.update(trailer);
     hasher.finalize()
 }
 
-/// Decode a whole `snapshot` file; the data is moved out of `bytes`, not copied.
+/// Decode a whole `snapshot` file (version 1 or 2); the data is moved out
+/// of `bytes`, not copied.
 pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
     if bytes.len() < SNAPSHOT_HEADER_LEN {
         return Err(corruption(
@@ -196,21 +220,56 @@ pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
             ),
         ));
     }
-    check_magic_and_version(&bytes, SNAPSHOT_MAGIC, "snapshot")?;
-    let data_len = u64_at(&bytes, 24);
-    let held = (bytes.len() - SNAPSHOT_HEADER_LEN) as u64;
-    if data_len != held {
+    check_magic(&bytes, SNAPSHOT_MAGIC, "snapshot")?;
+    let version = u32_at(&bytes, 4);
+    if version != FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION {
         return Err(corruption(
-            24,
-            format!("header says {data_len} data bytes, the file holds {held}"),
+            4,
+            format!("format version {version}, but this build reads versions 1 and {SNAPSHOT_FORMAT_VERSION}"),
         ));
     }
+    let data_len = u64_at(&bytes, 24);
+    let held = (bytes.len() - SNAPSHOT_HEADER_LEN) as u64;
+    let trailer_at = SNAPSHOT_HEADER_LEN as u64 + data_len;
+    let (data_end, trailer_len) = if version == FORMAT_VERSION {
+        if data_len != held {
+            return Err(corruption(
+                24,
+                format!("header says {data_len} data bytes, the file holds {held}"),
+            ));
+        }
+        (bytes.len(), 0)
+    } else {
+        let config_len = (data_len.checked_add(4).is_some_and(|n| n <= held))
+            .then(|| u32_at(&bytes, trailer_at as usize) as u64);
+        match config_len {
+            Some(config_len) if data_len + 4 + config_len == held => {
+                (trailer_at as usize, 4 + config_len as usize)
+            }
+            _ => {
+                return Err(corruption(
+                    24,
+                    format!("header says {data_len} data bytes, which with the configuration after them do not fill the {held} bytes the file holds"),
+                ))
+            }
+        }
+    };
+    let trailer = &bytes[data_end..];
     check_crc(
         u32_at(&bytes, 32),
-        snapshot_crc(&bytes[0..32], &bytes[SNAPSHOT_HEADER_LEN..]),
+        snapshot_crc(&bytes[0..32], &bytes[SNAPSHOT_HEADER_LEN..data_end], trailer),
         32,
         "the header and data",
     )?;
+    let configuration = match trailer_len {
+        0 | 4 => None,
+        _ => Some(Configuration::decode(&trailer[4..]).map_err(|why| {
+            corruption(
+                trailer_at + 4,
+                format!("the configuration is not one: {why}"),
+            )
+        })?),
+    };
     let last_included_index = u64_at(&bytes, 8);
     if !leaves_room_after(last_included_index) {
         return Err(corruption(
@@ -219,11 +278,13 @@ pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
         ));
     }
     let last_included_term = u64_at(&bytes, 16);
+    bytes.truncate(data_end);
     bytes.drain(..SNAPSHOT_HEADER_LEN);
     Ok(Snapshot {
         last_included_index,
         last_included_term,
         data: bytes,
+        configuration,
     })
 }
 
@@ -311,9 +372,14 @@ pub fn encode_record(
 ) -> Result<usize, String> {
     let start = buffer.len();
     buffer.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+    let config;
     let (kind, command): (u8, &[u8]) = match &entry.command {
         Command::Client(bytes) => (KIND_COMMAND, bytes),
         Command::Noop => (KIND_NOOP, &[]),
+        Command::Config(configuration) => {
+            config = configuration.encode();
+            (KIND_CONFIG, &config)
+        }
     };
     buffer.push(kind);
     buffer.extend_from_slice(&entry.index.to_le_bytes());
@@ -689,6 +755,10 @@ fn decode_payload(payload: &[u8], layout: Layout) -> Result<Entry, String> {
                 command.len()
             ))
         }
+        KIND_CONFIG => Command::Config(
+            Configuration::decode(command)
+                .map_err(|why| format!("configuration entry {index} is not one: {why}"))?,
+        ),
         kind => return Err(format!("entry {index} has unknown kind {kind}")),
     };
     Ok(Entry {
@@ -738,6 +808,7 @@ mod tests {
         let command = match &entry.command {
             Command::Client(bytes) => bytes.clone(),
             Command::Noop => LEGACY_NOOP.to_vec(),
+            Command::Config(_) => unreachable!("versions 1 and 2 had no configurations"),
         };
         LegacyEntry {
             index: entry.index,
@@ -783,6 +854,7 @@ mod tests {
             last_included_index: 12,
             last_included_term: 4,
             data: b"state machine".to_vec(),
+            configuration: None,
         };
         let mut bytes = encode_snapshot_header(&snapshot).to_vec();
         bytes.extend_from_slice(&snapshot.data);
@@ -973,6 +1045,7 @@ mod tests {
             last_included_index: u64::MAX,
             last_included_term: 1,
             data: vec![],
+            configuration: None,
         };
         let bytes = encode_snapshot_header(&snapshot).to_vec();
         let error = decode_snapshot(bytes).unwrap_err();

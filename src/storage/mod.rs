@@ -315,7 +315,7 @@ impl SnapshotWriter for FileSnapshotWriter {
                 f.sync_data()?;
                 std::thread::sleep(SNAPSHOT_WRITE_PAUSE);
             }
-            Ok(())
+            f.write_all(&format::encode_snapshot_trailer(snapshot))
         })?;
         let mut stored = lock_index(&self.stored_snapshot);
         if *stored >= index {
@@ -1148,7 +1148,8 @@ impl Storage for FileStorage {
         let started = Instant::now();
         replace_atomically(&self.dir, SNAPSHOT_FILE, |f| {
             f.write_all(&header)?;
-            f.write_all(&snapshot.data)
+            f.write_all(&snapshot.data)?;
+            f.write_all(&format::encode_snapshot_trailer(snapshot))
         })?;
         *stored = index;
         drop(stored);

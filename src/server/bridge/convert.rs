@@ -9,6 +9,7 @@
 
 use crate::proto::peer as pb;
 use crate::raft::{
+    Configuration,
     AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, InstallSnapshotReply,
     Message, NodeId, PreVote, PreVoteReply, ReadIndex, ReadIndexReply, RequestVote,
     RequestVoteReply, TimeoutNow,
@@ -68,7 +69,7 @@ pub fn open_envelope(envelope: pb::Envelope) -> Result<(NodeId, Message), String
         Some(M::AppendEntriesReply(m)) => {
             Message::AppendEntriesReply(append_entries_reply_from_proto(m))
         }
-        Some(M::InstallSnapshot(m)) => Message::InstallSnapshot(install_snapshot_from_proto(m)),
+        Some(M::InstallSnapshot(m)) => Message::InstallSnapshot(install_snapshot_from_proto(m)?),
         Some(M::InstallSnapshotReply(m)) => {
             Message::InstallSnapshotReply(install_snapshot_reply_from_proto(m))
         }
@@ -107,6 +108,7 @@ pub fn request_vote_from_proto(m: pb::RequestVoteRequest) -> RequestVote {
         candidate_id: m.candidate_id,
         last_log_index: m.last_log_index,
         last_log_term: m.last_log_term,
+        leadership_transfer: m.leadership_transfer,
     }
 }
 
@@ -116,6 +118,7 @@ pub fn request_vote_to_proto(m: RequestVote) -> pb::RequestVoteRequest {
         candidate_id: m.candidate_id,
         last_log_index: m.last_log_index,
         last_log_term: m.last_log_term,
+        leadership_transfer: m.leadership_transfer,
     }
 }
 
@@ -152,6 +155,10 @@ pub fn append_entries_from_proto(m: pb::AppendEntriesRequest) -> Result<AppendEn
             Ok(pb::EntryKind::Noop) => {
                 return Err(format!("entry {}: a no-op with a command", entry.index))
             }
+            Ok(pb::EntryKind::Config) => Command::Config(
+                Configuration::decode(&entry.command)
+                    .map_err(|why| format!("entry {}: not a configuration: {why}", entry.index))?,
+            ),
             Err(_) => {
                 return Err(format!(
                     "entry {}: unknown kind {}",
@@ -189,6 +196,7 @@ pub fn append_entries_to_proto(m: AppendEntries) -> pb::AppendEntriesRequest {
                 let (kind, command) = match entry.command {
                     Command::Client(bytes) => (pb::EntryKind::Command, bytes),
                     Command::Noop => (pb::EntryKind::Noop, Vec::new()),
+                    Command::Config(c) => (pb::EntryKind::Config, c.encode()),
                 };
                 pb::LogEntry {
                     index: entry.index,
@@ -229,8 +237,17 @@ pub fn append_entries_reply_to_proto(m: AppendEntriesReply) -> pb::AppendEntries
     }
 }
 
-pub fn install_snapshot_from_proto(m: pb::InstallSnapshotRequest) -> InstallSnapshot {
-    InstallSnapshot {
+pub fn install_snapshot_from_proto(
+    m: pb::InstallSnapshotRequest,
+) -> Result<InstallSnapshot, String> {
+    let configuration = match m.configuration.is_empty() {
+        true => None,
+        false => Some(
+            Configuration::decode(&m.configuration)
+                .map_err(|why| format!("InstallSnapshot: not a configuration: {why}"))?,
+        ),
+    };
+    Ok(InstallSnapshot {
         term: m.term,
         leader_id: m.leader_id,
         last_included_index: m.last_included_index,
@@ -238,7 +255,8 @@ pub fn install_snapshot_from_proto(m: pb::InstallSnapshotRequest) -> InstallSnap
         offset: m.offset,
         data: m.data,
         done: m.done,
-    }
+        configuration,
+    })
 }
 
 pub fn install_snapshot_to_proto(m: InstallSnapshot) -> pb::InstallSnapshotRequest {
@@ -250,6 +268,11 @@ pub fn install_snapshot_to_proto(m: InstallSnapshot) -> pb::InstallSnapshotReque
         offset: m.offset,
         data: m.data,
         done: m.done,
+        configuration: m
+            .configuration
+            .as_ref()
+            .map(Configuration::encode)
+            .unwrap_or_default(),
     }
 }
 
@@ -318,6 +341,7 @@ mod tests {
             candidate_id: 3,
             last_log_index: 10,
             last_log_term: 4,
+            leadership_transfer: false,
         };
         assert_eq!(
             request_vote_from_proto(request_vote_to_proto(vote.clone())),
@@ -358,10 +382,11 @@ mod tests {
             offset: 4096,
             data: vec![1, 2, 3],
             done: true,
+            configuration: Some(Configuration::new([1, 2, 3])),
         };
         assert_eq!(
             install_snapshot_from_proto(install_snapshot_to_proto(snapshot.clone())),
-            snapshot
+            Ok(snapshot)
         );
         let snapshot_reply = InstallSnapshotReply {
             term: 4,

@@ -332,6 +332,10 @@ impl ClientService {
                 "leadership transfer in progress: this leader is handing over to node \
                  {target} and takes no writes; retry (nothing was applied)"
             )),
+            ClientError::Removed { node } => Status::unavailable(format!(
+                "node {node} was removed from the cluster (§6) and serves no requests; \
+                 ask another member"
+            )),
             ClientError::InvalidArgument(reason) => Status::invalid_argument(reason),
             ClientError::StaleSequence => session_refusal(
                 STALE_SEQUENCE,
