@@ -537,6 +537,8 @@ impl NodeConfig {
         config.heartbeat_ticks = self.timing.heartbeat_ticks;
         config.snapshot_log_bytes = self.snapshot_log_bytes;
         config.pre_vote = self.pre_vote;
+        // Members change online (§6): a removed server must not disrupt.
+        config.ignore_votes_while_led = true;
         if !self.fast_path.pipelining {
             // One AppendEntries with entries in flight per follower: send,
             // wait for the reply, send the next.

@@ -87,8 +87,8 @@ fn the_documented_gdb_session_stops_where_the_page_says() {
         "run walkthrough_2_replication --nocapture --test-threads 1",
         "bt 2",
         "step",
-        "next 6",
-        "print matched",
+        "next 4",
+        "print leader.match_index",
         "print n",
         "kill",
     ]) else {
@@ -104,11 +104,11 @@ fn the_documented_gdb_session_stops_where_the_page_says() {
     expect("hit Breakpoint 1, raft_kv::raft::state::RaftNode<raft_kv::kv::KvStore>::handle_request_vote");
     expect("src/raft/request_vote.rs");
     expect("raft_kv::raft::state::RaftNode<raft_kv::kv::KvStore>::step");
-    expect("RequestVote {term: 1, candidate_id: 2, last_log_index: 0, last_log_term: 0}");
+    expect("RequestVote {term: 1, candidate_id: 2, last_log_index: 0, last_log_term: 0, leadership_transfer: false}");
     expect("$2 = 1");
     expect("$3 = core::option::Option<u64>::None");
     expect("hit Breakpoint 2, raft_kv::raft::state::RaftNode<raft_kv::kv::KvStore>::handle_append_entries_reply");
     expect("raft_kv::raft::state::RaftNode<raft_kv::kv::KvStore>::advance_commit_index");
-    expect("$4 = Vec(size=3) = {1, 1, 0}");
+    expect("$4 = BTreeMap(size=2) = {[1] = 1, [3] = 0}");
     expect("$5 = 1");
 }

@@ -383,7 +383,7 @@ fn chunks_written_only_at_their_offset_figure_13() {
             offset: start as u64,
             data: snapshot.data[start..end].to_vec(),
             done: end == snapshot.data.len(),
-            configuration: None,
+            configuration: snapshot.configuration.clone(),
         }
     };
     let send = |c: &mut Cluster, i| {

@@ -85,7 +85,8 @@ impl<S: StateMachine> RaftNode<S> {
         for (request, client_request) in requests {
             if self.is_removed() {
                 let node = self.config.id;
-                self.outbox.respond(request, Err(RequestError::Removed { node }));
+                self.outbox
+                    .respond(request, Err(RequestError::Removed { node }));
                 continue;
             }
             match client_request {

@@ -6,8 +6,8 @@ use log::warn;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::message::Message;
 use super::membership::Configuration;
+use super::message::Message;
 use super::message::{LogIndex, Term};
 use super::state::{IncomingSnapshot, Role, SnapshotTransfer};
 use super::storage::SnapshotToSave;

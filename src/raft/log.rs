@@ -257,7 +257,11 @@ impl Log {
     /// The configuration in force just after entry `index` (the one a
     /// snapshot through `index` carries, §7). None if the log never held one.
     pub fn configuration_at(&self, index: LogIndex) -> Option<&Configuration> {
-        let in_entries = self.configurations.iter().rev().find(|(at, _)| *at <= index);
+        let in_entries = self
+            .configurations
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= index);
         match in_entries {
             Some((_, configuration)) => Some(configuration),
             None => self.snapshot_configuration().map(|(_, c)| c),

@@ -105,7 +105,10 @@ impl Configuration {
             return Some("it has no voters".into());
         }
         if members.len() > MAX_MEMBERS {
-            return Some(format!("it has {} members, over {MAX_MEMBERS}", members.len()));
+            return Some(format!(
+                "it has {} members, over {MAX_MEMBERS}",
+                members.len()
+            ));
         }
         if members.contains(&0) {
             return Some("it names node 0".into());
@@ -212,7 +215,10 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, len: usize) -> Result<&[u8], String> {
-        let end = self.at.checked_add(len).filter(|&end| end <= self.bytes.len());
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|&end| end <= self.bytes.len());
         let end = end.ok_or_else(|| format!("it ends at byte {}", self.bytes.len()))?;
         let taken = &self.bytes[self.at..end];
         self.at = end;
@@ -228,7 +234,9 @@ impl Reader<'_> {
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -251,7 +259,10 @@ mod tests {
         let bytes = c.encode();
         assert_eq!(Configuration::decode(&bytes), Ok(c));
         for len in 0..bytes.len() {
-            assert!(Configuration::decode(&bytes[..len]).is_err(), "cut at {len}");
+            assert!(
+                Configuration::decode(&bytes[..len]).is_err(),
+                "cut at {len}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

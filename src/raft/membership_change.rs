@@ -129,7 +129,14 @@ impl<S: StateMachine> RaftNode<S> {
                 "the configuration at index {index} ({configuration}) is not committed yet"
             )));
         }
-        let refused = |why: String| Some(RequestError::MembershipRefused(why));
+        self.target_refusal(change)
+            .map(RequestError::MembershipRefused)
+    }
+
+    /// Why `change` makes no sense for the configuration in force, if it does not.
+    fn target_refusal(&self, change: &MembershipChange) -> Option<String> {
+        let configuration = self.configuration();
+        let refused = Some;
         let id = change.id();
         let role = if configuration.is_voter(id) {
             "a voter"
@@ -147,9 +154,7 @@ impl<S: StateMachine> RaftNode<S> {
                 refused(format!("node {id} is already {role}"))
             }
             MembershipChange::AddLearner { address, .. }
-            | MembershipChange::AddVoter { address, .. } => {
-                self.address_refusal(id, address).and_then(refused)
-            }
+            | MembershipChange::AddVoter { address, .. } => self.address_refusal(id, address),
             MembershipChange::Promote { .. } if !configuration.learners.contains(&id) => {
                 refused(match configuration.contains(id) {
                     true => format!("node {id} is already a voter"),
@@ -176,9 +181,8 @@ impl<S: StateMachine> RaftNode<S> {
         let configuration = self.configuration();
         if let Some(known) = configuration.addresses.get(&id) {
             // AddVoter of a learner: it is promoted, where it already is.
-            return (known != address).then(|| {
-                format!("node {id} is a learner at {known}, not at {address}")
-            });
+            return (known != address)
+                .then(|| format!("node {id} is a learner at {known}, not at {address}"));
         }
         if configuration.members().len() >= MAX_MEMBERS {
             return Some(format!("the cluster has {MAX_MEMBERS} members already"));
@@ -353,6 +357,18 @@ impl<S: StateMachine> RaftNode<S> {
         );
         self.outbox
             .respond(change.request, result.map(|()| Vec::new()));
+    }
+
+    /// Append `configuration` as the leader, skipping every rule above: one
+    /// change at a time, learners first, C_old,new between. Only tests call
+    /// it, to show what those rules prevent (Figure 10). False if not leader.
+    #[doc(hidden)]
+    pub fn append_configuration_unchecked(&mut self, configuration: Configuration) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        self.append_configuration(configuration);
+        true
     }
 
     /// Append `configuration` as the leader: in force from now on (§6).

@@ -2,11 +2,9 @@
 
 // BEGIN SOLUTION election
 use log::info;
-
-use super::message::Message;
 // SKELETON
 // END SOLUTION
-use super::message::{NodeId, RequestVote, RequestVoteReply};
+use super::message::{Message, NodeId, RequestVote, RequestVoteReply};
 use super::state::{RaftNode, Role};
 use super::state_machine::StateMachine;
 
@@ -121,6 +119,30 @@ impl<S: StateMachine> RaftNode<S> {
         // let _ = (Self::has_majority_of_votes, Self::become_leader);
         // todo!("milestone 1 (election): count {reply:?} from n{from} (§5.2)")
         // END SOLUTION
+    }
+
+    /// §6: "if a server receives a RequestVote request within the minimum
+    /// election timeout of hearing from a current leader, it does not update
+    /// its term or grant its vote" — so a server removed from the cluster,
+    /// which hears no more heartbeats, cannot depose the leader. A candidate
+    /// the leader itself sent (TimeoutNow, §3.10) is heard.
+    pub(super) fn ignores_request_vote(&self, from: NodeId, message: &Message) -> bool {
+        let Message::RequestVote(request) = message else {
+            return false;
+        };
+        let ignored = self.config.ignore_votes_while_led
+            && request.term > self.current_term()
+            && !request.leadership_transfer
+            && self.in_leader_contact();
+        if ignored {
+            log::info!(
+                "node {} term {}: ignored RequestVote from {from} for term {}: a leader was heard from within the minimum election timeout (§6)",
+                self.config.id,
+                self.current_term(),
+                request.term
+            );
+        }
+        ignored
     }
 
     fn has_majority_of_votes(&self) -> bool {

@@ -29,24 +29,8 @@ impl<S: StateMachine> RaftNode<S> {
             );
             return;
         }
-        // §6: "if a server receives a RequestVote request within the minimum
-        // election timeout of hearing from a current leader, it does not
-        // update its term or grant its vote" — so a server removed from the
-        // cluster, which hears no more heartbeats, cannot depose the leader.
-        // A candidate the leader itself sent (TimeoutNow, §3.10) is heard.
-        if let Message::RequestVote(request) = &message {
-            if request.term > self.current_term()
-                && !request.leadership_transfer
-                && self.in_leader_contact()
-            {
-                info!(
-                    "node {} term {}: ignored RequestVote from {from} for term {}: a leader was heard from within the minimum election timeout (§6)",
-                    self.config.id,
-                    self.current_term(),
-                    request.term
-                );
-                return;
-            }
+        if self.ignores_request_vote(from, &message) {
+            return;
         }
         // All Servers: "If RPC request or response contains term T >
         // currentTerm: set currentTerm = T, convert to follower (§5.1)".

@@ -89,6 +89,11 @@ pub struct RaftConfig {
     /// Off here, so the core alone runs Figure 2's elections; a node turns
     /// it on (`--pre-vote`, on by default).
     pub pre_vote: bool,
+    /// §6: ignore a RequestVote that arrives within the minimum election
+    /// timeout of hearing from a leader, so that a removed server cannot
+    /// depose it. Off here, so the core alone runs Figure 2's elections; a
+    /// node turns it on, and so do the membership tests.
+    pub ignore_votes_while_led: bool,
 }
 
 impl RaftConfig {
@@ -109,6 +114,7 @@ impl RaftConfig {
             max_bytes_in_flight: 4 << 20,
             seed: id,
             pre_vote: false,
+            ignore_votes_while_led: false,
         }
     }
 }

@@ -29,9 +29,9 @@ impl<S: StateMachine> RaftNode<S> {
                 self.outbox.respond(request, Ok(Vec::new()));
                 return;
             }
-            Role::Leader(_) if !self.voting_peers().contains(&to) => {
-                RequestError::TransferFailed(format!("node {to} is not a voting member of this cluster"))
-            }
+            Role::Leader(_) if !self.voting_peers().contains(&to) => RequestError::TransferFailed(
+                format!("node {to} is not a voting member of this cluster"),
+            ),
             Role::Leader(leader) => match &leader.transfer {
                 Some(transfer) => RequestError::TransferInProgress {
                     target: transfer.target,

@@ -16,22 +16,28 @@ use super::state_machine::StateMachine;
 pub const MAX_TERM_JUMP: Term = 1 << 32;
 
 impl<S: StateMachine> RaftNode<S> {
-    /// Why `message` from `from` must be refused, or None if it may be handled.
-    pub(super) fn refusal(&self, from: NodeId, message: &Message) -> Option<String> {
-        // Any other server may write to us: a leader that is adding this
-        // server is not in its configuration yet (§6). Replies count only
-        // from the servers a leader sends to.
+    /// Any other server may write to us: a leader that is adding this server
+    /// is not in its configuration yet (§6). Replies count only from the
+    /// servers a leader sends to.
+    fn sender_refusal(&self, from: NodeId, message: &Message) -> Option<String> {
         if from == self.config.id || from == 0 {
             return Some(format!("{from} is not another server"));
         }
-        if let Role::Leader(leader) = &self.role {
-            let reply = matches!(
-                message,
-                Message::AppendEntriesReply(_) | Message::InstallSnapshotReply(_)
-            );
-            if reply && !leader.next_index.contains_key(&from) {
-                return Some(format!("{from} is not a server this leader sends its log to"));
-            }
+        let Role::Leader(leader) = &self.role else {
+            return None;
+        };
+        let reply = matches!(
+            message,
+            Message::AppendEntriesReply(_) | Message::InstallSnapshotReply(_)
+        );
+        (reply && !leader.next_index.contains_key(&from))
+            .then(|| format!("{from} is not a server this leader sends its log to"))
+    }
+
+    /// Why `message` from `from` must be refused, or None if it may be handled.
+    pub(super) fn refusal(&self, from: NodeId, message: &Message) -> Option<String> {
+        if let Some(refusal) = self.sender_refusal(from, message) {
+            return Some(refusal);
         }
         let term = message.term();
         if term > self.current_term().saturating_add(MAX_TERM_JUMP) {

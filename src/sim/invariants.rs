@@ -165,6 +165,7 @@ impl Invariants {
                 }
                 Some(_) => {}
                 None => {
+                    self.configuration_step(index, &entry.command)?;
                     self.committed
                         .insert(index, (entry.term, entry.command.clone()));
                 }
@@ -172,6 +173,36 @@ impl Invariants {
         }
         self.recorded_commit.insert(id, commit_index.max(from));
         Ok(())
+    }
+
+    /// §6: a committed configuration follows the committed one before it by
+    /// one step of joint consensus — into C_old,new from C_old, out of it to
+    /// C_new, or a change of learners only. A direct switch between two sets
+    /// of voters could let disjoint majorities elect two leaders (Figure 10).
+    fn configuration_step(&self, index: LogIndex, command: &Command) -> Result<(), String> {
+        let Command::Config(new) = command else {
+            return Ok(());
+        };
+        let previous = self
+            .committed
+            .range(..index)
+            .rev()
+            .find_map(|(at, (_, c))| match c {
+                Command::Config(c) => Some((*at, c)),
+                _ => None,
+            });
+        let Some((at, old)) = previous else {
+            return Ok(());
+        };
+        let entering = !old.is_joint() && new.is_joint() && new.outgoing == old.voters;
+        let leaving = old.is_joint() && !new.is_joint() && new.voters == old.voters;
+        let learners_only = new.voters == old.voters && new.outgoing == old.outgoing;
+        if entering || leaving || learners_only {
+            return Ok(());
+        }
+        Err(format!(
+            "§6: the configuration committed at {index} ({new}) does not follow the one at {at}              ({old}) through the joint configuration C_old,new: a direct switch lets disjoint              majorities of C_old and C_new elect two leaders in one term (Figure 10)"
+        ))
     }
 
     /// Entries can be committed and compacted into a snapshot within one

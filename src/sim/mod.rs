@@ -30,8 +30,8 @@ use history::History;
 
 use crate::kv::{self, ClientError, ClientRequest, ClientResult, KvStore};
 use crate::raft::{
-    LogIndex, MemStorage, Message, NodeId, Outbox, RaftConfig, RaftNode, RequestId, Response,
-    Snapshot, SnapshotToSave, SnapshotWriter, Term,
+    LogIndex, MemStorage, MembershipChange, Message, NodeId, Outbox, RaftConfig, RaftNode,
+    RequestError, RequestId, Response, Snapshot, SnapshotToSave, SnapshotWriter, Term,
 };
 pub use history::ReadStats;
 pub use invariants::Invariants;
@@ -98,6 +98,9 @@ pub struct SimConfig {
     /// test turns it on: the course's tests and scripts follow Figure 2's
     /// elections, and a running node has it on (`--pre-vote`).
     pub pre_vote: bool,
+    /// §6's rule that a server hearing from a leader ignores RequestVote
+    /// (`RaftConfig::ignore_votes_while_led`); off unless a test turns it on.
+    pub ignore_votes_while_led: bool,
 }
 
 impl SimConfig {
@@ -123,6 +126,7 @@ impl SimConfig {
             max_bytes_in_flight: defaults.max_bytes_in_flight,
             max_sessions: kv::MAX_SESSIONS,
             pre_vote: false,
+            ignore_votes_while_led: false,
         }
     }
 
@@ -214,6 +218,9 @@ struct SimNode {
     /// what the runtime's snapshot writer thread does with its storage
     snapshot_writer: Option<Box<dyn SnapshotWriter>>,
     restarts: u64,
+    /// added to a running cluster (`add_server`): it starts with no
+    /// configuration and waits for a leader (§6)
+    joining: bool,
 }
 
 /// A node's own snapshot on its way to its disk: the simulated snapshot
@@ -386,6 +393,7 @@ impl Cluster {
                 outbox: SimOutbox::default(),
                 snapshot_writer: None,
                 restarts: 0,
+                joining: false,
             };
             cluster.nodes.insert(id, sim);
             cluster.start_node(id);
@@ -402,9 +410,82 @@ impl Cluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// Start a new, empty server `id` that joins the running cluster (§6):
+    /// it has no configuration and waits to hear from a leader; a
+    /// membership change adds it ([`Cluster::change_membership`]).
+    pub fn add_server(&mut self, id: NodeId) {
+        assert!(!self.nodes.contains_key(&id), "n{id} exists already");
+        let sim = SimNode {
+            node: None,
+            outbox: SimOutbox::default(),
+            snapshot_writer: None,
+            restarts: 0,
+            joining: true,
+        };
+        self.nodes.insert(id, sim);
+        self.record(EventKind::Power {
+            node: id,
+            up: true,
+            text: format!("add n{id} (joining)"),
+        });
+        self.start_node(id);
+    }
+
+    /// The running members of `leader`'s configuration (§6): a server
+    /// removed, or not yet added, is not sent the log.
+    fn members_up(&self, leader: NodeId) -> Vec<NodeId> {
+        let configuration = self.node(leader).configuration();
+        let members = self
+            .ids()
+            .into_iter()
+            .filter(|&id| configuration.contains(id));
+        members.filter(|&id| self.is_up(id)).collect()
+    }
+
+    /// Ask node `leader` for a membership change (§6); the answer is read
+    /// with [`Cluster::transfer_answer`], as a transfer's is.
+    pub fn change_membership(&mut self, leader: NodeId, change: MembershipChange) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.note(format!("membership request {id} to n{leader}: {change:?}"));
+        self.transfers.insert(id, None);
+        self.with_node(leader, |node| {
+            node.client_requests(vec![(id, crate::raft::Request::ChangeMembership(change))])
+        });
+        id
+    }
+
+    /// Ask the leader for `change` and run until it answers; None if no
+    /// leader answered within `max_ticks`.
+    pub fn run_change(&mut self, change: MembershipChange, max_ticks: u64) -> Option<Response> {
+        let deadline = self.now + max_ticks;
+        while self.now < deadline {
+            let Some(leader) = self.leader() else {
+                self.tick();
+                continue;
+            };
+            let request = self.change_membership(leader, change.clone());
+            while self.now < deadline && self.transfer_answer(request).is_none() {
+                self.tick();
+            }
+            match self.transfer_answer(request).cloned() {
+                Some(Err(
+                    RequestError::NotLeader { .. }
+                    | RequestError::LeadershipLost
+                    | RequestError::ChangeInProgress(_),
+                )) => self.tick(),
+                answer => return answer,
+            }
+        }
+        None
+    }
+
     fn start_node(&mut self, id: NodeId) {
-        let members = self.ids_all();
         let sim = self.nodes.get_mut(&id).expect("node exists");
+        let members = match sim.joining {
+            true => Vec::new(),
+            false => (1..=self.config.nodes as u64).collect(),
+        };
         let mut config = RaftConfig::new(id, members);
         config.election_timeout_ticks = self.config.election_timeout_ticks;
         config.heartbeat_ticks = self.config.heartbeat_ticks;
@@ -414,6 +495,7 @@ impl Cluster {
         config.max_bytes_per_message = self.config.max_bytes_per_message;
         config.max_bytes_in_flight = self.config.max_bytes_in_flight;
         config.pre_vote = self.config.pre_vote;
+        config.ignore_votes_while_led = self.config.ignore_votes_while_led;
         // Each node, and each restart of it, draws different timeouts.
         config.seed = self.config.seed ^ (id << 32) ^ (sim.restarts << 48);
         sim.outbox = SimOutbox::default();
@@ -514,8 +596,10 @@ impl Cluster {
         back.into_iter().map(|(_, to, m)| (to, m)).collect()
     }
 
+    /// Whether node `id` exists and is running (a message to any other id
+    /// is lost, as to an address nobody serves).
     pub fn is_up(&self, id: NodeId) -> bool {
-        self.nodes[&id].node.is_some()
+        self.nodes.get(&id).is_some_and(|sim| sim.node.is_some())
     }
 
     /// The simulated disk of a node (it survives crashes). Panics on a
@@ -1114,8 +1198,8 @@ impl Cluster {
         None
     }
 
-    /// Tick until every running node holds and has applied the leader's
-    /// whole log, then check that their logs hold the same entries (beyond
+    /// Tick until every running member (of the leader's configuration, §6)
+    /// holds and has applied the leader's whole log, then check that their logs hold the same entries (beyond
     /// their snapshots) and their state machines are equal (State Machine
     /// Safety at rest); returns the leader. Panics after `max_ticks`.
     pub fn converge(&mut self, max_ticks: u64) -> NodeId {
@@ -1124,14 +1208,14 @@ impl Cluster {
                 return false;
             };
             let last = c.node(leader).log().last_index();
-            c.ids().into_iter().filter(|&id| c.is_up(id)).all(|id| {
+            c.members_up(leader).into_iter().all(|id| {
                 c.node(id).log().last_index() == last && c.node(id).last_applied() == last
             })
         });
         assert!(ok, "the cluster did not converge within {max_ticks} ticks");
         let leader = self.leader().expect("converged");
         let expected = self.node(leader).log();
-        for id in self.ids().into_iter().filter(|&id| self.is_up(id)) {
+        for id in self.members_up(leader) {
             let log = self.node(id).log();
             for index in log.first_index().max(expected.first_index())..=log.last_index() {
                 assert_eq!(

@@ -257,7 +257,11 @@ pub fn decode_snapshot(mut bytes: Vec<u8>) -> Result<Snapshot, Corruption> {
     let trailer = &bytes[data_end..];
     check_crc(
         u32_at(&bytes, 32),
-        snapshot_crc(&bytes[0..32], &bytes[SNAPSHOT_HEADER_LEN..data_end], trailer),
+        snapshot_crc(
+            &bytes[0..32],
+            &bytes[SNAPSHOT_HEADER_LEN..data_end],
+            trailer,
+        ),
         32,
         "the header and data",
     )?;
@@ -856,13 +860,54 @@ mod tests {
             data: b"state machine".to_vec(),
             configuration: None,
         };
-        let mut bytes = encode_snapshot_header(&snapshot).to_vec();
-        bytes.extend_from_slice(&snapshot.data);
+        let mut bytes = snapshot_file(&snapshot);
         assert_eq!(decode_snapshot(bytes.clone()), Ok(snapshot));
         bytes[8] ^= 1; // last_included_index 12 -> 13
         let error = decode_snapshot(bytes).unwrap_err();
         assert_eq!(error.offset, 32, "{error:?}");
         assert!(error.reason.contains("crc32 mismatch"), "{error:?}");
+    }
+
+    fn snapshot_file(snapshot: &Snapshot) -> Vec<u8> {
+        let mut bytes = encode_snapshot_header(snapshot).to_vec();
+        bytes.extend_from_slice(&snapshot.data);
+        bytes.extend_from_slice(&encode_snapshot_trailer(snapshot));
+        bytes
+    }
+
+    #[test]
+    fn a_snapshot_carries_its_configuration_and_version_1_files_still_read() {
+        let mut configuration = Configuration::new([1, 2, 4]);
+        configuration.outgoing = [1, 2, 3].into();
+        configuration.addresses.insert(4, "10.0.0.4:7004".into());
+        let snapshot = Snapshot {
+            last_included_index: 12,
+            last_included_term: 4,
+            data: b"state".to_vec(),
+            configuration: Some(configuration),
+        };
+        let bytes = snapshot_file(&snapshot);
+        assert_eq!(decode_snapshot(bytes.clone()), Ok(snapshot.clone()));
+        // A flipped bit in the configuration fails the checksum.
+        let mut damaged = bytes.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        assert!(decode_snapshot(damaged)
+            .unwrap_err()
+            .reason
+            .contains("crc32"));
+        // A configuration length past the end is refused before any read.
+        let mut long = bytes;
+        let at = SNAPSHOT_HEADER_LEN + snapshot.data.len();
+        long[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_snapshot(long).unwrap_err().offset, 24);
+        // Version 1: header, data, and a checksum over those alone.
+        let mut v1 = encode_snapshot_header(&snapshot).to_vec();
+        v1[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let crc = snapshot_crc(&v1[0..32], &snapshot.data, &[]);
+        v1[32..36].copy_from_slice(&crc.to_le_bytes());
+        v1.extend_from_slice(&snapshot.data);
+        let old = decode_snapshot(v1).unwrap();
+        assert_eq!((old.data, old.configuration), (snapshot.data, None));
     }
 
     #[test]
@@ -1047,8 +1092,7 @@ mod tests {
             data: vec![],
             configuration: None,
         };
-        let bytes = encode_snapshot_header(&snapshot).to_vec();
-        let error = decode_snapshot(bytes).unwrap_err();
+        let error = decode_snapshot(snapshot_file(&snapshot)).unwrap_err();
         assert_eq!(error.offset, 8, "{error:?}");
 
         // (entry() would make a command of u64::MAX bytes.)

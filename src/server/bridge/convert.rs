@@ -9,10 +9,9 @@
 
 use crate::proto::peer as pb;
 use crate::raft::{
-    Configuration,
-    AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, InstallSnapshotReply,
-    Message, NodeId, PreVote, PreVoteReply, ReadIndex, ReadIndexReply, RequestVote,
-    RequestVoteReply, TimeoutNow,
+    AppendEntries, AppendEntriesReply, Command, Configuration, Entry, InstallSnapshot,
+    InstallSnapshotReply, Message, NodeId, PreVote, PreVoteReply, ReadIndex, ReadIndexReply,
+    RequestVote, RequestVoteReply, TimeoutNow,
 };
 
 /// A message for the wire, from `from`.
