@@ -5,7 +5,7 @@ CARGO ?= cargo
 PEERS := 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 
 .PHONY: build release test lint fmt clean cluster skeleton skeleton-check \
-	test-election test-replication test-persistence test-snapshots test-kv test-e2e test-ui bench bench-etcd bench-compare bench-fastpath \
+	test-election test-replication test-persistence test-snapshots test-kv test-membership test-e2e test-ui bench bench-etcd bench-compare bench-fastpath \
 	bench-scaling
 
 build:
@@ -35,6 +35,8 @@ test-snapshots:
 	$(CARGO) test $(COURSE) --test snapshots
 test-kv:
 	$(CARGO) test $(COURSE) --test kv
+test-membership:
+	$(CARGO) test $(COURSE) --test membership
 ## e2e_netns runs the cluster in network namespaces of its own: it needs
 ## root, and passes with a note ("skipping: …") without.
 test-e2e:
@@ -50,7 +52,7 @@ test-ui:
 ## The student copy: make skeleton DIR=../raft-kv-student [MILESTONE=election]
 MILESTONE ?= election
 skeleton: release
-	@test -n "$(DIR)" || { echo "usage: make skeleton DIR=path [MILESTONE=election|replication|persistence|snapshots|kv]"; exit 2; }
+	@test -n "$(DIR)" || { echo "usage: make skeleton DIR=path [MILESTONE=election|replication|persistence|snapshots|kv|membership]"; exit 2; }
 	./target/release/raft-kv skeleton --out "$(DIR)" --milestone $(MILESTONE)
 
 ## CI: for each milestone M, its skeleton builds without a warning, M's tests
@@ -68,7 +70,7 @@ skeleton-check: release
 	@set -e; tmp="$(SKELETON_TARGET)/copies"; rm -rf "$$tmp"; mkdir -p "$$tmp"; done=""; last=""; \
 	bin="$(CURDIR)/target/release/raft-kv"; export CARGO_TARGET_DIR="$(SKELETON_TARGET)"; \
 	run() { dir=$$1; shift; (cd "$$dir" && $(CARGO) test $(COURSE) -q "$$@"); }; \
-	for m in election replication persistence snapshots kv; do \
+	for m in election replication persistence snapshots kv membership; do \
 	  "$$bin" skeleton --from "$(CURDIR)" --out "$$tmp/$$m" --milestone $$m > /dev/null; \
 	  echo "== skeleton from milestone $$m: build"; \
 	  (cd "$$tmp/$$m" && $(CARGO) build $(COURSE) --tests 2> "$$tmp/$$m-build.log") \
@@ -93,11 +95,11 @@ skeleton-check: release
 	  done; \
 	  done="$$done $$m"; last=$$m; \
 	done; \
-	echo "== the full solution: kv"; \
+	echo "== the full solution: membership"; \
 	unset CARGO_TARGET_DIR; \
-	(RAFT_SEEDS_SCALE=$(SEEDS_SCALE) $(CARGO) test --release -q --test kv > "$$tmp/kv-full.log" 2>&1) \
-	  || { echo "FAIL: the kv tests fail on the solution (RAFT_SEEDS_SCALE=$(SEEDS_SCALE)):"; tail -60 "$$tmp/kv-full.log"; exit 1; }; \
-	echo "   kv tests pass (seeds x$(SEEDS_SCALE))"; \
+	(RAFT_SEEDS_SCALE=$(SEEDS_SCALE) $(CARGO) test --release -q --test membership > "$$tmp/membership-full.log" 2>&1) \
+	  || { echo "FAIL: the membership tests fail on the solution (RAFT_SEEDS_SCALE=$(SEEDS_SCALE)):"; tail -60 "$$tmp/membership-full.log"; exit 1; }; \
+	echo "   membership tests pass (seeds x$(SEEDS_SCALE))"; \
 	echo "skeleton-check: ok"
 
 lint:

@@ -248,7 +248,7 @@ impl<S: StateMachine> RaftNode<S> {
         &mut self,
         (index, term): (LogIndex, Term),
         data: Vec<u8>,
-        configuration: Option<Configuration>,
+        last_config: Option<Configuration>,
         leader: NodeId,
     ) -> bool {
         let (me, current_term) = (self.config.id, self.current_term());
@@ -269,7 +269,7 @@ impl<S: StateMachine> RaftNode<S> {
             data,
             // §6: the configuration as of the snapshot, in force from now on
             // unless an entry the log keeps after it says otherwise
-            configuration,
+            configuration: last_config,
         };
         self.persistent
             .log_mut()

@@ -79,7 +79,12 @@ impl Configuration {
         let majority_of = |voters: &BTreeSet<NodeId>| {
             voters.is_empty() || voters.intersection(granted).count() > voters.len() / 2
         };
+        // BEGIN SOLUTION membership
         !self.voters.is_empty() && majority_of(&self.voters) && majority_of(&self.outgoing)
+        // SKELETON
+        // // C_new alone: as if no configuration were ever joint.
+        // !self.voters.is_empty() && majority_of(&self.voters)
+        // END SOLUTION
     }
 
     /// The highest value a majority has reached: for the commit rule,
@@ -94,7 +99,12 @@ impl Configuration {
         if self.voters.is_empty() {
             return 0;
         }
+        // BEGIN SOLUTION membership
         of(&self.voters).min(of(&self.outgoing))
+        // SKELETON
+        // // C_new alone: as if no configuration were ever joint.
+        // of(&self.voters)
+        // END SOLUTION
     }
 
     /// What is wrong with this configuration, if anything: every entry a

@@ -222,6 +222,7 @@ impl<S: StateMachine> RaftNode<S> {
     /// §6: "Once C_old,new has been committed ... it is now safe for the
     /// leader to create a log entry describing C_new".
     fn leave_joint(&mut self) {
+        // BEGIN SOLUTION membership
         let configuration = self.configuration();
         if !configuration.is_joint() || self.configuration_index() > self.commit_index {
             return;
@@ -232,6 +233,10 @@ impl<S: StateMachine> RaftNode<S> {
         let members = new.members();
         new.addresses.retain(|id, _| members.contains(id));
         self.append_configuration(new);
+        // SKELETON
+        // // Given: self.configuration(), self.configuration_index(),
+        // // self.commit_index, self.append_configuration(configuration).
+        // END SOLUTION
     }
 
     /// Take the change in progress one step: once the configuration in
@@ -247,42 +252,51 @@ impl<S: StateMachine> RaftNode<S> {
             return; // the last step is not committed yet
         }
         let change = progress.change.clone();
-        let configuration = self.configuration().clone();
-        let mut next = configuration.clone();
+        // BEGIN SOLUTION membership
+        let current = self.configuration().clone();
+        let mut next = current.clone();
         let id = change.id();
         match &change {
-            MembershipChange::AddLearner { address, .. }
-            | MembershipChange::AddVoter { address, .. }
-                if !configuration.contains(id) =>
+            MembershipChange::AddLearner { address: at, .. }
+            | MembershipChange::AddVoter { address: at, .. }
+                if !current.contains(id) =>
             {
                 next.learners.insert(id);
-                next.addresses.insert(id, address.clone());
+                next.addresses.insert(id, at.clone());
             }
             MembershipChange::AddVoter { .. } | MembershipChange::Promote { .. }
-                if configuration.learners.contains(&id) =>
+                if current.learners.contains(&id) =>
             {
                 if !self.caught_up(id) {
                     return;
                 }
                 // C_old,new: the new server votes in C_new only.
                 next.learners.remove(&id);
-                next.outgoing = configuration.voters.clone();
+                next.outgoing = current.voters.clone();
                 next.voters.insert(id);
             }
-            MembershipChange::Remove { .. } if configuration.learners.contains(&id) => {
+            MembershipChange::Remove { .. } if current.learners.contains(&id) => {
                 next.learners.remove(&id);
                 next.addresses.remove(&id);
             }
-            MembershipChange::Remove { .. } if configuration.voters.contains(&id) => {
-                next.outgoing = configuration.voters.clone();
+            MembershipChange::Remove { .. } if current.voters.contains(&id) => {
+                next.outgoing = current.voters.clone();
                 next.voters.remove(&id);
             }
             // The configuration in force, committed, is the goal.
             _ => return self.end_change(Ok(())),
         }
         self.append_configuration(next);
+        // SKELETON
+        // // Given: self.configuration(), self.append_configuration(next),
+        // // self.end_change(result), and, for a learner that must catch up
+        // // first, leader.match_index and Leader::change's catch_up.
+        // let _ = (change, Self::end_change, Self::append_configuration);
+        // todo!("milestone 6 (membership): take the change one step")
+        // END SOLUTION
     }
 
+    // BEGIN SOLUTION membership
     /// Whether learner `id` has caught up, starting the watch if not.
     fn caught_up(&mut self, id: NodeId) -> bool {
         let last_index = self.log().last_index();
@@ -300,6 +314,8 @@ impl<S: StateMachine> RaftNode<S> {
         });
         matched >= catch_up.target
     }
+    // SKELETON
+    // END SOLUTION
 
     /// A leader's tick: a learner the change waits on that has made no
     /// progress for a few election timeouts fails the change. The learner

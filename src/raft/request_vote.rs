@@ -130,8 +130,11 @@ impl<S: StateMachine> RaftNode<S> {
         let Message::RequestVote(request) = message else {
             return false;
         };
-        let ignored = self.config.ignore_votes_while_led
-            && request.term > self.current_term()
+        if !self.config.ignore_votes_while_led {
+            return false;
+        }
+        // BEGIN SOLUTION membership
+        let ignored = request.term > self.current_term()
             && !request.leadership_transfer
             && self.in_leader_contact();
         if ignored {
@@ -143,6 +146,11 @@ impl<S: StateMachine> RaftNode<S> {
             );
         }
         ignored
+        // SKELETON
+        // // Given: self.in_leader_contact(), and request.leadership_transfer.
+        // let _ = (from, request);
+        // false
+        // END SOLUTION
     }
 
     fn has_majority_of_votes(&self) -> bool {

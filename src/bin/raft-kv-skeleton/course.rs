@@ -27,7 +27,14 @@ use std::io;
 use std::path::Path;
 
 /// The milestones, in the order a course hands them out.
-pub const MILESTONES: [&str; 5] = ["election", "replication", "persistence", "snapshots", "kv"];
+pub const MILESTONES: [&str; 6] = [
+    "election",
+    "replication",
+    "persistence",
+    "snapshots",
+    "kv",
+    "membership",
+];
 
 /// Files the student copy leaves out: the instructor's notes, the source of
 /// the handouts (the copy gets them written out), and the tests of the
@@ -661,7 +668,7 @@ fn b() {
     fn milestones_from_includes_every_later_one() {
         assert_eq!(
             milestones_from("persistence").unwrap(),
-            ["persistence", "snapshots", "kv"]
+            ["persistence", "snapshots", "kv", "membership"]
         );
         assert!(milestones_from("nope").is_none());
     }

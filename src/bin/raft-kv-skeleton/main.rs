@@ -31,7 +31,7 @@ struct SkeletonArgs {
     out: std::path::PathBuf,
     /// The first milestone the students write: its regions and every later
     /// milestone's are removed. One of election, replication, persistence,
-    /// snapshots, kv.
+    /// snapshots, kv, membership.
     #[arg(long, default_value = "election")]
     milestone: String,
     /// The project to copy (default: this checkout).
