@@ -349,6 +349,13 @@ pub struct Tuning {
     /// plain elections, disruption included.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub pre_vote: bool,
+    /// Serve linearizable reads at the leader from a lease (dissertation
+    /// §6.4.1), without a heartbeat round, for two thirds of the minimum
+    /// election timeout after a heartbeat a majority acknowledged. Safe
+    /// only if no member's clock runs more than 1.5 times as fast as
+    /// another's (docs/api.md). Off: every read takes a ReadIndex round.
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub lease_reads: bool,
 }
 
 impl Tuning {
@@ -381,6 +388,7 @@ impl Tuning {
             "--max-request-bytes".into(),
             self.max_request_bytes.to_string(),
             format!("--pre-vote={}", self.pre_vote),
+            format!("--lease-reads={}", self.lease_reads),
         ]
     }
 }
@@ -402,6 +410,8 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     /// pre-vote before elections (`--pre-vote`, dissertation §9.6)
     pub pre_vote: bool,
+    /// lease-based reads (`--lease-reads`, dissertation §6.4.1)
+    pub lease_reads: bool,
     /// where this node serves its peers (`--listen-peers`; by default its
     /// address in the member list)
     pub listen_peers: Address,
@@ -498,6 +508,7 @@ impl NodeConfig {
             fast_path,
             max_request_bytes: args.tuning.max_request_bytes,
             pre_vote: args.tuning.pre_vote,
+            lease_reads: args.tuning.lease_reads,
             listen_peers,
             listen_clients,
             client_address,
@@ -539,6 +550,11 @@ impl NodeConfig {
         config.pre_vote = self.pre_vote;
         // Members change online (§6): a removed server must not disrupt.
         config.ignore_votes_while_led = true;
+        if self.lease_reads {
+            // Two thirds of the minimum election timeout: safe while no
+            // clock runs 1.5 times as fast as another (§6.4.1).
+            config.lease_ticks = (self.timing.election_timeout_ticks.0 * 2 / 3).max(1);
+        }
         if !self.fast_path.pipelining {
             // One AppendEntries with entries in flight per follower: send,
             // wait for the reply, send the next.

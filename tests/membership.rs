@@ -214,6 +214,11 @@ fn a_leader_removed_steps_down_once_c_new_commits_6() {
             c.wait_response(read, 5),
             Some(Err(ClientError::Removed { node })) if node == old
         ));
+        c.restart(old);
+        assert!(
+            c.node(old).is_removed(),
+            "seed {seed}: a restart forgot the removal"
+        );
         assert_eq!(
             c.submit(set("after", "v", 2, 1), 300),
             Some(Ok(ClientResponse::Set))

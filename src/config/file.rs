@@ -69,6 +69,7 @@ pub struct ConfigFile {
     fast_path_off: Option<Spanned<String>>,
     max_request_bytes: Option<Spanned<usize>>,
     pre_vote: Option<Spanned<bool>>,
+    lease_reads: Option<Spanned<bool>>,
 }
 
 /// Where each value taken from the file was, to put its line into a
@@ -185,6 +186,7 @@ impl ConfigFile {
             self.max_request_bytes,
         );
         merge.value("pre-vote", &mut t.pre_vote, self.pre_vote);
+        merge.value("lease-reads", &mut t.lease_reads, self.lease_reads);
         Ok(merge.origins)
     }
 
@@ -480,7 +482,7 @@ mod tests {
         );
         assert_eq!(
             err("[x]\n"),
-            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`, `pre-vote`"
+            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`, `pre-vote`, `lease-reads`"
         );
         let both = format!("peers = \"{PEERS}\"\n{MINIMAL}");
         assert_eq!(

@@ -10,10 +10,10 @@ use super::message::{AppendEntries, AppendEntriesReply, Message, NodeId};
 // BEGIN SOLUTION replication
 use super::log::{Entry, Log};
 use super::message::{LogIndex, Term};
-use super::state::{Flow, InFlight, RaftConfig};
+use super::state::{InFlight, RaftConfig};
 // SKELETON
 // END SOLUTION
-use super::state::{RaftNode, Role};
+use super::state::{Flow, RaftNode, Role};
 use super::state_machine::StateMachine;
 
 impl<S: StateMachine> RaftNode<S> {
@@ -25,6 +25,9 @@ impl<S: StateMachine> RaftNode<S> {
             if heartbeat {
                 leader.heartbeat_elapsed = 0;
             }
+        }
+        if heartbeat {
+            self.note_round_sent(false);
         }
         let peers = self.peers();
         self.track_peers(&peers);

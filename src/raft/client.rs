@@ -140,6 +140,7 @@ impl<S: StateMachine> RaftNode<S> {
     /// Queue a linearizable read on the leader; false if not the leader.
     fn queue_read(&mut self, request: RequestId, query: Vec<u8>) -> bool {
         let commit_index = self.commit_index;
+        let lease_round = self.lease_read_round(commit_index);
         let Role::Leader(leader) = &mut self.role else {
             let leader = self.leader_id;
             self.outbox
@@ -149,9 +150,10 @@ impl<S: StateMachine> RaftNode<S> {
         // Dissertation §6.4 step 1: the read index is the commit index — but
         // only once an entry of this term (the §8 no-op) has committed, so
         // waiting for the no-op covers it.
+        // With a lease (§6.4.1, `lease.rs`), a round confirmed already.
         leader.pending_reads.push_back(PendingRead {
             reader: Reader::Client { request, query },
-            round: leader.read_round + 1,
+            round: lease_round.unwrap_or(leader.read_round + 1),
             read_index: commit_index.max(leader.noop_index),
         });
         true
@@ -360,7 +362,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// The newest read round a majority (the leader included) has
     /// acknowledged: leadership was still ours when its heartbeats arrived.
-    fn confirmed_read_round(&self) -> u64 {
+    pub(super) fn confirmed_read_round(&self) -> u64 {
         let Role::Leader(leader) = &self.role else {
             return 0;
         };

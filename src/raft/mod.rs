@@ -18,6 +18,7 @@
 //! | Leadership transfer (§3.10)       | `transfer.rs`        |
 //! | Configurations (§6, Figure 11)    | `membership.rs`      |
 //! | Membership changes at the leader  | `membership_change.rs`|
+//! | Lease-based reads (§6.4.1)        | `lease.rs`           |
 //! | What no correct peer sends        | `validate.rs`        |
 //!
 //! `docs/paper-map.md` maps every rule to its function.
@@ -25,6 +26,7 @@
 mod append_entries;
 mod client;
 mod install_snapshot;
+mod lease;
 pub mod log;
 pub mod membership;
 mod membership_change;

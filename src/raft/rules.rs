@@ -92,10 +92,13 @@ impl<S: StateMachine> RaftNode<S> {
                 // to each server; repeat during idle periods to prevent
                 // election timeouts (§5.2)".
                 leader.heartbeat_elapsed += 1;
+                leader.lease.ticks += 1;
                 let heartbeat_due = leader.heartbeat_elapsed >= self.config.heartbeat_ticks;
                 leader.check_quorum_elapsed += 1;
                 let check_due = leader.check_quorum_elapsed >= self.config.election_timeout_ticks.1;
                 if heartbeat_due {
+                    // With a lease, each heartbeat renews it (`lease.rs`).
+                    self.note_round_sent(true);
                     self.broadcast_append_entries(true);
                 }
                 if check_due {
@@ -145,7 +148,7 @@ impl<S: StateMachine> RaftNode<S> {
             self.set_term(term, None);
         }
         if let Role::Leader(leader_state) = std::mem::replace(&mut self.role, Role::Follower) {
-            self.fail_pending_requests(leader_state);
+            self.fail_pending_requests(*leader_state);
         }
         if leader.is_some() {
             // heard from the leader of our term (§9.6)
@@ -242,7 +245,7 @@ impl<S: StateMachine> RaftNode<S> {
         // start of its term", so that entries of earlier terms commit with it
         // (§5.4.2) and reads know the commit index (dissertation §6.4).
         leader.noop_index = last_index + 1;
-        self.role = Role::Leader(leader);
+        self.role = Role::Leader(Box::new(leader));
         self.leader_id = Some(self.config.id);
         let noop = Entry {
             index: last_index + 1,

@@ -94,6 +94,14 @@ pub struct RaftConfig {
     /// depose it. Off here, so the core alone runs Figure 2's elections; a
     /// node turns it on, and so do the membership tests.
     pub ignore_votes_while_led: bool,
+    /// Lease-based reads (dissertation §6.4.1, `lease.rs`): for this many
+    /// ticks of its own clock after sending a heartbeat that a majority
+    /// acknowledged, the leader serves linearizable reads without a round.
+    /// 0 (the default): off, every read takes a ReadIndex round. Needs
+    /// `ignore_votes_while_led` and fewer ticks than the minimum election
+    /// timeout; safe only if no server's clock runs faster than the
+    /// leader's by the ratio between the two.
+    pub lease_ticks: u64,
 }
 
 impl RaftConfig {
@@ -115,6 +123,7 @@ impl RaftConfig {
             seed: id,
             pre_vote: false,
             ignore_votes_while_led: false,
+            lease_ticks: 0,
         }
     }
 }
@@ -127,7 +136,7 @@ pub enum Role {
         /// the servers that granted their vote in current_term, this one included
         votes: BTreeSet<NodeId>,
     },
-    Leader(Leader),
+    Leader(Box<Leader>),
 }
 
 impl Role {
@@ -175,6 +184,18 @@ pub struct Leader {
     pub transfer: Option<Box<Transfer>>,
     /// A membership change in progress (§6), one at a time.
     pub change: Option<Box<ChangeInProgress>>,
+    /// The lease's clock and notes (`lease.rs`).
+    pub lease: LeaseClock,
+}
+
+/// What a leader with a lease (dissertation §6.4.1) keeps.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseClock {
+    /// ticks since this server became leader
+    pub ticks: u64,
+    /// when each read round still of use was sent, as (round, ticks),
+    /// oldest first
+    pub rounds_sent_at: VecDeque<(u64, u64)>,
 }
 
 /// A leader handing its leadership to `target` (dissertation §3.10).
@@ -391,6 +412,15 @@ impl<S: StateMachine> RaftNode<S> {
             config.members.is_empty() || config.members.contains(&config.id),
             "id must be a member"
         );
+        assert!(
+            config.lease_ticks == 0
+                || (config.ignore_votes_while_led
+                    && config.lease_ticks < config.election_timeout_ticks.0),
+            "a lease needs §6's vote rule and must end before the minimum election timeout"
+        );
+        // A server the cluster started with was a member; one that joined
+        // learns it from its log.
+        let was_member = config.members.contains(&config.id);
         let initial_configuration = Configuration {
             voters: config.members.iter().copied().collect(),
             addresses: config.addresses.clone(),
@@ -427,7 +457,7 @@ impl<S: StateMachine> RaftNode<S> {
             initial_configuration,
             removed_at: None,
             transfer_election: false,
-            was_member: false,
+            was_member,
         };
         node.reset_election_timer();
         node.notice_removal();

@@ -45,15 +45,17 @@ impl<S: StateMachine> RaftNode<S> {
         self.outbox.respond(request, Err(refusal));
     }
 
-    /// The follower with the highest match_index (the lowest id of those),
-    /// which needs the least catching up.
+    /// The voting follower with the highest match_index (the lowest id of
+    /// those), which needs the least catching up; a learner cannot lead (§6).
     fn most_up_to_date_follower(&self) -> Option<NodeId> {
         let Role::Leader(leader) = &self.role else {
             return None;
         };
+        let configuration = self.configuration();
         let best = leader
             .match_index
             .iter()
+            .filter(|&(&id, _)| configuration.is_voter(id))
             .max_by_key(|&(&id, &m)| (m, std::cmp::Reverse(id)));
         best.map(|(&id, _)| id)
     }

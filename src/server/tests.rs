@@ -143,6 +143,7 @@ impl TestCluster {
             fast_path: FastPath::default(),
             max_request_bytes: crate::config::DEFAULT_MAX_REQUEST_BYTES,
             pre_vote: true,
+            lease_reads: false,
             listen_peers: self.address(id).clone(),
             listen_clients: None,
             client_address: self.address(id).clone(),

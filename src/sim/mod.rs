@@ -101,6 +101,8 @@ pub struct SimConfig {
     /// §6's rule that a server hearing from a leader ignores RequestVote
     /// (`RaftConfig::ignore_votes_while_led`); off unless a test turns it on.
     pub ignore_votes_while_led: bool,
+    /// lease-based reads (`RaftConfig::lease_ticks`); 0: off
+    pub lease_ticks: u64,
 }
 
 impl SimConfig {
@@ -127,6 +129,7 @@ impl SimConfig {
             max_sessions: kv::MAX_SESSIONS,
             pre_vote: false,
             ignore_votes_while_led: false,
+            lease_ticks: 0,
         }
     }
 
@@ -300,6 +303,8 @@ pub struct Cluster {
     clock_jump_ms: u64,
     /// each node's wall clock off the common one by this many ms
     clock_skew_ms: BTreeMap<NodeId, i64>,
+    /// nodes whose tick timer runs fast: this many ticks per tick
+    tick_rates: BTreeMap<NodeId, u64>,
     next_order: u64,
     next_request: RequestId,
     /// answers to client requests, by request id
@@ -369,6 +374,7 @@ impl Cluster {
             now: 0,
             clock_jump_ms: 0,
             clock_skew_ms: BTreeMap::new(),
+            tick_rates: BTreeMap::new(),
             next_order: 0,
             next_request: 1,
             responses: BTreeMap::new(),
@@ -496,6 +502,7 @@ impl Cluster {
         config.max_bytes_in_flight = self.config.max_bytes_in_flight;
         config.pre_vote = self.config.pre_vote;
         config.ignore_votes_while_led = self.config.ignore_votes_while_led;
+        config.lease_ticks = self.config.lease_ticks;
         // Each node, and each restart of it, draws different timeouts.
         config.seed = self.config.seed ^ (id << 32) ^ (sim.restarts << 48);
         sim.outbox = SimOutbox::default();
@@ -511,6 +518,13 @@ impl Cluster {
         self.invariants.node_started(id);
         self.observed.remove(&id);
         self.observe(id);
+    }
+
+    /// Make node `id`'s tick timer run `rate` times as fast as the others'
+    /// (a clock that drifts: what a lease must assume away, §6.4.1).
+    pub fn set_tick_rate(&mut self, id: NodeId, rate: u64) {
+        self.note(format!("n{id}'s clock runs {rate}x"));
+        self.tick_rates.insert(id, rate.max(1));
     }
 
     /// Logical time: ticks since the start.
@@ -677,8 +691,11 @@ impl Cluster {
     pub fn tick(&mut self) {
         self.now += 1;
         for id in self.ids() {
+            let rate = self.tick_rates.get(&id).copied().unwrap_or(1);
             if let Some(node) = self.nodes.get_mut(&id).unwrap().node.as_mut() {
-                node.tick();
+                for _ in 0..rate {
+                    node.tick();
+                }
                 node.end_turn();
                 self.collect(id);
                 self.check();
