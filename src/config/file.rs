@@ -56,6 +56,7 @@ pub struct ConfigFile {
     listen_peers: Option<Spanned<String>>,
     listen_clients: Option<Spanned<String>>,
     cluster_token: Option<Spanned<String>>,
+    join: Option<Spanned<String>>,
     tls_dir: Option<Spanned<PathBuf>>,
     cert: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
@@ -163,6 +164,7 @@ impl ConfigFile {
             self.listen_clients,
         );
         merge.option("cluster-token", &mut args.cluster_token, self.cluster_token);
+        merge.option("join", &mut args.join, self.join);
         let t = &mut args.tuning;
         merge.value(
             "election-timeout-ms",
@@ -480,7 +482,7 @@ mod tests {
         );
         assert_eq!(
             err("[x]\n"),
-            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`, `pre-vote`"
+            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `join`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`, `pre-vote`"
         );
         let both = format!("peers = \"{PEERS}\"\n{MINIMAL}");
         assert_eq!(
