@@ -39,7 +39,7 @@ test-kv:
 ## root, and passes with a note ("skipping: …") without.
 test-e2e:
 	$(CARGO) test --release --test e2e_election --test e2e_kv --test e2e_durability --test e2e_config \
-		--test e2e_hostile --test e2e_netns --test e2e_operate --test e2e_backup --test e2e_watch --test e2e_transfer
+		--test e2e_hostile --test e2e_netns --test e2e_operate --test e2e_backup --test e2e_watch --test e2e_transfer --test e2e_membership
 
 ## The page of `make cluster` in headless Chromium (Debian's `chromium`; CHROMIUM=path
 ## names another): it kills the leader, writes, pauses and partitions from the page.
