@@ -125,9 +125,10 @@ cluster: release
 ## mutual TLS, with certificates made for the run; etcd stays plaintext.
 TLS ?= 0
 TLS_FLAG := $(if $(filter 1,$(TLS)),--tls)
-## A fresh local 3-node cluster, every workload, then stopped.
+## A fresh local 3-node cluster, every workload of `all` and handover (the
+## write pause of a leadership transfer beside that of a leader kill), then stopped.
 bench: release
-	./target/release/raft-kv bench --local --workload all $(TLS_FLAG) $(BENCH_FLAGS)
+	./target/release/raft-kv bench --local --workload all,handover $(TLS_FLAG) $(BENCH_FLAGS)
 
 ## The same workloads against a fresh local 3-member etcd (installed if missing).
 bench-etcd:
