@@ -180,9 +180,15 @@ pub fn member_table(list: &MemberListResponse) -> String {
         (false, true) => "committed",
         (false, false) => "not committed yet",
     };
+    // A leader that removed itself answers after stepping down: it knows
+    // no leader yet, nor how far the others' logs match.
+    let leader = match list.leader_id {
+        0 => "no leader known yet".to_string(),
+        id => format!("leader {id}"),
+    };
     let mut out = format!(
-        "cluster {}, leader {}, configuration at index {} ({state})\n",
-        list.cluster_id, list.leader_id, list.configuration_index
+        "cluster {}, {leader}, configuration at index {} ({state})\n",
+        list.cluster_id, list.configuration_index
     );
     let rows: Vec<[String; 4]> = list
         .members
@@ -192,7 +198,10 @@ pub fn member_table(list: &MemberListResponse) -> String {
                 m.id.to_string(),
                 m.address.clone(),
                 role_of(m).to_string(),
-                m.match_index.to_string(),
+                match list.leader_id {
+                    0 => "-".to_string(),
+                    _ => m.match_index.to_string(),
+                },
             ]
         })
         .collect();

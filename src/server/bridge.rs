@@ -195,12 +195,6 @@ impl Bridge {
         } = self;
         let refusals = Refusals::default();
         let waiting = Waiting::default();
-        let stream_metadata = StreamMetadata {
-            cluster_id: cluster_id.to_string(),
-            from: id.to_string(),
-            client_address: client_address.to_string(),
-            peer_address: peer_address.to_string(),
-        };
         let client_addresses = ClientAddresses::new(id, &client_address);
         let announced = Announced::default();
         // The first configuration too is taken as it comes.
@@ -209,7 +203,12 @@ impl Bridge {
             id,
             tls: tls.clone(),
             max_message_bytes: max_peer_message_bytes,
-            metadata: stream_metadata,
+            metadata: StreamMetadata {
+                cluster_id: cluster_id.to_string(),
+                from: id.to_string(),
+                client_address: client_address.to_string(),
+                peer_address: peer_address.to_string(),
+            },
             refusals: refusals.clone(),
             metrics: metrics.clone(),
             watching: watching.clone(),
@@ -234,36 +233,24 @@ impl Bridge {
         })
         .max_decoding_message_size(max_peer_message_bytes)
         .max_encoding_message_size(max_peer_message_bytes);
-        let backups = backup::Backups::default();
-        let leadership_service = LeadershipServer::new(LeadershipService {
-            id,
-            service: ClientService {
-                addresses: client_addresses.clone(),
-                to_event_loop: client_calls.clone(),
-                waiting: waiting.clone(),
-                metrics: metrics.clone(),
-                backups: backups.clone(),
-            },
-        });
-        let membership_service = MembershipServer::new(MembershipService {
-            cluster_id,
-            service: ClientService {
-                addresses: client_addresses.clone(),
-                to_event_loop: client_calls.clone(),
-                waiting: waiting.clone(),
-                metrics: metrics.clone(),
-                backups: backups.clone(),
-            },
-        });
-        let client_service = KeyValueServer::new(ClientService {
+        let service = ClientService {
             addresses: client_addresses,
             to_event_loop: client_calls,
             waiting,
             metrics,
-            backups,
-        })
-        .max_decoding_message_size(max_request_bytes)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            backups: backup::Backups::default(),
+        };
+        let leadership_service = LeadershipServer::new(LeadershipService {
+            id,
+            service: service.clone(),
+        });
+        let membership_service = MembershipServer::new(MembershipService {
+            cluster_id,
+            service: service.clone(),
+        });
+        let client_service = KeyValueServer::new(service)
+            .max_decoding_message_size(max_request_bytes)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let client_service = services::RequestLimit::new(client_service, max_request_bytes);
         let clients = client_router(id, client_service, leadership)
             .await?

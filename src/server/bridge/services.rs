@@ -279,6 +279,8 @@ impl Waiting {
 }
 
 /// `raftkv.KeyValue`: client requests, handed to `RaftNode::client_requests`.
+/// The other services of the client port share a clone of it.
+#[derive(Clone)]
 pub struct ClientService {
     pub addresses: ClientAddresses,
     pub to_event_loop: Sender<ClientCall>,
