@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::cli::snapshot::checked;
 use crate::config::Members;
+use crate::raft::Configuration;
 use crate::server::identity;
 use crate::storage::{self, StorageError};
 
@@ -54,7 +55,17 @@ fn restore(a: RestoreArgs) -> Result<(), String> {
     if let Some(token) = &a.cluster_token {
         crate::config::check_cluster_token(token).map_err(|e| format!("--cluster-token: {e}"))?;
     }
-    let (snapshot, summary) = checked(&a.file)?;
+    let (mut snapshot, summary) = checked(&a.file)?;
+    // The new cluster's members are --peers, not those of the cluster the
+    // snapshot was taken from (whose configuration it carries, §7).
+    snapshot.configuration = Some(Configuration {
+        voters: members.ids().into_iter().collect(),
+        addresses: members
+            .iter()
+            .map(|(id, address)| (id, address.to_string()))
+            .collect(),
+        ..Configuration::default()
+    });
     let (_, record) = identity::establish(None, &members, a.cluster_token.as_deref())?;
     let record = record.expect("a data dir without a cluster file gets a new record");
     storage::seed_data_dir(&a.data_dir, &snapshot, record.encode().as_bytes()).map_err(
