@@ -408,6 +408,20 @@ mod tests {
     }
 
     #[test]
+    fn a_joining_node_has_no_members_and_is_reached_at_its_listen_peers() {
+        let text = "id = 4\ndata-dir = \"d\"\njoin = \"00000000000000ab\"\nlisten-peers = \"127.0.0.1:7004\"\n";
+        let c = load(text, &[]).unwrap();
+        assert_eq!(c.join.map(|id| id.0), Some(0xab));
+        assert!(c.members.ids().is_empty() && c.raft_config().members.is_empty());
+        assert_eq!(c.address().to_string(), "127.0.0.1:7004");
+        let peers = load(&format!("{text}peers = \"{PEERS}\"\n"), &[]).unwrap_err();
+        assert!(peers.contains("--join and --peers"), "{peers}");
+        let text = "id = 4\ndata-dir = \"d\"\njoin = \"00000000000000ab\"\n";
+        let nowhere = load(text, &[]).unwrap_err();
+        assert!(nowhere.contains("--join needs --listen-peers"), "{nowhere}");
+    }
+
+    #[test]
     fn a_flag_wins_over_the_file_even_at_its_default() {
         let text = format!("heartbeat-ms = 40\nlog-level = \"warn\"\n{MINIMAL}");
         let c = load(&text, &["--heartbeat-ms", "50", "--id", "1"]).unwrap();
