@@ -41,7 +41,7 @@ test-membership:
 ## root, and passes with a note ("skipping: …") without.
 test-e2e:
 	$(CARGO) test --release --test e2e_election --test e2e_kv --test e2e_durability --test e2e_config \
-		--test e2e_hostile --test e2e_netns --test e2e_operate --test e2e_backup --test e2e_watch --test e2e_transfer
+		--test e2e_hostile --test e2e_netns --test e2e_operate --test e2e_backup --test e2e_watch --test e2e_transfer --test e2e_membership
 
 ## The page of `make cluster` in headless Chromium (Debian's `chromium`; CHROMIUM=path
 ## names another): it kills the leader, writes, pauses and partitions from the page.
@@ -127,9 +127,10 @@ cluster: release
 ## mutual TLS, with certificates made for the run; etcd stays plaintext.
 TLS ?= 0
 TLS_FLAG := $(if $(filter 1,$(TLS)),--tls)
-## A fresh local 3-node cluster, every workload, then stopped.
+## A fresh local 3-node cluster, every workload of `all` and handover (the
+## write pause of a leadership transfer beside that of a leader kill), then stopped.
 bench: release
-	./target/release/raft-kv bench --local --workload all $(TLS_FLAG) $(BENCH_FLAGS)
+	./target/release/raft-kv bench --local --workload all,handover $(TLS_FLAG) $(BENCH_FLAGS)
 
 ## The same workloads against a fresh local 3-member etcd (installed if missing).
 bench-etcd:

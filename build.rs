@@ -15,7 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .codec_path("crate::grpc_codec::StrictCodec")
         .file_descriptor_set_path(out_dir.join("raftkv_descriptor.bin"))
-        .compile_protos(&["proto/kv.proto", "proto/leadership.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/kv.proto",
+                "proto/leadership.proto",
+                "proto/membership.proto",
+            ],
+            &["proto"],
+        )?;
     // Outside the library, the codec is named through it; the bench is only
     // a client.
     tonic_prost_build::configure()

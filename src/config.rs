@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::raft::{NodeId, RaftConfig};
+use crate::server::identity::ClusterId;
 use crate::server::NodeArgs;
 use crate::tls::{Holder, Tls};
 
@@ -169,6 +170,11 @@ impl Members {
 
     pub fn contains(&self, id: NodeId) -> bool {
         self.0.contains_key(&id)
+    }
+
+    /// No members: what a node started with `--join` knows of its cluster.
+    pub fn none() -> Members {
+        Members(BTreeMap::new())
     }
 
     /// The `--peers` form of this list, to hand to a child process.
@@ -423,6 +429,12 @@ pub struct NodeConfig {
     pub metrics_addr: Option<Address>,
     /// names a new cluster (`--cluster-token`; src/server/identity.rs)
     pub cluster_token: Option<String>,
+    /// the cluster this node joins, empty, to be added by `raft-kv member
+    /// add` (`--join CLUSTER_ID`); `members` is then empty
+    pub join: Option<ClusterId>,
+    /// where peers reach this node: its address in the member list, or
+    /// with `--join` its `--listen-peers`
+    pub own_address: Address,
     /// obeys the FaultInjection RPC (`--allow-fault-injection`)
     pub allow_fault_injection: bool,
     /// mutual TLS, if on (src/tls.rs)
@@ -452,26 +464,28 @@ impl NodeConfig {
                 "give a data dir: --data-dir DIR, or data-dir = \"DIR\" in the --config file",
             );
         };
-        let Some(peers) = &args.peers else {
-            return error(
-                "give the members: --peers ID=HOST:PORT,..., or [members] in the --config file",
-            );
-        };
-        let members = Members::parse_peers(peers)?;
-        NodeConfig::check_membership(id, &members)?;
+        let (members, join) = NodeConfig::members_or_join(id, args)?;
         let timing = args.tuning.check()?;
         let fast_path = parse_fast_path_off(&args.tuning.fast_path_off)?;
-        let own = members
-            .address(id)
-            .expect("checked in check_membership")
-            .clone();
         let listen = |flag: &str, given: &Option<String>| -> Result<Option<Address>, ConfigError> {
             given
                 .as_deref()
                 .map(|text| Address::parse(text).map_err(|e| ConfigError(format!("{flag}: {e}"))))
                 .transpose()
         };
-        let listen_peers = listen("--listen-peers", &args.listen_peers)?.unwrap_or(own.clone());
+        let listen_peers = listen("--listen-peers", &args.listen_peers)?;
+        let own = match (members.address(id), &listen_peers) {
+            (Some(own), _) => own.clone(),
+            (None, Some(listen)) if !listen.is_unspecified() => listen.clone(),
+            // A joining node has no entry in a member list to be reached at.
+            _ => {
+                return error(
+                    "--join needs --listen-peers HOST:PORT: where the cluster reaches this \
+                     node (the address to give `raft-kv member add`), not 0.0.0.0",
+                )
+            }
+        };
+        let listen_peers = listen_peers.unwrap_or(own.clone());
         let listen_clients = listen("--listen-clients", &args.listen_clients)?
             .filter(|clients| *clients != listen_peers);
         let client_address = match &listen_clients {
@@ -514,16 +528,57 @@ impl NodeConfig {
             client_address,
             metrics_addr,
             cluster_token: args.cluster_token.clone(),
+            join,
+            own_address: own,
             allow_fault_injection: args.allow_fault_injection,
             tls,
         })
     }
 
-    /// This node's own address.
+    /// This node's own address, where its peers reach it.
     pub fn address(&self) -> &Address {
-        self.members
-            .address(self.id)
-            .expect("checked in NodeConfig::check_membership")
+        &self.own_address
+    }
+
+    /// The members `--peers` (or the file) gives, or with `--join` none
+    /// and the cluster to join.
+    fn members_or_join(
+        id: NodeId,
+        args: &NodeArgs,
+    ) -> Result<(Members, Option<ClusterId>), ConfigError> {
+        let Some(join) = &args.join else {
+            let Some(peers) = &args.peers else {
+                return error(
+                    "give the members: --peers ID=HOST:PORT,..., or [members] in the --config \
+                     file (or --join CLUSTER_ID to join a running cluster)",
+                );
+            };
+            let members = Members::parse_peers(peers)?;
+            NodeConfig::check_membership(id, &members)?;
+            return Ok((members, None));
+        };
+        if id == 0 {
+            return error("--id 0 is reserved (it means 'none'); ids start at 1");
+        }
+        if args.peers.is_some() {
+            return error(
+                "--join and --peers do not go together: a joining node learns its members \
+                 from the cluster that adds it",
+            );
+        }
+        if args.cluster_token.is_some() {
+            return error(
+                "--join and --cluster-token do not go together: the token names a new \
+                 cluster; --join names the running one by its id",
+            );
+        }
+        let cluster = ClusterId::parse(join).ok_or_else(|| {
+            ConfigError(format!(
+                "--join '{join}' is not a cluster id (16 hex digits, as `raft-kv member list` \
+                 prints it)"
+            ))
+        })?;
+        Ok((Members::none(), Some(cluster)))
     }
 
     /// Check that `id` may run as a member of `members`.
@@ -543,7 +598,14 @@ impl NodeConfig {
 
     /// The settings of the Raft core for this node.
     pub fn raft_config(&self) -> RaftConfig {
+        // Empty with --join: the node waits for a leader to send it the log.
         let mut config = RaftConfig::new(self.id, self.members.ids());
+        // The initial configuration's addresses travel in every later one.
+        config.addresses = self
+            .members
+            .iter()
+            .map(|(id, address)| (id, address.to_string()))
+            .collect();
         config.election_timeout_ticks = self.timing.election_timeout_ticks;
         config.heartbeat_ticks = self.timing.heartbeat_ticks;
         config.snapshot_log_bytes = self.snapshot_log_bytes;

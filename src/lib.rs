@@ -35,13 +35,17 @@ pub mod proto {
     pub mod kv {
         tonic::include_proto!("raftkv");
 
-        /// proto/kv.proto and proto/leadership.proto compiled, as server
+        /// proto/kv.proto, leadership.proto and membership.proto compiled, as server
         /// reflection serves them.
         pub const FILE_DESCRIPTOR_SET: &[u8] =
             tonic::include_file_descriptor_set!("raftkv_descriptor");
     }
     pub mod leadership {
         tonic::include_proto!("raftleadership");
+    }
+    /// Membership changes (§6): `raft-kv member`.
+    pub mod membership {
+        tonic::include_proto!("raftmembership");
     }
 
     /// gRPC metadata key naming the leader's address when a follower
@@ -62,10 +66,12 @@ pub mod proto {
 
     /// gRPC metadata of every peer stream (`raftpeer.Raft/Send`): the id of
     /// the sender's cluster (16 hex digits; src/server/identity.rs), the
-    /// sender's node id, and where its clients reach it (for redirects).
-    /// The receiver refuses a stream whose cluster id or sender is not its
-    /// own cluster's, with PERMISSION_DENIED.
+    /// sender's node id, where its clients reach it (for redirects), and
+    /// where its peers do (to answer a server the receiver's configuration
+    /// does not name yet, §6). The receiver refuses a stream whose cluster
+    /// id is not its own cluster's, with PERMISSION_DENIED.
     pub const CLUSTER_ID_METADATA: &str = "raft-kv-cluster-id";
     pub const FROM_METADATA: &str = "raft-kv-from";
     pub const CLIENT_ADDRESS_METADATA: &str = "raft-kv-client-address";
+    pub const PEER_ADDRESS_METADATA: &str = "raft-kv-peer-address";
 }

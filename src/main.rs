@@ -39,6 +39,9 @@ enum Command {
     /// Make another member the leader: raft-kv transfer-leader --to ID
     #[command(after_help = TRANSFER_EXIT_CODES)]
     TransferLeader(raft_kv::cli::TransferLeaderArgs),
+    /// Change the cluster's members: raft-kv member list|add|promote|remove
+    #[command(after_help = MEMBER_EXIT_CODES)]
+    Member(raft_kv::cli::member::MemberArgs),
     /// Check every node's health: one line each; fails without a healthy majority.
     #[command(after_help = HEALTH_EXIT_CODES)]
     Health(raft_kv::cli::HealthArgs),
@@ -88,6 +91,17 @@ Exit codes:
   0  the target leads (prints who led before, the new term, and how long it took)
   2  any error (not a member, another transfer running, the target did not take
      over within an election timeout): one line on stderr, starting 'raft-kv: error:'";
+const MEMBER_EXIT_CODES: &str = "\
+One change at a time, made by the leader (Raft §6): a new server joins as a
+learner, catches up, and becomes a voter through the joint configuration.
+Start a new server first, empty: raft-kv node --id N --data-dir DIR
+--join CLUSTER_ID --listen-peers HOST:PORT (member list prints the cluster id).
+
+Exit codes:
+  0  done: the change is committed (prints the members)
+  2  any error (another change in progress, already or not a member, the only
+     voter, a learner that did not catch up, no leader): one line on stderr,
+     starting 'raft-kv: error:'";
 const HEALTH_EXIT_CODES: &str = "\
 A node is healthy when it answers the gRPC health check SERVING: it knows a
 leader of its current term (docs/api.md).
@@ -188,6 +202,7 @@ fn main() {
         Command::Delete(a) => raft_kv::cli::delete(a),
         Command::Status(a) => raft_kv::cli::status(a),
         Command::TransferLeader(a) => raft_kv::cli::transfer_leader(a),
+        Command::Member(a) => raft_kv::cli::member::member(a),
         Command::Health(a) => raft_kv::cli::health(a),
         Command::Snapshot(a) => match a.command {
             SnapshotCommand::Save(a) => raft_kv::cli::snapshot::save(a),

@@ -67,6 +67,11 @@ fn a_saved_snapshot_restores_into_a_new_cluster_with_every_key() {
         new.spawn(id);
     }
     new.wait_for_leader();
+    // The new cluster's members are its --peers, at its own addresses: the
+    // configuration the snapshot carried (§7) was the old cluster's.
+    for id in new.ids() {
+        assert_eq!(new.status(id).unwrap().voters, [1, 2, 3]);
+    }
     let mut client = new.client();
     for (key, value) in &written {
         assert_eq!(

@@ -619,8 +619,8 @@ fn a_node_of_another_cluster_is_refused(cluster: &mut Cluster, writes: &mut Writ
 
 /// Malformed messages on a stream that carries the right cluster id and a
 /// member's id (without TLS, anyone can say so): each ends its stream with
-/// INVALID_ARGUMENT before the core sees it; a stream naming a non-member,
-/// or the receiver itself, is refused at its start.
+/// INVALID_ARGUMENT before the core sees it; a stream naming no node, or
+/// the receiver itself, is refused at its start.
 fn malformed_messages_end_a_legitimate_looking_stream(cluster: &mut Cluster, writes: &mut Writes) {
     let name = "malformed";
     writes.set(cluster, "before-malformed", "malformed, before");
@@ -739,8 +739,11 @@ fn malformed_messages_end_a_legitimate_looking_stream(cluster: &mut Cluster, wri
                         forged_set("forged-gap"),
                     )],
                 ),
-                Code::PermissionDenied,
-                format!("it claims to be node '9', not a peer of node {target}"),
+                // A server this node does not know is heard (a new member
+                // is, before its configuration arrives, §6); what it sends
+                // must be its own.
+                Code::InvalidArgument,
+                format!("a message on node 9's stream says it is from node {member}"),
             ),
             (
                 "0".into(),

@@ -158,7 +158,8 @@ fn reflection_lists_and_describes_the_client_api_on_the_client_port() {
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "raftkv.KeyValue",
-            "raftleadership.Leadership"
+            "raftleadership.Leadership",
+            "raftmembership.Membership"
         ]
     );
 

@@ -1,9 +1,11 @@
 //! The command-line client: `raft-kv set | get | delete | status | health`,
-//! and `raft-kv snapshot` (src/cli/snapshot.rs).
+//! `raft-kv snapshot` (src/cli/snapshot.rs) and `raft-kv member`
+//! (src/cli/member.rs).
 //! Exit codes (docs/api.md): 0 success, 1 `get` of an absent key or
 //! `health` of a cluster without a healthy majority, 2 any error.
 
 pub mod client;
+pub mod member;
 pub mod snapshot;
 mod transfer;
 
@@ -339,8 +341,14 @@ pub fn health_line(node: &NodeHealth) -> String {
         Ok(health) => health,
         Err(why) => return format!("{} is unhealthy: {why}", node.address),
     };
+    let removed = health.status.as_ref().is_some_and(|s| s.removed);
     let mut line = if health.serving {
         format!("{} is healthy: serving", node.address)
+    } else if removed {
+        format!(
+            "{} is unhealthy: not serving (removed from the cluster)",
+            node.address
+        )
     } else {
         format!(
             "{} is unhealthy: not serving (no leader known)",
@@ -372,6 +380,9 @@ pub enum NodeStatus<'a> {
         commit: u64,
         applied: u64,
         last_log: u64,
+        configuration: ConfigurationJson,
+        /// a configuration removed the node from the cluster (§6)
+        removed: bool,
     },
     Unreachable {
         address: &'a str,
@@ -391,10 +402,54 @@ impl<'a> NodeStatus<'a> {
                 commit: s.commit_index,
                 applied: s.last_applied,
                 last_log: s.last_log_index,
+                configuration: ConfigurationJson {
+                    voters: s.voters.clone(),
+                    old_voters: s.old_voters.clone(),
+                    learners: s.learners.clone(),
+                    index: s.configuration_index,
+                    committed: s.configuration_committed,
+                },
+                removed: s.removed,
             },
             Err(error) => NodeStatus::Unreachable { address, error },
         }
     }
+}
+
+/// The configuration a node has in force (§6), in `status -w json`.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct ConfigurationJson {
+    voters: Vec<u64>,
+    /// while joint: C_old's voters; else empty
+    old_voters: Vec<u64>,
+    learners: Vec<u64>,
+    /// the index of its entry (0: the cluster's first)
+    index: u64,
+    committed: bool,
+}
+
+/// A node's configuration in a cell of the status table: `1,2,3`, while
+/// joint `1,2,4 (joint with 1,2,3)`, then its learners (`+ learners 5`),
+/// and `(uncommitted)` until its entry is committed.
+pub fn configuration_cell(s: &StatusResponse) -> String {
+    let list = |ids: &[u64]| {
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        ids.join(",")
+    };
+    let mut cell = list(&s.voters);
+    if !s.old_voters.is_empty() {
+        cell += &format!(" (joint with {})", list(&s.old_voters));
+    }
+    if !s.learners.is_empty() {
+        cell += &format!(" + learners {}", list(&s.learners));
+    }
+    if cell.is_empty() {
+        cell = "none (waiting to join)".into();
+    }
+    if !s.configuration_committed {
+        cell += " (uncommitted)";
+    }
+    cell
 }
 
 /// `status -w json`: one array, a [`NodeStatus`] per address, in the
@@ -410,6 +465,24 @@ pub fn status_json(rows: &[(String, Result<StatusResponse, String>)]) -> String 
 /// Build the client from the shared flags and run `command`; any error is
 /// one line on stderr and exit code 2.
 fn run(flags: &ClusterFlags, command: impl FnOnce(&mut Client) -> Result<i32, Error>) -> i32 {
+    run_with(flags, flags.timeout.min(DEFAULT_RPC_TIMEOUT), command)
+}
+
+/// [`run`] for a call that may take as long as `--timeout` to be answered
+/// (a membership change waits for a new server to catch up): retrying one
+/// that timed out would only find it in progress.
+fn run_patiently(
+    flags: &ClusterFlags,
+    command: impl FnOnce(&mut Client) -> Result<i32, Error>,
+) -> i32 {
+    run_with(flags, flags.timeout, command)
+}
+
+fn run_with(
+    flags: &ClusterFlags,
+    rpc_timeout: Duration,
+    command: impl FnOnce(&mut Client) -> Result<i32, Error>,
+) -> i32 {
     let tls = match flags.tls.load(Holder::Client) {
         Ok(tls) => tls,
         Err(message) => {
@@ -421,7 +494,7 @@ fn run(flags: &ClusterFlags, command: impl FnOnce(&mut Client) -> Result<i32, Er
         let mut client = client
             .with_tls(tls.as_ref())?
             .with_timeout(flags.timeout)
-            .with_rpc_timeout(flags.timeout.min(DEFAULT_RPC_TIMEOUT));
+            .with_rpc_timeout(rpc_timeout);
         command(&mut client)
     });
     result.unwrap_or_else(|error| {
@@ -498,7 +571,7 @@ pub fn usage_error_line(rendered: &str, command: &str) -> String {
 /// says why.
 pub fn status_table(rows: &[(String, Result<StatusResponse, String>)]) -> String {
     let header = [
-        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST LOG",
+        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST LOG", "MEMBERS",
     ];
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -506,7 +579,11 @@ pub fn status_table(rows: &[(String, Result<StatusResponse, String>)]) -> String
             Ok(s) => vec![
                 s.id.to_string(),
                 addr.clone(),
-                s.role.clone(),
+                if s.removed {
+                    "removed".into()
+                } else {
+                    s.role.clone()
+                },
                 s.term.to_string(),
                 if s.leader_id == 0 {
                     "-".into()
@@ -516,6 +593,7 @@ pub fn status_table(rows: &[(String, Result<StatusResponse, String>)]) -> String
                 s.commit_index.to_string(),
                 s.last_applied.to_string(),
                 s.last_log_index.to_string(),
+                configuration_cell(s),
             ],
             Err(why) => vec!["-".into(), addr.clone(), format!("unreachable: {why}")],
         })
@@ -774,9 +852,24 @@ mod tests {
             commit_index: 340,
             last_applied: 339,
             last_log_index: 341,
+            voters: vec![1, 2, 4],
+            old_voters: vec![1, 2, 3],
+            learners: vec![5],
+            configuration_index: 338,
+            configuration_committed: false,
+            removed: false,
+        };
+        let removed = StatusResponse {
+            id: 3,
+            role: "follower".into(),
+            voters: vec![1, 2],
+            configuration_committed: true,
+            removed: true,
+            ..StatusResponse::default()
         };
         let rows = vec![
             ("127.0.0.1:7001".to_string(), Ok(up)),
+            ("127.0.0.1:7003".to_string(), Ok(removed)),
             (
                 "127.0.0.1:7002".to_string(),
                 Err("connection refused".to_string()),
@@ -787,8 +880,9 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "ID  ADDRESS         ROLE    TERM  LEADER  COMMIT  APPLIED  LAST LOG",
-                "1   127.0.0.1:7001  leader  12    1       340     339      341",
+                "ID  ADDRESS         ROLE     TERM  LEADER  COMMIT  APPLIED  LAST LOG  MEMBERS",
+                "1   127.0.0.1:7001  leader   12    1       340     339      341       1,2,4 (joint with 1,2,3) + learners 5 (uncommitted)",
+                "3   127.0.0.1:7003  removed  0     -       0       0        0         1,2",
                 "-   127.0.0.1:7002  unreachable: connection refused",
             ]
         );
@@ -823,6 +917,9 @@ mod tests {
             commit_index: 340,
             last_applied: 339,
             last_log_index: 341,
+            voters: vec![1, 2, 3],
+            configuration_committed: true,
+            ..StatusResponse::default()
         };
         let rows = vec![
             ("127.0.0.1:7001".to_string(), Ok(node(1, 1))),
@@ -835,13 +932,17 @@ mod tests {
         let text = status_json(&rows);
         assert_eq!(text.lines().count(), 1, "{text}");
         let nodes: Value = serde_json::from_str(&text).unwrap();
+        let configuration = json!({"voters": [1, 2, 3], "old_voters": [], "learners": [],
+                                   "index": 0, "committed": true});
         assert_eq!(
             nodes,
             json!([
                 {"id": 1, "address": "127.0.0.1:7001", "role": "leader", "term": 12,
-                 "leader": 1, "commit": 340, "applied": 339, "last_log": 341},
+                 "leader": 1, "commit": 340, "applied": 339, "last_log": 341,
+                 "configuration": configuration, "removed": false},
                 {"id": 2, "address": "127.0.0.1:7002", "role": "candidate", "term": 12,
-                 "leader": null, "commit": 340, "applied": 339, "last_log": 341},
+                 "leader": null, "commit": 340, "applied": 339, "last_log": 341,
+                 "configuration": configuration, "removed": false},
                 {"address": "127.0.0.1:7003", "error": "connection refused"}
             ])
         );

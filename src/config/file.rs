@@ -56,6 +56,7 @@ pub struct ConfigFile {
     listen_peers: Option<Spanned<String>>,
     listen_clients: Option<Spanned<String>>,
     cluster_token: Option<Spanned<String>>,
+    join: Option<Spanned<String>>,
     tls_dir: Option<Spanned<PathBuf>>,
     cert: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
@@ -164,6 +165,7 @@ impl ConfigFile {
             self.listen_clients,
         );
         merge.option("cluster-token", &mut args.cluster_token, self.cluster_token);
+        merge.option("join", &mut args.join, self.join);
         let t = &mut args.tuning;
         merge.value(
             "election-timeout-ms",
@@ -408,6 +410,20 @@ mod tests {
     }
 
     #[test]
+    fn a_joining_node_has_no_members_and_is_reached_at_its_listen_peers() {
+        let text = "id = 4\ndata-dir = \"d\"\njoin = \"00000000000000ab\"\nlisten-peers = \"127.0.0.1:7004\"\n";
+        let c = load(text, &[]).unwrap();
+        assert_eq!(c.join.map(|id| id.0), Some(0xab));
+        assert!(c.members.ids().is_empty() && c.raft_config().members.is_empty());
+        assert_eq!(c.address().to_string(), "127.0.0.1:7004");
+        let peers = load(&format!("{text}peers = \"{PEERS}\"\n"), &[]).unwrap_err();
+        assert!(peers.contains("--join and --peers"), "{peers}");
+        let text = "id = 4\ndata-dir = \"d\"\njoin = \"00000000000000ab\"\n";
+        let nowhere = load(text, &[]).unwrap_err();
+        assert!(nowhere.contains("--join needs --listen-peers"), "{nowhere}");
+    }
+
+    #[test]
     fn a_flag_wins_over_the_file_even_at_its_default() {
         let text = format!("heartbeat-ms = 40\nlog-level = \"warn\"\n{MINIMAL}");
         let c = load(&text, &["--heartbeat-ms", "50", "--id", "1"]).unwrap();
@@ -482,7 +498,7 @@ mod tests {
         );
         assert_eq!(
             err("[x]\n"),
-            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`, `pre-vote`, `lease-reads`"
+            "node.toml line 5: unknown field `x`, expected one of `id`, `members`, `peers`, `data-dir`, `listen-peers`, `listen-clients`, `cluster-token`, `join`, `tls-dir`, `cert`, `key`, `ca`, `election-timeout-ms`, `heartbeat-ms`, `tick-ms`, `snapshot-log-bytes`, `log-level`, `poll-us`, `fast-path-off`, `max-request-bytes`, `pre-vote`, `lease-reads`"
         );
         let both = format!("peers = \"{PEERS}\"\n{MINIMAL}");
         assert_eq!(

@@ -7,8 +7,10 @@
 //!   the client service `raftkv.KeyValue` (`services.rs`), on one port or,
 //!   with `--listen-clients`, each on its own. With TLS, the bridge does the
 //!   handshakes (`accept.rs`). A peer stream is admitted once, at its start:
-//!   it must carry this cluster's id and a member's id, and with TLS come
-//!   over a connection whose certificate names that member. A peer's
+//!   it must carry this cluster's id and a server's id, and with TLS come
+//!   over a connection whose certificate names that server (any server of
+//!   the cluster: a new member is heard from before this node's log names
+//!   it, §6). A peer's
 //!   message is converted (`convert.rs`) and sent to the event loop, one
 //!   way; a client's request is sent with an id under which a oneshot waits
 //!   for its answer ([`services::Waiting`]). Beside the client service are
@@ -17,7 +19,8 @@
 //!   Both read what the event loop publishes, never ask it.
 //! - **Outbound.** The event loop hands over what each of its turns produced
 //!   as one [`Handoff`]; a dispatcher task hands the answers to the clients
-//!   waiting for them and puts the messages on per-peer queues. For each
+//!   waiting for them and puts the messages on per-peer queues, each peer
+//!   reached where the configuration in force says (`pool.rs`). For each
 //!   peer, a task keeps one `Send` stream open and writes every message of
 //!   its queue to it in order — requests and replies alike, one way. When
 //!   the stream fails (the peer is down, or stopped answering HTTP/2 pings)
@@ -36,6 +39,8 @@ mod backup;
 mod convert;
 mod health;
 mod leadership;
+mod membership;
+mod pool;
 mod refusals;
 mod scrape;
 mod services;
@@ -58,21 +63,26 @@ use tonic::Code;
 // request stream of the `Send` RPC.
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::{Address, Members};
+use crate::config::Address;
 use crate::kv;
 use crate::proto::kv::key_value_server::KeyValueServer;
 use crate::proto::leadership::leadership_server::LeadershipServer;
+use crate::proto::membership::membership_server::MembershipServer;
 use crate::proto::peer::raft_client::RaftClient;
 use crate::proto::peer::raft_server::RaftServer;
-use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
+use crate::proto::{
+    CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA, PEER_ADDRESS_METADATA,
+};
 use crate::raft::{Message, NodeId, RaftConfig};
 use crate::server::event_loop::{ClientCall, Handoff, PeerMessage};
 use crate::server::identity::ClusterId;
-use crate::server::metrics::{Leadership, Metrics};
+use crate::server::metrics::{Leadership, Membership, Metrics};
 use crate::server::watch::Watching;
 use crate::server::Listeners;
 use crate::tls::Tls;
 use leadership::LeadershipService;
+use membership::MembershipService;
+use pool::{Announced, PeerPool};
 use refusals::Refusals;
 use services::{ClientAddresses, ClientService, PeerService, Waiting};
 
@@ -117,7 +127,10 @@ const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 pub struct Bridge {
     pub id: NodeId,
     pub cluster_id: ClusterId,
-    pub members: Arc<Members>,
+    /// where peers reach this node (sent to peers, which may not know yet)
+    pub peer_address: Address,
+    /// the configuration in force, as the event loop publishes it
+    pub membership: watch::Receiver<Membership>,
     /// where clients reach this node (sent to peers, which redirect to it)
     pub client_address: Address,
     /// the largest client request decoded (`--max-request-bytes`)
@@ -164,7 +177,8 @@ impl Bridge {
         let Bridge {
             id,
             cluster_id,
-            members,
+            peer_address,
+            mut membership,
             client_address,
             max_request_bytes,
             max_peer_message_bytes,
@@ -181,29 +195,35 @@ impl Bridge {
         } = self;
         let refusals = Refusals::default();
         let waiting = Waiting::default();
-        let stream_metadata = StreamMetadata {
-            cluster_id: cluster_id.to_string(),
-            from: id.to_string(),
-            client_address: client_address.to_string(),
-        };
-        let senders = PeerSenders {
+        let client_addresses = ClientAddresses::new(id, &client_address);
+        let announced = Announced::default();
+        // The first configuration too is taken as it comes.
+        membership.mark_changed();
+        let pool = PeerPool {
             id,
-            members: &members,
-            tls: tls.as_ref(),
+            tls: tls.clone(),
             max_message_bytes: max_peer_message_bytes,
-            metadata: stream_metadata,
-            refusals: &refusals,
-            metrics: &metrics,
-            watching: &watching,
+            metadata: StreamMetadata {
+                cluster_id: cluster_id.to_string(),
+                from: id.to_string(),
+                client_address: client_address.to_string(),
+                peer_address: peer_address.to_string(),
+            },
+            refusals: refusals.clone(),
+            metrics: metrics.clone(),
+            watching: watching.clone(),
+            membership,
+            announced: announced.clone(),
+            client_addresses: client_addresses.clone(),
+            addresses: HashMap::new(),
+            queues: HashMap::new(),
         };
-        let queues = senders.spawn()?;
-        tokio::spawn(dispatch(id, handoffs, queues, waiting.clone()));
+        tokio::spawn(dispatch(handoffs, pool, waiting.clone()));
 
-        let client_addresses = ClientAddresses::new(&members, id, &client_address);
         let peer_service = RaftServer::new(PeerService {
             id,
             cluster_id,
-            members,
+            announced,
             tls: tls.is_some(),
             client_addresses: client_addresses.clone(),
             refusals: refusals.clone(),
@@ -213,32 +233,31 @@ impl Bridge {
         })
         .max_decoding_message_size(max_peer_message_bytes)
         .max_encoding_message_size(max_peer_message_bytes);
-        let backups = backup::Backups::default();
-        let leadership_service = LeadershipServer::new(LeadershipService {
-            id,
-            service: ClientService {
-                addresses: client_addresses.clone(),
-                to_event_loop: client_calls.clone(),
-                waiting: waiting.clone(),
-                metrics: metrics.clone(),
-                backups: backups.clone(),
-            },
-        });
-        let client_service = KeyValueServer::new(ClientService {
+        let service = ClientService {
             addresses: client_addresses,
             to_event_loop: client_calls,
             waiting,
             metrics,
-            backups,
-        })
-        .max_decoding_message_size(max_request_bytes)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            backups: backup::Backups::default(),
+        };
+        let leadership_service = LeadershipServer::new(LeadershipService {
+            id,
+            service: service.clone(),
+        });
+        let membership_service = MembershipServer::new(MembershipService {
+            cluster_id,
+            service: service.clone(),
+        });
+        let client_service = KeyValueServer::new(service)
+            .max_decoding_message_size(max_request_bytes)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let client_service = services::RequestLimit::new(client_service, max_request_bytes);
         let clients = client_router(id, client_service, leadership)
             .await?
             .add_service(watching::watch_server(id, watching.clone()))
             .add_service(watching::fault_server(id, watching))
-            .add_service(leadership_service);
+            .add_service(leadership_service)
+            .add_service(membership_service);
         let tls_config = tls
             .map(|t| t.server_config())
             .transpose()
@@ -270,48 +289,6 @@ async fn client_router(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
-}
-
-/// What it takes to start the tasks that send to each peer.
-struct PeerSenders<'a> {
-    id: NodeId,
-    members: &'a Members,
-    tls: Option<&'a Tls>,
-    max_message_bytes: usize,
-    metadata: StreamMetadata,
-    refusals: &'a Refusals,
-    metrics: &'a Metrics,
-    watching: &'a Watching,
-}
-
-impl PeerSenders<'_> {
-    /// Start a [`PeerSender`] per peer; returns the queue of each.
-    fn spawn(self) -> Result<HashMap<NodeId, mpsc::Sender<Message>>, String> {
-        let id = self.id;
-        let mut queues = HashMap::new();
-        for peer in self.members.ids().into_iter().filter(|&p| p != id) {
-            let (queue_tx, queue) = mpsc::channel(PEER_QUEUE_LEN);
-            queues.insert(peer, queue_tx);
-            let address = self
-                .members
-                .address(peer)
-                .expect("every peer with a queue is a member");
-            let peer_tls = self.tls.map(|t| t.peer_config(peer));
-            let client = peer_client(address, peer_tls, self.max_message_bytes)
-                .map_err(|e| format!("node {id}: bad address {address} for peer {peer}: {e}"))?;
-            let sender = PeerSender {
-                id,
-                peer,
-                client,
-                metadata: self.metadata.clone(),
-                refusals: self.refusals.clone(),
-                metrics: self.metrics.clone(),
-                watching: self.watching.clone(),
-            };
-            tokio::spawn(sender.run(queue));
-        }
-        Ok(queues)
-    }
 }
 
 /// A tonic server with the node's HTTP/2 settings.
@@ -436,31 +413,26 @@ fn peer_client(
 /// Deliver what the event loop hands over: answers to the clients waiting
 /// for them, messages to their peer's queue.
 async fn dispatch(
-    id: NodeId,
     mut handoffs: mpsc::UnboundedReceiver<Handoff>,
-    queues: HashMap<NodeId, mpsc::Sender<Message>>,
+    mut pool: PeerPool,
     waiting: Waiting,
 ) {
     while let Some(handoff) = handoffs.recv().await {
-        deliver(id, handoff, &queues, &waiting);
+        deliver(handoff, &mut pool, &waiting);
     }
 }
 
 /// One handoff: answers first, then messages. A full queue drops the
 /// message: a slow or dead peer must not hold up the others, and Raft treats
 /// the message as lost (§5.3).
-fn deliver(
-    id: NodeId,
-    handoff: Handoff,
-    queues: &HashMap<NodeId, mpsc::Sender<Message>>,
-    waiting: &Waiting,
-) {
+fn deliver(handoff: Handoff, pool: &mut PeerPool, waiting: &Waiting) {
+    let id = pool.id;
     for (request, response) in handoff.answers {
         waiting.answer(request, response);
     }
     for (peer, message) in handoff.messages {
-        let Some(queue) = queues.get(&peer) else {
-            debug!("node {id}: dropping a message to {peer}: not a peer");
+        let Some(queue) = pool.queue(peer) else {
+            debug!("node {id}: dropping a message to {peer}: its address is unknown");
             continue;
         };
         if let Err(error) = queue.try_send(message) {
@@ -480,6 +452,7 @@ struct StreamMetadata {
     cluster_id: String,
     from: String,
     client_address: String,
+    peer_address: String,
 }
 
 impl StreamMetadata {
@@ -490,6 +463,7 @@ impl StreamMetadata {
             (CLUSTER_ID_METADATA, &self.cluster_id),
             (FROM_METADATA, &self.from),
             (CLIENT_ADDRESS_METADATA, &self.client_address),
+            (PEER_ADDRESS_METADATA, &self.peer_address),
         ] {
             if let Ok(value) = MetadataValue::try_from(value.as_str()) {
                 metadata.insert(key, value);

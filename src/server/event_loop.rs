@@ -39,6 +39,7 @@
 //! polls): the reply that follows a request usually arrives within that time
 //! and is taken without a wake-up.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
@@ -47,8 +48,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FastPath;
 use crate::raft::{
-    Message, NodeId, NodeStatus, Outbox, RaftNode, Request, RequestError, RequestId, Response,
-    Snapshot, SnapshotToSave, StateMachine,
+    LogIndex, Message, NodeId, NodeStatus, Outbox, RaftNode, Request, RequestError, RequestId,
+    Response, Snapshot, SnapshotToSave, StateMachine,
 };
 use crate::server::metrics::{MeasuredKv, Observer};
 
@@ -68,6 +69,20 @@ pub enum ClientCall {
     /// The leader's state machine as it is now, frozen, for a backup
     /// (`raft-kv snapshot save`); the bridge encodes it off the loop.
     Backup(oneshot::Sender<Result<SnapshotToSave, RequestError>>),
+    /// The status with what only the loop knows of the members (§6), for
+    /// `raft-kv status` and `member list`.
+    Members(oneshot::Sender<MemberView>),
+}
+
+/// A node's status and its view of the members.
+#[derive(Debug)]
+pub struct MemberView {
+    pub status: NodeStatus,
+    /// a configuration removed this node (§6)
+    pub removed: bool,
+    /// each follower's match_index (Figure 2) when this node leads; empty
+    /// otherwise
+    pub match_indexes: BTreeMap<NodeId, LogIndex>,
 }
 
 /// The receiving ends the event loop waits on.
@@ -320,6 +335,13 @@ impl EventLoop {
                 ClientCall::Backup(answer) => {
                     let _ = answer.send(self.backup());
                 }
+                ClientCall::Members(answer) => {
+                    let _ = answer.send(MemberView {
+                        status: self.node.status(),
+                        removed: self.node.is_removed(),
+                        match_indexes: self.node.match_indexes().cloned().unwrap_or_default(),
+                    });
+                }
             }
             if self.fast_path.batching && bytes < self.turn_bytes {
                 call = self.inputs.client_calls.try_recv().ok();
@@ -429,7 +451,8 @@ mod tests {
         };
         let heartbeat = Duration::from_millis(50);
         let (leadership, _) = tokio::sync::watch::channel(Default::default());
-        let observer = Observer::new(metrics, leadership);
+        let (membership, _) = tokio::sync::watch::channel(Default::default());
+        let observer = Observer::new(metrics, leadership, membership);
         let event_loop = EventLoop::new(
             node,
             inputs,

@@ -12,6 +12,12 @@
 //!   pointed at the wrong port, cannot mix its log into this one);
 //! - it refuses to start with a member list other than the one recorded.
 //!
+//! A node started with `--join CLUSTER_ID` to be added to a running cluster
+//! (§6, `raft-kv member add`) records that id, and the member list
+//! [`JOINED`]: it takes streams of that cluster only, and its members come
+//! from the configurations in its log, not from any flag. A restart takes
+//! the same `--join`.
+//!
 //! The id keeps clusters apart; it is no secret and no authentication —
 //! that is what TLS is for (src/tls.rs).
 
@@ -23,6 +29,10 @@ use crate::config::Members;
 /// the same member list and no token share an id; give each a token of its
 /// own (docs/deploy.md).
 pub const DEFAULT_TOKEN: &str = "raft-kv";
+
+/// The member list a node that joined a running cluster records: it had
+/// none of its own.
+pub const JOINED: &str = "(joined)";
 
 /// A cluster's id: 64 bits, written as 16 hex digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +134,13 @@ pub fn establish(
         return Ok((record.id, Some(record)));
     };
     let record = ClusterRecord::decode(bytes).map_err(|e| format!("the file 'cluster': {e}"))?;
+    if record.members == JOINED {
+        return Err(format!(
+            "this node joined cluster {} (raft-kv member add): its members are in its log; \
+             restart it with --join {} instead of --peers",
+            record.id, record.id
+        ));
+    }
     let given = members.to_peers_flag();
     if record.members != given {
         return Err(format!(
@@ -142,6 +159,38 @@ pub fn establish(
                 record.id
             ));
         }
+    }
+    Ok((record.id, None))
+}
+
+/// The same for a node started with `--join cluster`: at its first start it
+/// records `cluster`; later, its data dir must be of that cluster, and one
+/// that joined it (a node created with --peers restarts with them).
+pub fn establish_joined(
+    stored: Option<&[u8]>,
+    cluster: ClusterId,
+) -> Result<(ClusterId, Option<ClusterRecord>), String> {
+    let Some(bytes) = stored else {
+        let record = ClusterRecord {
+            id: cluster,
+            members: JOINED.to_string(),
+        };
+        return Ok((cluster, Some(record)));
+    };
+    let record = ClusterRecord::decode(bytes).map_err(|e| format!("the file 'cluster': {e}"))?;
+    if record.id != cluster {
+        return Err(format!(
+            "this data dir belongs to cluster {}, not {cluster}: join with the id of the \
+             cluster it belongs to, or start with an empty data dir",
+            record.id
+        ));
+    }
+    if record.members != JOINED {
+        return Err(format!(
+            "this data dir belongs to cluster {} as one of the members it was created with \
+             ({}): restart it with --peers {}, not --join",
+            record.id, record.members, record.members
+        ));
     }
     Ok((record.id, None))
 }
@@ -188,6 +237,32 @@ mod tests {
         assert!(error.contains("belongs to cluster") && error.contains("4=127.0.0.1:7004"));
         let error = establish(Some(text.as_bytes()), &members(THREE), Some("x")).unwrap_err();
         assert!(error.contains("another --cluster-token"), "{error}");
+    }
+
+    #[test]
+    fn a_joining_node_records_its_cluster_and_restarts_in_it_only() {
+        let cluster = ClusterId(0x1234);
+        let (id, record) = establish_joined(None, cluster).unwrap();
+        assert_eq!(id, cluster);
+        let text = record.unwrap().encode();
+        assert_eq!(
+            establish_joined(Some(text.as_bytes()), cluster),
+            Ok((cluster, None))
+        );
+        let other = establish_joined(Some(text.as_bytes()), ClusterId(0x99)).unwrap_err();
+        assert!(
+            other.contains("belongs to cluster 0000000000001234"),
+            "{other}"
+        );
+        let with_peers = establish(Some(text.as_bytes()), &members(THREE), None).unwrap_err();
+        assert!(
+            with_peers.contains("--join 0000000000001234"),
+            "{with_peers}"
+        );
+        let (created, record) = establish(None, &members(THREE), None).unwrap();
+        let text = record.unwrap().encode();
+        let error = establish_joined(Some(text.as_bytes()), created).unwrap_err();
+        assert!(error.contains("restart it with --peers"), "{error}");
     }
 
     #[test]

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 
 use crate::kv::KvStore;
 use crate::raft::{
-    self, Entry, FrozenState, HardState, LogIndex, Message, NodeId, RaftNode, Recovered,
-    RequestError, Snapshot, SnapshotWriter, StateMachine, Storage, Term,
+    self, Configuration, Entry, FrozenState, HardState, LogIndex, Message, NodeId, RaftNode,
+    Recovered, RequestError, Snapshot, SnapshotWriter, StateMachine, Storage, Term,
 };
 use crate::server::watch::Publisher;
 
@@ -309,14 +309,42 @@ pub struct Leadership {
     pub role: &'static str,
     /// the leader of `term`, once known (this node when it leads)
     pub leader_id: Option<NodeId>,
+    /// a configuration removed this node from the cluster (§6)
+    pub removed: bool,
 }
 
 impl Leadership {
     /// The health rule (docs/api.md): a node serves when it knows a leader
-    /// of its current term — every member is in the configuration, since
-    /// membership is fixed.
+    /// of its current term and no configuration removed it.
     pub fn serving(&self) -> bool {
-        self.leader_id.is_some()
+        self.leader_id.is_some() && !self.removed
+    }
+}
+
+/// The configuration in force (§6) as the event loop last saw it, for the
+/// bridge: where each member is served. Published only when it changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub configuration: Configuration,
+    /// the index of its entry (0: the one the cluster started with)
+    pub index: LogIndex,
+    pub committed: bool,
+}
+
+impl Membership {
+    pub fn of<S: StateMachine>(node: &RaftNode<S>) -> Membership {
+        Membership {
+            configuration: node.configuration().clone(),
+            index: node.configuration_index(),
+            committed: node.configuration_index() <= node.commit_index(),
+        }
+    }
+
+    /// Whether `node`'s configuration differs from this one.
+    fn differs<S: StateMachine>(&self, node: &RaftNode<S>) -> bool {
+        self.index != node.configuration_index()
+            || self.committed != (node.configuration_index() <= node.commit_index())
+            || self.configuration != *node.configuration()
     }
 }
 
@@ -325,6 +353,7 @@ pub struct Observer {
     metrics: Metrics,
     leadership: watch::Sender<Leadership>,
     last: Leadership,
+    membership: watch::Sender<Membership>,
     /// the last leader counted in `leader_changes`, with its term
     last_leader: Option<(Term, NodeId)>,
     /// the watch stream's view of the node (src/server/watch.rs)
@@ -332,11 +361,16 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(metrics: Metrics, leadership: watch::Sender<Leadership>) -> Observer {
+    pub fn new(
+        metrics: Metrics,
+        leadership: watch::Sender<Leadership>,
+        membership: watch::Sender<Membership>,
+    ) -> Observer {
         Observer {
             metrics,
             leadership,
             last: Leadership::default(),
+            membership,
             last_leader: None,
             publisher: None,
         }
@@ -358,10 +392,14 @@ impl Observer {
         if let Some(publisher) = &mut self.publisher {
             publisher.after_turn(node);
         }
+        if self.membership.borrow().differs(node) {
+            self.membership.send_replace(Membership::of(node));
+        }
         let now = Leadership {
             term: node.current_term(),
             role: node.role().name(),
             leader_id: node.leader_id(),
+            removed: node.is_removed(),
         };
         if now == self.last {
             return;

@@ -61,7 +61,7 @@ use crate::storage::FileStorage;
 use bridge::Bridge;
 use event_loop::{ClientCall, EventLoop, Inputs, RuntimeOutbox};
 use identity::ClusterId;
-use metrics::{Leadership, MeasuredKv, MeasuredStorage, Metrics, Observer};
+use metrics::{Leadership, MeasuredKv, MeasuredStorage, Membership, Metrics, Observer};
 
 /// Exit code of a node that stopped on an error it cannot recover from
 /// (a failed disk write, a crashed thread).
@@ -108,6 +108,12 @@ pub struct NodeArgs {
     /// remembers the cluster; a later start needs no token.
     #[arg(long, value_name = "TOKEN")]
     pub cluster_token: Option<String>,
+    /// Start empty and wait to be added to the running cluster of this id
+    /// (`raft-kv member list` prints it) with `raft-kv member add`; give
+    /// --listen-peers, not --peers. Streams of any other cluster are
+    /// refused. Restart the node with the same flag.
+    #[arg(long, value_name = "CLUSTER_ID")]
+    pub join: Option<String>,
     /// Obey the FaultInjection admin RPC (proto/watch.proto), which drops
     /// peer messages on request: for `raft-kv cluster`'s partition button
     /// and tests, never for a cluster that holds data anyone needs.
@@ -188,11 +194,14 @@ pub fn run_node(args: NodeArgs, given: &config::file::Given) -> i32 {
 /// first start, a new record of the cluster its flags describe.
 fn join_cluster(config: &NodeConfig, storage: &FileStorage) -> Result<ClusterId, String> {
     let stored = storage.cluster_file().map_err(|e| e.to_string())?;
-    let (id, new_record) = identity::establish(
-        stored.as_deref(),
-        &config.members,
-        config.cluster_token.as_deref(),
-    )?;
+    let (id, new_record) = match config.join {
+        Some(cluster) => identity::establish_joined(stored.as_deref(), cluster)?,
+        None => identity::establish(
+            stored.as_deref(),
+            &config.members,
+            config.cluster_token.as_deref(),
+        )?,
+    };
     if let Some(record) = new_record {
         storage
             .save_cluster_file(record.encode().as_bytes())
@@ -325,11 +334,14 @@ impl Node {
         let storage = Box::new(MeasuredStorage::new(storage, metrics.clone()));
         let state_machine = MeasuredKv::new(KvStore::new(), metrics.clone());
         let node = RaftNode::new(raft_config, storage, state_machine, Box::new(outbox));
+        // From the data dir when it holds a configuration, not from --peers.
+        let (membership_tx, membership) = tokio::sync::watch::channel(Membership::of(&node));
 
         let bridge = Bridge {
             id,
             cluster_id,
-            members: Arc::new(config.members.clone()),
+            peer_address: config.address().clone(),
+            membership,
             client_address: config.client_address.clone(),
             max_request_bytes: config.max_request_bytes,
             max_peer_message_bytes,
@@ -352,7 +364,7 @@ impl Node {
             snapshots_saved: saved_rx,
             shutdown: shutdown_rx,
         };
-        let observer = Observer::new(metrics, leadership_tx).watched(publisher);
+        let observer = Observer::new(metrics, leadership_tx, membership_tx).watched(publisher);
         let event_loop = spawn_event_loop(config, node, inputs, observer)?;
         let timer = timer::spawn(config.timing.tick, tick_tx)?;
         Ok(Node {

@@ -56,13 +56,13 @@ fn restore(a: RestoreArgs) -> Result<(), String> {
         crate::config::check_cluster_token(token).map_err(|e| format!("--cluster-token: {e}"))?;
     }
     let (mut snapshot, summary) = checked(&a.file)?;
-    // The snapshot carries the configuration of the cluster it was saved
-    // from (§7); the restored cluster is the one --peers names.
+    // The new cluster's members are --peers, not those of the cluster the
+    // snapshot was taken from (whose configuration it carries, §7).
     snapshot.configuration = Some(Configuration {
         voters: members.ids().into_iter().collect(),
         addresses: members
             .iter()
-            .map(|(id, at)| (id, at.to_string()))
+            .map(|(id, address)| (id, address.to_string()))
             .collect(),
         ..Configuration::default()
     });

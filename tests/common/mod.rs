@@ -49,10 +49,13 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     ports
 }
 
-/// Three `raft-kv node` processes, ids 1..=3.
+/// Three `raft-kv node` processes, ids 1..=3, and any added later
+/// ([`Cluster::add_slot`], [`Cluster::spawn_joining`]).
 pub struct Cluster {
     /// `addrs[id - 1]` is node `id`'s address.
     pub addrs: Vec<String>,
+    /// the members the cluster was created with: ids 1..=initial
+    initial: usize,
     extra_flags: Vec<String>,
     /// `--election-timeout-ms` and `--heartbeat-ms`
     timing: (String, String),
@@ -120,6 +123,7 @@ impl Cluster {
             .collect();
         let mut cluster = Cluster {
             addrs,
+            initial: 3,
             extra_flags: setup.extra_flags.iter().map(|s| s.to_string()).collect(),
             timing: (
                 setup.election_timeout_ms.to_string(),
@@ -162,9 +166,10 @@ impl Cluster {
         &self.addrs[id as usize - 1]
     }
 
-    /// The `--peers` value: `1=127.0.0.1:P1,2=…,3=…`.
+    /// The `--peers` value: `1=127.0.0.1:P1,2=…,3=…` (the members the
+    /// cluster was created with).
     pub fn peers(&self) -> String {
-        self.ids()
+        (1..=self.initial as u64)
             .map(|id| format!("{id}={}", self.addr(id)))
             .collect::<Vec<_>>()
             .join(",")
@@ -181,6 +186,11 @@ impl Cluster {
     /// The command that runs node `id` with `peers`; its output is appended
     /// to the node's log file.
     pub fn node_command(&self, id: u64, peers: &str) -> Command {
+        self.node_command_with(id, &["--peers", peers])
+    }
+
+    /// The same, with `members` (`--peers LIST`, or `--join ID …`).
+    pub fn node_command_with(&self, id: u64, members: &[&str]) -> Command {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -188,7 +198,8 @@ impl Cluster {
             .expect("node log file");
         let mut command = Command::new(BIN);
         command
-            .args(["node", "--id", &id.to_string(), "--peers", peers])
+            .args(["node", "--id", &id.to_string()])
+            .args(members)
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(["--election-timeout-ms", &self.timing.0])
@@ -218,6 +229,29 @@ impl Cluster {
         let child = self
             .node_command(id, &self.peers())
             .args(flags)
+            .spawn()
+            .expect("start raft-kv node");
+        self.nodes[id as usize - 1] = Some(child);
+    }
+
+    /// A free port for a node the cluster was not created with; its id.
+    pub fn add_slot(&mut self) -> u64 {
+        let port = free_ports(1)[0];
+        self.addrs.push(format!("127.0.0.1:{port}"));
+        self.nodes.push(None);
+        self.addrs.len() as u64
+    }
+
+    /// Start node `id` (again), empty at first, to join cluster
+    /// `cluster_id` (`--join`), served at its slot's address.
+    pub fn spawn_joining(&mut self, id: u64, cluster_id: &str) {
+        assert!(
+            self.nodes[id as usize - 1].is_none(),
+            "node {id} is running"
+        );
+        let address = self.addr(id).to_string();
+        let child = self
+            .node_command_with(id, &["--join", cluster_id, "--listen-peers", &address])
             .spawn()
             .expect("start raft-kv node");
         self.nodes[id as usize - 1] = Some(child);

@@ -18,16 +18,20 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::backup::{Backups, SnapshotStream};
 use super::convert;
+use super::pool::Announced;
 use super::refusals::Refusals;
-use crate::config::{Address, Members};
+use crate::config::Address;
 use crate::kv::{self, ClientError, ClientRequest, ClientResponse};
 use crate::proto::kv as kv_pb;
 use crate::proto::peer as peer_pb;
-use crate::proto::{CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA};
+use crate::proto::{
+    CLIENT_ADDRESS_METADATA, CLUSTER_ID_METADATA, FROM_METADATA, PEER_ADDRESS_METADATA,
+};
 use crate::proto::{LEADER_ADDR_METADATA, SESSION_ERROR_METADATA};
 use crate::proto::{SEQUENCE_REUSED, SESSION_EXPIRED, STALE_SEQUENCE};
-use crate::raft::{self, NodeId, NodeStatus, RequestId};
-use crate::server::event_loop::{ClientCall, PeerMessage};
+use crate::raft::membership::MAX_MEMBERS;
+use crate::raft::{self, NodeId, RequestId};
+use crate::server::event_loop::{ClientCall, MemberView, PeerMessage};
 use crate::server::identity::ClusterId;
 use crate::server::metrics::{Metrics, ProposalFailure};
 use crate::server::watch::Watching;
@@ -45,7 +49,8 @@ fn event_loop_busy() -> Status {
 pub struct PeerService {
     pub id: NodeId,
     pub cluster_id: ClusterId,
-    pub members: Arc<Members>,
+    /// where the senders of streams say they are served
+    pub announced: Announced,
     /// whether connections come over TLS, with a certificate to check
     pub tls: bool,
     pub client_addresses: ClientAddresses,
@@ -56,11 +61,12 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    /// Decide, once per stream, whether it comes from a member of this
-    /// cluster: its metadata must carry this cluster's id and a peer's id,
-    /// and with TLS its connection's certificate must name that peer. The
-    /// core trusts the sender of every message it steps (Figure 2 has no
-    /// outsiders), so everyone else stops here.
+    /// Decide, once per stream, whether it comes from a server of this
+    /// cluster: its metadata must carry this cluster's id and another
+    /// server's id, and with TLS its connection's certificate must name
+    /// that server. The sender need not be in this node's configuration:
+    /// a leader adds a server before the server knows it (§6), and the
+    /// core takes messages from any server. Everyone else stops here.
     fn admit<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
         let text = |key: &str| {
             request
@@ -84,7 +90,7 @@ impl PeerService {
             ));
         }
         let from = match from_text.parse::<NodeId>() {
-            Ok(from) if from != self.id && self.members.contains(from) => from,
+            Ok(from) if from != self.id && from != 0 => from,
             _ => {
                 return Err(self.refuse(
                     request,
@@ -111,13 +117,12 @@ impl PeerService {
                 ));
             }
         }
-        if let Some(address) = request
-            .metadata()
-            .get(CLIENT_ADDRESS_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|text| Address::parse(text).ok())
-        {
+        let address = |key| Address::parse(text(key)).ok();
+        if let Some(address) = address(CLIENT_ADDRESS_METADATA) {
             self.client_addresses.learn(from, address);
+        }
+        if let Some(address) = address(PEER_ADDRESS_METADATA) {
+            self.announced.learn(from, address);
         }
         Ok(from)
     }
@@ -187,26 +192,34 @@ impl peer_pb::raft_server::Raft for PeerService {
     }
 }
 
-/// Where clients reach each member, for the `leader-addr` of a redirect: a
-/// member's address in the member list until it says otherwise (each peer
-/// stream carries its sender's client address, which differs when it
+/// Where clients reach each server, for the `leader-addr` of a redirect: a
+/// member's address in the configuration until it says otherwise (each
+/// peer stream carries its sender's client address, which differs when it
 /// serves clients on a port of their own).
 #[derive(Clone)]
 pub struct ClientAddresses(Arc<Mutex<HashMap<NodeId, Address>>>);
 
 impl ClientAddresses {
-    pub fn new(members: &Members, own_id: NodeId, own: &Address) -> ClientAddresses {
-        let mut addresses: HashMap<NodeId, Address> =
-            members.iter().map(|(id, a)| (id, a.clone())).collect();
-        addresses.insert(own_id, own.clone());
+    pub fn new(own_id: NodeId, own: &Address) -> ClientAddresses {
+        let addresses = HashMap::from([(own_id, own.clone())]);
         ClientAddresses(Arc::new(Mutex::new(addresses)))
     }
 
-    /// Only members are kept, so the map stays as small as the cluster.
+    /// What server `id`'s stream says; at most [`MAX_MEMBERS`] servers are
+    /// kept, so a stranger that varies its id cannot grow the map.
     fn learn(&self, id: NodeId, address: Address) {
         let mut addresses = self.0.lock().expect("no panics while held");
-        if let Some(known) = addresses.get_mut(&id) {
-            *known = address;
+        if addresses.len() < 2 * MAX_MEMBERS || addresses.contains_key(&id) {
+            addresses.insert(id, address);
+        }
+    }
+
+    /// Member `id` is served at `peer_address` (its address in the
+    /// configuration): where its clients go until its stream says otherwise.
+    pub(super) fn know(&self, id: NodeId, peer_address: &Address) {
+        let mut addresses = self.0.lock().expect("no panics while held");
+        if addresses.len() < 2 * MAX_MEMBERS {
+            addresses.entry(id).or_insert_with(|| peer_address.clone());
         }
     }
 
@@ -266,6 +279,8 @@ impl Waiting {
 }
 
 /// `raftkv.KeyValue`: client requests, handed to `RaftNode::client_requests`.
+/// The other services of the client port share a clone of it.
+#[derive(Clone)]
 pub struct ClientService {
     pub addresses: ClientAddresses,
     pub to_event_loop: Sender<ClientCall>,
@@ -477,9 +492,12 @@ impl kv_pb::key_value_server::KeyValue for ClientService {
         &self,
         _request: Request<kv_pb::StatusRequest>,
     ) -> Result<Response<kv_pb::StatusResponse>, Status> {
-        let (answer_to, answer) = oneshot::channel::<NodeStatus>();
-        self.submit(ClientCall::Status(answer_to))?;
-        let status = answer.await.map_err(|_| event_loop_gone())?;
+        let (answer_to, answer) = oneshot::channel();
+        self.submit(ClientCall::Members(answer_to))?;
+        let MemberView {
+            status, removed, ..
+        } = answer.await.map_err(|_| event_loop_gone())?;
+        let ids = |set: &std::collections::BTreeSet<NodeId>| set.iter().copied().collect();
         Ok(Response::new(kv_pb::StatusResponse {
             id: status.id,
             role: status.role.to_string(),
@@ -488,6 +506,12 @@ impl kv_pb::key_value_server::KeyValue for ClientService {
             commit_index: status.commit_index,
             last_applied: status.last_applied,
             last_log_index: status.last_log_index,
+            voters: ids(&status.configuration.voters),
+            old_voters: ids(&status.configuration.outgoing),
+            learners: ids(&status.configuration.learners),
+            configuration_index: status.configuration_index,
+            configuration_committed: status.configuration_committed,
+            removed,
         }))
     }
 
