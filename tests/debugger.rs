@@ -87,7 +87,7 @@ fn the_documented_gdb_session_stops_where_the_page_says() {
         "run walkthrough_2_replication --nocapture --test-threads 1",
         "bt 2",
         "step",
-        "next 4",
+        "next 5",
         "print leader.match_index",
         "print n",
         "kill",
