@@ -49,6 +49,22 @@ impl MembershipChange {
     }
 }
 
+/// How logs and errors name a change: `adding node 7 (127.0.0.1:7007) as a voter`.
+impl std::fmt::Display for MembershipChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembershipChange::AddLearner { id, address } => {
+                write!(f, "adding node {id} ({address}) as a learner")
+            }
+            MembershipChange::AddVoter { id, address } => {
+                write!(f, "adding node {id} ({address}) as a voter")
+            }
+            MembershipChange::Promote { id } => write!(f, "promoting learner {id} to voter"),
+            MembershipChange::Remove { id } => write!(f, "removing node {id}"),
+        }
+    }
+}
+
 /// The change a leader is carrying out.
 #[derive(Clone, Debug)]
 pub struct ChangeInProgress {
@@ -86,7 +102,7 @@ impl<S: StateMachine> RaftNode<S> {
             Some(error) => self.outbox.respond(request, Err(error)),
             None => {
                 info!(
-                    "node {} term {}: membership change {change:?} started, from {}",
+                    "node {} term {}: membership change started, {change}, from {}",
                     self.config.id,
                     self.current_term(),
                     self.configuration()
@@ -114,7 +130,7 @@ impl<S: StateMachine> RaftNode<S> {
         let index = self.configuration_index();
         if let Some(change) = &leader.change {
             return Some(RequestError::ChangeInProgress(format!(
-                "{:?} is in progress",
+                "{} is in progress",
                 change.change
             )));
         }
@@ -364,7 +380,7 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         };
         info!(
-            "node {} term {}: membership change {:?} {}: {}",
+            "node {} term {}: membership change ({}) {}: {}",
             self.config.id,
             self.current_term(),
             change.change,
