@@ -393,7 +393,10 @@ fn entries_to_send(
 fn entries_from(log: &Log, next_index: LogIndex, config: &RaftConfig) -> (Vec<Entry>, usize) {
     let mut entries = Vec::new();
     let mut bytes = 0;
-    for entry in log.entries_from(next_index, config.max_entries_per_message) {
+    for entry in log
+        .entries_from(next_index)
+        .take(config.max_entries_per_message)
+    {
         let size = entry.command.size();
         if !entries.is_empty() && bytes + size > config.max_bytes_per_message {
             break;

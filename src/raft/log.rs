@@ -8,9 +8,12 @@
 //! method that makes it, so no caller can forget to persist (Figure 2:
 //! "updated on stable storage before responding to RPCs").
 
+mod entries;
+
 use super::membership::Configuration;
 use super::message::{LogIndex, Term};
 use super::storage::{HardState, Snapshot, Storage};
+use entries::Entries;
 
 /// What a log entry carries (Figure 2: "each entry contains command for
 /// state machine"). The state machine's commands are bytes to Raft: it
@@ -58,7 +61,7 @@ pub struct Log {
     /// the latest snapshot, kept to send to followers that lag behind it
     snapshot: Option<Snapshot>,
     /// entries snapshot_index+1 ..= last_index
-    entries: Vec<Entry>,
+    entries: Entries,
     /// the bytes of their commands (what triggers the next snapshot, §7)
     bytes: usize,
     /// entries up to here are on stable storage (see `sync`)
@@ -139,7 +142,7 @@ impl Log {
             snapshot_term,
             snapshot: recovered.snapshot,
             bytes: entries.iter().map(|e| e.command.size()).sum(),
-            entries,
+            entries: Entries::from(entries),
             durable_index,
             truncated_since_sync: Vec::new(),
             configurations,
@@ -202,12 +205,11 @@ impl Log {
         self.entries.get((index - self.snapshot_index - 1) as usize)
     }
 
-    /// Entries from `from` to the end, at most `max` of them.
-    pub fn entries_from(&self, from: LogIndex, max: usize) -> &[Entry] {
+    /// Entries from `from` to the end, in order.
+    pub fn entries_from(&self, from: LogIndex) -> impl Iterator<Item = &Entry> {
         assert!(from > self.snapshot_index, "entry {from} is compacted");
-        let start = ((from - self.snapshot_index - 1) as usize).min(self.entries.len());
-        let end = (start + max).min(self.entries.len());
-        &self.entries[start..end]
+        self.entries
+            .iter_from((from - self.snapshot_index - 1) as usize)
     }
 
     /// Number of entries held outside the snapshot.
@@ -238,8 +240,7 @@ impl Log {
     /// apply the conflict hint).
     pub fn last_index_of_term(&self, term: Term) -> Option<LogIndex> {
         self.entries
-            .iter()
-            .rev()
+            .iter_rev()
             .find(|e| e.term == term)
             .map(|e| e.index)
     }
@@ -349,8 +350,8 @@ impl Log {
         // END SOLUTION
         let removed = self
             .entries
-            .drain((index - self.snapshot_index - 1) as usize..);
-        self.bytes -= removed.map(|e| e.command.size()).sum::<usize>();
+            .truncate((index - self.snapshot_index - 1) as usize);
+        self.bytes -= removed.iter().map(|e| e.command.size()).sum::<usize>();
         self.durable_index = self.durable_index.min(self.last_index());
         self.truncated_since_sync.push(index);
         // §6: a server whose configuration entry is deleted goes back to the
@@ -402,8 +403,10 @@ impl Log {
 
     /// Drop the entries through `index` from memory.
     fn drop_through(&mut self, index: LogIndex) {
-        let dropped = self.entries.drain(..(index - self.snapshot_index) as usize);
-        self.bytes -= dropped.map(|e| e.command.size()).sum::<usize>();
+        let dropped = self
+            .entries
+            .drop_front((index - self.snapshot_index) as usize);
+        self.bytes -= dropped.iter().map(|e| e.command.size()).sum::<usize>();
         // The snapshot carries the configuration as of its last index (§7).
         self.configurations.retain(|&(at, _)| at > index);
     }
