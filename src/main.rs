@@ -6,6 +6,9 @@
 
 use std::ffi::OsString;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// A Raft-replicated key-value store, written to be read beside the Raft paper.

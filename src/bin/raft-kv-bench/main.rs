@@ -27,6 +27,9 @@
 //! - `scaling.sh` and `plot.py`: `make bench-scaling`, the bench over node
 //!   counts, client counts and value sizes, plotted as SVG.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod floor;
 mod grow;
