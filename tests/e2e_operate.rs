@@ -241,6 +241,11 @@ fn metrics_are_scraped_from_running_nodes() {
     assert!(sample(&text, "raftkv_commit_index") >= writes as f64);
     assert!(sample(&text, "raftkv_fsync_duration_seconds_count") > 0.0);
     assert!(sample(&text, "raftkv_apply_duration_seconds_count") >= writes as f64);
+    // The leader's loop synced each write: its turns' ends took time, and
+    // it waited for work between them.
+    assert!(sample(&text, "raftkv_event_loop_seconds_total{part=\"end_turn\"}") > 0.0);
+    assert!(sample(&text, "raftkv_event_loop_seconds_total{part=\"handling\"}") > 0.0);
+    assert!(sample(&text, "raftkv_event_loop_seconds_total{part=\"waiting\"}") > 0.0);
     assert!(
         sample(
             &text,

@@ -232,6 +232,7 @@ impl EventLoop {
             self.node.current_term()
         );
         let mut poll = Duration::ZERO;
+        let mut waiting_since = Instant::now();
         loop {
             let event = self.next_event(poll);
             let started = Instant::now();
@@ -252,7 +253,12 @@ impl EventLoop {
                 }
                 Event::Stop => break,
             };
+            let ending = Instant::now();
             self.node.end_turn();
+            let ended = Instant::now();
+            self.observer
+                .turn_took(started - waiting_since, ending - started, ended - ending);
+            waiting_since = ended;
             self.observer.after_turn(&self.node);
             self.check_turn(started, bytes);
         }

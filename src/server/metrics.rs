@@ -10,7 +10,8 @@
 //! turn ([`Observer`]), messages and proposals from the bridge.
 
 use std::io;
-use std::time::Instant;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -25,6 +26,11 @@ use crate::raft::{
     Recovered, RequestError, Snapshot, SnapshotWriter, StateMachine, Storage, Term,
 };
 use crate::server::watch::Publisher;
+
+/// Where the event loop's time goes: waiting for work (polling, then
+/// asleep), handling what came, and ending the turn (its fsync, commit,
+/// apply, and the hand-off to the bridge).
+const LOOP_PARTS: [&str; 3] = ["waiting", "handling", "end_turn"];
 
 /// The kinds of peer message, in the order of [`kind`].
 pub(crate) const MESSAGE_KINDS: [&str; 11] = [
@@ -88,6 +94,8 @@ pub struct Metrics {
     proposals_failed: [Counter; 3],
     fsync_duration: Histogram,
     apply_duration: Histogram,
+    /// the event loop's time, by [`LOOP_PARTS`]
+    loop_seconds: [Counter<f64, AtomicU64>; 3],
     sent: [Counter; MESSAGE_KINDS.len()],
     received: [Counter; MESSAGE_KINDS.len()],
     snapshots: Counter,
@@ -119,6 +127,7 @@ impl Metrics {
         let (failed, proposals_failed) = family("reason", FAILURES);
         let (sent_family, sent) = family("type", MESSAGE_KINDS);
         let (received_family, received) = family("type", MESSAGE_KINDS);
+        let (loop_family, loop_seconds) = family("part", LOOP_PARTS);
         let metrics = Metrics {
             current_term: Gauge::default(),
             roles: role,
@@ -133,6 +142,7 @@ impl Metrics {
             fsync_duration: Histogram::new(exponential_buckets(1e-4, 2.0, 16)),
             // 1 µs to 33 ms
             apply_duration: Histogram::new(exponential_buckets(1e-6, 2.0, 16)),
+            loop_seconds,
             sent,
             received,
             snapshots: Counter::default(),
@@ -145,6 +155,12 @@ impl Metrics {
         };
         metrics.register_state(&mut r, roles, failed);
         metrics.register_work(&mut r, sent_family, received_family);
+        r.register_with_unit(
+            "event_loop",
+            "Time the event loop spent waiting for work, handling it, and ending turns (fsync included)",
+            Unit::Seconds,
+            loop_family,
+        );
         (metrics, r)
     }
 
@@ -384,6 +400,19 @@ impl Observer {
 
     /// Record the node's state after a turn: atomic stores, and a message
     /// to the bridge only when the leadership changed.
+    /// Count one turn's time: `waiting` for it, `handling` what came, and
+    /// `ending` it (`RaftNode::end_turn`).
+    pub fn turn_took(&self, waiting: Duration, handling: Duration, ending: Duration) {
+        for (counter, time) in self
+            .metrics
+            .loop_seconds
+            .iter()
+            .zip([waiting, handling, ending])
+        {
+            counter.inc_by(time.as_secs_f64());
+        }
+    }
+
     pub fn after_turn(&mut self, node: &RaftNode<MeasuredKv>) {
         let m = &self.metrics;
         m.commit_index.set(node.commit_index() as i64);
