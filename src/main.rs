@@ -6,6 +6,8 @@
 
 use std::ffi::OsString;
 
+// Memory allocated on one thread and freed on another is glibc malloc's
+// slow path, and the bridge's normal case (Cargo.toml, docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -27,6 +27,8 @@
 //! - `scaling.sh` and `plot.py`: `make bench-scaling`, the bench over node
 //!   counts, client counts and value sizes, plotted as SVG.
 
+// Memory allocated on one thread and freed on another is glibc malloc's
+// slow path, and the bridge's normal case (Cargo.toml, docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
