@@ -8,8 +8,8 @@
 
 use raft_kv::kv::{ClientError, ClientRequest, ClientResponse};
 use raft_kv::raft::{
-    AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, Message, NodeId,
-    RequestVote, Role, MAX_TERM_JUMP,
+    AppendEntries, AppendEntriesReply, Command, Entry, InstallSnapshot, Message, NodeId, ReadIndex,
+    RequestVote, Role, MAX_PENDING_READS, MAX_TERM_JUMP,
 };
 use raft_kv::sim::{seeds, Cluster, SimConfig};
 
@@ -256,6 +256,32 @@ fn messages_from_outsiders_or_under_another_name_are_refused() {
     assert!(!deliver(&mut c, follower, leader, vote.clone()));
     assert!(!deliver(&mut c, 99, leader, vote));
     assert_eq!(c.node(leader).current_term(), term);
+    assert!(c.node(leader).is_leader());
+    still_serves(&mut c, 1);
+}
+
+/// Dissertation §6.4: a follower's ReadIndex waits at the leader for the
+/// next heartbeat round a majority confirms. A peer that keeps asking while
+/// no round completes (here no message is delivered at all) must not grow
+/// that queue without bound: past `MAX_PENDING_READS` waiting reads, each
+/// ask is refused at once, and the asker's clients look elsewhere.
+#[test]
+fn read_index_requests_that_pile_up_are_refused_past_a_bound_6_4() {
+    let (mut c, leader, follower) = running_cluster(5);
+    let term = c.node(leader).current_term();
+    let mut refused = 0;
+    for batch in 0..(MAX_PENDING_READS as u64 + 100) {
+        let ask = Message::ReadIndex(ReadIndex { term, batch });
+        let back = c.exchange(leader, follower, ask);
+        refused += back
+            .iter()
+            .filter(|m| matches!(m, Message::ReadIndexReply(r) if r.read_index.is_none()))
+            .count();
+    }
+    assert_eq!(
+        refused, 100,
+        "every ask past the bound is refused, none before"
+    );
     assert!(c.node(leader).is_leader());
     still_serves(&mut c, 1);
 }

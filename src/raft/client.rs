@@ -9,6 +9,13 @@ use super::message::{LogIndex, Message, NodeId, ReadIndex, ReadIndexReply};
 use super::state::{PendingRead, RaftNode, ReadBatch, Reader, Role};
 use super::state_machine::StateMachine;
 
+/// Most reads a leader keeps waiting for a heartbeat round (§6.4) before it
+/// refuses followers' ReadIndex requests: rounds complete within a round
+/// trip while a majority answers, and without one the leader steps down
+/// within an election timeout (§6.2), so only a peer asking in a flood
+/// meanwhile reaches this.
+pub const MAX_PENDING_READS: usize = 1 << 16;
+
 /// Identifies one client request while it waits for its answer.
 pub type RequestId = u64;
 
@@ -199,7 +206,7 @@ impl<S: StateMachine> RaftNode<S> {
         let Role::Leader(leader) = &mut self.role else {
             return self.refuse_read_index(from, request.batch);
         };
-        if !current {
+        if !current || leader.pending_reads.len() >= MAX_PENDING_READS {
             return self.refuse_read_index(from, request.batch);
         }
         leader.pending_reads.push_back(PendingRead {

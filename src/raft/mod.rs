@@ -43,6 +43,7 @@ mod turn;
 mod validate;
 
 pub use self::log::{Command, Durable, Entry, Log};
+pub use client::MAX_PENDING_READS;
 pub use client::{Request, RequestError, RequestId, Response};
 pub use membership::Configuration;
 pub use membership_change::MembershipChange;
