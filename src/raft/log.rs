@@ -348,10 +348,9 @@ impl Log {
         //     .truncate_from(index)
         //     .unwrap_or_else(|e| fatal("truncating the log", e));
         // END SOLUTION
-        let removed = self
+        self.bytes -= self
             .entries
             .truncate((index - self.snapshot_index - 1) as usize);
-        self.bytes -= removed.iter().map(|e| e.command.size()).sum::<usize>();
         self.durable_index = self.durable_index.min(self.last_index());
         self.truncated_since_sync.push(index);
         // §6: a server whose configuration entry is deleted goes back to the
@@ -403,10 +402,9 @@ impl Log {
 
     /// Drop the entries through `index` from memory.
     fn drop_through(&mut self, index: LogIndex) {
-        let dropped = self
+        self.bytes -= self
             .entries
             .drop_front((index - self.snapshot_index) as usize);
-        self.bytes -= dropped.iter().map(|e| e.command.size()).sum::<usize>();
         // The snapshot carries the configuration as of its last index (§7).
         self.configurations.retain(|&(at, _)| at > index);
     }

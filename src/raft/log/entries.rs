@@ -83,15 +83,16 @@ impl Entries {
         }
     }
 
-    /// Keep the first `len` entries; returns the ones removed.
-    pub(super) fn truncate(&mut self, len: usize) -> Vec<Entry> {
+    /// Keep the first `len` entries; returns the bytes of the commands
+    /// removed ([`Command::size`](super::Command::size)).
+    pub(super) fn truncate(&mut self, len: usize) -> usize {
         if len >= self.len {
-            return Vec::new();
+            return 0;
         }
         let (chunk, slot) = self.locate(len);
-        let mut removed: Vec<Entry> = self.chunks[chunk].drain(slot..).collect();
+        let mut removed = bytes(self.chunks[chunk].drain(slot..));
         for later in self.chunks.drain(chunk + 1..) {
-            removed.extend(later);
+            removed += bytes(later);
         }
         if self.chunks[chunk].is_empty() {
             self.chunks.pop_back();
@@ -103,19 +104,19 @@ impl Entries {
         removed
     }
 
-    /// Remove the first `count` entries; returns them.
-    pub(super) fn drop_front(&mut self, count: usize) -> Vec<Entry> {
-        let mut removed = Vec::new();
+    /// Remove the first `count` entries; returns the bytes of their commands.
+    pub(super) fn drop_front(&mut self, count: usize) -> usize {
+        let mut removed = 0;
         let mut left = count.min(self.len);
         self.len -= left;
         while left > 0 {
             let first = &mut self.chunks[0];
             if left >= first.len() {
                 left -= first.len();
-                removed.extend(self.chunks.pop_front().into_iter().flatten());
+                removed += bytes(self.chunks.pop_front().into_iter().flatten());
                 self.head = 0;
             } else {
-                removed.extend(first.drain(..left));
+                removed += bytes(first.drain(..left));
                 self.head += left;
                 left = 0;
             }
@@ -143,6 +144,11 @@ impl Entries {
     }
 }
 
+/// The bytes of the entries' commands, dropping them.
+fn bytes(entries: impl IntoIterator<Item = Entry>) -> usize {
+    entries.into_iter().map(|e| e.command.size()).sum()
+}
+
 impl From<Vec<Entry>> for Entries {
     fn from(entries: Vec<Entry>) -> Self {
         let mut all = Entries::default();
@@ -163,7 +169,8 @@ mod tests {
         Entry {
             index,
             term: 1,
-            command: Command::Client(index.to_le_bytes().to_vec()),
+            // of varied sizes, so that the bytes removed say which were
+            command: Command::Client(vec![index as u8; (index % 13) as usize]),
         }
     }
 
@@ -188,12 +195,12 @@ mod tests {
                     }
                     6 | 7 => {
                         let len = rng.gen_range(0..=plain.len());
-                        let removed: Vec<Entry> = plain.drain(len..).collect();
+                        let removed = bytes(plain.drain(len..));
                         assert_eq!(chunked.truncate(len), removed, "seed {seed}");
                     }
                     8 => {
                         let count = rng.gen_range(0..=plain.len());
-                        let removed: Vec<Entry> = plain.drain(..count).collect();
+                        let removed = bytes(plain.drain(..count));
                         assert_eq!(chunked.drop_front(count), removed, "seed {seed}");
                     }
                     _ => {
