@@ -6,12 +6,12 @@
 
 use std::ffi::OsString;
 
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
 // Memory allocated on one thread and freed on another is glibc malloc's
 // slow path, and the bridge's normal case (Cargo.toml, docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// A Raft-replicated key-value store, written to be read beside the Raft paper.
 #[derive(Parser)]

@@ -398,8 +398,6 @@ impl Observer {
         self
     }
 
-    /// Record the node's state after a turn: atomic stores, and a message
-    /// to the bridge only when the leadership changed.
     /// Count one turn's time: `waiting` for it, `handling` what came, and
     /// `ending` it (`RaftNode::end_turn`).
     pub fn turn_took(&self, waiting: Duration, handling: Duration, ending: Duration) {
@@ -413,6 +411,8 @@ impl Observer {
         }
     }
 
+    /// Record the node's state after a turn: atomic stores, and a message
+    /// to the bridge only when the leadership changed.
     pub fn after_turn(&mut self, node: &RaftNode<MeasuredKv>) {
         let m = &self.metrics;
         m.commit_index.set(node.commit_index() as i64);
